@@ -1,0 +1,144 @@
+//! Command-line arguments of `llm-worker-rbee`.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, ValueEnum};
+
+/// Where the model's layers run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Backend {
+    /// CPU only (always available).
+    Cpu,
+    /// NVIDIA GPU through CUDA (needs a build with the `cuda` feature).
+    Cuda,
+    /// Apple GPU through Metal (needs a build with the `metal` feature).
+    Metal,
+}
+
+impl Backend {
+    /// The name used on the wire and in unit names.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Cpu => "cpu",
+            Backend::Cuda => "cuda",
+            Backend::Metal => "metal",
+        }
+    }
+
+    /// Whether this binary was built with support for the backend.
+    pub fn compiled_in(self) -> bool {
+        match self {
+            Backend::Cpu => true,
+            Backend::Cuda => cfg!(feature = "cuda"),
+            Backend::Metal => cfg!(feature = "metal"),
+        }
+    }
+}
+
+/// rbee's inference worker: loads one GGUF model with llama.cpp and streams tokens over
+/// HTTP (SSE) to several clients at once.
+///
+/// The worker is normally started by rbee-hive as the systemd unit
+/// `rbee-worker@<model>.service`; it also runs standalone:
+///
+///   llm-worker-rbee --model SmolLM2-135M-Instruct.Q4_1.gguf --port 8081
+///
+///   curl -N localhost:8081/v1/inference -d '{"prompt": "Write a haiku about bees"}'
+#[derive(Debug, Clone, Parser)]
+#[command(name = "llm-worker-rbee", version, about, long_about, verbatim_doc_comment)]
+pub struct Args {
+    /// Path of the GGUF model file to load.
+    #[arg(long, value_name = "PATH")]
+    pub model: PathBuf,
+
+    /// Where the layers run: cpu, cuda or metal. cuda and metal need a worker built with
+    /// that cargo feature.
+    #[arg(long, value_enum, default_value_t = Backend::Cpu)]
+    pub backend: Backend,
+
+    /// Index of the GPU to use (ignored for cpu).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub device: u32,
+
+    /// Address to listen on. Keep the default (loopback) unless a firewall or an API key
+    /// protects the port.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: IpAddr,
+
+    /// Port to listen on (0 picks a free one and logs it).
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+
+    /// File holding the API key clients must send as `Authorization: Bearer <key>`. The
+    /// key can also come from the environment variable RBEE_WORKER_API_KEY. Never put a key
+    /// on the command line: `ps` shows it to every user.
+    #[arg(long, value_name = "PATH")]
+    pub api_key_file: Option<PathBuf>,
+
+    /// Concurrent requests, decoded together in one batch. A request beyond this gets
+    /// 503 ALL_SLOTS_BUSY.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub slots: u32,
+
+    /// Context (prompt + answer) tokens per slot. Default: the model's training context,
+    /// capped at 4096.
+    #[arg(long, value_name = "TOKENS", value_parser = clap::value_parser!(u32).range(16..))]
+    pub ctx_size: Option<u32>,
+
+    /// CPU threads for llama.cpp. Default: the number of physical cores (hyper-threads
+    /// make decoding slower, not faster).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub threads: Option<u32>,
+
+    /// Worker id reported to the hive and in /v1/info. Default: worker-<pid>.
+    #[arg(long)]
+    pub worker_id: Option<String>,
+
+    /// Base URL of rbee-hive; once the HTTP server is up the worker POSTs
+    /// {hive}/v1/workers/ready. Omit to run standalone.
+    #[arg(long, value_name = "URL")]
+    pub hive_url: Option<String>,
+
+    /// The catalogue reference of the model (e.g. hf:org/repo:Q4_1), reported back in
+    /// /v1/info and to the hive.
+    #[arg(long, value_name = "REF")]
+    pub model_ref: Option<String>,
+
+    /// Seconds active requests may take to finish after SIGTERM or /v1/admin/shutdown
+    /// before they are cancelled.
+    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+    pub drain_timeout: u64,
+
+    /// Largest request body accepted, in bytes.
+    #[arg(long, default_value_t = 1 << 20, value_name = "BYTES")]
+    pub max_body_bytes: usize,
+}
+
+/// Physical CPU cores of this machine (hyper-threads not counted), at least 1.
+pub fn physical_cores() -> u32 {
+    let logical = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+    let Ok(cpuinfo) = std::fs::read_to_string("/proc/cpuinfo") else {
+        return logical;
+    };
+    let mut cores = std::collections::BTreeSet::new();
+    let (mut phys, mut core) = (None, None);
+    for line in cpuinfo.lines().chain(std::iter::once("")) {
+        let mut kv = line.splitn(2, ':').map(str::trim);
+        match (kv.next(), kv.next()) {
+            (Some("physical id"), Some(v)) => phys = Some(v.to_owned()),
+            (Some("core id"), Some(v)) => core = Some(v.to_owned()),
+            (Some(""), None) => {
+                if let (Some(p), Some(c)) = (phys.take(), core.take()) {
+                    cores.insert((p, c));
+                }
+            }
+            _ => {}
+        }
+    }
+    if cores.is_empty() {
+        return logical;
+    }
+    // Containers may see fewer CPUs than the package has cores.
+    (cores.len() as u32).clamp(1, logical.max(1))
+}

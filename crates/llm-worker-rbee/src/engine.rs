@@ -1,0 +1,524 @@
+//! The inference engine: one thread owns the llama.cpp context and decodes every active
+//! request ("slot", one llama sequence each) together in one batch per step. A request that
+//! arrives mid-way joins the next step (continuous batching); its prompt is prefilled in the
+//! same batch as the other slots' next tokens.
+
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::llama_backend::LlamaBackend;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::params::{LlamaModelParams, LlamaSplitMode};
+use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaModel};
+use llama_cpp_2::sampling::LlamaSampler;
+use llama_cpp_2::token::LlamaToken;
+use rbee_types::worker::{ChatMessage, DoneEvent, FinishReason, ModelMetadata};
+use rbee_types::{ApiError, ErrorCode};
+
+use crate::cli::Backend;
+use crate::output::{Emit, OutputText};
+use crate::state::{lock, Phase, Shared};
+
+/// Largest number of tokens decoded in one step (prompt chunks plus one token per slot).
+const BATCH_TOKENS: u32 = 512;
+/// How often an idle engine wakes up to notice a shutdown.
+const IDLE_TICK: Duration = Duration::from_millis(200);
+
+/// What the engine needs to load the model.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// GGUF file.
+    pub model_path: PathBuf,
+    /// Where the layers run.
+    pub backend: Backend,
+    /// GPU index.
+    pub device: u32,
+    /// Number of slots (llama sequences).
+    pub slots: u32,
+    /// Context tokens per slot; `None` = the model's, capped at 4096.
+    pub ctx_size: Option<u32>,
+    /// CPU threads.
+    pub threads: u32,
+}
+
+/// How to pick the next token.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sampling {
+    /// 0 = greedy.
+    pub temperature: f32,
+    /// Nucleus.
+    pub top_p: f32,
+    /// Top-k; 0 disables.
+    pub top_k: i32,
+    /// Sampler seed.
+    pub seed: u32,
+}
+
+/// Something a request receives from the engine.
+#[derive(Debug)]
+pub enum Event {
+    /// Text of one generated token (may be empty while a stop string is pending).
+    Token(String),
+    /// Generation ended.
+    Done(DoneEvent),
+    /// Generation failed.
+    Error(ApiError),
+}
+
+/// Releases the request's slot and cancel flag when the engine is done with it (or when a
+/// job never reached the engine).
+pub struct RequestGuard {
+    shared: Arc<Shared>,
+    request_id: String,
+}
+
+impl RequestGuard {
+    /// Registers `cancel` for `request_id`; the caller must already hold a slot.
+    pub fn new(shared: Arc<Shared>, request_id: String, cancel: Arc<AtomicBool>) -> Self {
+        lock(&shared.cancels).insert(request_id.clone(), cancel);
+        Self { shared, request_id }
+    }
+}
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        lock(&self.shared.cancels).remove(&self.request_id);
+        self.shared.slots.release();
+    }
+}
+
+/// One request for the engine.
+pub struct Job {
+    /// Prompt tokens (non-empty, shorter than the slot's context).
+    pub tokens: Vec<LlamaToken>,
+    /// Sampling parameters.
+    pub sampling: Sampling,
+    /// Most tokens to generate.
+    pub max_tokens: u32,
+    /// Stop strings.
+    pub stop: Vec<String>,
+    /// Set to stop generation.
+    pub cancel: Arc<AtomicBool>,
+    /// Where events go; a closed channel cancels the request.
+    pub events: Sender<Event>,
+    /// When the HTTP request arrived (for TTFT and duration).
+    pub received: Instant,
+    /// Holds the slot until the engine has freed the sequence.
+    pub guard: RequestGuard,
+}
+
+enum Command {
+    Run(Box<Job>),
+    Shutdown,
+}
+
+/// The loaded model, usable from any thread for tokenising and chat templates.
+pub struct Prepared {
+    /// The model.
+    pub model: Arc<LlamaModel>,
+    /// Context tokens per slot.
+    pub ctx_size: u32,
+    chat_template: Option<LlamaChatTemplate>,
+}
+
+impl Prepared {
+    /// Renders chat messages with the model's own template (assistant turn opened).
+    pub fn render_chat(&self, messages: &[ChatMessage]) -> Result<String, ApiError> {
+        let tmpl = self.chat_template.as_ref().ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::InvalidRequest,
+                "this model has no chat template: send a raw `prompt` instead of `messages`",
+            )
+        })?;
+        let chat = messages
+            .iter()
+            .map(|m| LlamaChatMessage::new(m.role.clone(), m.content.clone()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| {
+                ApiError::new(ErrorCode::InvalidRequest, "messages must not contain NUL bytes")
+            })?;
+        self.model
+            .apply_chat_template(tmpl, &chat, true)
+            .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, format!("chat template failed: {e}")))
+    }
+
+    /// Tokenises a prompt the way the engine decodes it (BOS as the model wants it,
+    /// special tokens such as `<|im_start|>` parsed).
+    pub fn tokenize(&self, text: &str) -> Vec<LlamaToken> {
+        self.model.vocab().tokenize(text.as_bytes(), true, true)
+    }
+}
+
+/// Handle to the engine thread.
+pub struct Engine {
+    prepared: OnceLock<Prepared>,
+    commands: Sender<Command>,
+    receiver: std::sync::Mutex<Option<Receiver<Command>>>,
+}
+
+impl Engine {
+    /// An engine with no model yet; [`Engine::run`] loads it.
+    pub fn new() -> Arc<Self> {
+        let (tx, rx) = mpsc::channel();
+        Arc::new(Self {
+            prepared: OnceLock::new(),
+            commands: tx,
+            receiver: std::sync::Mutex::new(Some(rx)),
+        })
+    }
+
+    /// The model, once loaded.
+    pub fn prepared(&self) -> Option<&Prepared> {
+        self.prepared.get()
+    }
+
+    /// Hands a job to the engine. On failure (engine gone) the job is dropped, which frees
+    /// its slot.
+    pub fn submit(&self, job: Job) -> Result<(), ApiError> {
+        self.commands
+            .send(Command::Run(Box::new(job)))
+            .map_err(|_| ApiError::new(ErrorCode::Draining, "the worker is shutting down"))
+    }
+
+    /// Asks the engine loop to end once it is idle (active jobs are cancelled first by the
+    /// caller).
+    pub fn shutdown(&self) {
+        let _ = self.commands.send(Command::Shutdown);
+    }
+
+    /// Loads the model and runs the decode loop until [`Engine::shutdown`]. Call on its
+    /// own thread. Returns an error (without paths) when loading fails.
+    pub fn run(&self, cfg: &EngineConfig, shared: &Arc<Shared>) -> anyhow::Result<()> {
+        let rx = lock(&self.receiver)
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("engine already running"))?;
+        let backend = LlamaBackend::init()?;
+        let gpu = cfg.backend != Backend::Cpu;
+        let layers_total = lock(&shared.info)
+            .model
+            .as_ref()
+            .and_then(|m| m.layers)
+            .unwrap_or(0);
+        let progress_shared = Arc::clone(shared);
+        let mut params = LlamaModelParams::default()
+            .with_n_gpu_layers(if gpu { u32::MAX >> 1 } else { 0 })
+            .with_progress_callback(move |p| {
+                let loaded = (f64::from(p) * layers_total as f64).round() as u64;
+                progress_shared.update_load(|l| {
+                    l.layers_total = layers_total;
+                    l.layers_loaded = loaded.min(layers_total);
+                });
+                true
+            });
+        if gpu {
+            params = params
+                .with_main_gpu(cfg.device as i32)
+                .with_split_mode(LlamaSplitMode::None);
+        }
+        let t0 = Instant::now();
+        let model = LlamaModel::load_from_file(&backend, &cfg.model_path, &params)
+            .map_err(|e| anyhow::anyhow!("llama.cpp could not load the model: {e}"))?;
+        let model = Arc::new(model);
+        let train_ctx = model.n_ctx_train().max(16);
+        let ctx_size = cfg.ctx_size.unwrap_or(train_ctx.min(4096));
+        let ctx_params = LlamaContextParams::default()
+            .with_n_ctx(NonZeroU32::new(ctx_size * cfg.slots))
+            .with_n_batch(BATCH_TOKENS.max(cfg.slots))
+            .with_n_ubatch(BATCH_TOKENS.max(cfg.slots))
+            .with_n_seq_max(cfg.slots)
+            .with_n_threads(cfg.threads as i32)
+            .with_n_threads_batch(cfg.threads as i32);
+        let mut ctx = model
+            .new_context(&backend, ctx_params)
+            .map_err(|e| anyhow::anyhow!("llama.cpp could not create a context of {ctx_size}×{} tokens: {e}", cfg.slots))?;
+        self.fill_metadata(&model, shared, ctx_size);
+        let _ = self.prepared.set(Prepared {
+            model: Arc::clone(&model),
+            ctx_size,
+            chat_template: model.chat_template(None).ok(),
+        });
+        shared.update_load(|l| l.layers_loaded = l.layers_total);
+        tracing::info!(
+            elapsed_ms = t0.elapsed().as_millis() as u64,
+            ctx_size,
+            slots = cfg.slots,
+            threads = cfg.threads,
+            "model loaded"
+        );
+        shared.set_phase(Phase::Ready);
+
+        let mut batch = LlamaBatch::new(BATCH_TOKENS.max(cfg.slots) as usize, cfg.slots as i32);
+        let mut free_seqs: Vec<i32> = (0..cfg.slots as i32).rev().collect();
+        let mut active: Vec<Slot> = Vec::new();
+        let vocab = model.vocab();
+        loop {
+            // Take new work: block only when there is nothing to decode.
+            let mut shutdown = false;
+            if active.is_empty() {
+                match rx.recv_timeout(IDLE_TICK) {
+                    Ok(cmd) => shutdown |= self.admit(cmd, &mut active, &mut free_seqs),
+                    Err(RecvTimeoutError::Timeout) => continue,
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+            }
+            while let Ok(cmd) = rx.try_recv() {
+                shutdown |= self.admit(cmd, &mut active, &mut free_seqs);
+            }
+            if shutdown && active.is_empty() {
+                break;
+            }
+
+            // Drop cancelled requests before spending compute on them.
+            let mut i = 0;
+            while i < active.len() {
+                if active[i].job.cancel.load(Ordering::Acquire) {
+                    let slot = active.swap_remove(i);
+                    finish(slot, FinishReason::Cancelled, &mut ctx, &mut free_seqs);
+                } else {
+                    i += 1;
+                }
+            }
+            if active.is_empty() {
+                continue;
+            }
+
+            // Build one batch: the next token of every decoding slot, then prompt chunks.
+            batch.clear();
+            let mut budget = BATCH_TOKENS.max(cfg.slots) as usize;
+            for s in active.iter_mut() {
+                s.logits_at = None;
+                if let Some(t) = s.next_token {
+                    s.logits_at = Some(batch.n_tokens());
+                    batch.add(t, s.pos, &[s.seq], true)?;
+                    budget -= 1;
+                }
+            }
+            for s in active.iter_mut().filter(|s| s.next_token.is_none()) {
+                let remaining = s.job.tokens.len() - s.prefilled;
+                let take = remaining.min(budget);
+                for k in 0..take {
+                    let last = s.prefilled + k + 1 == s.job.tokens.len();
+                    if last {
+                        s.logits_at = Some(batch.n_tokens());
+                    }
+                    batch.add(s.job.tokens[s.prefilled + k], s.pos, &[s.seq], last)?;
+                    s.pos += 1;
+                }
+                s.prefilled += take;
+                budget -= take;
+                if budget == 0 {
+                    break;
+                }
+            }
+
+            if let Err(e) = ctx.decode(&mut batch) {
+                tracing::error!(error = %e, slots = active.len(), "llama_decode failed; failing active requests");
+                for s in active.drain(..) {
+                    let _ = s.job.events.send(Event::Error(ApiError::new(
+                        ErrorCode::InferenceFailed,
+                        format!("llama.cpp failed to decode: {e}"),
+                    )));
+                    finish(s, FinishReason::Cancelled, &mut ctx, &mut free_seqs);
+                }
+                continue;
+            }
+
+            // Sample for every slot that produced logits; advance or finish it.
+            let mut i = 0;
+            while i < active.len() {
+                let s = &mut active[i];
+                let Some(idx) = s.logits_at else {
+                    i += 1;
+                    continue;
+                };
+                if s.next_token.is_some() {
+                    s.pos += 1;
+                }
+                let token = s.sampler.sample(&ctx, idx);
+                let outcome = s.step(token, &vocab, ctx_size, shared);
+                match outcome {
+                    None => i += 1,
+                    Some(reason) => {
+                        let slot = active.swap_remove(i);
+                        finish(slot, reason, &mut ctx, &mut free_seqs);
+                    }
+                }
+            }
+        }
+        for s in active.drain(..) {
+            finish(s, FinishReason::Cancelled, &mut ctx, &mut free_seqs);
+        }
+        drop(ctx);
+        tracing::info!("model unloaded");
+        Ok(())
+    }
+
+    /// Starts a job on a free sequence. Returns true for a shutdown command.
+    fn admit(&self, cmd: Command, active: &mut Vec<Slot>, free: &mut Vec<i32>) -> bool {
+        let job = match cmd {
+            Command::Shutdown => return true,
+            Command::Run(job) => job,
+        };
+        let Some(seq) = free.pop() else {
+            // Cannot happen while slot accounting holds; answer rather than panic.
+            let _ = job.events.send(Event::Error(ApiError::new(
+                ErrorCode::AllSlotsBusy,
+                "no free sequence in the llama context",
+            )));
+            return false;
+        };
+        let sampler = if job.sampling.temperature <= 0.0 {
+            LlamaSampler::greedy()
+        } else {
+            let mut chain = Vec::new();
+            if job.sampling.top_k > 0 {
+                chain.push(LlamaSampler::top_k(job.sampling.top_k));
+            }
+            chain.push(LlamaSampler::top_p(job.sampling.top_p, 1));
+            chain.push(LlamaSampler::temp(job.sampling.temperature));
+            chain.push(LlamaSampler::dist(job.sampling.seed));
+            LlamaSampler::chain_simple(chain)
+        };
+        let output = OutputText::new(job.stop.clone());
+        active.push(Slot {
+            seq,
+            pos: 0,
+            prefilled: 0,
+            next_token: None,
+            logits_at: None,
+            generated: 0,
+            first_token_at: None,
+            sampler,
+            output,
+            job,
+        });
+        false
+    }
+
+    fn fill_metadata(&self, model: &LlamaModel, shared: &Shared, ctx_size: u32) {
+        let vocab = model.vocab();
+        let eog: Vec<i64> = vocab
+            .tokens()
+            .filter(|t| vocab.is_eog(*t))
+            .map(|t| i64::from(t.0))
+            .collect();
+        let mut info = lock(&shared.info);
+        info.ctx_size = ctx_size;
+        if let Some(m) = info.model.as_mut() {
+            m.parameter_count = Some(model.n_params());
+            m.vocab_size = Some(model.n_vocab() as u64);
+            m.context_length = Some(u64::from(model.n_ctx_train()));
+            m.eog_token_ids = eog;
+        }
+    }
+}
+
+/// One active request in the batch.
+struct Slot {
+    seq: i32,
+    /// Position of the next token to decode in this sequence.
+    pos: i32,
+    prefilled: usize,
+    /// The sampled token that goes into the next batch (None while prefilling).
+    next_token: Option<LlamaToken>,
+    /// Where in the current batch this slot's logits are.
+    logits_at: Option<i32>,
+    generated: u32,
+    first_token_at: Option<Instant>,
+    sampler: LlamaSampler,
+    output: OutputText,
+    job: Box<Job>,
+}
+
+impl Slot {
+    /// Handles one sampled token; returns why the request ended, if it did.
+    fn step(
+        &mut self,
+        token: LlamaToken,
+        vocab: &llama_cpp_2::vocab::LlamaVocab<'_>,
+        ctx_size: u32,
+        shared: &Shared,
+    ) -> Option<FinishReason> {
+        if vocab.is_eog(token) {
+            return Some(FinishReason::Stop);
+        }
+        self.generated += 1;
+        shared.tokens_generated.fetch_add(1, Ordering::Relaxed);
+        self.first_token_at.get_or_insert_with(Instant::now);
+        let bytes = vocab.token_to_piece(token, false, None);
+        let (text, stop) = match self.output.push(&bytes) {
+            Emit::Text(t) => (t, false),
+            Emit::Stop(t) => (t, true),
+        };
+        if !text.is_empty() && self.job.events.send(Event::Token(text)).is_err() {
+            return Some(FinishReason::Cancelled); // the client is gone
+        }
+        if stop {
+            return Some(FinishReason::Stop);
+        }
+        if self.generated >= self.job.max_tokens {
+            return Some(FinishReason::Length);
+        }
+        if self.pos as u32 >= ctx_size {
+            return Some(FinishReason::ContextFull);
+        }
+        self.next_token = Some(token);
+        None
+    }
+}
+
+/// Frees the slot's sequence, releases its slot, then tells the client.
+fn finish(
+    mut slot: Slot,
+    reason: FinishReason,
+    ctx: &mut llama_cpp_2::context::LlamaContext<'_>,
+    free: &mut Vec<i32>,
+) {
+    let _ = ctx.clear_kv_cache_seq(Some(slot.seq as u32), None, None);
+    free.push(slot.seq);
+    let tail = slot.output.finish();
+    let job = *slot.job;
+    let Job {
+        events,
+        received,
+        guard,
+        tokens,
+        ..
+    } = job;
+    // Free the slot before the client hears "done", so its next request finds it free.
+    drop(guard);
+    if reason != FinishReason::Cancelled && !tail.is_empty() {
+        let _ = events.send(Event::Token(tail));
+    }
+    let _ = events.send(Event::Done(DoneEvent {
+        done: true,
+        total_tokens: slot.generated,
+        duration_ms: received.elapsed().as_millis() as u64,
+        prompt_tokens: tokens.len() as u32,
+        time_to_first_token_ms: slot
+            .first_token_at
+            .map(|t| t.duration_since(received).as_millis() as u64),
+        finish_reason: reason,
+    }));
+}
+
+/// Model metadata from the GGUF header, before llama.cpp has loaded anything.
+pub fn metadata_from_header(h: &rbee_gguf::GgufHeader) -> ModelMetadata {
+    ModelMetadata {
+        architecture: h.architecture().unwrap_or("unknown").to_owned(),
+        name: h.name().map(str::to_owned),
+        parameter_count: None,
+        quantization: h.quantization(),
+        context_length: h.context_length(),
+        layers: h.layers(),
+        vocab_size: h.vocab_size(),
+        eos_token_id: h.eos_token_id(),
+        eog_token_ids: Vec::new(),
+        file_size: h.file_size,
+    }
+}

@@ -1,0 +1,473 @@
+//! The worker's HTTP API on tiny_http: routing, authentication, body limits, and the
+//! handlers. Each request runs on its own thread; at most [`MAX_IN_FLIGHT`] at once, beyond
+//! which the accept loop answers 503 `OVERLOADED` itself, so memory stays bounded under any
+//! load.
+
+use std::io::Read;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rbee_types::worker::{
+    CompletionResponse, InferenceRequest, ReadyResponse, StartEvent, TokenEvent,
+};
+use rbee_types::{ApiError, ErrorCode, API_VERSION};
+use serde_json::json;
+use tiny_http::{Header, Method, Request, Response};
+
+use crate::engine::{Engine, Event, Job, RequestGuard};
+use crate::sse::SseWriter;
+use crate::state::{lock, Phase, Shared};
+use crate::validate::{validate, Valid};
+
+/// Requests handled at once before new ones get 503 `OVERLOADED`.
+pub const MAX_IN_FLIGHT: u32 = 256;
+
+/// Why the main thread should start draining.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShutdownCause {
+    /// SIGTERM or SIGINT.
+    Signal,
+    /// `POST /v1/admin/shutdown`.
+    AdminRequest,
+    /// The model failed to load.
+    LoadFailed,
+}
+
+/// What every handler needs.
+pub struct App {
+    /// Shared state.
+    pub shared: Arc<Shared>,
+    /// The engine.
+    pub engine: Arc<Engine>,
+    /// Tells the main thread to drain.
+    pub shutdown: mpsc::Sender<ShutdownCause>,
+    /// Whether the backend is a GPU (for the loading stage name).
+    pub gpu: bool,
+}
+
+/// Accepts requests until the server is unblocked.
+pub fn serve(server: &tiny_http::Server, app: &Arc<App>) {
+    for request in server.incoming_requests() {
+        let in_flight = app.shared.in_flight.fetch_add(1, Ordering::AcqRel);
+        if in_flight >= MAX_IN_FLIGHT {
+            app.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+            let e = ApiError::new(
+                ErrorCode::Overloaded,
+                format!("the worker is handling {MAX_IN_FLIGHT} requests; retry shortly"),
+            );
+            respond_error(request, &e);
+            continue;
+        }
+        let shared = Arc::clone(&app.shared);
+        let app = Arc::clone(app);
+        let spawned = std::thread::Builder::new()
+            .name("http".into())
+            .stack_size(256 * 1024)
+            .spawn(move || {
+                handle(&app, request);
+                app.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot spawn a request thread");
+            shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+enum Route {
+    Health,
+    Info,
+    Ready,
+    Progress,
+    Inference,
+    Cancel(String),
+    Shutdown,
+}
+
+fn route(path: &str) -> Option<(Route, Method)> {
+    Some(match path {
+        "/v1/health" => (Route::Health, Method::Get),
+        "/v1/info" => (Route::Info, Method::Get),
+        "/v1/ready" => (Route::Ready, Method::Get),
+        "/v1/loading/progress" => (Route::Progress, Method::Get),
+        "/v1/inference" => (Route::Inference, Method::Post),
+        "/v1/admin/shutdown" => (Route::Shutdown, Method::Post),
+        p => {
+            let id = p.strip_prefix("/v1/inference/")?;
+            if id.is_empty() || id.contains('/') {
+                return None;
+            }
+            (Route::Cancel(id.to_owned()), Method::Delete)
+        }
+    })
+}
+
+fn handle(app: &App, request: Request) {
+    let path = request.url().split('?').next().unwrap_or("").to_owned();
+    let Some((route, method)) = route(&path) else {
+        let e = ApiError::new(ErrorCode::NotFound, format!("no such endpoint: {path}"))
+            .detail("path", path);
+        return respond_error(request, &e);
+    };
+    if *request.method() != method {
+        let e = ApiError::new(
+            ErrorCode::MethodNotAllowed,
+            format!("{path} accepts {method} only, not {}", request.method()),
+        )
+        .detail("allow", method.as_str());
+        let resp = error_response(&e).with_header(header("Allow", method.as_str()));
+        let _ = request.respond(resp);
+        return;
+    }
+    if !matches!(route, Route::Health) {
+        if let Err(e) = check_auth(&app.shared, &request) {
+            return respond_error(request, &e);
+        }
+    }
+    match route {
+        Route::Health => respond_json(
+            request,
+            200,
+            &json!({
+                "status": "alive",
+                "version": env!("CARGO_PKG_VERSION"),
+                "api_version": API_VERSION,
+            }),
+        ),
+        Route::Info => {
+            let info = lock(&app.shared.info).clone();
+            respond_json(request, 200, &info);
+        }
+        Route::Ready => respond_json(request, 200, &ready(&app.shared)),
+        Route::Progress => progress(app, request),
+        Route::Inference => inference(app, request),
+        Route::Cancel(id) => {
+            let was_active = app.shared.cancel(&id);
+            tracing::info!(request_id = %id, was_active, "cancel requested");
+            let _ = request.respond(Response::empty(204));
+        }
+        Route::Shutdown => {
+            let _ = app.shutdown.send(ShutdownCause::AdminRequest);
+            respond_json(request, 202, &json!({"state": "draining"}));
+        }
+    }
+}
+
+fn ready(shared: &Shared) -> ReadyResponse {
+    let busy = shared.slots.busy();
+    let (ready, state, loaded) = match shared.phase() {
+        Phase::Loading => (false, "loading", false),
+        Phase::Ready if busy > 0 => (true, "busy", true),
+        Phase::Ready => (true, "idle", true),
+        Phase::Draining => (false, "draining", true),
+        Phase::Failed => (false, "failed", false),
+    };
+    ReadyResponse {
+        ready,
+        state: state.into(),
+        model_loaded: Some(loaded),
+        progress_url: (!loaded && state == "loading")
+            .then(|| format!("{}/v1/loading/progress", shared.base_url)),
+    }
+}
+
+/// `GET /v1/loading/progress`: an event on every change until `ready` or `failed`.
+fn progress(app: &App, request: Request) {
+    let Ok(mut sse) = SseWriter::start(request, &[]) else {
+        return;
+    };
+    let mut last = None;
+    let mut last_write = Instant::now();
+    loop {
+        let generation = lock(&app.shared.load).generation;
+        let ev = app.shared.progress_event(app.gpu);
+        let finished = ev.stage == "ready" || ev.stage == "failed";
+        if last.as_ref() != Some(&ev) {
+            if sse.json(&ev).is_err() {
+                return;
+            }
+            last_write = Instant::now();
+            last = Some(ev);
+        } else if last_write.elapsed() > Duration::from_secs(10) {
+            // A comment line keeps proxies from closing the stream and detects a gone client.
+            if sse.event("").is_err() {
+                return;
+            }
+            last_write = Instant::now();
+        }
+        if finished {
+            let _ = sse.done();
+            return;
+        }
+        let guard = lock(&app.shared.load);
+        if guard.generation == generation {
+            let _ = app.shared.changed.wait_timeout(guard, Duration::from_millis(500));
+        }
+    }
+}
+
+/// `POST /v1/inference`.
+fn inference(app: &App, mut request: Request) {
+    let received = Instant::now();
+    match app.shared.phase() {
+        Phase::Ready => {}
+        Phase::Loading => {
+            let e = ApiError::new(ErrorCode::ModelLoading, "the model is still loading; follow /v1/loading/progress and retry when it is ready");
+            return respond_error(request, &e);
+        }
+        Phase::Draining | Phase::Failed => {
+            let e = ApiError::new(ErrorCode::Draining, "the worker is shutting down and takes no new requests");
+            return respond_error(request, &e);
+        }
+    }
+    let body = match read_body(&mut request, app.shared.max_body_bytes) {
+        Ok(b) => b,
+        Err(e) => return respond_error(request, &e),
+    };
+    let Some(prepared) = app.engine.prepared() else {
+        return respond_error(request, &ApiError::new(ErrorCode::ModelLoading, "the model is not loaded"));
+    };
+    let req: InferenceRequest = match serde_json::from_str(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            let msg = e.to_string();
+            let code = if msg.starts_with("unknown field") {
+                ErrorCode::UnknownField
+            } else {
+                ErrorCode::InvalidJson
+            };
+            return respond_error(request, &ApiError::new(code, format!("invalid request body: {msg}")));
+        }
+    };
+    let valid = match validate(&req, prepared.ctx_size).and_then(|v| {
+        let text = match &v.messages {
+            Some(m) => prepared.render_chat(m)?,
+            None => v.prompt.clone().unwrap_or_default(),
+        };
+        let tokens = prepared.tokenize(&text);
+        if tokens.is_empty() {
+            return Err(ApiError::new(ErrorCode::InvalidRequest, "the prompt is empty"));
+        }
+        if tokens.len() >= prepared.ctx_size as usize {
+            return Err(ApiError::new(
+                ErrorCode::PromptTooLong,
+                format!(
+                    "the prompt has {} tokens but a slot's context holds {}: shorten it or start the worker with a larger --ctx-size",
+                    tokens.len(),
+                    prepared.ctx_size
+                ),
+            )
+            .detail("prompt_tokens", tokens.len())
+            .detail("ctx_size", prepared.ctx_size));
+        }
+        Ok((v, tokens))
+    }) {
+        Ok(v) => v,
+        Err(e) => return respond_error(request, &e),
+    };
+    let (v, tokens): (Valid, _) = valid;
+
+    if app.shared.slots.try_acquire().is_none() {
+        let total = app.shared.slots.total();
+        let e = ApiError::new(
+            ErrorCode::AllSlotsBusy,
+            format!("all {total} slots are busy; retry shortly or start a worker with more --slots"),
+        )
+        .field("slots_total", total)
+        .field("slots_busy", total);
+        return respond_error(request, &e);
+    }
+    let request_id = app.shared.new_request_id();
+    let cancel = Arc::new(AtomicBool::new(false));
+    let guard = RequestGuard::new(Arc::clone(&app.shared), request_id.clone(), Arc::clone(&cancel));
+    let (tx, rx) = mpsc::channel();
+    let job = Job {
+        tokens,
+        sampling: v.sampling,
+        max_tokens: v.max_tokens,
+        stop: v.stop,
+        cancel: Arc::clone(&cancel),
+        events: tx,
+        received,
+        guard,
+    };
+    if let Err(e) = app.engine.submit(job) {
+        return respond_error(request, &e);
+    }
+    tracing::debug!(%request_id, stream = v.stream, "inference started");
+    if v.stream {
+        stream(request, &request_id, &rx, &cancel);
+    } else {
+        complete(request, &request_id, &rx);
+    }
+}
+
+fn stream(request: Request, request_id: &str, rx: &mpsc::Receiver<Event>, cancel: &AtomicBool) {
+    let gone = |why: &str| {
+        cancel.store(true, Ordering::Release);
+        tracing::info!(%request_id, why, "client disconnected; generation cancelled");
+    };
+    let Ok(mut sse) = SseWriter::start(request, &[("X-Request-Id", request_id)]) else {
+        return gone("head");
+    };
+    if sse.json(&StartEvent { request_id: request_id.to_owned() }).is_err() {
+        return gone("start");
+    }
+    let mut index = 0u32;
+    loop {
+        let sent = match rx.recv() {
+            Ok(Event::Token(token)) => {
+                index += 1;
+                sse.json(&TokenEvent { token, index: index - 1 })
+            }
+            Ok(Event::Done(done)) => {
+                let _ = sse.json(&done).and_then(|()| sse.done());
+                return;
+            }
+            Ok(Event::Error(e)) => {
+                let _ = sse.json(&e).and_then(|()| sse.done());
+                return;
+            }
+            Err(_) => {
+                let e = ApiError::new(ErrorCode::Internal, "the engine stopped");
+                let _ = sse.json(&e).and_then(|()| sse.done());
+                return;
+            }
+        };
+        if sent.is_err() {
+            return gone("write");
+        }
+    }
+}
+
+fn complete(request: Request, request_id: &str, rx: &mpsc::Receiver<Event>) {
+    let mut text = String::new();
+    loop {
+        match rx.recv() {
+            Ok(Event::Token(t)) => text.push_str(&t),
+            Ok(Event::Done(d)) => {
+                let body = CompletionResponse {
+                    request_id: request_id.to_owned(),
+                    text,
+                    total_tokens: d.total_tokens,
+                    prompt_tokens: d.prompt_tokens,
+                    duration_ms: d.duration_ms,
+                    finish_reason: d.finish_reason,
+                };
+                let resp = json_response(200, &body).with_header(header("X-Request-Id", request_id));
+                let _ = request.respond(resp);
+                return;
+            }
+            Ok(Event::Error(e)) => return respond_error(request, &e),
+            Err(_) => {
+                return respond_error(request, &ApiError::new(ErrorCode::Internal, "the engine stopped"))
+            }
+        }
+    }
+}
+
+/// Reads the body, at most `limit` bytes, as UTF-8.
+fn read_body(request: &mut Request, limit: usize) -> Result<String, ApiError> {
+    let too_large = || {
+        ApiError::new(ErrorCode::BodyTooLarge, format!("the request body is larger than {limit} bytes"))
+            .detail("limit_bytes", limit)
+    };
+    if request.body_length().is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    let mut buf = Vec::new();
+    request
+        .as_reader()
+        .take(limit as u64 + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, format!("cannot read the request body: {e}")))?;
+    if buf.len() > limit {
+        return Err(too_large());
+    }
+    String::from_utf8(buf).map_err(|e| {
+        ApiError::new(ErrorCode::InvalidUtf8, "the request body is not valid UTF-8")
+            .detail("byte_offset", e.utf8_error().valid_up_to())
+    })
+}
+
+fn check_auth(shared: &Shared, request: &Request) -> Result<(), ApiError> {
+    let Some(key) = shared.api_key.as_deref() else {
+        return Ok(());
+    };
+    let given = request
+        .headers()
+        .iter()
+        .find(|h| h.field.equiv("Authorization"))
+        .map(|h| h.value.as_str().trim().to_owned());
+    let Some(given) = given else {
+        return Err(ApiError::new(
+            ErrorCode::MissingApiKey,
+            "this worker needs an API key: send `Authorization: Bearer <key>`",
+        ));
+    };
+    let token = given.strip_prefix("Bearer ").unwrap_or("").trim();
+    if constant_time_eq(token.as_bytes(), key.as_bytes()) {
+        Ok(())
+    } else {
+        Err(ApiError::new(ErrorCode::InvalidApiKey, "the API key is not valid for this worker"))
+    }
+}
+
+/// Compares without an early exit, so timing does not reveal how much of a key matched.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = a.len() ^ b.len();
+    for i in 0..a.len().max(b.len()) {
+        let x = a.get(i).copied().unwrap_or(0);
+        let y = b.get(i).copied().unwrap_or(0xff);
+        diff |= usize::from(x ^ y);
+    }
+    diff == 0
+}
+
+fn header(k: &str, v: &str) -> Header {
+    Header::from_bytes(k.as_bytes(), v.as_bytes()).expect("static header is valid")
+}
+
+fn json_response(status: u16, body: &impl serde::Serialize) -> Response<std::io::Cursor<Vec<u8>>> {
+    let data = serde_json::to_vec(body).unwrap_or_default();
+    Response::from_data(data)
+        .with_status_code(status)
+        .with_header(header("Content-Type", "application/json"))
+}
+
+fn respond_json(request: Request, status: u16, body: &impl serde::Serialize) {
+    let _ = request.respond(json_response(status, body));
+}
+
+fn error_response(e: &ApiError) -> Response<std::io::Cursor<Vec<u8>>> {
+    json_response(e.http_status(), e)
+}
+
+fn respond_error(request: Request, e: &ApiError) {
+    if e.http_status() >= 500 {
+        tracing::warn!(code = %e.error.code.as_str(), "{}", e.error.message);
+    }
+    let _ = request.respond(error_response(e));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constant_time_eq_compares_whole_keys() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+        assert!(!constant_time_eq(b"", b"x"));
+    }
+
+    #[test]
+    fn routes_cancel_ids_but_not_nested_paths() {
+        assert!(matches!(route("/v1/inference/req-1"), Some((Route::Cancel(id), Method::Delete)) if id == "req-1"));
+        assert!(route("/v1/inference/a/b").is_none());
+        assert!(route("/v1/nope").is_none());
+    }
+}

@@ -1,0 +1,20 @@
+//! `llm-worker-rbee`: loads one GGUF model with llama.cpp and serves token-streaming
+//! inference over HTTP to several clients at once.
+//!
+//! - [`cli`]: command-line arguments.
+//! - [`engine`]: the llama.cpp thread that decodes every slot in one batch.
+//! - [`http`]: the API (tiny_http), one thread per request.
+//! - [`validate`]: range checks of inference requests.
+//! - [`output`]: UTF-8 joining and stop strings.
+//! - [`sse`]: server-sent events over a raw connection.
+//! - [`lifecycle`]: startup, sd-notify, signals, the hive callback and draining.
+//! - [`state`]: what the threads share.
+
+pub mod cli;
+pub mod engine;
+pub mod http;
+pub mod lifecycle;
+pub mod output;
+pub mod sse;
+pub mod state;
+pub mod validate;

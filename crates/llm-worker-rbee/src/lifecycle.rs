@@ -1,0 +1,323 @@
+//! The worker's life: check the model file, bind the port, load the model, tell systemd
+//! and the hive, serve, and drain on SIGTERM or `/v1/admin/shutdown`.
+
+use std::io::ErrorKind;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use rbee_types::env;
+use rbee_types::exit;
+use rbee_types::worker::{ReadyCallback, WorkerInfo};
+use sd_notify::NotifyState;
+
+use crate::cli::{physical_cores, Args, Backend};
+use crate::engine::{metadata_from_header, Engine, EngineConfig};
+use crate::http::{serve, App, ShutdownCause};
+use crate::state::{Phase, Shared};
+
+/// Runs the worker; returns the process exit code (see [`rbee_types::exit`]).
+pub fn run(args: Args) -> i32 {
+    init_tracing();
+    match run_inner(args) {
+        Ok(code) => code,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("llm-worker-rbee: error: {e:#}");
+            exit::FAILURE
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env(env::LOG)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,llama_cpp_2=warn,llama-cpp-2=warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .try_init();
+    llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default());
+}
+
+/// Prints a fatal error for a person (stderr, and journald through tracing) and returns
+/// the exit code.
+fn fatal(code: i32, msg: String) -> i32 {
+    tracing::error!("{msg}");
+    eprintln!("llm-worker-rbee: error: {msg}");
+    code
+}
+
+fn run_inner(args: Args) -> anyhow::Result<i32> {
+    block_termination_signals();
+    let api_key = load_api_key(&args)?;
+
+    if !args.backend.compiled_in() {
+        return Ok(fatal(
+            exit::BACKEND_UNAVAILABLE,
+            format!(
+                "backend {} is not available in this build; rebuild with `--features {}` or use --backend cpu",
+                args.backend.as_str(),
+                args.backend.as_str()
+            ),
+        ));
+    }
+
+    let model_file = args
+        .model
+        .file_name()
+        .map_or_else(|| "model".into(), |n| n.to_string_lossy().into_owned());
+    let header = match rbee_gguf::read_header(&args.model) {
+        Ok(h) => h,
+        Err(e) => {
+            return Ok(fatal(
+                exit::MODEL_INVALID,
+                format!("cannot use model {}: {e}", args.model.display()),
+            ))
+        }
+    };
+
+    let server = match tiny_http::Server::http(SocketAddr::new(args.host, args.port)) {
+        Ok(s) => Arc::new(s),
+        Err(e) => {
+            let in_use = e
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == ErrorKind::AddrInUse);
+            return Ok(if in_use {
+                fatal(
+                    exit::PORT_IN_USE,
+                    format!("port {} on {} is already in use by another process; choose another --port", args.port, args.host),
+                )
+            } else {
+                fatal(exit::FAILURE, format!("cannot listen on {}:{}: {e}", args.host, args.port))
+            });
+        }
+    };
+    let addr = server
+        .server_addr()
+        .to_ip()
+        .context("the server has no IP address")?;
+    let base_url = format!("http://{addr}");
+    tracing::info!(url = %base_url, model = %model_file, "listening");
+
+    let worker_id = args
+        .worker_id
+        .clone()
+        .unwrap_or_else(|| format!("worker-{}", std::process::id()));
+    let info = WorkerInfo {
+        id: worker_id.clone(),
+        model_ref: args.model_ref.clone(),
+        model_file,
+        backend: args.backend.as_str().into(),
+        device: args.device,
+        slots: args.slots,
+        ctx_size: args.ctx_size.unwrap_or(0),
+        version: env!("CARGO_PKG_VERSION").into(),
+        model: Some(metadata_from_header(&header)),
+    };
+    let shared = Arc::new(Shared::new(info, api_key, base_url.clone(), args.max_body_bytes));
+    shared.update_load(|l| l.layers_total = header.layers().unwrap_or(0));
+    let engine = Engine::new();
+    let (shutdown_tx, shutdown_rx) = mpsc::channel();
+    let gpu = args.backend != Backend::Cpu;
+    let app = Arc::new(App {
+        shared: Arc::clone(&shared),
+        engine: Arc::clone(&engine),
+        shutdown: shutdown_tx.clone(),
+        gpu,
+    });
+
+    spawn_signal_thread(shutdown_tx.clone());
+    let http = {
+        let (server, app) = (Arc::clone(&server), Arc::clone(&app));
+        std::thread::Builder::new()
+            .name("http-accept".into())
+            .spawn(move || serve(&server, &app))?
+    };
+    if let Some(hive) = args.hive_url.clone() {
+        let cb = ReadyCallback {
+            worker_id,
+            url: base_url,
+            model_ref: args.model_ref.clone(),
+            backend: args.backend.as_str().into(),
+            device: args.device,
+        };
+        std::thread::spawn(move || hive_callback(&hive, &cb));
+    }
+
+    let cfg = EngineConfig {
+        model_path: args.model.clone(),
+        backend: args.backend,
+        device: args.device,
+        slots: args.slots,
+        ctx_size: args.ctx_size,
+        threads: args.threads.unwrap_or_else(physical_cores),
+    };
+    notify(&[NotifyState::Status(&format!("loading model ({} layers)", header.layers().unwrap_or(0)))]);
+    let engine_thread = {
+        let (engine, shared, tx) = (Arc::clone(&engine), Arc::clone(&shared), shutdown_tx.clone());
+        std::thread::Builder::new().name("engine".into()).spawn(move || {
+            if let Err(e) = engine.run(&cfg, &shared) {
+                tracing::error!("model load failed: {e:#}");
+                shared.update_load(|l| l.error = Some(format!("{e:#}")));
+                shared.set_phase(Phase::Failed);
+                let _ = tx.send(ShutdownCause::LoadFailed);
+            }
+        })?
+    };
+    let status_thread = spawn_status_thread(Arc::clone(&shared));
+
+    let cause = shutdown_rx.recv().unwrap_or(ShutdownCause::Signal);
+    if cause == ShutdownCause::LoadFailed {
+        notify(&[NotifyState::Stopping]);
+        server.unblock();
+        let _ = engine_thread.join();
+        return Ok(fatal(exit::MODEL_INVALID, format!("llama.cpp could not load the model {}", args.model.display())));
+    }
+    tracing::info!(?cause, "draining");
+    notify(&[NotifyState::Stopping, NotifyState::Status("draining")]);
+    shared.set_phase(Phase::Draining);
+    let deadline = Instant::now() + Duration::from_secs(args.drain_timeout);
+    while shared.slots.busy() > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if shared.slots.busy() > 0 {
+        tracing::warn!(busy = shared.slots.busy(), "drain deadline reached; cancelling active requests");
+        shared.cancel_all();
+    }
+    engine.shutdown();
+    let _ = engine_thread.join();
+    // Let handler threads write their last events before the listener goes away.
+    let until = Instant::now() + Duration::from_secs(2);
+    while shared.in_flight.load(Ordering::Acquire) > 0 && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    server.unblock();
+    let _ = http.join();
+    drop(status_thread);
+    tracing::info!("stopped");
+    Ok(exit::OK)
+}
+
+fn load_api_key(args: &Args) -> anyhow::Result<Option<String>> {
+    let key = match &args.api_key_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read --api-key-file {}", path.display()))?,
+        ),
+        None => std::env::var(env::WORKER_API_KEY).ok(),
+    };
+    let key = key.map(|k| k.trim().to_owned());
+    if key.as_deref() == Some("") {
+        anyhow::bail!("the API key is empty; put the key in the file or unset {}", env::WORKER_API_KEY);
+    }
+    Ok(key)
+}
+
+/// Sends sd-notify states; a no-op outside systemd (no NOTIFY_SOCKET).
+fn notify(states: &[NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(states) {
+        tracing::debug!(error = %e, "sd_notify failed");
+    }
+}
+
+/// READY=1 once the model is in, then STATUS= every 2 s and WATCHDOG=1 when asked for.
+fn spawn_status_thread(shared: Arc<Shared>) -> std::thread::JoinHandle<()> {
+    std::thread::Builder::new()
+        .name("status".into())
+        .spawn(move || {
+            let watchdog = sd_notify::watchdog_enabled();
+            let tick = watchdog.map_or(Duration::from_secs(2), |w| (w / 2).min(Duration::from_secs(2)));
+            let mut told_ready = false;
+            let (mut last_tokens, mut last_at) = (0u64, Instant::now());
+            loop {
+                let phase = shared.phase();
+                let status = match phase {
+                    Phase::Loading => {
+                        let l = crate::state::lock(&shared.load).clone();
+                        format!("loading model: {}/{} layers", l.layers_loaded, l.layers_total)
+                    }
+                    Phase::Ready => {
+                        let tokens = shared.tokens_generated.load(Ordering::Relaxed);
+                        let rate = (tokens - last_tokens) as f64 / last_at.elapsed().as_secs_f64().max(1e-3);
+                        (last_tokens, last_at) = (tokens, Instant::now());
+                        let busy = shared.slots.busy();
+                        format!(
+                            "{}, {busy}/{} slots busy, {rate:.0} tok/s",
+                            if busy == 0 { "idle" } else { "busy" },
+                            shared.slots.total()
+                        )
+                    }
+                    Phase::Draining => "draining".to_owned(),
+                    Phase::Failed => return,
+                };
+                if phase == Phase::Ready && !told_ready {
+                    notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
+                    told_ready = true;
+                } else {
+                    notify(&[NotifyState::Status(&status)]);
+                }
+                if watchdog.is_some() {
+                    notify(&[NotifyState::Watchdog]);
+                }
+                std::thread::sleep(tick);
+            }
+        })
+        .expect("spawning the status thread")
+}
+
+/// Blocks SIGTERM and SIGINT in this thread and every thread spawned after, so that only
+/// the signal thread receives them.
+fn block_termination_signals() {
+    // SAFETY: plain libc calls on a stack-allocated, initialised sigset.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+}
+
+fn spawn_signal_thread(tx: mpsc::Sender<ShutdownCause>) {
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || loop {
+            let mut sig: libc::c_int = 0;
+            // SAFETY: as above; sigwait writes the received signal into `sig`.
+            let rc = unsafe {
+                let mut set: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut set);
+                libc::sigaddset(&mut set, libc::SIGTERM);
+                libc::sigaddset(&mut set, libc::SIGINT);
+                libc::sigwait(&set, &mut sig)
+            };
+            if rc == 0 {
+                tracing::info!(signal = sig, "termination signal received");
+                let _ = tx.send(ShutdownCause::Signal);
+            }
+        })
+        .expect("spawning the signal thread");
+}
+
+/// Tells the hive where this worker listens; retried a few times, never fatal.
+fn hive_callback(hive: &str, cb: &ReadyCallback) {
+    let url = format!("{}/v1/workers/ready", hive.trim_end_matches('/'));
+    for attempt in 1..=5u32 {
+        match ureq::post(&url)
+            .timeout(Duration::from_secs(5))
+            .send_json(serde_json::to_value(cb).unwrap_or_default())
+        {
+            Ok(_) => {
+                tracing::info!(%url, "registered with the hive");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(%url, attempt, error = %e, "hive callback failed");
+                std::thread::sleep(Duration::from_millis(200 * u64::from(attempt)));
+            }
+        }
+    }
+}

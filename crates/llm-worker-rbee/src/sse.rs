@@ -1,0 +1,46 @@
+//! Server-sent events over a raw tiny_http connection, one HTTP chunk per event, flushed as
+//! soon as it is written: tiny_http's own `Response` buffers bodies, which would hold tokens
+//! back.
+
+use std::io::{self, Write};
+
+/// An open `text/event-stream` response.
+pub struct SseWriter {
+    out: Box<dyn Write + Send>,
+}
+
+impl SseWriter {
+    /// Writes the response head (200, chunked) and returns the writer for events.
+    pub fn start(request: tiny_http::Request, extra_headers: &[(&str, &str)]) -> io::Result<Self> {
+        let mut out = request.into_writer();
+        let mut head = String::from(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n",
+        );
+        for (k, v) in extra_headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str("\r\n");
+        out.write_all(head.as_bytes())?;
+        out.flush()?;
+        Ok(Self { out })
+    }
+
+    /// Sends `data: <payload>\n\n`. An error means the client has gone.
+    pub fn event(&mut self, payload: &str) -> io::Result<()> {
+        let frame = format!("data: {payload}\n\n");
+        write!(self.out, "{:x}\r\n{frame}\r\n", frame.len())?;
+        self.out.flush()
+    }
+
+    /// Sends a value as a JSON event.
+    pub fn json(&mut self, value: &impl serde::Serialize) -> io::Result<()> {
+        self.event(&serde_json::to_string(value).map_err(io::Error::other)?)
+    }
+
+    /// Sends `data: [DONE]` and ends the response.
+    pub fn done(mut self) -> io::Result<()> {
+        self.event("[DONE]")?;
+        self.out.write_all(b"0\r\n\r\n")?;
+        self.out.flush()
+    }
+}

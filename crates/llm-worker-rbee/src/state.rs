@@ -1,0 +1,205 @@
+//! State shared between the HTTP threads, the engine thread and the main thread.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Instant;
+
+use rbee_types::worker::{LoadProgress, WorkerInfo};
+
+/// Lifecycle of the worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// The model is being read.
+    Loading,
+    /// Serving.
+    Ready,
+    /// No new requests; active ones finish.
+    Draining,
+    /// The model failed to load; the process is about to exit.
+    Failed,
+}
+
+/// Loading progress, watched by `/v1/loading/progress` clients.
+#[derive(Debug, Clone, Default)]
+pub struct LoadState {
+    /// Layers loaded so far.
+    pub layers_loaded: u64,
+    /// Layers in the model.
+    pub layers_total: u64,
+    /// Set when loading failed (a message without paths).
+    pub error: Option<String>,
+    /// Bumped on every change so watchers can wait for the next one.
+    pub generation: u64,
+}
+
+/// Counts busy slots; taking one is a single compare-and-swap, so two requests can never
+/// both get the last slot.
+#[derive(Debug)]
+pub struct Slots {
+    total: u32,
+    busy: AtomicU32,
+}
+
+impl Slots {
+    /// `total` slots, all free.
+    pub fn new(total: u32) -> Self {
+        Self {
+            total,
+            busy: AtomicU32::new(0),
+        }
+    }
+
+    /// Takes a slot, or returns `None` when all are busy.
+    pub fn try_acquire(&self) -> Option<()> {
+        self.busy
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
+                (b < self.total).then_some(b + 1)
+            })
+            .ok()
+            .map(|_| ())
+    }
+
+    /// Gives a slot back.
+    pub fn release(&self) {
+        self.busy.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Busy slots now.
+    pub fn busy(&self) -> u32 {
+        self.busy.load(Ordering::Acquire)
+    }
+
+    /// All slots.
+    pub fn total(&self) -> u32 {
+        self.total
+    }
+}
+
+/// Everything the threads share.
+pub struct Shared {
+    /// Static facts for `/v1/info`.
+    pub info: Mutex<WorkerInfo>,
+    /// Current phase.
+    pub phase: Mutex<Phase>,
+    /// Loading progress and its change notification.
+    pub load: Mutex<LoadState>,
+    /// Signalled when `load` or `phase` changes.
+    pub changed: Condvar,
+    /// Slot accounting.
+    pub slots: Slots,
+    /// Cancel flags of active requests, by request id.
+    pub cancels: Mutex<HashMap<String, Arc<AtomicBool>>>,
+    /// Tokens generated since start (for the tokens/s in STATUS).
+    pub tokens_generated: AtomicU64,
+    /// Requests currently being handled by HTTP threads.
+    pub in_flight: AtomicU32,
+    /// API key, if one is configured.
+    pub api_key: Option<String>,
+    /// The worker's base URL.
+    pub base_url: String,
+    /// Largest request body accepted.
+    pub max_body_bytes: usize,
+    /// When the process started.
+    pub started: Instant,
+    next_request: AtomicU64,
+}
+
+impl Shared {
+    /// New state in the `Loading` phase.
+    pub fn new(
+        info: WorkerInfo,
+        api_key: Option<String>,
+        base_url: String,
+        max_body_bytes: usize,
+    ) -> Self {
+        let slots = Slots::new(info.slots);
+        Self {
+            info: Mutex::new(info),
+            phase: Mutex::new(Phase::Loading),
+            load: Mutex::new(LoadState::default()),
+            changed: Condvar::new(),
+            slots,
+            cancels: Mutex::new(HashMap::new()),
+            tokens_generated: AtomicU64::new(0),
+            in_flight: AtomicU32::new(0),
+            api_key,
+            base_url,
+            max_body_bytes,
+            started: Instant::now(),
+            next_request: AtomicU64::new(1),
+        }
+    }
+
+    /// The current phase.
+    pub fn phase(&self) -> Phase {
+        *lock(&self.phase)
+    }
+
+    /// Moves to `phase` and wakes watchers.
+    pub fn set_phase(&self, phase: Phase) {
+        *lock(&self.phase) = phase;
+        self.bump();
+    }
+
+    /// Updates the loading progress and wakes watchers.
+    pub fn update_load(&self, f: impl FnOnce(&mut LoadState)) {
+        let mut l = lock(&self.load);
+        f(&mut l);
+        l.generation += 1;
+        drop(l);
+        self.changed.notify_all();
+    }
+
+    fn bump(&self) {
+        self.update_load(|_| {});
+    }
+
+    /// The progress event a watcher sends now.
+    pub fn progress_event(&self, backend_is_gpu: bool) -> LoadProgress {
+        let phase = self.phase();
+        let l = lock(&self.load).clone();
+        let stage = match (phase, &l.error) {
+            (_, Some(_)) | (Phase::Failed, _) => "failed",
+            (Phase::Loading, _) if backend_is_gpu => "loading_to_vram",
+            (Phase::Loading, _) => "loading_to_ram",
+            _ => "ready",
+        };
+        LoadProgress {
+            stage: stage.into(),
+            layers_loaded: Some(l.layers_loaded),
+            layers_total: Some(l.layers_total),
+            error: l.error,
+        }
+    }
+
+    /// A fresh request id, unique within this process.
+    pub fn new_request_id(&self) -> String {
+        let n = self.next_request.fetch_add(1, Ordering::Relaxed);
+        format!("req-{:x}-{n}", std::process::id())
+    }
+
+    /// Sets the cancel flag of a request, if it is active. Returns whether it was.
+    pub fn cancel(&self, request_id: &str) -> bool {
+        match lock(&self.cancels).get(request_id) {
+            Some(flag) => {
+                flag.store(true, Ordering::Release);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Cancels every active request (end of the drain deadline).
+    pub fn cancel_all(&self) {
+        for flag in lock(&self.cancels).values() {
+            flag.store(true, Ordering::Release);
+        }
+    }
+}
+
+/// Locks a mutex, recovering the data if a thread panicked while holding it (the state
+/// stays usable; a panic is already logged).
+pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

@@ -1,0 +1,49 @@
+//! Where the test model is.
+
+use std::path::PathBuf;
+
+/// SHA-256 of SmolLM2-135M-Instruct Q4_1, the model every test and benchmark uses.
+pub const TEST_MODEL_SHA256: &str =
+    "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
+
+/// The test model: `$RBEE_TEST_MODEL`, else the file `scripts/fetch-test-model` puts in the
+/// cache. `None` when it is not there (run `scripts/fetch-test-model`).
+pub fn test_model() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("RBEE_TEST_MODEL") {
+        return Some(PathBuf::from(p)).filter(|p| p.is_file());
+    }
+    let cache = std::env::var_os("RBEE_CACHE_DIR")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|c| PathBuf::from(c).join("rbee")))
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/rbee")))?;
+    Some(cache.join("models/SmolLM2-135M-Instruct.Q4_1.gguf")).filter(|p| p.is_file())
+}
+
+/// A fresh temporary directory, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    /// Creates `rbee-<tag>-<pid>-<n>` under the system temp dir.
+    pub fn new(tag: &str) -> Self {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "rbee-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        std::fs::create_dir_all(&p).expect("create temp dir");
+        Self(p)
+    }
+
+    /// A path inside the directory.
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

@@ -1,0 +1,167 @@
+//! The error envelope every rbee HTTP API answers with:
+//! `{"error": {"code": "ALL_SLOTS_BUSY", "message": "…", "details": {…}}}`.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// The fixed set of machine-readable error codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ErrorCode {
+    /// The request body is not valid JSON or does not match the expected shape.
+    InvalidJson,
+    /// The request body is not valid UTF-8.
+    InvalidUtf8,
+    /// A field has a value outside its accepted range.
+    InvalidRequest,
+    /// The request body has a field the API does not know.
+    UnknownField,
+    /// The request body is larger than the server accepts.
+    BodyTooLarge,
+    /// The prompt does not fit in a slot's context.
+    PromptTooLong,
+    /// No such path.
+    NotFound,
+    /// The path exists but not with this method.
+    MethodNotAllowed,
+    /// An API key is configured and the request carried none.
+    MissingApiKey,
+    /// The request carried a key that does not match.
+    InvalidApiKey,
+    /// Every inference slot of the worker is busy.
+    AllSlotsBusy,
+    /// The server is still loading its model.
+    ModelLoading,
+    /// The server is shutting down and takes no new work.
+    Draining,
+    /// Too many requests are being handled at once.
+    Overloaded,
+    /// Generation stopped because of an internal llama.cpp failure.
+    InferenceFailed,
+    /// The model could not be loaded.
+    ModelLoadFailed,
+    /// Not enough VRAM on the chosen device.
+    VramExhausted,
+    /// Anything else; the message says what.
+    Internal,
+}
+
+impl ErrorCode {
+    /// The HTTP status this code is answered with.
+    pub fn http_status(self) -> u16 {
+        use ErrorCode::*;
+        match self {
+            InvalidJson | InvalidUtf8 | InvalidRequest | UnknownField | PromptTooLong => 400,
+            MissingApiKey | InvalidApiKey => 401,
+            NotFound => 404,
+            MethodNotAllowed => 405,
+            BodyTooLarge => 413,
+            AllSlotsBusy | ModelLoading | Draining | Overloaded => 503,
+            VramExhausted => 507,
+            InferenceFailed | ModelLoadFailed | Internal => 500,
+        }
+    }
+
+    /// The code as it appears on the wire (`ALL_SLOTS_BUSY`).
+    pub fn as_str(self) -> String {
+        match serde_json::to_value(self) {
+            Ok(Value::String(s)) => s,
+            _ => format!("{self:?}"),
+        }
+    }
+}
+
+/// The inner object of the error envelope.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// Machine-readable code.
+    pub code: ErrorCode,
+    /// A sentence for a person: what went wrong and what to do.
+    pub message: String,
+    /// Numbers and names that help act on the error.
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub details: Map<String, Value>,
+    /// Fields some errors carry next to `code` for clients that read them there
+    /// (`slots_total`, `slots_busy` of `ALL_SLOTS_BUSY`).
+    #[serde(flatten, default, skip_serializing_if = "Map::is_empty")]
+    pub extra: Map<String, Value>,
+}
+
+/// An API error: code, message and details, ready to be serialised into the envelope.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApiError {
+    /// The error.
+    pub error: ErrorBody,
+}
+
+impl ApiError {
+    /// A new error with no details.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            error: ErrorBody {
+                code,
+                message: message.into(),
+                details: Map::new(),
+                extra: Map::new(),
+            },
+        }
+    }
+
+    /// Adds one detail (`"slots_total": 4`).
+    pub fn detail(mut self, key: &str, value: impl Into<Value>) -> Self {
+        self.error.details.insert(key.to_owned(), value.into());
+        self
+    }
+
+    /// Adds a field next to `code` and to `details` alike.
+    pub fn field(mut self, key: &str, value: impl Into<Value>) -> Self {
+        let value = value.into();
+        self.error.extra.insert(key.to_owned(), value.clone());
+        self.error.details.insert(key.to_owned(), value);
+        self
+    }
+
+    /// The HTTP status for this error.
+    pub fn http_status(&self) -> u16 {
+        self.error.code.http_status()
+    }
+
+    /// The JSON document of the envelope.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|_| {
+            r#"{"error":{"code":"INTERNAL","message":"error serialisation failed"}}"#.into()
+        })
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.error.code.as_str(), self.error.message)
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelope_has_the_documented_shape() {
+        let e = ApiError::new(ErrorCode::AllSlotsBusy, "all 2 slots are busy")
+            .detail("slots_total", 2)
+            .detail("slots_busy", 2);
+        let v: Value = serde_json::from_str(&e.to_json()).unwrap();
+        assert_eq!(v["error"]["code"], "ALL_SLOTS_BUSY");
+        assert_eq!(v["error"]["details"]["slots_busy"], 2);
+        assert_eq!(e.http_status(), 503);
+        let back: ApiError = serde_json::from_value(v).unwrap();
+        assert_eq!(back, e);
+    }
+
+    #[test]
+    fn codes_are_screaming_snake_case() {
+        assert_eq!(ErrorCode::InvalidApiKey.as_str(), "INVALID_API_KEY");
+        assert_eq!(ErrorCode::VramExhausted.as_str(), "VRAM_EXHAUSTED");
+    }
+}

@@ -1,0 +1,13 @@
+//! Wire types, error codes, exit codes and environment variable names shared by every
+//! rbee binary. Nothing here does I/O: it is the vocabulary the keeper, the hive and the
+//! worker speak to each other.
+
+pub mod env;
+pub mod error;
+pub mod exit;
+pub mod worker;
+
+pub use error::{ApiError, ErrorBody, ErrorCode};
+
+/// The HTTP API version every rbee component serves under `/v1`.
+pub const API_VERSION: &str = "v1";

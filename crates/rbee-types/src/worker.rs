@@ -1,0 +1,230 @@
+//! The worker's HTTP API: request and response bodies, and the SSE events of the token
+//! stream and of the loading progress.
+
+use serde::{Deserialize, Serialize};
+
+/// One chat message; the worker renders a list of them with the model's own chat template.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChatMessage {
+    /// `system`, `user` or `assistant`.
+    pub role: String,
+    /// The message text.
+    pub content: String,
+}
+
+/// `POST /v1/inference`. Numbers are taken wide (`i64`, `f64`) so that out-of-range values
+/// get a range error that names the field rather than a type error.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InferenceRequest {
+    /// A raw prompt, used as is (exclusive with `messages`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
+    /// Chat messages (exclusive with `prompt`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub messages: Option<Vec<ChatMessage>>,
+    /// Most tokens to generate (1 ..= context size; default 256).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<i64>,
+    /// 0 is greedy; 0 ..= 2 (default 0.7).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
+    /// Nucleus sampling, (0, 1] (default 0.95).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f64>,
+    /// Top-k sampling; 0 disables it (default 40).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_k: Option<i64>,
+    /// Seed of the sampler (default random).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    /// Strings that end generation; not included in the output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop: Option<Vec<String>>,
+    /// Stream tokens as SSE (default true) or answer with one JSON document.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<bool>,
+}
+
+/// First SSE event of a stream: the id to cancel it with.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StartEvent {
+    /// The request id (also in the `X-Request-Id` header).
+    pub request_id: String,
+}
+
+/// One generated token: `{"token": "Once", "index": 0}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenEvent {
+    /// The text of the token (UTF-8; a token that ends inside a character carries over).
+    pub token: String,
+    /// 0-based position in the generated output.
+    pub index: u32,
+}
+
+/// Why generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// The model produced an end-of-generation token or a stop string matched.
+    Stop,
+    /// `max_tokens` reached.
+    Length,
+    /// The slot's context is full.
+    ContextFull,
+    /// Cancelled by `DELETE`, a client disconnect, or the drain deadline.
+    Cancelled,
+}
+
+/// Last SSE event before `[DONE]`: `{"done": true, "total_tokens": N, "duration_ms": T}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DoneEvent {
+    /// Always true.
+    pub done: bool,
+    /// Tokens generated.
+    pub total_tokens: u32,
+    /// Wall time from the request's arrival to its end.
+    pub duration_ms: u64,
+    /// Tokens in the prompt.
+    pub prompt_tokens: u32,
+    /// Time from arrival to the first generated token.
+    pub time_to_first_token_ms: Option<u64>,
+    /// Why it ended.
+    pub finish_reason: FinishReason,
+}
+
+/// The answer to `stream: false`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CompletionResponse {
+    /// The request id.
+    pub request_id: String,
+    /// The generated text.
+    pub text: String,
+    /// Tokens generated.
+    pub total_tokens: u32,
+    /// Tokens in the prompt.
+    pub prompt_tokens: u32,
+    /// Wall time.
+    pub duration_ms: u64,
+    /// Why it ended.
+    pub finish_reason: FinishReason,
+}
+
+/// `GET /v1/info`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerInfo {
+    /// The worker id given by the hive (or generated).
+    pub id: String,
+    /// The catalogue reference it serves (`hf:org/repo:Q4_1`), if given.
+    pub model_ref: Option<String>,
+    /// File name of the model (never the absolute path: error bodies and info are safe
+    /// to show to API clients).
+    pub model_file: String,
+    /// `cpu`, `cuda` or `metal`.
+    pub backend: String,
+    /// Device index.
+    pub device: u32,
+    /// Number of slots.
+    pub slots: u32,
+    /// Context tokens per slot.
+    pub ctx_size: u32,
+    /// Worker version.
+    pub version: String,
+    /// GGUF metadata, once read.
+    pub model: Option<ModelMetadata>,
+}
+
+/// What the GGUF header says about the model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelMetadata {
+    /// `general.architecture` (`llama`, `qwen2`, …).
+    pub architecture: String,
+    /// `general.name`, if present.
+    pub name: Option<String>,
+    /// Parameter count (from llama.cpp once loaded, else from `general.size_label`).
+    pub parameter_count: Option<u64>,
+    /// Quantisation (`Q4_1`, `Q4_K_M`, `F16`, …) from `general.file_type`.
+    pub quantization: Option<String>,
+    /// `<arch>.context_length`.
+    pub context_length: Option<u64>,
+    /// `<arch>.block_count`.
+    pub layers: Option<u64>,
+    /// Vocabulary size.
+    pub vocab_size: Option<u64>,
+    /// End-of-sequence token id.
+    pub eos_token_id: Option<u64>,
+    /// All end-of-generation token ids llama.cpp recognises (filled once loaded).
+    #[serde(default)]
+    pub eog_token_ids: Vec<i64>,
+    /// File size in bytes.
+    pub file_size: u64,
+}
+
+/// `GET /v1/ready`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReadyResponse {
+    /// True once the model is loaded and the worker takes requests.
+    pub ready: bool,
+    /// `loading`, `idle`, `busy`, `draining` or `failed`.
+    pub state: String,
+    /// Whether the model is in memory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_loaded: Option<bool>,
+    /// Where to follow loading progress (while loading).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress_url: Option<String>,
+}
+
+/// One event of `GET /v1/loading/progress`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoadProgress {
+    /// `loading_to_vram` (or `loading_to_ram` on CPU), `ready` or `failed`.
+    pub stage: String,
+    /// Layers loaded so far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layers_loaded: Option<u64>,
+    /// Layers in the model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layers_total: Option<u64>,
+    /// Why loading failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// `POST {hive}/v1/workers/ready`: the worker tells the hive where it listens.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReadyCallback {
+    /// Worker id.
+    pub worker_id: String,
+    /// Base URL of the worker's API.
+    pub url: String,
+    /// The catalogue reference it serves.
+    pub model_ref: Option<String>,
+    /// `cpu`, `cuda` or `metal`.
+    pub backend: String,
+    /// Device index.
+    pub device: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_fields_are_rejected() {
+        let err = serde_json::from_str::<InferenceRequest>(r#"{"prompt":"x","tempreature":1}"#)
+            .unwrap_err();
+        assert!(err.to_string().contains("tempreature"), "{err}");
+    }
+
+    #[test]
+    fn token_event_matches_the_wire_format() {
+        let s = serde_json::to_string(&TokenEvent {
+            token: "Once".into(),
+            index: 0,
+        })
+        .unwrap();
+        assert_eq!(s, r#"{"token":"Once","index":0}"#);
+    }
+}
