@@ -46,7 +46,13 @@ impl Backend {
 ///
 ///   curl -N localhost:8081/v1/inference -d '{"prompt": "Write a haiku about bees"}'
 #[derive(Debug, Clone, Parser)]
-#[command(name = "llm-worker-rbee", version, about, long_about, verbatim_doc_comment)]
+#[command(
+    name = "llm-worker-rbee",
+    version,
+    about,
+    long_about,
+    verbatim_doc_comment
+)]
 pub struct Args {
     /// Path of the GGUF model file to load.
     #[arg(long, value_name = "PATH")]

@@ -140,11 +140,19 @@ impl Prepared {
             .map(|m| LlamaChatMessage::new(m.role.clone(), m.content.clone()))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|_| {
-                ApiError::new(ErrorCode::InvalidRequest, "messages must not contain NUL bytes")
+                ApiError::new(
+                    ErrorCode::InvalidRequest,
+                    "messages must not contain NUL bytes",
+                )
             })?;
         self.model
             .apply_chat_template(tmpl, &chat, true)
-            .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, format!("chat template failed: {e}")))
+            .map_err(|e| {
+                ApiError::new(
+                    ErrorCode::InvalidRequest,
+                    format!("chat template failed: {e}"),
+                )
+            })
     }
 
     /// Tokenises a prompt the way the engine decodes it (BOS as the model wants it,
@@ -233,9 +241,12 @@ impl Engine {
             .with_n_seq_max(cfg.slots)
             .with_n_threads(cfg.threads as i32)
             .with_n_threads_batch(cfg.threads as i32);
-        let mut ctx = model
-            .new_context(&backend, ctx_params)
-            .map_err(|e| anyhow::anyhow!("llama.cpp could not create a context of {ctx_size}×{} tokens: {e}", cfg.slots))?;
+        let mut ctx = model.new_context(&backend, ctx_params).map_err(|e| {
+            anyhow::anyhow!(
+                "llama.cpp could not create a context of {ctx_size}×{} tokens: {e}",
+                cfg.slots
+            )
+        })?;
         self.fill_metadata(&model, shared, ctx_size);
         let _ = self.prepared.set(Prepared {
             model: Arc::clone(&model),
@@ -256,9 +267,12 @@ impl Engine {
         let mut free_seqs: Vec<i32> = (0..cfg.slots as i32).rev().collect();
         let mut active: Vec<Slot> = Vec::new();
         let vocab = model.vocab();
+        let mut shutdown = false;
         loop {
+            if shutdown && active.is_empty() {
+                break;
+            }
             // Take new work: block only when there is nothing to decode.
-            let mut shutdown = false;
             if active.is_empty() {
                 match rx.recv_timeout(IDLE_TICK) {
                     Ok(cmd) => shutdown |= self.admit(cmd, &mut active, &mut free_seqs),
@@ -269,10 +283,6 @@ impl Engine {
             while let Ok(cmd) = rx.try_recv() {
                 shutdown |= self.admit(cmd, &mut active, &mut free_seqs);
             }
-            if shutdown && active.is_empty() {
-                break;
-            }
-
             // Drop cancelled requests before spending compute on them.
             let mut i = 0;
             while i < active.len() {

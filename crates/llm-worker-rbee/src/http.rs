@@ -203,7 +203,10 @@ fn progress(app: &App, request: Request) {
         }
         let guard = lock(&app.shared.load);
         if guard.generation == generation {
-            let _ = app.shared.changed.wait_timeout(guard, Duration::from_millis(500));
+            let _ = app
+                .shared
+                .changed
+                .wait_timeout(guard, Duration::from_millis(500));
         }
     }
 }
@@ -218,7 +221,10 @@ fn inference(app: &App, mut request: Request) {
             return respond_error(request, &e);
         }
         Phase::Draining | Phase::Failed => {
-            let e = ApiError::new(ErrorCode::Draining, "the worker is shutting down and takes no new requests");
+            let e = ApiError::new(
+                ErrorCode::Draining,
+                "the worker is shutting down and takes no new requests",
+            );
             return respond_error(request, &e);
         }
     }
@@ -227,7 +233,10 @@ fn inference(app: &App, mut request: Request) {
         Err(e) => return respond_error(request, &e),
     };
     let Some(prepared) = app.engine.prepared() else {
-        return respond_error(request, &ApiError::new(ErrorCode::ModelLoading, "the model is not loaded"));
+        return respond_error(
+            request,
+            &ApiError::new(ErrorCode::ModelLoading, "the model is not loaded"),
+        );
     };
     let req: InferenceRequest = match serde_json::from_str(&body) {
         Ok(r) => r,
@@ -238,7 +247,10 @@ fn inference(app: &App, mut request: Request) {
             } else {
                 ErrorCode::InvalidJson
             };
-            return respond_error(request, &ApiError::new(code, format!("invalid request body: {msg}")));
+            return respond_error(
+                request,
+                &ApiError::new(code, format!("invalid request body: {msg}")),
+            );
         }
     };
     let valid = match validate(&req, prepared.ctx_size).and_then(|v| {
@@ -273,7 +285,9 @@ fn inference(app: &App, mut request: Request) {
         let total = app.shared.slots.total();
         let e = ApiError::new(
             ErrorCode::AllSlotsBusy,
-            format!("all {total} slots are busy; retry shortly or start a worker with more --slots"),
+            format!(
+                "all {total} slots are busy; retry shortly or start a worker with more --slots"
+            ),
         )
         .field("slots_total", total)
         .field("slots_busy", total);
@@ -281,7 +295,11 @@ fn inference(app: &App, mut request: Request) {
     }
     let request_id = app.shared.new_request_id();
     let cancel = Arc::new(AtomicBool::new(false));
-    let guard = RequestGuard::new(Arc::clone(&app.shared), request_id.clone(), Arc::clone(&cancel));
+    let guard = RequestGuard::new(
+        Arc::clone(&app.shared),
+        request_id.clone(),
+        Arc::clone(&cancel),
+    );
     let (tx, rx) = mpsc::channel();
     let job = Job {
         tokens,
@@ -312,7 +330,12 @@ fn stream(request: Request, request_id: &str, rx: &mpsc::Receiver<Event>, cancel
     let Ok(mut sse) = SseWriter::start(request, &[("X-Request-Id", request_id)]) else {
         return gone("head");
     };
-    if sse.json(&StartEvent { request_id: request_id.to_owned() }).is_err() {
+    if sse
+        .json(&StartEvent {
+            request_id: request_id.to_owned(),
+        })
+        .is_err()
+    {
         return gone("start");
     }
     let mut index = 0u32;
@@ -320,7 +343,10 @@ fn stream(request: Request, request_id: &str, rx: &mpsc::Receiver<Event>, cancel
         let sent = match rx.recv() {
             Ok(Event::Token(token)) => {
                 index += 1;
-                sse.json(&TokenEvent { token, index: index - 1 })
+                sse.json(&TokenEvent {
+                    token,
+                    index: index - 1,
+                })
             }
             Ok(Event::Done(done)) => {
                 let _ = sse.json(&done).and_then(|()| sse.done());
@@ -356,13 +382,17 @@ fn complete(request: Request, request_id: &str, rx: &mpsc::Receiver<Event>) {
                     duration_ms: d.duration_ms,
                     finish_reason: d.finish_reason,
                 };
-                let resp = json_response(200, &body).with_header(header("X-Request-Id", request_id));
+                let resp =
+                    json_response(200, &body).with_header(header("X-Request-Id", request_id));
                 let _ = request.respond(resp);
                 return;
             }
             Ok(Event::Error(e)) => return respond_error(request, &e),
             Err(_) => {
-                return respond_error(request, &ApiError::new(ErrorCode::Internal, "the engine stopped"))
+                return respond_error(
+                    request,
+                    &ApiError::new(ErrorCode::Internal, "the engine stopped"),
+                )
             }
         }
     }
@@ -371,8 +401,11 @@ fn complete(request: Request, request_id: &str, rx: &mpsc::Receiver<Event>) {
 /// Reads the body, at most `limit` bytes, as UTF-8.
 fn read_body(request: &mut Request, limit: usize) -> Result<String, ApiError> {
     let too_large = || {
-        ApiError::new(ErrorCode::BodyTooLarge, format!("the request body is larger than {limit} bytes"))
-            .detail("limit_bytes", limit)
+        ApiError::new(
+            ErrorCode::BodyTooLarge,
+            format!("the request body is larger than {limit} bytes"),
+        )
+        .detail("limit_bytes", limit)
     };
     if request.body_length().is_some_and(|n| n > limit) {
         return Err(too_large());
@@ -382,13 +415,21 @@ fn read_body(request: &mut Request, limit: usize) -> Result<String, ApiError> {
         .as_reader()
         .take(limit as u64 + 1)
         .read_to_end(&mut buf)
-        .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, format!("cannot read the request body: {e}")))?;
+        .map_err(|e| {
+            ApiError::new(
+                ErrorCode::InvalidRequest,
+                format!("cannot read the request body: {e}"),
+            )
+        })?;
     if buf.len() > limit {
         return Err(too_large());
     }
     String::from_utf8(buf).map_err(|e| {
-        ApiError::new(ErrorCode::InvalidUtf8, "the request body is not valid UTF-8")
-            .detail("byte_offset", e.utf8_error().valid_up_to())
+        ApiError::new(
+            ErrorCode::InvalidUtf8,
+            "the request body is not valid UTF-8",
+        )
+        .detail("byte_offset", e.utf8_error().valid_up_to())
     })
 }
 
@@ -411,7 +452,10 @@ fn check_auth(shared: &Shared, request: &Request) -> Result<(), ApiError> {
     if constant_time_eq(token.as_bytes(), key.as_bytes()) {
         Ok(())
     } else {
-        Err(ApiError::new(ErrorCode::InvalidApiKey, "the API key is not valid for this worker"))
+        Err(ApiError::new(
+            ErrorCode::InvalidApiKey,
+            "the API key is not valid for this worker",
+        ))
     }
 }
 
@@ -466,7 +510,9 @@ mod tests {
 
     #[test]
     fn routes_cancel_ids_but_not_nested_paths() {
-        assert!(matches!(route("/v1/inference/req-1"), Some((Route::Cancel(id), Method::Delete)) if id == "req-1"));
+        assert!(
+            matches!(route("/v1/inference/req-1"), Some((Route::Cancel(id), Method::Delete)) if id == "req-1")
+        );
         assert!(route("/v1/inference/a/b").is_none());
         assert!(route("/v1/nope").is_none());
     }

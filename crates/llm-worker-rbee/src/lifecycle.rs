@@ -32,8 +32,9 @@ pub fn run(args: Args) -> i32 {
 }
 
 fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env(env::LOG)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,llama_cpp_2=warn,llama-cpp-2=warn"));
+    let filter = tracing_subscriber::EnvFilter::try_from_env(env::LOG).unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,llama_cpp_2=warn,llama-cpp-2=warn")
+    });
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -88,10 +89,16 @@ fn run_inner(args: Args) -> anyhow::Result<i32> {
             return Ok(if in_use {
                 fatal(
                     exit::PORT_IN_USE,
-                    format!("port {} on {} is already in use by another process; choose another --port", args.port, args.host),
+                    format!(
+                        "port {} on {} is already in use by another process; choose another --port",
+                        args.port, args.host
+                    ),
                 )
             } else {
-                fatal(exit::FAILURE, format!("cannot listen on {}:{}: {e}", args.host, args.port))
+                fatal(
+                    exit::FAILURE,
+                    format!("cannot listen on {}:{}: {e}", args.host, args.port),
+                )
             });
         }
     };
@@ -117,7 +124,12 @@ fn run_inner(args: Args) -> anyhow::Result<i32> {
         version: env!("CARGO_PKG_VERSION").into(),
         model: Some(metadata_from_header(&header)),
     };
-    let shared = Arc::new(Shared::new(info, api_key, base_url.clone(), args.max_body_bytes));
+    let shared = Arc::new(Shared::new(
+        info,
+        api_key,
+        base_url.clone(),
+        args.max_body_bytes,
+    ));
     shared.update_load(|l| l.layers_total = header.layers().unwrap_or(0));
     let engine = Engine::new();
     let (shutdown_tx, shutdown_rx) = mpsc::channel();
@@ -155,17 +167,26 @@ fn run_inner(args: Args) -> anyhow::Result<i32> {
         ctx_size: args.ctx_size,
         threads: args.threads.unwrap_or_else(physical_cores),
     };
-    notify(&[NotifyState::Status(&format!("loading model ({} layers)", header.layers().unwrap_or(0)))]);
+    notify(&[NotifyState::Status(&format!(
+        "loading model ({} layers)",
+        header.layers().unwrap_or(0)
+    ))]);
     let engine_thread = {
-        let (engine, shared, tx) = (Arc::clone(&engine), Arc::clone(&shared), shutdown_tx.clone());
-        std::thread::Builder::new().name("engine".into()).spawn(move || {
-            if let Err(e) = engine.run(&cfg, &shared) {
-                tracing::error!("model load failed: {e:#}");
-                shared.update_load(|l| l.error = Some(format!("{e:#}")));
-                shared.set_phase(Phase::Failed);
-                let _ = tx.send(ShutdownCause::LoadFailed);
-            }
-        })?
+        let (engine, shared, tx) = (
+            Arc::clone(&engine),
+            Arc::clone(&shared),
+            shutdown_tx.clone(),
+        );
+        std::thread::Builder::new()
+            .name("engine".into())
+            .spawn(move || {
+                if let Err(e) = engine.run(&cfg, &shared) {
+                    tracing::error!("model load failed: {e:#}");
+                    shared.update_load(|l| l.error = Some(format!("{e:#}")));
+                    shared.set_phase(Phase::Failed);
+                    let _ = tx.send(ShutdownCause::LoadFailed);
+                }
+            })?
     };
     let status_thread = spawn_status_thread(Arc::clone(&shared));
 
@@ -174,7 +195,13 @@ fn run_inner(args: Args) -> anyhow::Result<i32> {
         notify(&[NotifyState::Stopping]);
         server.unblock();
         let _ = engine_thread.join();
-        return Ok(fatal(exit::MODEL_INVALID, format!("llama.cpp could not load the model {}", args.model.display())));
+        return Ok(fatal(
+            exit::MODEL_INVALID,
+            format!(
+                "llama.cpp could not load the model {}",
+                args.model.display()
+            ),
+        ));
     }
     tracing::info!(?cause, "draining");
     notify(&[NotifyState::Stopping, NotifyState::Status("draining")]);
@@ -184,7 +211,10 @@ fn run_inner(args: Args) -> anyhow::Result<i32> {
         std::thread::sleep(Duration::from_millis(50));
     }
     if shared.slots.busy() > 0 {
-        tracing::warn!(busy = shared.slots.busy(), "drain deadline reached; cancelling active requests");
+        tracing::warn!(
+            busy = shared.slots.busy(),
+            "drain deadline reached; cancelling active requests"
+        );
         shared.cancel_all();
     }
     engine.shutdown();
@@ -211,7 +241,10 @@ fn load_api_key(args: &Args) -> anyhow::Result<Option<String>> {
     };
     let key = key.map(|k| k.trim().to_owned());
     if key.as_deref() == Some("") {
-        anyhow::bail!("the API key is empty; put the key in the file or unset {}", env::WORKER_API_KEY);
+        anyhow::bail!(
+            "the API key is empty; put the key in the file or unset {}",
+            env::WORKER_API_KEY
+        );
     }
     Ok(key)
 }
@@ -229,7 +262,9 @@ fn spawn_status_thread(shared: Arc<Shared>) -> std::thread::JoinHandle<()> {
         .name("status".into())
         .spawn(move || {
             let watchdog = sd_notify::watchdog_enabled();
-            let tick = watchdog.map_or(Duration::from_secs(2), |w| (w / 2).min(Duration::from_secs(2)));
+            let tick = watchdog.map_or(Duration::from_secs(2), |w| {
+                (w / 2).min(Duration::from_secs(2))
+            });
             let mut told_ready = false;
             let (mut last_tokens, mut last_at) = (0u64, Instant::now());
             loop {
@@ -237,11 +272,15 @@ fn spawn_status_thread(shared: Arc<Shared>) -> std::thread::JoinHandle<()> {
                 let status = match phase {
                     Phase::Loading => {
                         let l = crate::state::lock(&shared.load).clone();
-                        format!("loading model: {}/{} layers", l.layers_loaded, l.layers_total)
+                        format!(
+                            "loading model: {}/{} layers",
+                            l.layers_loaded, l.layers_total
+                        )
                     }
                     Phase::Ready => {
                         let tokens = shared.tokens_generated.load(Ordering::Relaxed);
-                        let rate = (tokens - last_tokens) as f64 / last_at.elapsed().as_secs_f64().max(1e-3);
+                        let rate = (tokens - last_tokens) as f64
+                            / last_at.elapsed().as_secs_f64().max(1e-3);
                         (last_tokens, last_at) = (tokens, Instant::now());
                         let busy = shared.slots.busy();
                         format!(

@@ -42,8 +42,8 @@ impl OutputText {
                 return self.release();
             }
         };
-        let text = String::from_utf8(self.pending_bytes.drain(..valid).collect())
-            .unwrap_or_default();
+        let text =
+            String::from_utf8(self.pending_bytes.drain(..valid).collect()).unwrap_or_default();
         self.held.push_str(&text);
         self.release()
     }
@@ -87,7 +87,9 @@ fn longest_suffix_prefix(text: &str, stop: &str) -> usize {
     let max = text.len().min(stop.len().saturating_sub(1));
     (1..=max)
         .rev()
-        .find(|&n| text.is_char_boundary(text.len() - n) && stop.starts_with(&text[text.len() - n..]))
+        .find(|&n| {
+            text.is_char_boundary(text.len() - n) && stop.starts_with(&text[text.len() - n..])
+        })
         .unwrap_or(0)
 }
 

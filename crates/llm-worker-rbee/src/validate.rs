@@ -50,12 +50,18 @@ pub fn validate(r: &InferenceRequest, ctx_size: u32) -> Result<Valid, ApiError> 
             ))
         }
         (None, Some(m)) if m.is_empty() => {
-            return Err(ApiError::new(ErrorCode::InvalidRequest, "`messages` is empty"))
+            return Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                "`messages` is empty",
+            ))
         }
         _ => {}
     }
     if let Some(m) = &r.messages {
-        if let Some(bad_role) = m.iter().find(|m| !matches!(m.role.as_str(), "system" | "user" | "assistant")) {
+        if let Some(bad_role) = m
+            .iter()
+            .find(|m| !matches!(m.role.as_str(), "system" | "user" | "assistant"))
+        {
             return Err(bad(
                 "messages[].role",
                 "must be one of system, user, assistant".into(),
@@ -80,19 +86,35 @@ pub fn validate(r: &InferenceRequest, ctx_size: u32) -> Result<Valid, ApiError> 
     };
     let temperature = r.temperature.unwrap_or(0.7);
     if !(0.0..=2.0).contains(&temperature) {
-        return Err(bad("temperature", "must be between 0 (greedy) and 2".into(), temperature));
+        return Err(bad(
+            "temperature",
+            "must be between 0 (greedy) and 2".into(),
+            temperature,
+        ));
     }
     let top_p = r.top_p.unwrap_or(0.95);
     if !(top_p > 0.0 && top_p <= 1.0) {
-        return Err(bad("top_p", "must be greater than 0 and at most 1".into(), top_p));
+        return Err(bad(
+            "top_p",
+            "must be greater than 0 and at most 1".into(),
+            top_p,
+        ));
     }
     let top_k = r.top_k.unwrap_or(40);
     if !(0..=100_000).contains(&top_k) {
-        return Err(bad("top_k", "must be between 0 (disabled) and 100000".into(), top_k));
+        return Err(bad(
+            "top_k",
+            "must be between 0 (disabled) and 100000".into(),
+            top_k,
+        ));
     }
     let stop = r.stop.clone().unwrap_or_default();
     if stop.len() > MAX_STOPS || stop.iter().any(|s| s.len() > 256) {
-        return Err(bad("stop", format!("takes at most {MAX_STOPS} strings of at most 256 bytes"), stop.len()));
+        return Err(bad(
+            "stop",
+            format!("takes at most {MAX_STOPS} strings of at most 256 bytes"),
+            stop.len(),
+        ));
     }
     let seed = match r.seed {
         Some(s) => (s & 0xffff_ffff) as u32,
@@ -116,7 +138,11 @@ pub fn validate(r: &InferenceRequest, ctx_size: u32) -> Result<Valid, ApiError> 
 fn random_seed() -> u32 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
     h.finish() as u32
 }
 

@@ -27,13 +27,17 @@ pub enum GgufError {
     #[error("the model file is empty (0 bytes): the download or copy did not complete")]
     Empty,
     /// The first four bytes are not `GGUF`.
-    #[error("not a GGUF model: the file starts with {found:02x?}, a GGUF file starts with \"GGUF\"")]
+    #[error(
+        "not a GGUF model: the file starts with {found:02x?}, a GGUF file starts with \"GGUF\""
+    )]
     BadMagic {
         /// The bytes found.
         found: Vec<u8>,
     },
     /// The header ends before it should.
-    #[error("the model file is truncated: it ends inside the GGUF header (at byte {offset} of {size})")]
+    #[error(
+        "the model file is truncated: it ends inside the GGUF header (at byte {offset} of {size})"
+    )]
     TruncatedHeader {
         /// Where reading stopped.
         offset: u64,
@@ -47,7 +51,9 @@ pub enum GgufError {
     #[error("corrupt GGUF header: {0}")]
     Corrupt(String),
     /// Tensor data extends past the end of the file.
-    #[error("the model file is truncated: its tensors need {needed} bytes but the file has {size}")]
+    #[error(
+        "the model file is truncated: its tensors need {needed} bytes but the file has {size}"
+    )]
     TruncatedData {
         /// Bytes the tensors need.
         needed: u64,
@@ -259,7 +265,9 @@ impl<R: Read + Seek> Reader<R> {
     fn count(&mut self, what: &str) -> Result<u64, GgufError> {
         let n = self.u64()?;
         if n > MAX_COUNT {
-            return Err(GgufError::Corrupt(format!("{what} count {n} is implausible")));
+            return Err(GgufError::Corrupt(format!(
+                "{what} count {n} is implausible"
+            )));
         }
         Ok(n)
     }
@@ -369,7 +377,7 @@ pub fn read_header(path: &Path) -> Result<GgufHeader, GgufError> {
     let mut magic = [0u8; 4];
     let got = read_up_to(&mut r.inner, &mut magic)?;
     r.offset = got as u64;
-    if &magic[..got] != &MAGIC[..got] {
+    if magic[..got] != MAGIC[..got] {
         return Err(GgufError::BadMagic {
             found: magic[..got].to_vec(),
         });

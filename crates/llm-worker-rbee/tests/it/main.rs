@@ -1,0 +1,10 @@
+//! Integration tests of `llm-worker-rbee`: the real binary, the real SmolLM2 model, real
+//! HTTP over loopback.
+
+mod common;
+
+mod api;
+mod bad_input;
+mod haiku;
+mod lifecycle;
+mod slots;

@@ -1,0 +1,148 @@
+//! Slots: concurrent streams decode together, a full worker answers 503, cancellation by
+//! DELETE and by disconnect frees the slot within a second.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use rbee_test_support::http;
+use serde_json::json;
+
+use crate::common::{long_request, model, Worker};
+
+#[test]
+fn two_slots_stream_together_and_a_third_request_gets_503() {
+    let Some(model) = model() else { return };
+    let w = Worker::start(&model, &["--slots", "2", "--ctx-size", "1024"]);
+    let mut a = w.stream(long_request(150)).expect("first stream");
+    a.next_json().unwrap();
+    let first_a = a.next_json().unwrap();
+    assert!(first_a["token"].is_string());
+    // B joins while A is generating (continuous batching: B does not wait for A's end).
+    let mut b = w.stream(long_request(150)).expect("second stream");
+    b.next_json().unwrap();
+    let first_b = b.next_json().unwrap();
+    assert!(first_b["token"].is_string(), "{first_b}");
+    let a_next = a.next_json().unwrap();
+    assert!(
+        a_next["token"].is_string(),
+        "A ended before B started: {a_next}"
+    );
+
+    let busy = w.infer_raw(br#"{"prompt":"hi","max_tokens":3}"#);
+    assert_eq!(busy.status, 503, "{}", busy.body);
+    let e = busy.json();
+    assert_eq!(e["error"]["code"], "ALL_SLOTS_BUSY");
+    assert_eq!(e["error"]["slots_total"], 2);
+    assert_eq!(e["error"]["slots_busy"], 2);
+    assert!(e["error"]["message"].as_str().unwrap().contains("slots"));
+    assert_eq!(w.get("/v1/ready").json()["state"], "busy");
+
+    let done_a = a.collect();
+    let done_b = b.collect();
+    assert_eq!(done_a.last().unwrap()["done"], true);
+    assert_eq!(done_b.last().unwrap()["done"], true);
+    assert!(w.slot_free_within(Duration::from_secs(1)));
+    assert_eq!(
+        w.complete(json!({"prompt": "hi", "max_tokens": 3})).status,
+        200
+    );
+}
+
+#[test]
+fn concurrent_streams_keep_their_own_outputs() {
+    let Some(model) = model() else { return };
+    let w = Worker::start(&model, &["--slots", "3", "--ctx-size", "1024"]);
+    let prompts = [
+        "The capital of France is",
+        "def fibonacci(n):",
+        "Bees communicate by",
+    ];
+    let solo: Vec<String> = prompts
+        .iter()
+        .map(|p| {
+            w.complete(json!({"prompt": p, "temperature": 0, "max_tokens": 24}))
+                .json()["text"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    let together: Vec<String> = std::thread::scope(|s| {
+        let hs: Vec<_> = prompts
+            .iter()
+            .map(|p| {
+                let w = &w;
+                s.spawn(move || {
+                    let mut sse = w
+                        .stream(json!({"prompt": p, "temperature": 0, "max_tokens": 24}))
+                        .unwrap();
+                    http::text_of(&sse.collect())
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    // Greedy text of a request must not depend on what else is in the batch (allowing for
+    // float reordering only after the first few tokens).
+    for (alone, batched) in solo.iter().zip(&together) {
+        let n = alone.chars().take(20).count();
+        assert_eq!(
+            alone.chars().take(n).collect::<String>(),
+            batched.chars().take(n).collect::<String>()
+        );
+    }
+}
+
+#[test]
+fn delete_cancels_and_frees_the_slot_and_is_idempotent() {
+    let Some(model) = model() else { return };
+    let w = Worker::start(&model, &["--slots", "1"]);
+    let mut s = w.stream(long_request(2000)).expect("stream");
+    let id = s.request_id.clone().expect("X-Request-Id");
+    let start = s.next_json().unwrap();
+    assert_eq!(start["request_id"], id.as_str());
+    s.next_json().unwrap();
+    let url = format!("{}/v1/inference/{id}", w.url);
+    let t0 = Instant::now();
+    assert_eq!(http::send("DELETE", &url, None, None).status, 204);
+    let rest = s.collect();
+    let done = rest.last().unwrap();
+    assert_eq!(done["finish_reason"], "cancelled", "{done}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(1),
+        "cancel took {:?}",
+        t0.elapsed()
+    );
+    assert!(w.slot_free_within(Duration::from_secs(1)));
+    assert_eq!(http::send("DELETE", &url, None, None).status, 204);
+    assert_eq!(
+        w.complete(json!({"prompt": "hi", "max_tokens": 2})).status,
+        200
+    );
+}
+
+#[test]
+fn client_disconnect_cancels_and_frees_the_slot_within_a_second() {
+    let Some(model) = model() else { return };
+    let w = Worker::start(&model, &["--slots", "1"]);
+    let body = long_request(2000).to_string();
+    let mut s = TcpStream::connect(("127.0.0.1", w.port)).unwrap();
+    write!(
+        s,
+        "POST /v1/inference HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut buf = [0u8; 4096];
+    let mut got = 0;
+    while got < 600 {
+        got += s.read(&mut buf).unwrap();
+    }
+    assert_eq!(w.get("/v1/ready").json()["state"], "busy");
+    drop(s);
+    assert!(
+        w.slot_free_within(Duration::from_secs(1)),
+        "slot still busy 1 s after the client left"
+    );
+}

@@ -1,0 +1,112 @@
+//! The floor the worker stands on: a bare llama-cpp-2 greedy decode loop with no HTTP, no
+//! batching and no threads, written independently of the worker's engine. The haiku test
+//! requires the worker's greedy tokens to equal this loop's; the benchmark measures the
+//! worker's overhead against it.
+
+use std::num::NonZeroU32;
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::Context;
+use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::llama_backend::LlamaBackend;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::model::{LlamaChatMessage, LlamaModel};
+use llama_cpp_2::sampling::LlamaSampler;
+use serde::Serialize;
+
+/// The result of one greedy run.
+#[derive(Debug, Clone, Serialize)]
+pub struct GreedyRun {
+    /// Prompt tokens.
+    pub prompt_tokens: usize,
+    /// The bytes of each generated token, as text (lossy for split characters).
+    pub pieces: Vec<String>,
+    /// The generated text.
+    pub text: String,
+    /// Milliseconds to decode the prompt and sample the first token.
+    pub prefill_ms: f64,
+    /// Generated tokens per second after the first.
+    pub decode_tok_s: f64,
+}
+
+/// Renders one user message with the model's chat template, as the worker does for
+/// `messages`.
+pub fn chat_prompt(model: &LlamaModel, user: &str) -> anyhow::Result<String> {
+    let tmpl = model
+        .chat_template(None)
+        .context("model has no chat template")?;
+    let msg = LlamaChatMessage::new("user".into(), user.into())?;
+    Ok(model.apply_chat_template(&tmpl, &[msg], true)?)
+}
+
+/// Loads `model_path` and decodes greedily from `user_message` (chat-templated) or a raw
+/// `prompt`, up to `max_tokens` or an end-of-generation token.
+pub fn greedy(
+    model_path: &Path,
+    prompt: Prompt<'_>,
+    max_tokens: usize,
+    threads: i32,
+    ctx_size: u32,
+) -> anyhow::Result<GreedyRun> {
+    let backend = LlamaBackend::init()?;
+    let model = LlamaModel::load_from_file(&backend, model_path, &LlamaModelParams::default())?;
+    let text = match prompt {
+        Prompt::Chat(user) => chat_prompt(&model, user)?,
+        Prompt::Raw(p) => p.to_owned(),
+    };
+    let params = LlamaContextParams::default()
+        .with_n_ctx(NonZeroU32::new(ctx_size))
+        .with_n_batch(512)
+        .with_n_ubatch(512)
+        .with_n_threads(threads)
+        .with_n_threads_batch(threads);
+    let mut ctx = model.new_context(&backend, params)?;
+    let vocab = model.vocab();
+    let tokens = vocab.tokenize(text.as_bytes(), true, true);
+    let mut batch = LlamaBatch::new(512, 1);
+    let last = tokens.len() - 1;
+    for (i, t) in tokens.iter().enumerate() {
+        batch.add(*t, i as i32, &[0], i == last)?;
+    }
+    let mut sampler = LlamaSampler::greedy();
+    let t0 = Instant::now();
+    ctx.decode(&mut batch)?;
+    let mut token = sampler.sample(&ctx, batch.n_tokens() - 1);
+    let prefill_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let mut pieces = Vec::new();
+    let mut bytes = Vec::new();
+    let mut pos = tokens.len() as i32;
+    let t1 = Instant::now();
+    while !vocab.is_eog(token) && pieces.len() < max_tokens {
+        let piece = vocab.token_to_piece(token, false, None);
+        pieces.push(String::from_utf8_lossy(&piece).into_owned());
+        bytes.extend_from_slice(&piece);
+        if pieces.len() == max_tokens {
+            break;
+        }
+        batch.clear();
+        batch.add(token, pos, &[0], true)?;
+        pos += 1;
+        ctx.decode(&mut batch)?;
+        token = sampler.sample(&ctx, 0);
+    }
+    let decode_s = t1.elapsed().as_secs_f64();
+    Ok(GreedyRun {
+        prompt_tokens: tokens.len(),
+        decode_tok_s: pieces.len().saturating_sub(1) as f64 / decode_s.max(1e-9),
+        pieces,
+        text: String::from_utf8_lossy(&bytes).into_owned(),
+        prefill_ms,
+    })
+}
+
+/// What to decode from.
+#[derive(Debug, Clone, Copy)]
+pub enum Prompt<'a> {
+    /// One user message, rendered with the model's chat template.
+    Chat(&'a str),
+    /// Raw text.
+    Raw(&'a str),
+}

@@ -1,0 +1,157 @@
+//! Minimal HTTP and SSE clients for tests, on ureq, against loopback only.
+
+use std::io::{BufRead, BufReader, Read};
+use std::time::Duration;
+
+use serde_json::Value;
+
+/// A finished HTTP exchange.
+#[derive(Debug)]
+pub struct Reply {
+    /// Status code.
+    pub status: u16,
+    /// Body text.
+    pub body: String,
+    /// `X-Request-Id`, if present.
+    pub request_id: Option<String>,
+    /// `Allow`, if present.
+    pub allow: Option<String>,
+}
+
+impl Reply {
+    /// The body as JSON (panics with the body when it is not).
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.body))
+    }
+
+    /// `error.code` of an error envelope.
+    pub fn error_code(&self) -> String {
+        self.json()["error"]["code"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned()
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(120))
+        .build()
+}
+
+fn finish(r: Result<ureq::Response, ureq::Error>) -> Reply {
+    let resp = match r {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("HTTP transport error: {e}"),
+    };
+    let status = resp.status();
+    let request_id = resp.header("X-Request-Id").map(str::to_owned);
+    let allow = resp.header("Allow").map(str::to_owned);
+    let body = resp.into_string().unwrap_or_default();
+    Reply {
+        status,
+        body,
+        request_id,
+        allow,
+    }
+}
+
+/// Sends `method url` with an optional bearer key and raw body.
+pub fn send(method: &str, url: &str, key: Option<&str>, body: Option<&[u8]>) -> Reply {
+    let mut req = agent().request(method, url);
+    if let Some(k) = key {
+        req = req.set("Authorization", &format!("Bearer {k}"));
+    }
+    finish(match body {
+        Some(b) => req.set("Content-Type", "application/json").send_bytes(b),
+        None => req.call(),
+    })
+}
+
+/// GET.
+pub fn get(url: &str) -> Reply {
+    send("GET", url, None, None)
+}
+
+/// POST a JSON value.
+pub fn post_json(url: &str, body: &Value) -> Reply {
+    send("POST", url, None, Some(body.to_string().as_bytes()))
+}
+
+/// An open SSE stream; yields the `data:` payload of each event.
+pub struct Sse {
+    lines: BufReader<Box<dyn Read + Send + Sync + 'static>>,
+    /// Status of the response.
+    pub status: u16,
+    /// `X-Request-Id`, if present.
+    pub request_id: Option<String>,
+}
+
+impl Sse {
+    /// POSTs `body` to `url` and opens the event stream (or returns the error reply).
+    pub fn post(url: &str, key: Option<&str>, body: &Value) -> Result<Sse, Reply> {
+        let mut req = agent().post(url);
+        if let Some(k) = key {
+            req = req.set("Authorization", &format!("Bearer {k}"));
+        }
+        Self::open(req.send_string(&body.to_string()))
+    }
+
+    /// GETs `url` as an event stream.
+    pub fn get(url: &str) -> Result<Sse, Reply> {
+        Self::open(agent().get(url).call())
+    }
+
+    fn open(r: Result<ureq::Response, ureq::Error>) -> Result<Sse, Reply> {
+        match r {
+            Ok(resp) if resp.content_type() == "text/event-stream" => Ok(Sse {
+                status: resp.status(),
+                request_id: resp.header("X-Request-Id").map(str::to_owned),
+                lines: BufReader::new(resp.into_reader()),
+            }),
+            other => Err(finish(other)),
+        }
+    }
+
+    /// The next event's data (`None` at the end of the stream).
+    pub fn next_data(&mut self) -> Option<String> {
+        let mut data = None;
+        loop {
+            let mut line = String::new();
+            if self.lines.read_line(&mut line).ok()? == 0 {
+                return data;
+            }
+            let line = line.trim_end_matches(['\r', '\n']);
+            if line.is_empty() {
+                if data.is_some() {
+                    return data;
+                }
+                continue;
+            }
+            if let Some(d) = line.strip_prefix("data: ") {
+                data = Some(d.to_owned());
+            }
+        }
+    }
+
+    /// The next event parsed as JSON; `None` at `[DONE]` or the end.
+    pub fn next_json(&mut self) -> Option<Value> {
+        let d = self.next_data()?;
+        if d == "[DONE]" {
+            return None;
+        }
+        Some(serde_json::from_str(&d).unwrap_or_else(|e| panic!("event is not JSON ({e}): {d}")))
+    }
+
+    /// Reads every remaining event (JSON) until `[DONE]`.
+    pub fn collect(&mut self) -> Vec<Value> {
+        std::iter::from_fn(|| self.next_json()).collect()
+    }
+}
+
+/// The concatenated `token` fields of token events.
+pub fn text_of(events: &[Value]) -> String {
+    events.iter().filter_map(|e| e["token"].as_str()).collect()
+}
