@@ -490,8 +490,11 @@ fn error_response(e: &ApiError) -> Response<std::io::Cursor<Vec<u8>>> {
 }
 
 fn respond_error(request: Request, e: &ApiError) {
-    if e.http_status() >= 500 {
-        tracing::warn!(code = %e.error.code.as_str(), "{}", e.error.message);
+    match e.http_status() {
+        // Busy and draining answers are part of normal operation under load.
+        503 => tracing::debug!(code = %e.error.code.as_str(), "{}", e.error.message),
+        s if s >= 500 => tracing::warn!(code = %e.error.code.as_str(), "{}", e.error.message),
+        _ => tracing::debug!(code = %e.error.code.as_str(), "{}", e.error.message),
     }
     let _ = request.respond(error_response(e));
 }

@@ -1,0 +1,398 @@
+//! `rbee-bench`: decode speed, time to first token, concurrent throughput and peak memory
+//! of (a) a bare llama-cpp-2 greedy loop, (b) the worker over HTTP and (c) llama.cpp's
+//! llama-server, side by side in one run on the same model and threads. Prints a Markdown
+//! table (medians over `--rounds`) and the ratios the worker's targets are stated in.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use rbee_bench::{greedy, Prompt};
+use serde_json::{json, Value};
+
+/// About 30 tokens of prompt, raw (no chat template), whose greedy continuation is long.
+const PROMPT: &str = "The history of beekeeping goes back thousands of years. In ancient Egypt, beekeepers moved their hives along the Nile to follow the flowering seasons, and";
+
+#[derive(Parser)]
+#[command(about, long_about = None)]
+struct Cli {
+    /// GGUF model (default: the test model from scripts/fetch-test-model).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Tokens to generate per request.
+    #[arg(long, default_value_t = 128)]
+    tokens: u32,
+    /// CPU threads for every contender (default: physical cores).
+    #[arg(long)]
+    threads: Option<u32>,
+    /// Rounds; the table shows medians.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// The worker binary (default: next to this one).
+    #[arg(long)]
+    worker: Option<PathBuf>,
+    /// llama-server binary (default: what scripts/build-llama-server built). Without one,
+    /// column (c) is skipped with the reason.
+    #[arg(long)]
+    llama_server: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: Option<Sub>,
+}
+
+#[derive(Subcommand)]
+enum Sub {
+    /// Internal: run the bare loop once in this process and print JSON.
+    Bare {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        tokens: u32,
+        #[arg(long)]
+        threads: u32,
+    },
+}
+
+/// One contender's figures for one round.
+#[derive(Default, Clone)]
+struct Figures {
+    decode_tok_s: f64,
+    ttft_ms: f64,
+    agg: [f64; 3],
+    peak_rss_mib: f64,
+    tokens: u32,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    if let Some(Sub::Bare {
+        model,
+        tokens,
+        threads,
+    }) = cli.cmd
+    {
+        let run = greedy(
+            &model,
+            Prompt::Raw(PROMPT),
+            tokens as usize,
+            threads as i32,
+            2048,
+        )?;
+        println!(
+            "{}",
+            json!({"prefill_ms": run.prefill_ms, "decode_tok_s": run.decode_tok_s,
+                   "tokens": run.pieces.len(), "prompt_tokens": run.prompt_tokens,
+                   "peak_rss_mib": peak_rss_mib(std::process::id())})
+        );
+        return Ok(());
+    }
+    let model = match cli
+        .model
+        .clone()
+        .or_else(rbee_test_support::model::test_model)
+    {
+        Some(m) => m,
+        None => bail!("no model: pass --model or run scripts/fetch-test-model"),
+    };
+    let threads = cli
+        .threads
+        .unwrap_or_else(llm_worker_rbee::cli::physical_cores);
+    let me = std::env::current_exe()?;
+    let worker_bin = cli
+        .worker
+        .clone()
+        .unwrap_or_else(|| me.with_file_name("llm-worker-rbee"));
+    let server_bin = cli.llama_server.clone().or_else(default_llama_server);
+
+    eprintln!(
+        "rbee-bench: model {}, {threads} threads, {} tokens, {} rounds",
+        model.display(),
+        cli.tokens,
+        cli.rounds
+    );
+    let worker_port = rbee_test_support::process::free_port();
+    let mut worker = Server::start(
+        Command::new(&worker_bin).arg("--model").arg(&model).args([
+            "--port",
+            &worker_port.to_string(),
+            "--slots",
+            "4",
+            "--ctx-size",
+            "2048",
+            "--threads",
+            &threads.to_string(),
+        ]),
+        worker_port,
+        "/v1/ready",
+    )?;
+    let mut server = match &server_bin {
+        Some(bin) => {
+            let port = rbee_test_support::process::free_port();
+            Some(Server::start(
+                Command::new(bin).arg("-m").arg(&model).args([
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    &port.to_string(),
+                    "-np",
+                    "4",
+                    "-c",
+                    "8192",
+                    "-t",
+                    &threads.to_string(),
+                    "-tb",
+                    &threads.to_string(),
+                ]),
+                port,
+                "/health",
+            )?)
+        }
+        None => {
+            eprintln!(
+                "rbee-bench: (c) llama-server skipped: not built; run scripts/build-llama-server"
+            );
+            None
+        }
+    };
+
+    let (mut a, mut b, mut c) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..cli.rounds {
+        eprintln!("rbee-bench: round {}/{}", round + 1, cli.rounds);
+        let out = Command::new(&me)
+            .args(["bare", "--model"])
+            .arg(&model)
+            .args([
+                "--tokens",
+                &cli.tokens.to_string(),
+                "--threads",
+                &threads.to_string(),
+            ])
+            .stderr(Stdio::null())
+            .output()?;
+        let v: Value = serde_json::from_slice(&out.stdout).context("bare loop output")?;
+        a.push(Figures {
+            decode_tok_s: v["decode_tok_s"].as_f64().unwrap_or(0.0),
+            ttft_ms: v["prefill_ms"].as_f64().unwrap_or(0.0),
+            peak_rss_mib: v["peak_rss_mib"].as_f64().unwrap_or(0.0),
+            tokens: v["tokens"].as_u64().unwrap_or(0) as u32,
+            ..Figures::default()
+        });
+        b.push(measure(&mut worker, Api::Worker, cli.tokens)?);
+        if let Some(s) = server.as_mut() {
+            c.push(measure(s, Api::LlamaServer, cli.tokens)?);
+        }
+    }
+    let (a, b) = (median(&a), median(&b));
+    let c = (!c.is_empty()).then(|| median(&c));
+    print_table(&a, &b, c.as_ref(), threads, cli.tokens);
+    Ok(())
+}
+
+#[derive(Clone, Copy)]
+enum Api {
+    Worker,
+    LlamaServer,
+}
+
+/// A server process (killed on drop) and its port.
+struct Server {
+    child: Child,
+    port: u16,
+}
+
+impl Server {
+    fn start(cmd: &mut Command, port: u16, ready_path: &str) -> anyhow::Result<Server> {
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {cmd:?}"))?;
+        let s = Server { child, port };
+        let until = Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Ok(r) = ureq::get(&format!("http://127.0.0.1:{port}{ready_path}")).call() {
+                let v: Value = r.into_json().unwrap_or_default();
+                if v["ready"] == true || v["status"] == "ok" {
+                    return Ok(s);
+                }
+            }
+            if Instant::now() > until {
+                bail!("{cmd:?} not ready after 120 s");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One streamed request: (tokens, ttft, decode seconds after the first token).
+fn one_stream(port: u16, api: Api, tokens: u32) -> anyhow::Result<(u32, f64, f64)> {
+    let (path, body) = match api {
+        Api::Worker => (
+            "/v1/inference",
+            json!({"prompt": PROMPT, "max_tokens": tokens, "temperature": 0}),
+        ),
+        Api::LlamaServer => (
+            "/completion",
+            json!({"prompt": PROMPT, "n_predict": tokens, "temperature": 0, "stream": true, "cache_prompt": false}),
+        ),
+    };
+    let t0 = Instant::now();
+    let resp =
+        ureq::post(&format!("http://127.0.0.1:{port}{path}")).send_string(&body.to_string())?;
+    let (mut n, mut first, mut last) = (0u32, None, t0);
+    for line in BufReader::new(resp.into_reader()).lines() {
+        let line = line?;
+        let Some(data) = line.strip_prefix("data: ") else {
+            continue;
+        };
+        if data == "[DONE]" {
+            break;
+        }
+        let v: Value = serde_json::from_str(data)?;
+        let is_token = match api {
+            Api::Worker => v.get("token").is_some(),
+            Api::LlamaServer => {
+                v["content"].as_str().is_some_and(|c| !c.is_empty())
+                    || v.get("tokens")
+                        .is_some_and(|t| t.as_array().is_some_and(|a| !a.is_empty()))
+            }
+        };
+        if is_token {
+            n += 1;
+            let now = Instant::now();
+            first.get_or_insert(now);
+            last = now;
+        }
+        if v["stop"] == true || v["done"] == true {
+            if let Api::LlamaServer = api {
+                break;
+            }
+        }
+    }
+    let first = first.context("no token streamed")?;
+    Ok((
+        n,
+        (first - t0).as_secs_f64() * 1e3,
+        (last - first).as_secs_f64(),
+    ))
+}
+
+fn measure(s: &mut Server, api: Api, tokens: u32) -> anyhow::Result<Figures> {
+    // Warm-up (first request pays for page faults of the weights).
+    one_stream(s.port, api, 8)?;
+    let (n, ttft, decode_s) = one_stream(s.port, api, tokens)?;
+    let mut f = Figures {
+        decode_tok_s: f64::from(n.saturating_sub(1)) / decode_s.max(1e-9),
+        ttft_ms: ttft,
+        tokens: n,
+        ..Figures::default()
+    };
+    for (i, streams) in [1usize, 2, 4].into_iter().enumerate() {
+        let t0 = Instant::now();
+        let total: u32 = std::thread::scope(|sc| {
+            let hs: Vec<_> = (0..streams)
+                .map(|_| sc.spawn(|| one_stream(s.port, api, tokens)))
+                .collect();
+            hs.into_iter()
+                .map(|h| h.join().expect("stream thread").map(|r| r.0).unwrap_or(0))
+                .sum()
+        });
+        f.agg[i] = f64::from(total) / t0.elapsed().as_secs_f64();
+    }
+    f.peak_rss_mib = peak_rss_mib(s.child.id());
+    Ok(f)
+}
+
+fn median(v: &[Figures]) -> Figures {
+    let pick = |f: &dyn Fn(&Figures) -> f64| {
+        let mut xs: Vec<f64> = v.iter().map(f).collect();
+        xs.sort_by(f64::total_cmp);
+        xs[xs.len() / 2]
+    };
+    Figures {
+        decode_tok_s: pick(&|f| f.decode_tok_s),
+        ttft_ms: pick(&|f| f.ttft_ms),
+        agg: [
+            pick(&|f| f.agg[0]),
+            pick(&|f| f.agg[1]),
+            pick(&|f| f.agg[2]),
+        ],
+        peak_rss_mib: pick(&|f| f.peak_rss_mib),
+        tokens: v.last().map_or(0, |f| f.tokens),
+    }
+}
+
+fn print_table(a: &Figures, b: &Figures, c: Option<&Figures>, threads: u32, tokens: u32) {
+    println!("| contender | decode tok/s (1 stream) | TTFT ms (~30-token prompt) | agg tok/s 1 | agg tok/s 2 | agg tok/s 4 | peak RSS MiB |");
+    println!("|---|---|---|---|---|---|---|");
+    println!(
+        "| (a) bare llama-cpp-2 loop | {:.1} | {:.1} (prefill) | – | – | – | {:.0} |",
+        a.decode_tok_s, a.ttft_ms, a.peak_rss_mib
+    );
+    let row = |name: &str, f: &Figures| {
+        println!(
+            "| {name} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.0} |",
+            f.decode_tok_s, f.ttft_ms, f.agg[0], f.agg[1], f.agg[2], f.peak_rss_mib
+        );
+    };
+    row("(b) llm-worker-rbee over HTTP, 4 slots", b);
+    match c {
+        Some(c) => row("(c) llama-server -np 4", c),
+        None => println!(
+            "| (c) llama-server | skipped: not built (scripts/build-llama-server) | | | | | |"
+        ),
+    }
+    println!();
+    println!(
+        "threads {threads}, {tokens} tokens per request (worker streamed {}, bare {}).",
+        b.tokens, a.tokens
+    );
+    println!(
+        "worker decode / bare decode = {:.3} (target >= 0.97)",
+        b.decode_tok_s / a.decode_tok_s
+    );
+    println!(
+        "worker TTFT - bare prefill = {:+.1} ms (target <= +5 ms)",
+        b.ttft_ms - a.ttft_ms
+    );
+    if let Some(c) = c {
+        println!(
+            "worker 4-stream aggregate / llama-server's = {:.3} (target >= 1.0)",
+            b.agg[2] / c.agg[2]
+        );
+    }
+}
+
+fn peak_rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|k| k.parse::<f64>().ok())
+            })
+        })
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+/// The newest llama-server built by scripts/build-llama-server in the cache.
+fn default_llama_server() -> Option<PathBuf> {
+    let cache = std::env::var_os("RBEE_CACHE_DIR")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/rbee")))?;
+    std::fs::read_dir(&cache)
+        .ok()?
+        .filter_map(Result::ok)
+        .map(|e| e.path().join("build/bin/llama-server"))
+        .find(|p| p.is_file())
+}

@@ -1,0 +1,36 @@
+# The rbee binaries (today: the worker, llm-worker-rbee), CPU build.
+{ lib
+, stdenv
+, rustPlatform
+, cmake
+, llvmPackages
+}:
+
+rustPlatform.buildRustPackage {
+  pname = "rbee";
+  version = (lib.importTOML ../Cargo.toml).workspace.package.version;
+
+  src = lib.cleanSourceWith {
+    src = ../.;
+    filter = path: type: !(lib.hasSuffix ".gguf" path) && baseNameOf path != "target";
+  };
+  cargoLock.lockFile = ../Cargo.lock;
+
+  # llama-cpp-sys-2 drives cmake itself and runs bindgen on llama.h.
+  nativeBuildInputs = [ cmake rustPlatform.bindgenHook ];
+  buildInputs = lib.optionals stdenv.cc.isClang [ llvmPackages.openmp ];
+  dontUseCmakeConfigure = true;
+
+  cargoBuildFlags = [ "--package" "llm-worker-rbee" ];
+  # The test suite starts the real worker on a real model, which the sandbox does not
+  # have; it runs as its own flake check once the model is provided as a fixed-output
+  # derivation (see the Nix issue).
+  doCheck = false;
+
+  meta = {
+    description = "rbee inference worker: one GGUF model, llama.cpp, token streaming over HTTP";
+    license = lib.licenses.gpl3Plus;
+    mainProgram = "llm-worker-rbee";
+    platforms = lib.platforms.linux ++ lib.platforms.darwin;
+  };
+}
