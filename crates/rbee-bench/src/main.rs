@@ -44,6 +44,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Sub {
+    /// Internal: run the bare batched loop (4 sequences) in this process and print JSON.
+    Batched {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        tokens: u32,
+        #[arg(long)]
+        threads: u32,
+    },
     /// Internal: run the bare loop once in this process and print JSON.
     Bare {
         #[arg(long)]
@@ -67,6 +76,17 @@ struct Figures {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Some(Sub::Batched {
+        model,
+        tokens,
+        threads,
+    }) = &cli.cmd
+    {
+        let agg =
+            rbee_bench::batched_tok_s(model, PROMPT, 4, *tokens as usize, *threads as i32, 2048)?;
+        println!("{}", json!({"agg4_tok_s": agg}));
+        return Ok(());
+    }
     if let Some(Sub::Bare {
         model,
         tokens,
@@ -79,6 +99,7 @@ fn main() -> anyhow::Result<()> {
             tokens as usize,
             threads as i32,
             2048,
+            true,
         )?;
         println!(
             "{}",
@@ -113,7 +134,7 @@ fn main() -> anyhow::Result<()> {
         cli.rounds
     );
     let worker_port = rbee_test_support::process::free_port();
-    let mut worker = Server::start(
+    let worker = Server::start(
         Command::new(&worker_bin).arg("--model").arg(&model).args([
             "--port",
             &worker_port.to_string(),
@@ -127,7 +148,7 @@ fn main() -> anyhow::Result<()> {
         worker_port,
         "/v1/ready",
     )?;
-    let mut server = match &server_bin {
+    let server = match &server_bin {
         Some(bin) => {
             let port = rbee_test_support::process::free_port();
             Some(Server::start(
@@ -179,9 +200,40 @@ fn main() -> anyhow::Result<()> {
             tokens: v["tokens"].as_u64().unwrap_or(0) as u32,
             ..Figures::default()
         });
-        b.push(measure(&mut worker, Api::Worker, cli.tokens)?);
-        if let Some(s) = server.as_mut() {
-            c.push(measure(s, Api::LlamaServer, cli.tokens)?);
+        let out = Command::new(&me)
+            .args(["batched", "--model"])
+            .arg(&model)
+            .args([
+                "--tokens",
+                &cli.tokens.to_string(),
+                "--threads",
+                &threads.to_string(),
+            ])
+            .stderr(Stdio::null())
+            .output()?;
+        let v: Value = serde_json::from_slice(&out.stdout).context("batched loop output")?;
+        a.last_mut().expect("pushed above").agg[2] = v["agg4_tok_s"].as_f64().unwrap_or(0.0);
+        let mut contenders = vec![(&worker, Api::Worker)];
+        if let Some(s) = server.as_ref() {
+            contenders.push((s, Api::LlamaServer));
+        }
+        if round % 2 == 1 {
+            contenders.reverse();
+        }
+        for ((_, api), f) in contenders.iter().zip(measure(&contenders, cli.tokens)?) {
+            eprintln!(
+                "rbee-bench:   {:<12} decode {:6.1} tok/s, ttft {:6.1} ms, agg {:6.1} {:6.1} {:6.1} tok/s",
+                api.name(),
+                f.decode_tok_s,
+                f.ttft_ms,
+                f.agg[0],
+                f.agg[1],
+                f.agg[2]
+            );
+            match api {
+                Api::Worker => b.push(f),
+                Api::LlamaServer => c.push(f),
+            }
         }
     }
     let (a, b) = (median(&a), median(&b));
@@ -194,6 +246,15 @@ fn main() -> anyhow::Result<()> {
 enum Api {
     Worker,
     LlamaServer,
+}
+
+impl Api {
+    fn name(self) -> &'static str {
+        match self {
+            Api::Worker => "worker",
+            Api::LlamaServer => "llama-server",
+        }
+    }
 }
 
 /// A server process (killed on drop) and its port.
@@ -286,30 +347,49 @@ fn one_stream(port: u16, api: Api, tokens: u32) -> anyhow::Result<(u32, f64, f64
     ))
 }
 
-fn measure(s: &mut Server, api: Api, tokens: u32) -> anyhow::Result<Figures> {
-    // Warm-up (first request pays for page faults of the weights).
-    one_stream(s.port, api, 8)?;
-    let (n, ttft, decode_s) = one_stream(s.port, api, tokens)?;
-    let mut f = Figures {
-        decode_tok_s: f64::from(n.saturating_sub(1)) / decode_s.max(1e-9),
-        ttft_ms: ttft,
-        tokens: n,
-        ..Figures::default()
-    };
-    for (i, streams) in [1usize, 2, 4].into_iter().enumerate() {
-        let t0 = Instant::now();
-        let total: u32 = std::thread::scope(|sc| {
-            let hs: Vec<_> = (0..streams)
-                .map(|_| sc.spawn(|| one_stream(s.port, api, tokens)))
-                .collect();
-            hs.into_iter()
-                .map(|h| h.join().expect("stream thread").map(|r| r.0).unwrap_or(0))
-                .sum()
-        });
-        f.agg[i] = f64::from(total) / t0.elapsed().as_secs_f64();
+/// Concurrent streams: total tokens over wall time.
+fn aggregate(port: u16, api: Api, streams: usize, tokens: u32) -> f64 {
+    let t0 = Instant::now();
+    let total: u32 = std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..streams)
+            .map(|_| sc.spawn(|| one_stream(port, api, tokens)))
+            .collect();
+        hs.into_iter()
+            .map(|h| match h.join().expect("stream thread") {
+                Ok(r) => r.0,
+                Err(e) => {
+                    eprintln!("rbee-bench: a stream failed: {e:#}");
+                    0
+                }
+            })
+            .sum()
+    });
+    f64::from(total) / t0.elapsed().as_secs_f64()
+}
+
+/// Measures every contender, one metric at a time and back to back, so that the machine's
+/// noise at any moment hits all of them alike.
+fn measure(servers: &[(&Server, Api)], tokens: u32) -> anyhow::Result<Vec<Figures>> {
+    let mut out = vec![Figures::default(); servers.len()];
+    for (s, api) in servers {
+        // Warm-up (first request pays for page faults of the weights).
+        one_stream(s.port, *api, 8)?;
     }
-    f.peak_rss_mib = peak_rss_mib(s.child.id());
-    Ok(f)
+    for ((s, api), f) in servers.iter().zip(out.iter_mut()) {
+        let (n, ttft, decode_s) = one_stream(s.port, *api, tokens)?;
+        f.decode_tok_s = f64::from(n.saturating_sub(1)) / decode_s.max(1e-9);
+        f.ttft_ms = ttft;
+        f.tokens = n;
+    }
+    for (i, streams) in [1usize, 2, 4].into_iter().enumerate() {
+        for ((s, api), f) in servers.iter().zip(out.iter_mut()) {
+            f.agg[i] = aggregate(s.port, *api, streams, tokens);
+        }
+    }
+    for ((s, _), f) in servers.iter().zip(out.iter_mut()) {
+        f.peak_rss_mib = peak_rss_mib(s.child.id());
+    }
+    Ok(out)
 }
 
 fn median(v: &[Figures]) -> Figures {
@@ -335,8 +415,8 @@ fn print_table(a: &Figures, b: &Figures, c: Option<&Figures>, threads: u32, toke
     println!("| contender | decode tok/s (1 stream) | TTFT ms (~30-token prompt) | agg tok/s 1 | agg tok/s 2 | agg tok/s 4 | peak RSS MiB |");
     println!("|---|---|---|---|---|---|---|");
     println!(
-        "| (a) bare llama-cpp-2 loop | {:.1} | {:.1} (prefill) | – | – | – | {:.0} |",
-        a.decode_tok_s, a.ttft_ms, a.peak_rss_mib
+        "| (a) bare llama-cpp-2 loop (agg 4: 4 sequences per batch) | {:.1} | {:.1} (prefill) | – | – | {:.1} | {:.0} |",
+        a.decode_tok_s, a.ttft_ms, a.agg[2], a.peak_rss_mib
     );
     let row = |name: &str, f: &Figures| {
         println!(
@@ -363,6 +443,10 @@ fn print_table(a: &Figures, b: &Figures, c: Option<&Figures>, threads: u32, toke
     println!(
         "worker TTFT - bare prefill = {:+.1} ms (target <= +5 ms)",
         b.ttft_ms - a.ttft_ms
+    );
+    println!(
+        "worker 4-stream aggregate / bare 4-sequence batch = {:.3}",
+        b.agg[2] / a.agg[2]
     );
     if let Some(c) = c {
         println!(

@@ -28,8 +28,15 @@ fn haiku_streams_the_same_tokens_as_an_in_process_greedy_decode() {
     let text: String = streamed.concat();
     eprintln!("haiku from the worker:\n{text}");
 
-    let reference =
-        greedy(&model, Prompt::Chat(PROMPT), 64, threads as i32, 4096).expect("reference decode");
+    let reference = greedy(
+        &model,
+        Prompt::Chat(PROMPT),
+        64,
+        threads as i32,
+        4096,
+        false,
+    )
+    .expect("reference decode");
     assert!(
         reference.pieces.len() >= 10,
         "the model said almost nothing: {:?}",
@@ -57,7 +64,7 @@ fn raw_prompt_greedy_matches_too_and_stream_false_returns_one_document() {
     assert_eq!(r.status, 200, "{}", r.body);
     let v = r.json();
     assert_eq!(v["request_id"].as_str(), r.request_id.as_deref());
-    let reference = greedy(&model, Prompt::Raw(prompt), 40, threads as i32, 2048).unwrap();
+    let reference = greedy(&model, Prompt::Raw(prompt), 40, threads as i32, 2048, false).unwrap();
     assert_eq!(v["text"], reference.text);
     assert_eq!(v["total_tokens"], reference.pieces.len());
 }
