@@ -236,9 +236,11 @@ fn main() -> anyhow::Result<()> {
             }
         }
     }
+    let ratios = Ratios::paired(&a, &b, &c);
     let (a, b) = (median(&a), median(&b));
     let c = (!c.is_empty()).then(|| median(&c));
     print_table(&a, &b, c.as_ref(), threads, cli.tokens);
+    ratios.print();
     Ok(())
 }
 
@@ -436,23 +438,52 @@ fn print_table(a: &Figures, b: &Figures, c: Option<&Figures>, threads: u32, toke
         "threads {threads}, {tokens} tokens per request (worker streamed {}, bare {}).",
         b.tokens, a.tokens
     );
-    println!(
-        "worker decode / bare decode = {:.3} (target >= 0.97)",
-        b.decode_tok_s / a.decode_tok_s
-    );
-    println!(
-        "worker TTFT - bare prefill = {:+.1} ms (target <= +5 ms)",
-        b.ttft_ms - a.ttft_ms
-    );
-    println!(
-        "worker 4-stream aggregate / bare 4-sequence batch = {:.3}",
-        b.agg[2] / a.agg[2]
-    );
-    if let Some(c) = c {
+}
+
+/// The targets' ratios, computed within each round (contenders measured minutes apart
+/// drift on a shared machine) and then the median over rounds.
+struct Ratios {
+    decode: f64,
+    ttft_delta_ms: f64,
+    agg4_vs_bare: f64,
+    agg4_vs_server: Option<f64>,
+}
+
+impl Ratios {
+    fn paired(a: &[Figures], b: &[Figures], c: &[Figures]) -> Ratios {
+        let med = |mut xs: Vec<f64>| {
+            xs.sort_by(f64::total_cmp);
+            xs[xs.len() / 2]
+        };
+        let pairs = || a.iter().zip(b);
+        Ratios {
+            decode: med(pairs()
+                .map(|(a, b)| b.decode_tok_s / a.decode_tok_s)
+                .collect()),
+            ttft_delta_ms: med(pairs().map(|(a, b)| b.ttft_ms - a.ttft_ms).collect()),
+            agg4_vs_bare: med(pairs().map(|(a, b)| b.agg[2] / a.agg[2]).collect()),
+            agg4_vs_server: (!c.is_empty())
+                .then(|| med(b.iter().zip(c).map(|(b, c)| b.agg[2] / c.agg[2]).collect())),
+        }
+    }
+
+    fn print(&self) {
+        println!("Ratios (median over rounds of each round's ratio):");
         println!(
-            "worker 4-stream aggregate / llama-server's = {:.3} (target >= 1.0)",
-            b.agg[2] / c.agg[2]
+            "- worker decode / bare decode = {:.3} (target >= 0.97)",
+            self.decode
         );
+        println!(
+            "- worker TTFT - bare prefill = {:+.1} ms (target <= +5 ms)",
+            self.ttft_delta_ms
+        );
+        println!(
+            "- worker 4-stream aggregate / bare 4-sequence batch = {:.3}",
+            self.agg4_vs_bare
+        );
+        if let Some(r) = self.agg4_vs_server {
+            println!("- worker 4-stream aggregate / llama-server -np 4 = {r:.3} (target >= 1.0)");
+        }
     }
 }
 
