@@ -203,3 +203,38 @@ impl Shared {
 pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_never_exceed_their_total_under_contention() {
+        let slots = Arc::new(Slots::new(3));
+        let max_seen = Arc::new(AtomicU32::new(0));
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                let (slots, max_seen) = (Arc::clone(&slots), Arc::clone(&max_seen));
+                s.spawn(move || {
+                    for _ in 0..10_000 {
+                        if slots.try_acquire().is_some() {
+                            max_seen.fetch_max(slots.busy(), Ordering::AcqRel);
+                            slots.release();
+                        }
+                    }
+                });
+            }
+        });
+        assert!(max_seen.load(Ordering::Acquire) <= 3);
+        assert_eq!(slots.busy(), 0);
+    }
+
+    #[test]
+    fn a_full_worker_refuses_until_a_slot_is_released() {
+        let slots = Slots::new(1);
+        assert!(slots.try_acquire().is_some());
+        assert!(slots.try_acquire().is_none());
+        slots.release();
+        assert!(slots.try_acquire().is_some());
+    }
+}

@@ -16,6 +16,19 @@ use llama_cpp_2::model::{LlamaChatMessage, LlamaModel};
 use llama_cpp_2::sampling::LlamaSampler;
 use serde::Serialize;
 
+/// A context of `n_seqs` sequences of `ctx_size` tokens each, in one unified KV buffer
+/// like the worker's.
+fn context_params(ctx_size: u32, n_seqs: u32, threads: i32) -> LlamaContextParams {
+    LlamaContextParams::default()
+        .with_n_ctx(NonZeroU32::new(ctx_size * n_seqs))
+        .with_n_batch(512)
+        .with_n_ubatch(512)
+        .with_n_seq_max(n_seqs)
+        .with_kv_unified(true)
+        .with_n_threads(threads)
+        .with_n_threads_batch(threads)
+}
+
 /// The result of one greedy run.
 #[derive(Debug, Clone, Serialize)]
 pub struct GreedyRun {
@@ -58,13 +71,7 @@ pub fn greedy(
         Prompt::Chat(user) => chat_prompt(&model, user)?,
         Prompt::Raw(p) => p.to_owned(),
     };
-    let params = LlamaContextParams::default()
-        .with_n_ctx(NonZeroU32::new(ctx_size))
-        .with_n_batch(512)
-        .with_n_ubatch(512)
-        .with_n_threads(threads)
-        .with_n_threads_batch(threads);
-    let mut ctx = model.new_context(&backend, params)?;
+    let mut ctx = model.new_context(&backend, context_params(ctx_size, 1, threads))?;
     let vocab = model.vocab();
     let tokens = vocab.tokenize(text.as_bytes(), true, true);
     let mut batch = LlamaBatch::new(512, 1);
@@ -130,14 +137,7 @@ pub fn batched_tok_s(
 ) -> anyhow::Result<f64> {
     let backend = LlamaBackend::init()?;
     let model = LlamaModel::load_from_file(&backend, model_path, &LlamaModelParams::default())?;
-    let params = LlamaContextParams::default()
-        .with_n_ctx(NonZeroU32::new(ctx_size * n_seqs))
-        .with_n_batch(512)
-        .with_n_ubatch(512)
-        .with_n_seq_max(n_seqs)
-        .with_n_threads(threads)
-        .with_n_threads_batch(threads);
-    let mut ctx = model.new_context(&backend, params)?;
+    let mut ctx = model.new_context(&backend, context_params(ctx_size, n_seqs, threads))?;
     let vocab = model.vocab();
     let tokens = vocab.tokenize(prompt.as_bytes(), true, true);
     let mut batch = LlamaBatch::new(512, n_seqs as i32);

@@ -181,18 +181,7 @@ fn main() -> anyhow::Result<()> {
     let (mut a, mut b, mut c) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..cli.rounds {
         eprintln!("rbee-bench: round {}/{}", round + 1, cli.rounds);
-        let out = Command::new(&me)
-            .args(["bare", "--model"])
-            .arg(&model)
-            .args([
-                "--tokens",
-                &cli.tokens.to_string(),
-                "--threads",
-                &threads.to_string(),
-            ])
-            .stderr(Stdio::null())
-            .output()?;
-        let v: Value = serde_json::from_slice(&out.stdout).context("bare loop output")?;
+        let v = run_self(&me, "bare", &model, cli.tokens, threads)?;
         a.push(Figures {
             decode_tok_s: v["decode_tok_s"].as_f64().unwrap_or(0.0),
             ttft_ms: v["prefill_ms"].as_f64().unwrap_or(0.0),
@@ -200,18 +189,7 @@ fn main() -> anyhow::Result<()> {
             tokens: v["tokens"].as_u64().unwrap_or(0) as u32,
             ..Figures::default()
         });
-        let out = Command::new(&me)
-            .args(["batched", "--model"])
-            .arg(&model)
-            .args([
-                "--tokens",
-                &cli.tokens.to_string(),
-                "--threads",
-                &threads.to_string(),
-            ])
-            .stderr(Stdio::null())
-            .output()?;
-        let v: Value = serde_json::from_slice(&out.stdout).context("batched loop output")?;
+        let v = run_self(&me, "batched", &model, cli.tokens, threads)?;
         a.last_mut().expect("pushed above").agg[2] = v["agg4_tok_s"].as_f64().unwrap_or(0.0);
         let mut contenders = vec![(&worker, Api::Worker)];
         if let Some(s) = server.as_ref() {
@@ -242,6 +220,29 @@ fn main() -> anyhow::Result<()> {
     print_table(&a, &b, c.as_ref(), threads, cli.tokens);
     ratios.print();
     Ok(())
+}
+
+/// Runs one of the internal subcommands in a fresh process (so its peak RSS is its own)
+/// and parses the JSON it prints.
+fn run_self(
+    me: &std::path::Path,
+    sub: &str,
+    model: &std::path::Path,
+    tokens: u32,
+    threads: u32,
+) -> anyhow::Result<Value> {
+    let out = Command::new(me)
+        .args([sub, "--model"])
+        .arg(model)
+        .args([
+            "--tokens",
+            &tokens.to_string(),
+            "--threads",
+            &threads.to_string(),
+        ])
+        .stderr(Stdio::null())
+        .output()?;
+    serde_json::from_slice(&out.stdout).with_context(|| format!("output of rbee-bench {sub}"))
 }
 
 #[derive(Clone, Copy)]
