@@ -5,12 +5,13 @@
 pub mod http;
 pub mod model;
 pub mod process;
+pub mod systemd;
 
 /// Set in CI: a test that would skip for a missing prerequisite fails instead.
 pub const STRICT_ENV: &str = "RBEE_TEST_STRICT";
 
 /// Skips the calling test with a visible reason, or fails it when [`STRICT_ENV`] is set.
-/// Returns from the test when skipping.
+/// Returns (`Default::default()`, so it works in helpers returning `Option`) when skipping.
 #[macro_export]
 macro_rules! skip_unless {
     ($cond:expr, $($reason:tt)+) => {
@@ -20,7 +21,7 @@ macro_rules! skip_unless {
                 panic!("prerequisite missing under {}: {reason}", $crate::STRICT_ENV);
             }
             eprintln!("SKIPPED: {reason}");
-            return;
+            return Default::default();
         }
     };
 }

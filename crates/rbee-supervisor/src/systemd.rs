@@ -1,0 +1,413 @@
+//! The systemd D-Bus client: `StartTransientUnit` and friends on the system bus (system
+//! manager) or the session bus (a user's manager). Errors are matched by their D-Bus error
+//! *names*, never by message text, and state changes are followed through signals.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use zbus::zvariant::{OwnedObjectPath, OwnedValue, Value};
+use zbus::Connection;
+
+use crate::properties::{worker_properties, ManagerKind, Prop, WorkerUnit};
+use crate::unit_name::WORKER_PREFIX;
+
+/// What can go wrong talking to systemd.
+#[derive(Debug, thiserror::Error)]
+pub enum SystemdError {
+    /// A unit of that name already exists (`org.freedesktop.systemd1.UnitExists`).
+    #[error("unit {0} already exists")]
+    UnitExists(String),
+    /// No such unit (`org.freedesktop.systemd1.NoSuchUnit`).
+    #[error("unit {0} does not exist")]
+    NoSuchUnit(String),
+    /// The start or stop job ended with a result other than `done`.
+    #[error("{verb} job of {unit} ended with result {result:?}")]
+    JobFailed {
+        /// `start` or `stop`.
+        verb: &'static str,
+        /// The unit.
+        unit: String,
+        /// systemd's job result (`failed`, `timeout`, `canceled`, …).
+        result: String,
+    },
+    /// Nothing happened within the allowed time.
+    #[error("timed out after {0:?} waiting for {1}")]
+    Timeout(Duration, String),
+    /// Any other D-Bus failure.
+    #[error("D-Bus: {0}")]
+    Dbus(#[from] zbus::Error),
+}
+
+#[zbus::proxy(
+    interface = "org.freedesktop.systemd1.Manager",
+    default_service = "org.freedesktop.systemd1",
+    default_path = "/org/freedesktop/systemd1"
+)]
+trait Manager {
+    fn start_transient_unit(
+        &self,
+        name: &str,
+        mode: &str,
+        properties: &[(&str, Value<'_>)],
+        aux: &[(&str, Vec<(&str, Value<'_>)>)],
+    ) -> zbus::Result<OwnedObjectPath>;
+    fn stop_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
+    fn get_unit(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
+    fn kill_unit(&self, name: &str, whom: &str, signal: i32) -> zbus::Result<()>;
+    #[allow(clippy::type_complexity)]
+    fn list_units_by_patterns(
+        &self,
+        states: &[&str],
+        patterns: &[&str],
+    ) -> zbus::Result<
+        Vec<(
+            String,
+            String,
+            String,
+            String,
+            String,
+            String,
+            OwnedObjectPath,
+            u32,
+            String,
+            OwnedObjectPath,
+        )>,
+    >;
+    fn subscribe(&self) -> zbus::Result<()>;
+    #[zbus(signal)]
+    fn job_removed(
+        &self,
+        id: u32,
+        job: OwnedObjectPath,
+        unit: String,
+        result: String,
+    ) -> zbus::Result<()>;
+}
+
+#[zbus::proxy(
+    interface = "org.freedesktop.systemd1.Unit",
+    default_service = "org.freedesktop.systemd1"
+)]
+trait Unit {
+    #[zbus(property)]
+    fn active_state(&self) -> zbus::Result<String>;
+    #[zbus(property)]
+    fn sub_state(&self) -> zbus::Result<String>;
+}
+
+#[zbus::proxy(
+    interface = "org.freedesktop.systemd1.Service",
+    default_service = "org.freedesktop.systemd1"
+)]
+trait Service {
+    #[zbus(property, name = "MainPID")]
+    fn main_pid(&self) -> zbus::Result<u32>;
+    #[zbus(property)]
+    fn result(&self) -> zbus::Result<String>;
+    #[zbus(property, name = "ExecMainStatus")]
+    fn exec_main_status(&self) -> zbus::Result<i32>;
+    #[zbus(property, name = "StatusText")]
+    fn status_text(&self) -> zbus::Result<String>;
+}
+
+/// A unit's state as systemd reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnitState {
+    /// `active`, `activating`, `deactivating`, `inactive`, `failed`.
+    pub active: String,
+    /// `running`, `start`, `dead`, `failed`, …
+    pub sub: String,
+    /// Main PID (0 when none).
+    pub main_pid: u32,
+    /// `success`, `exit-code`, `signal`, `timeout`, `watchdog`, `oom-kill`, …
+    pub result: String,
+    /// Exit status or signal number of the main process.
+    pub exit_status: i32,
+    /// The worker's `STATUS=` line.
+    pub status_text: String,
+}
+
+/// A started unit whose start job can be awaited.
+pub struct StartJob {
+    job: OwnedObjectPath,
+    unit: String,
+    signals: JobRemovedStream,
+}
+
+impl StartJob {
+    /// Waits until the start job finishes: for a `Type=notify` worker that is when it sent
+    /// `READY=1`, i.e. its model is loaded. The job's end comes as a `JobRemoved` signal;
+    /// as a safety net against a lost signal, a unit found `failed` or gone (checked once a
+    /// second) also ends the wait.
+    pub async fn wait(mut self, systemd: &Systemd, timeout: Duration) -> Result<(), SystemdError> {
+        let unit = self.unit.clone();
+        let signal = wait_job(&mut self.signals, &self.job, "start", &unit, timeout);
+        let net = async {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                match systemd.state(&unit).await {
+                    Ok(Some(s)) if s.active == "failed" => break "failed".to_owned(),
+                    Ok(None) => break "unit gone".to_owned(),
+                    _ => {}
+                }
+            }
+        };
+        tokio::select! {
+            r = signal => r,
+            result = net => Err(SystemdError::JobFailed { verb: "start", unit, result }),
+        }
+    }
+
+    /// The unit's name.
+    pub fn unit(&self) -> &str {
+        &self.unit
+    }
+}
+
+/// A connection to one systemd manager.
+#[derive(Clone)]
+pub struct Systemd {
+    conn: Connection,
+    kind: ManagerKind,
+}
+
+impl Systemd {
+    /// The system manager (system bus) or the user's manager (session bus).
+    pub async fn connect(kind: ManagerKind) -> Result<Systemd, SystemdError> {
+        let conn = match kind {
+            ManagerKind::System => Connection::system().await?,
+            ManagerKind::User => Connection::session().await?,
+        };
+        Self::with_connection(conn, kind).await
+    }
+
+    /// A manager reached at a D-Bus address (`unix:path=…`).
+    pub async fn connect_address(
+        address: &str,
+        kind: ManagerKind,
+    ) -> Result<Systemd, SystemdError> {
+        let conn = zbus::connection::Builder::address(address)?.build().await?;
+        Self::with_connection(conn, kind).await
+    }
+
+    async fn with_connection(conn: Connection, kind: ManagerKind) -> Result<Systemd, SystemdError> {
+        // Without Subscribe() the manager sends no job or unit signals.
+        ManagerProxy::new(&conn).await?.subscribe().await?;
+        Ok(Systemd { conn, kind })
+    }
+
+    /// Which manager this is.
+    pub fn kind(&self) -> ManagerKind {
+        self.kind
+    }
+
+    async fn manager(&self) -> Result<ManagerProxy<'_>, SystemdError> {
+        Ok(ManagerProxy::new(&self.conn).await?)
+    }
+
+    /// Starts the worker's transient unit (mode `fail`: never replaces a running unit).
+    pub async fn start(&self, unit: &WorkerUnit) -> Result<StartJob, SystemdError> {
+        let manager = self.manager().await?;
+        // Listen before starting, so the job's end cannot be missed.
+        let signals = manager.receive_job_removed().await?;
+        let props = worker_properties(unit, self.kind);
+        let values: Vec<(&str, Value<'_>)> = props.iter().map(|(k, v)| (*k, to_value(v))).collect();
+        let job = manager
+            .start_transient_unit(&unit.name, "fail", &values, &[])
+            .await
+            .map_err(|e| map_err(e, &unit.name))?;
+        tracing::info!(unit = %unit.name, "transient unit started");
+        Ok(StartJob {
+            job,
+            unit: unit.name.clone(),
+            signals,
+        })
+    }
+
+    /// Stops a unit and waits for it to be stopped (graceful: SIGTERM, then systemd's own
+    /// SIGKILL after the unit's stop timeout).
+    pub async fn stop(&self, name: &str, timeout: Duration) -> Result<(), SystemdError> {
+        let manager = self.manager().await?;
+        let mut signals = manager.receive_job_removed().await?;
+        let job = manager
+            .stop_unit(name, "replace")
+            .await
+            .map_err(|e| map_err(e, name))?;
+        wait_job(&mut signals, &job, "stop", name, timeout).await
+    }
+
+    /// Sends `signal` to the unit's main process.
+    pub async fn kill(&self, name: &str, signal: i32) -> Result<(), SystemdError> {
+        self.manager()
+            .await?
+            .kill_unit(name, "main", signal)
+            .await
+            .map_err(|e| map_err(e, name))
+    }
+
+    /// Names of every loaded `rbee-worker@*.service` unit.
+    pub async fn list_workers(&self) -> Result<Vec<String>, SystemdError> {
+        let pattern = format!("{WORKER_PREFIX}*.service");
+        let units = self
+            .manager()
+            .await?
+            .list_units_by_patterns(&[], &[&pattern])
+            .await?;
+        Ok(units.into_iter().map(|u| u.0).collect())
+    }
+
+    /// The unit's state, or `None` when systemd does not know it (never started, or
+    /// collected after it stopped).
+    pub async fn state(&self, name: &str) -> Result<Option<UnitState>, SystemdError> {
+        let path = match self.manager().await?.get_unit(name).await {
+            Ok(p) => p,
+            Err(e) => {
+                return match map_err(e, name) {
+                    SystemdError::NoSuchUnit(_) => Ok(None),
+                    other => Err(other),
+                }
+            }
+        };
+        let unit = UnitProxy::builder(&self.conn)
+            .path(path.clone())?
+            .build()
+            .await?;
+        let service = ServiceProxy::builder(&self.conn)
+            .path(path)?
+            .build()
+            .await?;
+        Ok(Some(UnitState {
+            active: unit.active_state().await?,
+            sub: unit.sub_state().await?,
+            main_pid: service.main_pid().await?,
+            result: service.result().await?,
+            exit_status: service.exec_main_status().await?,
+            status_text: service.status_text().await?,
+        }))
+    }
+
+    /// Waits, through `PropertiesChanged` signals, until the unit's `ActiveState` is one of
+    /// `states` (or it disappears, when `states` contains `"gone"`).
+    pub async fn wait_active_state(
+        &self,
+        name: &str,
+        states: &[&str],
+        timeout: Duration,
+    ) -> Result<String, SystemdError> {
+        let path = match self.manager().await?.get_unit(name).await {
+            Ok(p) => p,
+            Err(e) => match map_err(e, name) {
+                SystemdError::NoSuchUnit(_) if states.contains(&"gone") => return Ok("gone".into()),
+                other => return Err(other),
+            },
+        };
+        let unit = UnitProxy::builder(&self.conn)
+            .path(path)?
+            .cache_properties(zbus::proxy::CacheProperties::No)
+            .build()
+            .await?;
+        let mut changes = unit.receive_active_state_changed().await;
+        let fut = async {
+            // The state may already be there; then every change is checked.
+            loop {
+                match unit.active_state().await {
+                    Ok(s) if states.contains(&s.as_str()) => return Ok(s),
+                    Ok(_) => {}
+                    Err(_) if states.contains(&"gone") => return Ok("gone".to_owned()),
+                    Err(e) => return Err(SystemdError::from(e)),
+                }
+                if changes.next().await.is_none() {
+                    return Ok("gone".to_owned());
+                }
+            }
+        };
+        tokio::time::timeout(timeout, fut)
+            .await
+            .map_err(|_| SystemdError::Timeout(timeout, format!("{name} to become {states:?}")))?
+    }
+
+    /// Every property of the unit's `Service` interface (for tests and diagnostics).
+    pub async fn service_properties(
+        &self,
+        name: &str,
+    ) -> Result<HashMap<String, OwnedValue>, SystemdError> {
+        let path = self
+            .manager()
+            .await?
+            .get_unit(name)
+            .await
+            .map_err(|e| map_err(e, name))?;
+        let props = zbus::fdo::PropertiesProxy::builder(&self.conn)
+            .destination("org.freedesktop.systemd1")?
+            .path(path)?
+            .build()
+            .await?;
+        let iface = zbus::names::InterfaceName::from_static_str_unchecked(
+            "org.freedesktop.systemd1.Service",
+        );
+        Ok(props.get_all(iface).await.map_err(zbus::Error::from)?)
+    }
+}
+
+async fn wait_job(
+    signals: &mut JobRemovedStream,
+    job: &OwnedObjectPath,
+    verb: &'static str,
+    unit: &str,
+    timeout: Duration,
+) -> Result<(), SystemdError> {
+    let fut = async {
+        while let Some(signal) = signals.next().await {
+            let Ok(args) = signal.args() else { continue };
+            if args.job.as_str() == job.as_str() {
+                return if args.result == "done" {
+                    Ok(())
+                } else {
+                    Err(SystemdError::JobFailed {
+                        verb,
+                        unit: unit.to_owned(),
+                        result: args.result.clone(),
+                    })
+                };
+            }
+        }
+        Err(SystemdError::JobFailed {
+            verb,
+            unit: unit.to_owned(),
+            result: "connection closed".into(),
+        })
+    };
+    tokio::time::timeout(timeout, fut)
+        .await
+        .map_err(|_| SystemdError::Timeout(timeout, format!("the {verb} job of {unit}")))?
+}
+
+fn map_err(e: zbus::Error, unit: &str) -> SystemdError {
+    if let zbus::Error::MethodError(name, _, _) = &e {
+        match name.as_str() {
+            "org.freedesktop.systemd1.UnitExists" => {
+                return SystemdError::UnitExists(unit.to_owned())
+            }
+            "org.freedesktop.systemd1.NoSuchUnit" => {
+                return SystemdError::NoSuchUnit(unit.to_owned())
+            }
+            _ => {}
+        }
+    }
+    SystemdError::Dbus(e)
+}
+
+fn to_value(p: &Prop) -> Value<'_> {
+    match p {
+        Prop::Str(s) => Value::from(s.as_str()),
+        Prop::Bool(b) => Value::from(*b),
+        Prop::U64(n) => Value::from(*n),
+        Prop::I32(n) => Value::from(*n),
+        Prop::List(allow, v) => Value::from((*allow, v.clone())),
+        Prop::Binds(v) => Value::from(v.clone()),
+        Prop::Devices(v) => Value::from(v.clone()),
+        Prop::Strs(v) => Value::from(v.clone()),
+        Prop::Exec(v) => Value::from(v.clone()),
+    }
+}
