@@ -109,3 +109,24 @@ fn fetch_test_model_replaces_a_corrupted_cached_file() {
         "the corrupted file was handed out again"
     );
 }
+
+#[test]
+fn every_nix_file_parses() {
+    skip_unless!(
+        have("nix-instantiate"),
+        "nix-instantiate is not installed (apt-get install nix-bin)"
+    );
+    let files = ["flake.nix", "nix/package.nix", "nixos-module/default.nix"];
+    for f in files {
+        let out = Command::new("nix-instantiate")
+            .arg("--parse")
+            .arg(repo().join(f))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{f}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
