@@ -45,23 +45,20 @@ struct Cli {
 #[derive(Subcommand)]
 enum Sub {
     /// Internal: run the bare batched loop (4 sequences) in this process and print JSON.
-    Batched {
-        #[arg(long)]
-        model: PathBuf,
-        #[arg(long)]
-        tokens: u32,
-        #[arg(long)]
-        threads: u32,
-    },
+    Batched(LoopArgs),
     /// Internal: run the bare loop once in this process and print JSON.
-    Bare {
-        #[arg(long)]
-        model: PathBuf,
-        #[arg(long)]
-        tokens: u32,
-        #[arg(long)]
-        threads: u32,
-    },
+    Bare(LoopArgs),
+}
+
+/// Arguments of the internal subcommands.
+#[derive(clap::Args)]
+struct LoopArgs {
+    #[arg(long)]
+    model: PathBuf,
+    #[arg(long)]
+    tokens: u32,
+    #[arg(long)]
+    threads: u32,
 }
 
 /// One contender's figures for one round.
@@ -76,22 +73,22 @@ struct Figures {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    if let Some(Sub::Batched {
+    if let Some(Sub::Batched(LoopArgs {
         model,
         tokens,
         threads,
-    }) = &cli.cmd
+    })) = &cli.cmd
     {
         let agg =
             rbee_bench::batched_tok_s(model, PROMPT, 4, *tokens as usize, *threads as i32, 2048)?;
         println!("{}", json!({"agg4_tok_s": agg}));
         return Ok(());
     }
-    if let Some(Sub::Bare {
+    if let Some(Sub::Bare(LoopArgs {
         model,
         tokens,
         threads,
-    }) = cli.cmd
+    })) = cli.cmd
     {
         let run = greedy(
             &model,

@@ -124,6 +124,12 @@ impl Worker {
         http::get(&format!("{}{path}", self.url))
     }
 
+    /// Asserts that a short request is answered 200: the worker still serves.
+    pub fn assert_serves(&self) {
+        let r = self.complete(json!({"prompt": "hi", "max_tokens": 2}));
+        assert_eq!(r.status, 200, "the worker no longer serves: {}", r.body);
+    }
+
     /// Waits until a short request is accepted (a slot is free), at most `timeout`.
     pub fn slot_free_within(&self, timeout: Duration) -> bool {
         let until = Instant::now() + timeout;
