@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rbee_types::worker::{
-    CompletionResponse, InferenceRequest, ReadyResponse, StartEvent, TokenEvent,
+    CompletionResponse, InferenceRequest, ReadyResponse, StartEvent, TokenEvent, WorkerHealth,
 };
 use rbee_types::{ApiError, ErrorCode, API_VERSION};
 use serde_json::json;
@@ -127,15 +127,7 @@ fn handle(app: &App, request: Request) {
         }
     }
     match route {
-        Route::Health => respond_json(
-            request,
-            200,
-            &json!({
-                "status": "alive",
-                "version": env!("CARGO_PKG_VERSION"),
-                "api_version": API_VERSION,
-            }),
-        ),
+        Route::Health => respond_json(request, 200, &health(&app.shared)),
         Route::Info => {
             let info = lock(&app.shared.info).clone();
             respond_json(request, 200, &info);
@@ -152,6 +144,23 @@ fn handle(app: &App, request: Request) {
             let _ = app.shutdown.send(ShutdownCause::AdminRequest);
             respond_json(request, 202, &json!({"state": "draining"}));
         }
+    }
+}
+
+fn health(shared: &Shared) -> WorkerHealth {
+    let phase = shared.phase();
+    WorkerHealth {
+        status: "alive".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        api_version: API_VERSION.into(),
+        state: ready(shared).state,
+        slots_busy: shared.slots.busy(),
+        slots_total: shared.slots.total(),
+        idle_ms: if phase == Phase::Ready {
+            shared.slots.idle_for().map(|d| d.as_millis() as u64)
+        } else {
+            None
+        },
     }
 }
 

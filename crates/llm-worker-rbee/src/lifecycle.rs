@@ -124,7 +124,7 @@ fn run_inner(args: Args) -> anyhow::Result<i32> {
     };
     let shared = Arc::new(Shared::new(
         info,
-        api_key,
+        api_key.clone(),
         base_url.clone(),
         args.max_body_bytes,
     ));
@@ -154,7 +154,8 @@ fn run_inner(args: Args) -> anyhow::Result<i32> {
             backend: args.backend.as_str().into(),
             device: args.device,
         };
-        std::thread::spawn(move || hive_callback(&hive, &cb));
+        let key = api_key.clone();
+        std::thread::spawn(move || hive_callback(&hive, &cb, key.as_deref()));
     }
 
     let cfg = EngineConfig {
@@ -252,7 +253,24 @@ fn load_api_key(args: &Args) -> anyhow::Result<Option<String>> {
             std::fs::read_to_string(path)
                 .with_context(|| format!("cannot read --api-key-file {}", path.display()))?,
         ),
-        None => std::env::var(env::WORKER_API_KEY).ok(),
+        None => match std::env::var(env::WORKER_API_KEY) {
+            Ok(key) => Some(key),
+            // systemd's LoadCredential= (how rbee-hive hands the key to a system unit).
+            Err(_) => match std::env::var_os("CREDENTIALS_DIRECTORY") {
+                Some(dir) => {
+                    let path = std::path::Path::new(&dir).join(env::API_KEY_CREDENTIAL);
+                    match std::fs::read_to_string(&path) {
+                        Ok(key) => Some(key),
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                        Err(e) => {
+                            return Err(e)
+                                .with_context(|| format!("cannot read {}", path.display()))
+                        }
+                    }
+                }
+                None => None,
+            },
+        },
     };
     let key = key.map(|k| k.trim().to_owned());
     if key.as_deref() == Some("") {
@@ -357,13 +375,15 @@ fn spawn_signal_thread(tx: mpsc::Sender<ShutdownCause>) {
 }
 
 /// Tells the hive where this worker listens; retried a few times, never fatal.
-fn hive_callback(hive: &str, cb: &ReadyCallback) {
+/// The worker's own key is its credential towards the hive.
+fn hive_callback(hive: &str, cb: &ReadyCallback, key: Option<&str>) {
     let url = format!("{}/v1/workers/ready", hive.trim_end_matches('/'));
     for attempt in 1..=5u32 {
-        match ureq::post(&url)
-            .timeout(Duration::from_secs(5))
-            .send_json(serde_json::to_value(cb).unwrap_or_default())
-        {
+        let mut req = ureq::post(&url).timeout(Duration::from_secs(5));
+        if let Some(key) = key {
+            req = req.set("Authorization", &format!("Bearer {key}"));
+        }
+        match req.send_json(serde_json::to_value(cb).unwrap_or_default()) {
             Ok(_) => {
                 tracing::info!(%url, "registered with the hive");
                 return;

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rbee_types::worker::{LoadProgress, WorkerInfo};
 
@@ -39,6 +39,9 @@ pub struct LoadState {
 pub struct Slots {
     total: u32,
     busy: AtomicU32,
+    created: Instant,
+    /// Milliseconds after `created` of the last take or give-back.
+    last_change_ms: AtomicU64,
 }
 
 impl Slots {
@@ -47,7 +50,29 @@ impl Slots {
         Self {
             total,
             busy: AtomicU32::new(0),
+            created: Instant::now(),
+            last_change_ms: AtomicU64::new(0),
         }
+    }
+
+    /// Records activity now (a slot taken or given back, the model becoming ready).
+    pub fn touch(&self) {
+        let now = self.created.elapsed().as_millis() as u64;
+        self.last_change_ms.fetch_max(now, Ordering::AcqRel);
+    }
+
+    /// How long no slot has been busy; `None` while one is. The hive's idle timeout reads
+    /// this through `/v1/health`.
+    pub fn idle_for(&self) -> Option<Duration> {
+        if self.busy() > 0 {
+            return None;
+        }
+        let last = self.last_change_ms.load(Ordering::Acquire);
+        Some(
+            self.created
+                .elapsed()
+                .saturating_sub(Duration::from_millis(last)),
+        )
     }
 
     /// Takes a slot, or returns `None` when all are busy.
@@ -57,11 +82,12 @@ impl Slots {
                 (b < self.total).then_some(b + 1)
             })
             .ok()
-            .map(|_| ())
+            .map(|_| self.touch())
     }
 
     /// Gives a slot back.
     pub fn release(&self) {
+        self.touch();
         self.busy.fetch_sub(1, Ordering::AcqRel);
     }
 
@@ -138,6 +164,10 @@ impl Shared {
 
     /// Moves to `phase` and wakes watchers.
     pub fn set_phase(&self, phase: Phase) {
+        if phase == Phase::Ready {
+            // Idle time counts from the moment the worker can serve.
+            self.slots.touch();
+        }
         *lock(&self.phase) = phase;
         self.bump();
     }

@@ -34,6 +34,8 @@ pub enum Prop {
     Strs(Vec<String>),
     /// `a(sasb)`: ExecStart — path, argv (argv[0] included), ignore-failure.
     Exec(Vec<(String, Vec<String>, bool)>),
+    /// `a(ss)`: LoadCredential — credential name, source file.
+    Pairs(Vec<(String, String)>),
 }
 
 /// What the supervisor knows about the worker it starts.
@@ -59,6 +61,12 @@ pub struct WorkerUnit {
     pub stop_timeout_usec: u64,
     /// GPU device nodes the worker may open (`/dev/nvidia0`, …).
     pub devices: Vec<String>,
+    /// Where stdout and stderr go; `None` means the journal.
+    pub log_file: Option<PathBuf>,
+    /// `LoadCredential=` pairs (name, file) — how secrets reach a system unit. A user
+    /// manager (systemd 252 seen here) starts the unit with an empty credentials directory,
+    /// so callers use a 0600 file there instead.
+    pub credentials: Vec<(String, PathBuf)>,
 }
 
 /// The slice every worker runs in.
@@ -91,6 +99,19 @@ pub fn worker_properties(unit: &WorkerUnit, kind: ManagerKind) -> Vec<(&'static 
     ];
     if let Some(max) = unit.memory_max {
         p.push(("MemoryMax", Prop::U64(max)));
+    }
+    if let Some(log) = &unit.log_file {
+        let log = log.display().to_string();
+        p.push(("StandardOutputFileToAppend", Prop::Str(log.clone())));
+        p.push(("StandardErrorFileToAppend", Prop::Str(log)));
+    }
+    if !unit.credentials.is_empty() {
+        let creds = unit
+            .credentials
+            .iter()
+            .map(|(name, path)| (name.clone(), path.display().to_string()))
+            .collect();
+        p.push(("LoadCredential", Prop::Pairs(creds)));
     }
     if kind == ManagerKind::System {
         let model = unit.model_path.display().to_string();
@@ -142,6 +163,8 @@ mod tests {
             watchdog_usec: 30_000_000,
             stop_timeout_usec: 40_000_000,
             devices: vec!["/dev/nvidia0".into()],
+            log_file: Some("/var/lib/rbee/logs/smol.log".into()),
+            credentials: vec![("key".into(), "/var/lib/rbee/k".into())],
         }
     }
 
@@ -156,6 +179,13 @@ mod tests {
             assert_eq!(get(&p, "Type"), Some(&Prop::Str("notify".into())));
             assert_eq!(get(&p, "Slice"), Some(&Prop::Str(WORKERS_SLICE.into())));
             assert_eq!(get(&p, "MemoryMax"), Some(&Prop::U64(1 << 30)));
+            let log = Prop::Str("/var/lib/rbee/logs/smol.log".into());
+            assert_eq!(get(&p, "StandardOutputFileToAppend"), Some(&log));
+            assert_eq!(get(&p, "StandardErrorFileToAppend"), Some(&log));
+            assert_eq!(
+                get(&p, "LoadCredential"),
+                Some(&Prop::Pairs(vec![("key".into(), "/var/lib/rbee/k".into())]))
+            );
             let Some(Prop::Exec(exec)) = get(&p, "ExecStart") else {
                 panic!()
             };

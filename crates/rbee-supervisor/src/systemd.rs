@@ -55,6 +55,7 @@ trait Manager {
     fn stop_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
     fn get_unit(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
     fn kill_unit(&self, name: &str, whom: &str, signal: i32) -> zbus::Result<()>;
+    fn reset_failed_unit(&self, name: &str) -> zbus::Result<()>;
     #[allow(clippy::type_complexity)]
     fn list_units_by_patterns(
         &self,
@@ -246,6 +247,34 @@ impl Systemd {
             .map_err(|e| map_err(e, name))
     }
 
+    /// Forgets a failed unit, so its name can be used again.
+    pub async fn reset_failed(&self, name: &str) -> Result<(), SystemdError> {
+        match self.manager().await?.reset_failed_unit(name).await {
+            Ok(()) => Ok(()),
+            Err(e) => match map_err(e, name) {
+                SystemdError::NoSuchUnit(_) => Ok(()),
+                other => Err(other),
+            },
+        }
+    }
+
+    /// Starts following a unit's state changes. Call it *before* starting the unit (so no
+    /// change is missed), or with `adopted` for a unit that may already have ended.
+    pub async fn watch(&self, name: &str, adopted: bool) -> Result<UnitWatch, SystemdError> {
+        let props = zbus::fdo::PropertiesProxy::builder(&self.conn)
+            .destination("org.freedesktop.systemd1")?
+            .path(unit_object_path(name))?
+            .build()
+            .await?;
+        let changes = props.receive_properties_changed().await?;
+        Ok(UnitWatch {
+            systemd: self.clone(),
+            unit: name.to_owned(),
+            adopted,
+            changes,
+        })
+    }
+
     /// Names of every loaded `rbee-worker@*.service` unit.
     pub async fn list_workers(&self) -> Result<Vec<String>, SystemdError> {
         let pattern = format!("{WORKER_PREFIX}*.service");
@@ -350,6 +379,136 @@ impl Systemd {
     }
 }
 
+/// How a unit ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnitExit {
+    /// The unit.
+    pub unit: String,
+    /// `failed`, `inactive`, or `gone` (collected before its end could be read).
+    pub active: String,
+    /// systemd's `Result`: `success`, `exit-code`, `signal`, `oom-kill`, `watchdog`, …
+    pub result: String,
+    /// `ExecMainCode` (`CLD_EXITED` 1, `CLD_KILLED` 2, `CLD_DUMPED` 3; 0 unknown).
+    pub code: i32,
+    /// Exit status, or the signal number when killed.
+    pub status: i32,
+}
+
+impl UnitExit {
+    /// `exit status 3`, `killed by signal 9`, or systemd's result.
+    pub fn describe(&self) -> String {
+        match self.code {
+            1 => format!("exited with status {} ({})", self.status, self.result),
+            2 | 3 => format!("killed by signal {} ({})", self.status, self.result),
+            _ => format!("{} ({})", self.active, self.result),
+        }
+    }
+
+    /// Whether the process exited normally with status 0.
+    pub fn clean(&self) -> bool {
+        self.result == "success" && (self.code == 0 || (self.code == 1 && self.status == 0))
+    }
+}
+
+/// Follows one unit until it ends (see [`Systemd::watch`]).
+pub struct UnitWatch {
+    systemd: Systemd,
+    unit: String,
+    adopted: bool,
+    changes: zbus::fdo::PropertiesChangedStream,
+}
+
+const UNIT_IFACE: &str = "org.freedesktop.systemd1.Unit";
+const SERVICE_IFACE: &str = "org.freedesktop.systemd1.Service";
+
+impl UnitWatch {
+    /// Resolves when the unit is `failed`, `inactive` or unloaded, with how it ended. The
+    /// values come from the `PropertiesChanged` signals themselves: with
+    /// `CollectMode=inactive-or-failed` the unit may be gone before anyone could ask.
+    pub async fn ended(mut self) -> UnitExit {
+        let mut exit = UnitExit {
+            unit: self.unit.clone(),
+            active: "gone".into(),
+            result: String::new(),
+            code: 0,
+            status: 0,
+        };
+        if self.adopted {
+            match self.systemd.state(&self.unit).await {
+                Ok(None) => return exit,
+                Ok(Some(s)) if s.active == "failed" || s.active == "inactive" => {
+                    exit.active = s.active;
+                    exit.result = s.result;
+                    exit.status = s.exit_status;
+                    return exit;
+                }
+                _ => {}
+            }
+        }
+        let mut ended = false;
+        loop {
+            let next = if ended {
+                // The Service interface's values may follow the Unit's in a separate signal.
+                match tokio::time::timeout(Duration::from_millis(50), self.changes.next()).await {
+                    Ok(n) => n,
+                    Err(_) => return exit,
+                }
+            } else {
+                self.changes.next().await
+            };
+            let Some(signal) = next else { return exit };
+            let Ok(args) = signal.args() else { continue };
+            let changed = args.changed_properties();
+            let str_of = |k: &str| {
+                changed
+                    .get(k)
+                    .and_then(|v| String::try_from(v.try_clone().ok()?).ok())
+            };
+            let int_of = |k: &str| changed.get(k).and_then(|v| i32::try_from(v).ok());
+            match args.interface_name().as_str() {
+                SERVICE_IFACE => {
+                    if let Some(r) = str_of("Result") {
+                        exit.result = r;
+                    }
+                    if let Some(c) = int_of("ExecMainCode") {
+                        exit.code = c;
+                    }
+                    if let Some(s) = int_of("ExecMainStatus") {
+                        exit.status = s;
+                    }
+                }
+                UNIT_IFACE => {
+                    if let Some(state) = str_of("ActiveState") {
+                        if state == "failed" || state == "inactive" {
+                            exit.active = state;
+                            ended = true;
+                        }
+                    }
+                }
+                _ => {}
+            }
+            if ended && !exit.result.is_empty() && exit.code != 0 {
+                return exit;
+            }
+        }
+    }
+}
+
+/// The object path systemd gives a unit (`sd_bus_path_encode`): every byte that is not an
+/// ASCII letter (or a digit after the first byte) becomes `_xx`. Computable before the unit
+/// exists, so its signals can be subscribed to before it is started.
+pub fn unit_object_path(name: &str) -> String {
+    let mut out = String::from("/org/freedesktop/systemd1/unit/");
+    for (i, b) in name.bytes().enumerate() {
+        if b.is_ascii_alphabetic() || (i > 0 && b.is_ascii_digit()) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("_{b:02x}"));
+        }
+    }
+    out
+}
+
 async fn wait_job(
     signals: &mut JobRemovedStream,
     job: &OwnedObjectPath,
@@ -409,5 +568,6 @@ fn to_value(p: &Prop) -> Value<'_> {
         Prop::Devices(v) => Value::from(v.clone()),
         Prop::Strs(v) => Value::from(v.clone()),
         Prop::Exec(v) => Value::from(v.clone()),
+        Prop::Pairs(v) => Value::from(v.clone()),
     }
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use rbee_supervisor::properties::{ManagerKind, WorkerUnit, WORKERS_SLICE};
-use rbee_supervisor::systemd::{Systemd, SystemdError};
+use rbee_supervisor::systemd::{unit_object_path, Systemd, SystemdError};
 use rbee_supervisor::unit_name::worker_unit;
 use rbee_test_support::process::free_port;
 use rbee_test_support::skip_unless;
@@ -69,6 +69,8 @@ fn unit_for(model: &std::path::Path, model_id: &str, port: u16) -> WorkerUnit {
         watchdog_usec: 30_000_000,
         stop_timeout_usec: 20_000_000,
         devices: vec![],
+        log_file: None,
+        credentials: vec![],
     }
 }
 
@@ -176,6 +178,7 @@ async fn a_killed_worker_is_noticed_within_a_second() {
     let Some(env) = env().await else { return };
     let unit = unit_for(&env.model, "smol-kill", free_port());
     start_ready(&env, &unit).await;
+    let watch = env.systemd.watch(&unit.name, true).await.unwrap();
     let pid = env
         .systemd
         .state(&unit.name)
@@ -202,6 +205,11 @@ async fn a_killed_worker_is_noticed_within_a_second() {
         ["failed", "inactive", "gone"].contains(&state.as_str()),
         "{state}"
     );
+    let exit = tokio::time::timeout(Duration::from_secs(1), watch.ended())
+        .await
+        .expect("the watch ends with the unit");
+    assert_eq!((exit.code, exit.status), (2, libc::SIGKILL), "{exit:?}");
+    assert_eq!(exit.result, "signal");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -213,6 +221,7 @@ async fn a_worker_that_fails_while_loading_fails_its_start_job_with_its_exit_sta
     let mut unit = unit_for(&bad, "bad-model", free_port());
     // Keep the failed unit around so its result can be read.
     unit.name = worker_unit("bad-model", 0);
+    let watch = env.systemd.watch(&unit.name, false).await.unwrap();
     let err = env
         .systemd
         .start(&unit)
@@ -227,6 +236,14 @@ async fn a_worker_that_fails_while_loading_fails_its_start_job_with_its_exit_sta
         }
         other => panic!("expected a failed start job, got {other}"),
     }
+    let exit = watch.ended().await;
+    assert_eq!(exit.result, "exit-code", "{exit:?}");
+    assert_eq!(
+        (exit.code, exit.status),
+        (1, rbee_types::exit::MODEL_INVALID),
+        "{}",
+        exit.describe()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -238,6 +255,28 @@ async fn a_hostile_model_id_becomes_a_unit_name_systemd_accepts() {
     start_ready(&env, &unit).await;
     let (ok, status) = env.manager.systemctl(&["is-active", &unit.name]);
     assert!(ok && status.trim() == "active", "{status}");
+    // The object path computed before the start is the one systemd uses.
+    let (_, path) = env
+        .manager
+        .systemctl(&["show", "-P", "ControlGroup", &unit.name]);
+    assert!(!path.is_empty());
+    let conn = zbus::connection::Builder::address(env.manager.bus_address().as_str())
+        .unwrap()
+        .build()
+        .await
+        .unwrap();
+    let reply = conn
+        .call_method(
+            Some("org.freedesktop.systemd1"),
+            "/org/freedesktop/systemd1",
+            Some("org.freedesktop.systemd1.Manager"),
+            "GetUnit",
+            &(unit.name.as_str(),),
+        )
+        .await
+        .unwrap();
+    let got: zbus::zvariant::OwnedObjectPath = reply.body().deserialize().unwrap();
+    assert_eq!(got.as_str(), unit_object_path(&unit.name));
     env.systemd
         .stop(&unit.name, Duration::from_secs(30))
         .await

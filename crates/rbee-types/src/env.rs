@@ -9,3 +9,6 @@ pub const CACHE_DIR: &str = "RBEE_CACHE_DIR";
 pub const TEST_MODEL: &str = "RBEE_TEST_MODEL";
 /// `tracing` filter for every rbee binary (e.g. `info`, `llm_worker_rbee=debug`).
 pub const LOG: &str = "RBEE_LOG";
+
+/// Name of the systemd credential (`LoadCredential=`) holding a worker's API key.
+pub const API_KEY_CREDENTIAL: &str = "rbee-worker-api-key";

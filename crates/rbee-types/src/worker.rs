@@ -176,6 +176,30 @@ pub struct ReadyResponse {
     pub progress_url: Option<String>,
 }
 
+/// `GET /v1/health` of a worker: alive, plus what the hive's monitor needs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerHealth {
+    /// Always `alive` when the worker answers.
+    pub status: String,
+    /// The worker's version.
+    pub version: String,
+    /// `v1`.
+    pub api_version: String,
+    /// `loading`, `idle`, `busy`, `draining` or `failed`.
+    #[serde(default)]
+    pub state: String,
+    /// Slots in use.
+    #[serde(default)]
+    pub slots_busy: u32,
+    /// All slots.
+    #[serde(default)]
+    pub slots_total: u32,
+    /// Milliseconds since the last request ended (or the model became ready); `None` while
+    /// a slot is busy.
+    #[serde(default)]
+    pub idle_ms: Option<u64>,
+}
+
 /// One event of `GET /v1/loading/progress`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LoadProgress {
