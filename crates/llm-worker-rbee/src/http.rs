@@ -3,7 +3,6 @@
 //! which the accept loop answers 503 `OVERLOADED` itself, so memory stays bounded under any
 //! load.
 
-use std::io::Read;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -14,12 +13,14 @@ use rbee_types::worker::{
 };
 use rbee_types::{ApiError, ErrorCode, API_VERSION};
 use serde_json::json;
-use tiny_http::{Header, Method, Request, Response};
+use tiny_http::{Method, Request, Response};
 
 use crate::engine::{Engine, Event, Job, RequestGuard};
-use crate::sse::SseWriter;
 use crate::state::{lock, Phase, Shared};
 use crate::validate::{validate, Valid};
+use rbee_http::{
+    check_route, header, json_response, read_body, respond_error, respond_json, SseWriter,
+};
 
 /// Requests handled at once before new ones get 503 `OVERLOADED`.
 pub const MAX_IN_FLIGHT: u32 = 256;
@@ -106,21 +107,9 @@ fn route(path: &str) -> Option<(Route, Method)> {
 
 fn handle(app: &App, request: Request) {
     let path = request.url().split('?').next().unwrap_or("").to_owned();
-    let Some((route, method)) = route(&path) else {
-        let e = ApiError::new(ErrorCode::NotFound, format!("no such endpoint: {path}"))
-            .detail("path", path);
-        return respond_error(request, &e);
-    };
-    if *request.method() != method {
-        let e = ApiError::new(
-            ErrorCode::MethodNotAllowed,
-            format!("{path} accepts {method} only, not {}", request.method()),
-        )
-        .detail("allow", method.as_str());
-        let resp = error_response(&e).with_header(header("Allow", method.as_str()));
-        let _ = request.respond(resp);
+    let Some((request, route)) = check_route(request, &path, route(&path)) else {
         return;
-    }
+    };
     if !matches!(route, Route::Health) {
         if let Err(e) = check_auth(&app.shared, &request) {
             return respond_error(request, &e);
@@ -407,118 +396,13 @@ fn complete(request: Request, request_id: &str, rx: &mpsc::Receiver<Event>) {
     }
 }
 
-/// Reads the body, at most `limit` bytes, as UTF-8.
-fn read_body(request: &mut Request, limit: usize) -> Result<String, ApiError> {
-    let too_large = || {
-        ApiError::new(
-            ErrorCode::BodyTooLarge,
-            format!("the request body is larger than {limit} bytes"),
-        )
-        .detail("limit_bytes", limit)
-    };
-    if request.body_length().is_some_and(|n| n > limit) {
-        return Err(too_large());
-    }
-    let mut buf = Vec::new();
-    request
-        .as_reader()
-        .take(limit as u64 + 1)
-        .read_to_end(&mut buf)
-        .map_err(|e| {
-            ApiError::new(
-                ErrorCode::InvalidRequest,
-                format!("cannot read the request body: {e}"),
-            )
-        })?;
-    if buf.len() > limit {
-        return Err(too_large());
-    }
-    String::from_utf8(buf).map_err(|e| {
-        ApiError::new(
-            ErrorCode::InvalidUtf8,
-            "the request body is not valid UTF-8",
-        )
-        .detail("byte_offset", e.utf8_error().valid_up_to())
-    })
-}
-
 fn check_auth(shared: &Shared, request: &Request) -> Result<(), ApiError> {
-    let Some(key) = shared.api_key.as_deref() else {
-        return Ok(());
-    };
-    let given = request
-        .headers()
-        .iter()
-        .find(|h| h.field.equiv("Authorization"))
-        .map(|h| h.value.as_str().trim().to_owned());
-    let Some(given) = given else {
-        return Err(ApiError::new(
-            ErrorCode::MissingApiKey,
-            "this worker needs an API key: send `Authorization: Bearer <key>`",
-        ));
-    };
-    let token = given.strip_prefix("Bearer ").unwrap_or("").trim();
-    if constant_time_eq(token.as_bytes(), key.as_bytes()) {
-        Ok(())
-    } else {
-        Err(ApiError::new(
-            ErrorCode::InvalidApiKey,
-            "the API key is not valid for this worker",
-        ))
-    }
-}
-
-/// Compares without an early exit, so timing does not reveal how much of a key matched.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let mut diff = a.len() ^ b.len();
-    for i in 0..a.len().max(b.len()) {
-        let x = a.get(i).copied().unwrap_or(0);
-        let y = b.get(i).copied().unwrap_or(0xff);
-        diff |= usize::from(x ^ y);
-    }
-    diff == 0
-}
-
-fn header(k: &str, v: &str) -> Header {
-    Header::from_bytes(k.as_bytes(), v.as_bytes()).expect("static header is valid")
-}
-
-fn json_response(status: u16, body: &impl serde::Serialize) -> Response<std::io::Cursor<Vec<u8>>> {
-    let data = serde_json::to_vec(body).unwrap_or_default();
-    Response::from_data(data)
-        .with_status_code(status)
-        .with_header(header("Content-Type", "application/json"))
-}
-
-fn respond_json(request: Request, status: u16, body: &impl serde::Serialize) {
-    let _ = request.respond(json_response(status, body));
-}
-
-fn error_response(e: &ApiError) -> Response<std::io::Cursor<Vec<u8>>> {
-    json_response(e.http_status(), e)
-}
-
-fn respond_error(request: Request, e: &ApiError) {
-    match e.http_status() {
-        // Busy and draining answers are part of normal operation under load.
-        503 => tracing::debug!(code = %e.error.code.as_str(), "{}", e.error.message),
-        s if s >= 500 => tracing::warn!(code = %e.error.code.as_str(), "{}", e.error.message),
-        _ => tracing::debug!(code = %e.error.code.as_str(), "{}", e.error.message),
-    }
-    let _ = request.respond(error_response(e));
+    rbee_http::check_bearer(request, shared.api_key.as_deref(), "this worker")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn constant_time_eq_compares_whole_keys() {
-        assert!(constant_time_eq(b"secret", b"secret"));
-        assert!(!constant_time_eq(b"secret", b"secreT"));
-        assert!(!constant_time_eq(b"secret", b"secret2"));
-        assert!(!constant_time_eq(b"", b"x"));
-    }
 
     #[test]
     fn routes_cancel_ids_but_not_nested_paths() {

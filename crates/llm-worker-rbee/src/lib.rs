@@ -6,7 +6,6 @@
 //! - [`http`]: the API (tiny_http), one thread per request.
 //! - [`validate`]: range checks of inference requests.
 //! - [`output`]: UTF-8 joining and stop strings.
-//! - [`sse`]: server-sent events over a raw connection.
 //! - [`lifecycle`]: startup, sd-notify, signals, the hive callback and draining.
 //! - [`state`]: what the threads share.
 
@@ -15,6 +14,5 @@ pub mod engine;
 pub mod http;
 pub mod lifecycle;
 pub mod output;
-pub mod sse;
 pub mod state;
 pub mod validate;

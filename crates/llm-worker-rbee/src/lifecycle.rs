@@ -8,6 +8,7 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use rbee_http::daemon::{block_termination_signals, notify, status_tick, wait_for_termination};
 use rbee_types::env;
 use rbee_types::exit;
 use rbee_types::worker::{ReadyCallback, WorkerInfo};
@@ -282,22 +283,12 @@ fn load_api_key(args: &Args) -> anyhow::Result<Option<String>> {
     Ok(key)
 }
 
-/// Sends sd-notify states; a no-op outside systemd (no NOTIFY_SOCKET).
-fn notify(states: &[NotifyState<'_>]) {
-    if let Err(e) = sd_notify::notify(states) {
-        tracing::debug!(error = %e, "sd_notify failed");
-    }
-}
-
 /// READY=1 once the model is in, then STATUS= every 2 s and WATCHDOG=1 when asked for.
 fn spawn_status_thread(shared: Arc<Shared>) -> std::thread::JoinHandle<()> {
     std::thread::Builder::new()
         .name("status".into())
         .spawn(move || {
-            let watchdog = sd_notify::watchdog_enabled();
-            let tick = watchdog.map_or(Duration::from_secs(2), |w| {
-                (w / 2).min(Duration::from_secs(2))
-            });
+            let (watchdog, tick) = status_tick();
             let mut told_ready = false;
             let (mut last_tokens, mut last_at) = (0u64, Instant::now());
             loop {
@@ -331,45 +322,27 @@ fn spawn_status_thread(shared: Arc<Shared>) -> std::thread::JoinHandle<()> {
                 } else {
                     notify(&[NotifyState::Status(&status)]);
                 }
-                if watchdog.is_some() {
+                if watchdog {
                     notify(&[NotifyState::Watchdog]);
                 }
-                std::thread::sleep(tick);
+                // Wake at once when the phase changes: READY=1 must not wait for a tick
+                // (the hive measures spawn latency up to it).
+                let guard = crate::state::lock(&shared.load);
+                let _ = shared
+                    .changed
+                    .wait_timeout_while(guard, tick, |_| shared.phase() == phase);
             }
         })
         .expect("spawning the status thread")
-}
-
-/// Blocks SIGTERM and SIGINT in this thread and every thread spawned after, so that only
-/// the signal thread receives them.
-fn block_termination_signals() {
-    // SAFETY: plain libc calls on a stack-allocated, initialised sigset.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-    }
 }
 
 fn spawn_signal_thread(tx: mpsc::Sender<ShutdownCause>) {
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || loop {
-            let mut sig: libc::c_int = 0;
-            // SAFETY: as above; sigwait writes the received signal into `sig`.
-            let rc = unsafe {
-                let mut set: libc::sigset_t = std::mem::zeroed();
-                libc::sigemptyset(&mut set);
-                libc::sigaddset(&mut set, libc::SIGTERM);
-                libc::sigaddset(&mut set, libc::SIGINT);
-                libc::sigwait(&set, &mut sig)
-            };
-            if rc == 0 {
-                tracing::info!(signal = sig, "termination signal received");
-                let _ = tx.send(ShutdownCause::Signal);
-            }
+            let sig = wait_for_termination();
+            tracing::info!(signal = sig, "termination signal received");
+            let _ = tx.send(ShutdownCause::Signal);
         })
         .expect("spawning the signal thread");
 }

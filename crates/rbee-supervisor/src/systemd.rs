@@ -108,6 +108,8 @@ trait Service {
     fn result(&self) -> zbus::Result<String>;
     #[zbus(property, name = "ExecMainStatus")]
     fn exec_main_status(&self) -> zbus::Result<i32>;
+    #[zbus(property, name = "ExecMainCode")]
+    fn exec_main_code(&self) -> zbus::Result<i32>;
     #[zbus(property, name = "StatusText")]
     fn status_text(&self) -> zbus::Result<String>;
 }
@@ -125,6 +127,8 @@ pub struct UnitState {
     pub result: String,
     /// Exit status or signal number of the main process.
     pub exit_status: i32,
+    /// `CLD_EXITED` (1), `CLD_KILLED` (2), `CLD_DUMPED` (3), or 0 while it runs.
+    pub exit_code: i32,
     /// The worker's `STATUS=` line.
     pub status_text: String,
 }
@@ -267,10 +271,32 @@ impl Systemd {
             .build()
             .await?;
         let changes = props.receive_properties_changed().await?;
+        let mut already = None;
+        if adopted {
+            // Subscribed first, then asked: an end cannot fall between the two.
+            let mut exit = UnitExit {
+                unit: name.to_owned(),
+                active: "gone".into(),
+                result: String::new(),
+                code: 0,
+                status: 0,
+            };
+            match self.state(name).await? {
+                None => already = Some(exit),
+                Some(s) if s.active == "failed" || s.active == "inactive" => {
+                    exit.active = s.active;
+                    exit.result = s.result;
+                    exit.code = s.exit_code;
+                    exit.status = s.exit_status;
+                    already = Some(exit);
+                }
+                Some(_) => {}
+            }
+        }
         Ok(UnitWatch {
-            systemd: self.clone(),
             unit: name.to_owned(),
             adopted,
+            already,
             changes,
         })
     }
@@ -312,6 +338,7 @@ impl Systemd {
             main_pid: service.main_pid().await?,
             result: service.result().await?,
             exit_status: service.exec_main_status().await?,
+            exit_code: service.exec_main_code().await?,
             status_text: service.status_text().await?,
         }))
     }
@@ -412,9 +439,9 @@ impl UnitExit {
 
 /// Follows one unit until it ends (see [`Systemd::watch`]).
 pub struct UnitWatch {
-    systemd: Systemd,
     unit: String,
     adopted: bool,
+    already: Option<UnitExit>,
     changes: zbus::fdo::PropertiesChangedStream,
 }
 
@@ -433,19 +460,11 @@ impl UnitWatch {
             code: 0,
             status: 0,
         };
-        if self.adopted {
-            match self.systemd.state(&self.unit).await {
-                Ok(None) => return exit,
-                Ok(Some(s)) if s.active == "failed" || s.active == "inactive" => {
-                    exit.active = s.active;
-                    exit.result = s.result;
-                    exit.status = s.exit_status;
-                    return exit;
-                }
-                _ => {}
-            }
+        if let Some(exit) = self.already.take() {
+            return exit;
         }
         let mut ended = false;
+        let mut started = self.adopted;
         loop {
             let next = if ended {
                 // The Service interface's values may follow the Unit's in a separate signal.
@@ -477,14 +496,20 @@ impl UnitWatch {
                         exit.status = s;
                     }
                 }
-                UNIT_IFACE => {
-                    if let Some(state) = str_of("ActiveState") {
-                        if state == "failed" || state == "inactive" {
-                            exit.active = state;
-                            ended = true;
-                        }
+                UNIT_IFACE => match str_of("ActiveState").as_deref() {
+                    // A new transient unit is first announced as loaded and inactive:
+                    // only an `inactive` after it ran is an end. `failed` always is.
+                    Some("inactive") if started => {
+                        exit.active = "inactive".into();
+                        ended = true;
                     }
-                }
+                    Some("failed") => {
+                        exit.active = "failed".into();
+                        ended = true;
+                    }
+                    Some("inactive") | None => {}
+                    Some(_) => started = true,
+                },
                 _ => {}
             }
             if ended && !exit.result.is_empty() && exit.code != 0 {

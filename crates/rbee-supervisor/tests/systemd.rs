@@ -8,13 +8,10 @@ use rbee_supervisor::properties::{ManagerKind, WorkerUnit, WORKERS_SLICE};
 use rbee_supervisor::systemd::{unit_object_path, Systemd, SystemdError};
 use rbee_supervisor::unit_name::worker_unit;
 use rbee_test_support::process::free_port;
-use rbee_test_support::skip_unless;
 use rbee_test_support::systemd::UserManager;
 use zbus::zvariant::OwnedValue;
 
-fn worker_binary() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/release/llm-worker-rbee")
-}
+use rbee_test_support::model::worker_binary;
 
 struct Env {
     manager: UserManager,
@@ -24,29 +21,15 @@ struct Env {
 
 /// A private manager and a client, or `None` after printing why the test skips.
 async fn env() -> Option<Env> {
-    let model = rbee_test_support::model::test_model();
-    skip_unless!(
-        model.is_some(),
-        "test model missing: run scripts/fetch-test-model"
-    );
-    let bin = worker_binary();
-    skip_unless!(
-        bin.is_file(),
-        "worker not built at {} (cargo build --release)",
-        bin.display()
-    );
-    let manager = UserManager::start();
-    if let Err(reason) = &manager {
-        skip_unless!(false, "no private systemd user manager: {reason}");
-    }
-    let manager = manager.ok()?;
+    let model = rbee_test_support::model::model_and_worker()?;
+    let manager = rbee_test_support::systemd::user_manager_or_skip()?;
     let systemd = Systemd::connect_address(&manager.bus_address(), ManagerKind::User)
         .await
         .expect("connect to the private manager");
     Some(Env {
         manager,
         systemd,
-        model: model?,
+        model,
     })
 }
 

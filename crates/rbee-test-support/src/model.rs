@@ -19,6 +19,29 @@ pub fn test_model() -> Option<PathBuf> {
     Some(cache.join("models/SmolLM2-135M-Instruct.Q4_1.gguf")).filter(|p| p.is_file())
 }
 
+/// The release build of the worker in this workspace (what the hive and supervisor tests
+/// run; `cargo build --release` makes it).
+pub fn worker_binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/release/llm-worker-rbee")
+}
+
+/// The test model, when it and the release worker exist; otherwise prints why the calling
+/// test skips (or fails it under `RBEE_TEST_STRICT`) and returns `None`.
+pub fn model_and_worker() -> Option<PathBuf> {
+    let model = test_model();
+    crate::skip_unless!(
+        model.is_some(),
+        "test model missing: run scripts/fetch-test-model"
+    );
+    let bin = worker_binary();
+    crate::skip_unless!(
+        bin.is_file(),
+        "worker not built at {} (cargo build --release)",
+        bin.display()
+    );
+    model
+}
+
 /// A fresh temporary directory, removed on drop.
 pub struct TempDir(pub PathBuf);
 

@@ -22,6 +22,16 @@ pub struct UserManager {
 
 const SYSTEMD: &str = "/lib/systemd/systemd";
 
+/// A private user manager, or `None` after printing why the calling test skips (it fails
+/// instead under `RBEE_TEST_STRICT`).
+pub fn user_manager_or_skip() -> Option<UserManager> {
+    let m = UserManager::start();
+    if let Err(reason) = &m {
+        crate::skip_unless!(false, "no private systemd user manager: {reason}");
+    }
+    m.ok()
+}
+
 impl UserManager {
     /// Starts a manager, or says why it cannot run here.
     pub fn start() -> Result<UserManager, String> {
@@ -103,12 +113,21 @@ impl UserManager {
 
     /// `systemctl --user <args>` against this manager: (success, stdout + stderr).
     pub fn systemctl(&self, args: &[&str]) -> (bool, String) {
-        let out = Command::new("systemctl")
+        self.tool("systemctl", args)
+    }
+
+    /// Runs `systemd-run --user <args>` against this manager; (success, stdout + stderr).
+    pub fn systemd_run(&self, args: &[&str]) -> (bool, String) {
+        self.tool("systemd-run", args)
+    }
+
+    fn tool(&self, tool: &str, args: &[&str]) -> (bool, String) {
+        let out = Command::new(tool)
             .arg("--user")
             .args(args)
             .envs(self.env())
             .output()
-            .expect("systemctl runs");
+            .unwrap_or_else(|e| panic!("{tool} runs: {e}"));
         let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
         text.push_str(&String::from_utf8_lossy(&out.stderr));
         (out.status.success(), text)

@@ -42,6 +42,26 @@ pub enum ErrorCode {
     ModelLoadFailed,
     /// Not enough VRAM on the chosen device.
     VramExhausted,
+    /// Preflight: the model does not fit in the RAM available to workers.
+    InsufficientRam,
+    /// Preflight: the model does not fit in the chosen GPU's free memory.
+    InsufficientVram,
+    /// Preflight: too little free disk space.
+    InsufficientDisk,
+    /// The requested backend cannot run here (the error lists those that can).
+    BackendUnavailable,
+    /// The requested device index does not exist (the error lists valid ones).
+    DeviceNotFound,
+    /// A model reference that is not in one of the accepted formats.
+    InvalidModelRef,
+    /// The model reference names nothing that exists.
+    ModelNotFound,
+    /// The model file is not a usable GGUF file.
+    ModelInvalid,
+    /// No worker with that id.
+    WorkerNotFound,
+    /// The supervisor could not start the worker.
+    SpawnFailed,
     /// Anything else; the message says what.
     Internal,
 }
@@ -53,12 +73,14 @@ impl ErrorCode {
         match self {
             InvalidJson | InvalidUtf8 | InvalidRequest | UnknownField | PromptTooLong => 400,
             MissingApiKey | InvalidApiKey => 401,
-            NotFound => 404,
+            NotFound | ModelNotFound | WorkerNotFound => 404,
+            InvalidModelRef | BackendUnavailable | DeviceNotFound | ModelInvalid => 400,
+            InsufficientRam | InsufficientVram | InsufficientDisk => 507,
             MethodNotAllowed => 405,
             BodyTooLarge => 413,
             AllSlotsBusy | ModelLoading | Draining | Overloaded => 503,
             VramExhausted => 507,
-            InferenceFailed | ModelLoadFailed | Internal => 500,
+            InferenceFailed | ModelLoadFailed | SpawnFailed | Internal => 500,
         }
     }
 

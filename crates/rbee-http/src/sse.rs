@@ -32,6 +32,14 @@ impl SseWriter {
         self.out.flush()
     }
 
+    /// Sends an SSE comment (`: text`), which clients ignore: a keep-alive that also finds
+    /// out whether the client is still there.
+    pub fn comment(&mut self, text: &str) -> io::Result<()> {
+        let frame = format!(": {text}\n\n");
+        write!(self.out, "{:x}\r\n{frame}\r\n", frame.len())?;
+        self.out.flush()
+    }
+
     /// Sends a value as a JSON event.
     pub fn json(&mut self, value: &impl serde::Serialize) -> io::Result<()> {
         self.event(&serde_json::to_string(value).map_err(io::Error::other)?)

@@ -1,0 +1,252 @@
+//! The hive's HTTP API (tiny_http, one thread per request): JSON, the error envelope, and
+//! Bearer auth when a key is configured (`/v1/health` stays open).
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use rbee_http::{
+    check_bearer, check_route, constant_time_eq, read_body, respond_error, respond_json,
+};
+use rbee_types::worker::ReadyCallback;
+use rbee_types::{ApiError, ErrorCode, API_VERSION};
+use serde_json::json;
+use tiny_http::{Method, Request};
+
+use crate::hive::{worker_not_found, Hive, SpawnRequest};
+use crate::{logs, resources};
+
+/// Requests handled at once before new ones get 503 `OVERLOADED`.
+pub const MAX_IN_FLIGHT: u32 = 256;
+/// Largest request body, bytes.
+pub const MAX_BODY: usize = 64 << 10;
+
+/// Accepts requests until the server is unblocked.
+pub fn serve(server: &tiny_http::Server, hive: &Arc<Hive>) {
+    let in_flight = Arc::new(AtomicU32::new(0));
+    for request in server.incoming_requests() {
+        if in_flight.fetch_add(1, Ordering::AcqRel) >= MAX_IN_FLIGHT {
+            in_flight.fetch_sub(1, Ordering::AcqRel);
+            let e = ApiError::new(
+                ErrorCode::Overloaded,
+                format!("the hive is handling {MAX_IN_FLIGHT} requests; retry shortly"),
+            );
+            respond_error(request, &e);
+            continue;
+        }
+        let (hive, count) = (Arc::clone(hive), Arc::clone(&in_flight));
+        let spawned = std::thread::Builder::new()
+            .name("http".into())
+            .stack_size(256 * 1024)
+            .spawn(move || {
+                handle(&hive, request);
+                count.fetch_sub(1, Ordering::AcqRel);
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot spawn a request thread");
+            in_flight.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+enum Route {
+    Health,
+    Backends,
+    Resources,
+    List,
+    Get(String),
+    Spawn,
+    Ready,
+    Shutdown(String),
+    Logs(String),
+}
+
+fn route(path: &str) -> Option<(Route, Method)> {
+    Some(match path {
+        "/v1/health" => (Route::Health, Method::Get),
+        "/v1/backends" => (Route::Backends, Method::Get),
+        "/v1/resources" => (Route::Resources, Method::Get),
+        "/v1/workers/list" => (Route::List, Method::Get),
+        "/v1/workers/spawn" => (Route::Spawn, Method::Post),
+        "/v1/workers/ready" => (Route::Ready, Method::Post),
+        p => {
+            let rest = p.strip_prefix("/v1/workers/")?;
+            let (id, tail) = rest.split_once('/').unwrap_or((rest, ""));
+            if id.is_empty() {
+                return None;
+            }
+            let id = id.to_owned();
+            match tail {
+                "" => (Route::Get(id), Method::Get),
+                "shutdown" => (Route::Shutdown(id), Method::Post),
+                "logs" => (Route::Logs(id), Method::Get),
+                _ => return None,
+            }
+        }
+    })
+}
+
+fn query_param<'a>(url: &'a str, name: &str) -> Option<&'a str> {
+    url.split_once('?')?
+        .1
+        .split('&')
+        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+}
+
+fn handle(hive: &Hive, request: Request) {
+    let url = request.url().to_owned();
+    let path = url.split('?').next().unwrap_or("").to_owned();
+    let Some((mut request, route)) = check_route(request, &path, route(&path)) else {
+        return;
+    };
+    match route {
+        Route::Health => {}
+        // The worker authenticates its callback with its own key.
+        Route::Ready => {}
+        _ => {
+            if let Err(e) = check_bearer(&request, hive.api_key.as_deref(), "this hive") {
+                return respond_error(request, &e);
+            }
+        }
+    }
+    match route {
+        Route::Health => respond_json(
+            request,
+            200,
+            &json!({
+                "status": "alive",
+                "version": env!("CARGO_PKG_VERSION"),
+                "api_version": API_VERSION,
+                "supervisor": hive.supervisor.name(),
+            }),
+        ),
+        Route::Backends => {
+            respond_json(request, 200, &json!({ "backends": resources::backends() }))
+        }
+        Route::Resources => {
+            let dir = &hive.config.state_dir;
+            respond_json(
+                request,
+                200,
+                &json!({
+                    "memory": resources::memory(),
+                    "disk": { "path": dir, "space": resources::disk(dir) },
+                }),
+            )
+        }
+        Route::List => respond_json(request, 200, &json!({ "workers": hive.registry.views() })),
+        Route::Get(id) => match hive.registry.get(&id) {
+            Some(w) => respond_json(request, 200, &json!({ "worker": w.view() })),
+            None => respond_error(request, &worker_not_found(&id)),
+        },
+        Route::Spawn => {
+            let body = match read_body(&mut request, MAX_BODY) {
+                Ok(b) => b,
+                Err(e) => return respond_error(request, &e),
+            };
+            let req: SpawnRequest = match serde_json::from_str(&body) {
+                Ok(r) => r,
+                Err(e) => return respond_error(request, &json_error(&e)),
+            };
+            match hive.spawn(&req) {
+                Ok((status, resp)) => respond_json(request, status, &resp),
+                Err(e) => respond_error(request, &e),
+            }
+        }
+        Route::Ready => ready_callback(hive, request),
+        Route::Shutdown(id) => match hive.stop_worker(&id, "requested through the API") {
+            Ok(()) => respond_json(request, 200, &json!({ "stopped": id })),
+            Err(e) => respond_error(request, &e),
+        },
+        Route::Logs(id) => {
+            let lines = match query_param(&url, "lines").map(str::parse::<usize>) {
+                None => 100,
+                Some(Ok(n)) => n,
+                Some(Err(_)) => {
+                    let e = ApiError::new(
+                        ErrorCode::InvalidRequest,
+                        format!("lines must be a number up to {}", logs::MAX_LINES),
+                    );
+                    return respond_error(request, &e);
+                }
+            };
+            let follow = matches!(query_param(&url, "follow"), Some("true" | "1"));
+            logs::serve(hive, request, &id, lines, follow)
+        }
+    }
+}
+
+/// `invalid JSON` vs `unknown field`, with the position or the field.
+fn json_error(e: &serde_json::Error) -> ApiError {
+    let msg = e.to_string();
+    if msg.contains("unknown field") {
+        ApiError::new(ErrorCode::UnknownField, format!("the request has {msg}"))
+    } else {
+        ApiError::new(
+            ErrorCode::InvalidJson,
+            format!("the request body is not valid: {msg}"),
+        )
+        .detail("line", e.line())
+        .detail("column", e.column())
+    }
+}
+
+fn ready_callback(hive: &Hive, mut request: Request) {
+    let body = match read_body(&mut request, MAX_BODY) {
+        Ok(b) => b,
+        Err(e) => return respond_error(request, &e),
+    };
+    let cb: ReadyCallback = match serde_json::from_str(&body) {
+        Ok(c) => c,
+        Err(e) => return respond_error(request, &json_error(&e)),
+    };
+    let Some(w) = hive.registry.get(&cb.worker_id) else {
+        return respond_error(request, &worker_not_found(&cb.worker_id));
+    };
+    let token = rbee_http::bearer_token(&request).unwrap_or_default();
+    let authorised = constant_time_eq(token.as_bytes(), w.api_key.as_bytes())
+        || hive
+            .api_key
+            .as_deref()
+            .is_some_and(|k| constant_time_eq(token.as_bytes(), k.as_bytes()));
+    if !authorised {
+        let e = ApiError::new(
+            ErrorCode::InvalidApiKey,
+            "the callback must carry the worker's own key (or the hive's)",
+        );
+        return respond_error(request, &e);
+    }
+    tracing::info!(id = %w.spec.id, url = %cb.url, "worker listening");
+    respond_json(request, 200, &json!({ "ok": true }));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_worker_paths_and_nothing_deeper() {
+        assert!(
+            matches!(route("/v1/workers/abc"), Some((Route::Get(id), Method::Get)) if id == "abc")
+        );
+        assert!(matches!(
+            route("/v1/workers/abc/logs"),
+            Some((Route::Logs(_), Method::Get))
+        ));
+        assert!(matches!(
+            route("/v1/workers/abc/shutdown"),
+            Some((Route::Shutdown(_), Method::Post))
+        ));
+        assert!(route("/v1/workers/abc/x/y").is_none());
+        assert!(route("/v1/workers/").is_none());
+        assert!(route("/v2/health").is_none());
+    }
+
+    #[test]
+    fn query_parameters_are_found_by_name() {
+        let url = "/v1/workers/a/logs?lines=5&follow=true";
+        assert_eq!(query_param(url, "lines"), Some("5"));
+        assert_eq!(query_param(url, "follow"), Some("true"));
+        assert_eq!(query_param(url, "x"), None);
+        assert_eq!(query_param("/p", "lines"), None);
+    }
+}

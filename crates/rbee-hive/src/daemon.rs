@@ -1,0 +1,215 @@
+//! The daemon's life: configuration → supervisor → listen → adopt → `READY=1` → serve and
+//! watch → SIGTERM → `STOPPING=1` → stop workers (in parallel, bounded) → exit 0.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use rbee_http::daemon::{block_termination_signals, notify, status_tick, wait_for_termination};
+use rbee_types::exit;
+use sd_notify::NotifyState;
+
+use crate::config::{Config, WorkerLogs};
+use crate::hive::Hive;
+use crate::{api, monitor, supervisor};
+
+/// Runs the daemon; returns the process exit code.
+pub fn run(config: Config) -> i32 {
+    block_termination_signals();
+    match run_inner(config) {
+        Ok(()) => exit::OK,
+        Err(e) => {
+            let code = if e.downcast_ref::<PortInUse>().is_some() {
+                exit::PORT_IN_USE
+            } else {
+                exit::FAILURE
+            };
+            tracing::error!("{e:#}");
+            eprintln!("rbee-hive: {e:#}");
+            code
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("port {0} is in use: another rbee-hive may be running; choose another with --port")]
+struct PortInUse(u16);
+
+fn run_inner(config: Config) -> anyhow::Result<()> {
+    let api_key = read_api_key(config.api_key_file.as_deref())?;
+    if api_key.is_none() && !config.host.is_loopback() {
+        tracing::warn!(host = %config.host, "the API listens beyond loopback without an API key: anyone who can reach it can start workers");
+    }
+    let worker_binary = find_worker_binary(config.worker_binary.as_deref())?;
+    for dir in [config.workers_dir(), config.logs_dir()] {
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("rbee-hive-rt")
+        .enable_all()
+        .build()?;
+    let (events_tx, mut events_rx) = tokio::sync::mpsc::unbounded_channel();
+    let runtime_dir = config.state_dir.join("run");
+    let (supervisor, reason) = rt.block_on(supervisor::choose(
+        config.supervisor,
+        events_tx,
+        runtime_dir,
+    ))?;
+    tracing::info!(supervisor = supervisor.name(), %reason, "supervisor chosen");
+    let journal = match config.worker_logs {
+        WorkerLogs::File => false,
+        WorkerLogs::Journal => supervisor.is_systemd(),
+        WorkerLogs::Auto => {
+            supervisor.is_systemd() && Path::new("/run/systemd/journal/socket").exists()
+        }
+    };
+
+    let addr = SocketAddr::new(config.host, config.port);
+    let server = Arc::new(listen(addr)?);
+    let host = if config.host.is_unspecified() {
+        "127.0.0.1".to_owned()
+    } else if config.host.is_ipv6() {
+        format!("[{}]", config.host)
+    } else {
+        config.host.to_string()
+    };
+    let hive_url = format!("http://{host}:{}", config.port);
+    let hive = Arc::new(Hive::new(
+        config,
+        api_key,
+        supervisor,
+        rt.handle().clone(),
+        worker_binary,
+        hive_url.clone(),
+        journal,
+    ));
+    hive.adopt();
+
+    {
+        let hive = Arc::clone(&hive);
+        std::thread::Builder::new()
+            .name("events".into())
+            .spawn(move || {
+                while let Some(ev) = events_rx.blocking_recv() {
+                    hive.handle(ev);
+                }
+            })?;
+    }
+    let http = {
+        let (server, hive) = (Arc::clone(&server), Arc::clone(&hive));
+        std::thread::Builder::new()
+            .name("http-accept".into())
+            .spawn(move || api::serve(&server, &hive))?
+    };
+    monitor::spawn(Arc::clone(&hive))?;
+    notify(&[
+        NotifyState::Ready,
+        NotifyState::Status(&hive.registry.summary()),
+    ]);
+    tracing::info!(url = %hive_url, workers = hive.registry.all().len(), "rbee-hive ready");
+    spawn_status_thread(Arc::clone(&hive))?;
+
+    let sig = wait_for_termination();
+    tracing::info!(signal = sig, "termination signal received");
+    notify(&[
+        NotifyState::Stopping,
+        NotifyState::Status("stopping workers"),
+    ]);
+    hive.draining.store(true, Ordering::Release);
+    if hive.config.stop_workers_on_exit {
+        hive.stop_all("the hive is stopping");
+    } else {
+        tracing::info!("stop_workers_on_exit = false: workers keep running for the next hive");
+    }
+    server.unblock();
+    let _ = http.join();
+    tracing::info!("rbee-hive stopped");
+    rt.shutdown_timeout(Duration::from_secs(1));
+    Ok(())
+}
+
+fn read_api_key(path: Option<&Path>) -> anyhow::Result<Option<String>> {
+    let Some(path) = path else { return Ok(None) };
+    let key = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the API key file {}", path.display()))?;
+    let key = key.trim().to_owned();
+    anyhow::ensure!(
+        !key.is_empty(),
+        "the API key file {} is empty",
+        path.display()
+    );
+    Ok(Some(key))
+}
+
+/// The configured binary, else `llm-worker-rbee` next to this executable, else on PATH.
+fn find_worker_binary(configured: Option<&Path>) -> anyhow::Result<PathBuf> {
+    const NAME: &str = "llm-worker-rbee";
+    let candidate = match configured {
+        Some(p) => p.to_path_buf(),
+        None => {
+            let beside = std::env::current_exe()
+                .ok()
+                .and_then(|e| Some(e.parent()?.join(NAME)))
+                .filter(|p| p.is_file());
+            let on_path = || {
+                std::env::var_os("PATH").and_then(|paths| {
+                    std::env::split_paths(&paths)
+                        .map(|d| d.join(NAME))
+                        .find(|p| p.is_file())
+                })
+            };
+            beside.or_else(on_path).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "cannot find {NAME} next to rbee-hive or on PATH; set worker_binary"
+                )
+            })?
+        }
+    };
+    let meta = std::fs::metadata(&candidate)
+        .with_context(|| format!("worker binary {}", candidate.display()))?;
+    anyhow::ensure!(
+        meta.is_file() && std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o111 != 0,
+        "worker binary {} is not an executable file",
+        candidate.display()
+    );
+    Ok(candidate)
+}
+
+fn listen(addr: SocketAddr) -> anyhow::Result<tiny_http::Server> {
+    let std_listener = std::net::TcpListener::bind(addr).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AddrInUse {
+            anyhow::Error::new(PortInUse(addr.port()))
+        } else {
+            anyhow::Error::new(e).context(format!("cannot listen on {addr}"))
+        }
+    })?;
+    tiny_http::Server::from_listener(std_listener, None)
+        .map_err(|e| anyhow::anyhow!("cannot serve on {addr}: {e}"))
+}
+
+/// `STATUS=3 workers: 2 idle, 1 busy` every 2 s (when it changes) and the watchdog ping.
+fn spawn_status_thread(hive: Arc<Hive>) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("status".into())
+        .spawn(move || {
+            let (watchdog, tick) = status_tick();
+            let mut last = String::new();
+            while !hive.draining.load(Ordering::Acquire) {
+                let status = hive.registry.summary();
+                if status != last {
+                    notify(&[NotifyState::Status(&status)]);
+                    last = status;
+                }
+                if watchdog {
+                    notify(&[NotifyState::Watchdog]);
+                }
+                std::thread::sleep(tick);
+            }
+        })
+        .map(|_| ())
+}

@@ -1,0 +1,570 @@
+//! The hive's core: spawning (reuse, preflight, ports, unit names), stopping, adoption
+//! after a restart, and the reaction to what supervisors report.
+
+use std::net::{IpAddr, TcpListener};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rbee_supervisor::unit_name::worker_unit;
+use rbee_types::{exit, ApiError, ErrorCode};
+use serde::{Deserialize, Serialize};
+
+use crate::config::Config;
+use crate::logs;
+use crate::model_ref::{self, slug};
+use crate::preflight::{self, Need, Snapshot};
+use crate::registry::{
+    now_unix, store, Failure, Registry, Worker, WorkerSpec, WorkerState, WorkerView,
+};
+use crate::resources;
+use crate::supervisor::{Event, Launch, StartError, Supervisor};
+
+/// Port tries for one worker before the spawn is given up.
+pub const MAX_PORT_ATTEMPTS: u32 = 5;
+
+/// `POST /v1/workers/spawn`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpawnRequest {
+    /// `file:///abs/path.gguf`.
+    pub model_ref: String,
+    /// `cpu` (default), `cuda`, `metal`.
+    #[serde(default = "default_backend")]
+    pub backend: String,
+    /// Device index (default 0).
+    #[serde(default)]
+    pub device: u32,
+    /// Concurrent requests (1–64, default 1).
+    #[serde(default)]
+    pub slots: Option<u32>,
+    /// Context tokens per slot.
+    #[serde(default)]
+    pub ctx_size: Option<u32>,
+}
+
+fn default_backend() -> String {
+    "cpu".into()
+}
+
+/// The answer to a spawn.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SpawnResponse {
+    /// The worker (state `loading` when new).
+    pub worker: WorkerView,
+    /// Whether an existing worker was reused.
+    pub reused: bool,
+    /// How the previous worker of this model ended, if it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_failure: Option<Failure>,
+}
+
+/// Everything the hive's threads share.
+pub struct Hive {
+    /// Configuration.
+    pub config: Config,
+    /// The hive's own API key.
+    pub api_key: Option<String>,
+    /// The workers.
+    pub registry: Registry,
+    /// systemd or processes.
+    pub supervisor: Supervisor,
+    /// The runtime D-Bus work runs on.
+    pub rt: tokio::runtime::Handle,
+    /// The worker binary.
+    pub worker_binary: PathBuf,
+    /// The hive's own base URL (for worker callbacks).
+    pub hive_url: String,
+    /// Whether systemd workers log to the journal (else to files).
+    pub journal: bool,
+    /// Set on SIGTERM: no new workers.
+    pub draining: AtomicBool,
+    spawn_lock: Mutex<()>,
+}
+
+fn spawn_failed(msg: String) -> ApiError {
+    ApiError::new(ErrorCode::SpawnFailed, msg)
+}
+
+impl Hive {
+    /// A hive with no workers yet.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        config: Config,
+        api_key: Option<String>,
+        supervisor: Supervisor,
+        rt: tokio::runtime::Handle,
+        worker_binary: PathBuf,
+        hive_url: String,
+        journal: bool,
+    ) -> Hive {
+        Hive {
+            config,
+            api_key,
+            registry: Registry::default(),
+            supervisor,
+            rt,
+            worker_binary,
+            hive_url,
+            journal,
+            draining: AtomicBool::new(false),
+            spawn_lock: Mutex::new(()),
+        }
+    }
+
+    /// Reuses a live worker of the same model, backend and device, or runs preflight and
+    /// starts a new one (returned in state `loading`). Spawns are serialised, so two
+    /// concurrent requests for one model get one worker.
+    pub fn spawn(&self, req: &SpawnRequest) -> Result<(u16, SpawnResponse), ApiError> {
+        let slots = req.slots.unwrap_or(1);
+        if !(1..=64).contains(&slots) {
+            return Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                format!("slots must be between 1 and 64, not {slots}"),
+            )
+            .detail("field", "slots"));
+        }
+        if let Some(c) = req.ctx_size {
+            if c < 16 {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidRequest,
+                    format!("ctx_size must be at least 16, not {c}"),
+                )
+                .detail("field", "ctx_size"));
+            }
+        }
+        let model = model_ref::resolve(&req.model_ref)?;
+        let _serial = self.spawn_lock.lock().unwrap_or_else(|e| e.into_inner());
+        if self.draining.load(Ordering::Acquire) {
+            return Err(ApiError::new(
+                ErrorCode::Draining,
+                "the hive is shutting down and starts no workers",
+            ));
+        }
+        if let Some(w) = self
+            .registry
+            .reusable(&model.path, &req.backend, req.device)
+        {
+            tracing::info!(id = %w.spec.id, model = %req.model_ref, "reusing worker");
+            return Ok((
+                200,
+                SpawnResponse {
+                    worker: w.view(),
+                    reused: true,
+                    previous_failure: None,
+                },
+            ));
+        }
+        if let Err(e) = rbee_gguf::read_header(&model.path) {
+            return Err(ApiError::new(
+                ErrorCode::ModelInvalid,
+                format!("{} is not a usable GGUF model: {e}", model.path.display()),
+            )
+            .detail("model_ref", req.model_ref.as_str()));
+        }
+        let snapshot = Snapshot {
+            memory: resources::memory(),
+            disk: resources::disk(&self.config.state_dir),
+            backends: resources::backends(),
+            ram_in_use_by_workers: self.registry.cpu_model_bytes(),
+        };
+        let need = Need {
+            backend: &req.backend,
+            device: req.device,
+            model_bytes: model.bytes,
+        };
+        preflight::check(&need, &snapshot, &self.config.limits).inspect_err(|e| {
+            tracing::warn!(model = %req.model_ref, code = %e.error.code.as_str(), "preflight: {}", e.error.message);
+        })?;
+        let devices = gpu_device_nodes(&snapshot, &req.backend, req.device);
+        let previous_failure = self.registry.take_failure(&req.model_ref);
+        let port = self.pick_port(None).ok_or_else(|| {
+            spawn_failed(format!(
+                "no free port in the worker range {}; stop idle workers or widen worker_ports",
+                self.config.worker_ports
+            ))
+        })?;
+        for n in 0..64 {
+            let unit = worker_unit(&model.model_id, n);
+            let base = slug(&model.model_id);
+            let id = if n == 0 {
+                base
+            } else {
+                format!("{base}-{}", n + 1)
+            };
+            if self.registry.taken(&id, &unit, None) {
+                continue;
+            }
+            let spec = WorkerSpec {
+                id: id.clone(),
+                unit,
+                model_ref: req.model_ref.clone(),
+                model_path: model.path.clone(),
+                model_bytes: model.bytes,
+                backend: req.backend.clone(),
+                device: req.device,
+                slots,
+                host: self.config.worker_host,
+                port,
+                supervisor: self.supervisor.name().into(),
+                log_file: (!self.journal || !self.supervisor.is_systemd())
+                    .then(|| self.config.logs_dir().join(format!("{id}.log"))),
+                started_at_unix: now_unix(),
+            };
+            match self.launch(spec, req.ctx_size, &devices, 1) {
+                Ok(w) => {
+                    return Ok((
+                        202,
+                        SpawnResponse {
+                            worker: w.view(),
+                            reused: false,
+                            previous_failure,
+                        },
+                    ))
+                }
+                Err(StartError::Exists(unit)) => {
+                    tracing::info!(%unit, "unit name taken by a unit this hive does not track; trying the next instance");
+                }
+                Err(StartError::Other(e)) => {
+                    return Err(spawn_failed(format!("cannot start the worker: {e}")))
+                }
+            }
+        }
+        Err(spawn_failed(format!(
+            "64 workers of {} exist already",
+            model.model_id
+        )))
+    }
+
+    /// Writes the record, registers the worker as loading, and asks the supervisor to start
+    /// it. On failure nothing is left behind.
+    fn launch(
+        &self,
+        spec: WorkerSpec,
+        ctx_size: Option<u32>,
+        devices: &[String],
+        attempt: u32,
+    ) -> Result<Worker, StartError> {
+        let dir = self.config.workers_dir();
+        let other = |e: std::io::Error| StartError::Other(format!("worker record: {e}"));
+        let key = match self.registry.get(&spec.id) {
+            Some(w) => w.api_key,
+            None => store::random_key().map_err(other)?,
+        };
+        let key_path = store::save(&dir, &spec, &key).map_err(other)?;
+        let mut args: Vec<String> = vec![
+            "--model".into(),
+            spec.model_path.display().to_string(),
+            "--backend".into(),
+            spec.backend.clone(),
+            "--device".into(),
+            spec.device.to_string(),
+            "--host".into(),
+            spec.host.to_string(),
+            "--port".into(),
+            spec.port.to_string(),
+            "--slots".into(),
+            spec.slots.to_string(),
+            "--worker-id".into(),
+            spec.id.clone(),
+            "--model-ref".into(),
+            spec.model_ref.clone(),
+            "--hive-url".into(),
+            self.hive_url.clone(),
+            "--drain-timeout".into(),
+            self.config
+                .stop_timeout_secs
+                .saturating_sub(5)
+                .max(1)
+                .to_string(),
+        ];
+        if let Some(c) = ctx_size {
+            args.extend(["--ctx-size".into(), c.to_string()]);
+        }
+        let worker = Worker {
+            spec: spec.clone(),
+            api_key: key,
+            state: WorkerState::Loading,
+            slots_busy: 0,
+            last_activity_unix: now_unix(),
+            health_misses: 0,
+            pid: None,
+            port_attempts: attempt,
+        };
+        self.registry.insert(worker.clone());
+        let launch = Launch {
+            binary: self.worker_binary.clone(),
+            args,
+            key_path,
+            memory_max: memory_max(spec.model_bytes, &spec.backend),
+            devices: devices.to_vec(),
+            load_timeout: Duration::from_secs(self.config.load_timeout_secs),
+            stop_timeout: Duration::from_secs(self.config.stop_timeout_secs),
+            spec,
+        };
+        match self.rt.block_on(self.supervisor.start(&launch)) {
+            Ok(pid) => {
+                self.registry.update(&worker.spec.id, |w| w.pid = pid);
+                tracing::info!(
+                    id = %worker.spec.id,
+                    unit = %worker.spec.unit,
+                    port = worker.spec.port,
+                    supervisor = self.supervisor.name(),
+                    "worker starting"
+                );
+                Ok(Worker { pid, ..worker })
+            }
+            Err(e) => {
+                self.registry.remove(&worker.spec.id);
+                store::remove(&dir, &worker.spec.id);
+                Err(e)
+            }
+        }
+    }
+
+    /// The first port of the range (after `after`, wrapping) that no worker holds and
+    /// that can be bound now.
+    fn pick_port(&self, after: Option<u16>) -> Option<u16> {
+        let r = self.config.worker_ports;
+        let used = self.registry.ports();
+        let all: Vec<u16> = (r.start..=r.end).collect();
+        let start = after
+            .and_then(|a| all.iter().position(|&p| p == a).map(|i| i + 1))
+            .unwrap_or(0);
+        (0..all.len())
+            .map(|i| all[(start + i) % all.len()])
+            .filter(|p| Some(*p) != after && !used.contains(p))
+            .find(|&p| port_free(self.config.worker_host, p))
+    }
+
+    /// Stops one worker gracefully: `/v1/admin/shutdown` (it drains), then the supervisor's
+    /// stop (systemd's stop timeout does the force-kill). The worker leaves the registry.
+    pub fn stop_worker(&self, id: &str, reason: &str) -> Result<(), ApiError> {
+        let mut found = None;
+        self.registry.update(id, |w| {
+            w.state = WorkerState::Draining;
+            found = Some(w.clone());
+        });
+        let Some(w) = found else {
+            return Err(worker_not_found(id));
+        };
+        tracing::info!(%id, unit = %w.spec.unit, reason, "stopping worker");
+        let _ = ureq::post(&format!("{}/v1/admin/shutdown", w.spec.url()))
+            .set("Authorization", &format!("Bearer {}", w.api_key))
+            .timeout(Duration::from_secs(2))
+            .call();
+        let stop = Duration::from_secs(self.config.stop_timeout_secs);
+        let result = self.rt.block_on(self.supervisor.stop(&w.spec.unit, stop));
+        self.forget(&w.spec.id);
+        result.map_err(|e| spawn_failed(format!("stopping {}: {e}", w.spec.unit)))
+    }
+
+    fn forget(&self, id: &str) {
+        if self.registry.remove(id).is_some() {
+            store::remove(&self.config.workers_dir(), id);
+        }
+    }
+
+    /// Stops every worker at once, each bounded by the stop timeout.
+    pub fn stop_all(&self, reason: &str) {
+        let workers = self.registry.all();
+        if workers.is_empty() {
+            return;
+        }
+        tracing::info!(count = workers.len(), "stopping all workers");
+        std::thread::scope(|s| {
+            for w in &workers {
+                s.spawn(|| {
+                    if let Err(e) = self.stop_worker(&w.spec.id, reason) {
+                        tracing::warn!(id = %w.spec.id, error = %e, "stop failed");
+                    }
+                });
+            }
+        });
+    }
+
+    /// Rebuilds the registry from running units and the records on disk: a hive restart
+    /// loses no worker. Records of units that no longer run are removed.
+    pub fn adopt(&self) {
+        let dir = self.config.workers_dir();
+        let records = store::load_all(&dir);
+        let running = self.rt.block_on(self.supervisor.adoptable());
+        for (spec, key) in &records {
+            let Some((_, pid, loading)) = running.iter().find(|(u, _, _)| *u == spec.unit) else {
+                tracing::info!(id = %spec.id, unit = %spec.unit, "worker no longer runs; record removed");
+                store::remove(&dir, &spec.id);
+                continue;
+            };
+            let info = ureq::get(&format!("{}/v1/info", spec.url()))
+                .set("Authorization", &format!("Bearer {key}"))
+                .timeout(Duration::from_secs(2))
+                .call()
+                .ok()
+                .and_then(|r| r.into_json::<rbee_types::worker::WorkerInfo>().ok());
+            match &info {
+                Some(i) if i.id == spec.id => {}
+                Some(i) => {
+                    tracing::warn!(id = %spec.id, answered = %i.id, "adopted worker reports another id")
+                }
+                None if !loading => {
+                    tracing::warn!(id = %spec.id, "adopted worker does not answer /v1/info yet; the health check decides")
+                }
+                None => {}
+            }
+            self.registry.insert(Worker {
+                spec: spec.clone(),
+                api_key: key.clone(),
+                state: if *loading {
+                    WorkerState::Loading
+                } else {
+                    WorkerState::Idle
+                },
+                slots_busy: 0,
+                last_activity_unix: now_unix(),
+                health_misses: 0,
+                pid: *pid,
+                port_attempts: 1,
+            });
+            let load_timeout = Duration::from_secs(self.config.load_timeout_secs);
+            self.rt.block_on(
+                self.supervisor
+                    .watch_adopted(&spec.unit, *loading, load_timeout),
+            );
+            tracing::info!(id = %spec.id, unit = %spec.unit, pid = ?pid, "adopted running worker");
+        }
+        for (unit, _, _) in &running {
+            if !records.iter().any(|(s, _)| &s.unit == unit) {
+                tracing::warn!(%unit, "unit runs without a record of this hive (started by hand or by another hive); left alone");
+            }
+        }
+    }
+
+    /// Reacts to a supervisor event.
+    pub fn handle(&self, event: Event) {
+        match event {
+            Event::Ready { unit, pid } => {
+                let Some(w) = self.registry.find_unit(&unit) else {
+                    return;
+                };
+                self.registry.update(&w.spec.id, |w| {
+                    if w.state == WorkerState::Loading {
+                        w.state = WorkerState::Idle;
+                    }
+                    w.pid = pid.filter(|p| *p != 0).or(w.pid);
+                    w.last_activity_unix = now_unix();
+                });
+                tracing::info!(id = %w.spec.id, %unit, "worker ready");
+            }
+            Event::Exited { unit, exit } => {
+                let Some(w) = self.registry.find_unit(&unit) else {
+                    return;
+                };
+                if w.state == WorkerState::Draining {
+                    tracing::info!(id = %w.spec.id, %unit, exit = %exit.description, "worker stopped");
+                    self.forget(&w.spec.id);
+                    return;
+                }
+                if exit.status == Some(exit::PORT_IN_USE)
+                    && w.state == WorkerState::Loading
+                    && w.port_attempts < MAX_PORT_ATTEMPTS
+                    && self.retry_port(&w)
+                {
+                    return;
+                }
+                let last_log_lines = logs::last_lines(self, &w.spec, 20);
+                tracing::error!(
+                    id = %w.spec.id,
+                    %unit,
+                    exit = %exit.description,
+                    last_log = %last_log_lines.join("\n"),
+                    "worker ended unexpectedly"
+                );
+                self.registry.record_failure(
+                    &w.spec.model_ref,
+                    Failure {
+                        worker_id: w.spec.id.clone(),
+                        unit,
+                        exit: exit.description,
+                        last_log_lines,
+                        at_unix: now_unix(),
+                    },
+                );
+                self.forget(&w.spec.id);
+            }
+        }
+    }
+
+    /// The worker could not bind its port: the same worker again on the next free port.
+    fn retry_port(&self, w: &Worker) -> bool {
+        let Some(port) = self.pick_port(Some(w.spec.port)) else {
+            return false;
+        };
+        tracing::warn!(
+            id = %w.spec.id,
+            old_port = w.spec.port,
+            new_port = port,
+            "worker could not bind its port; trying the next one"
+        );
+        let spec = WorkerSpec {
+            port,
+            ..w.spec.clone()
+        };
+        let snapshot_backends = resources::backends();
+        let snap = Snapshot {
+            memory: resources::memory(),
+            disk: resources::disk(&self.config.state_dir),
+            backends: snapshot_backends,
+            ram_in_use_by_workers: 0,
+        };
+        let devices = gpu_device_nodes(&snap, &spec.backend, spec.device);
+        match self.launch(spec, None, &devices, w.port_attempts + 1) {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::error!(id = %w.spec.id, error = %e, "retry on another port failed");
+                false
+            }
+        }
+    }
+}
+
+/// The API error for an unknown worker id.
+pub fn worker_not_found(id: &str) -> ApiError {
+    ApiError::new(
+        ErrorCode::WorkerNotFound,
+        format!("no worker {id}; GET /v1/workers/list shows the running ones"),
+    )
+    .detail("id", id)
+}
+
+fn port_free(host: IpAddr, port: u16) -> bool {
+    TcpListener::bind((host, port)).is_ok()
+}
+
+/// systemd's memory limit for a worker: room for the weights, KV cache and buffers; GPU
+/// workers keep their weights in VRAM but still map the file.
+fn memory_max(model_bytes: u64, _backend: &str) -> Option<u64> {
+    Some(model_bytes.saturating_mul(2).saturating_add(2 << 30))
+}
+
+/// The device nodes a CUDA worker needs (`DeviceAllow=`): the control and UVM nodes and
+/// the one GPU it was given.
+fn gpu_device_nodes(snap: &Snapshot, backend: &str, device: u32) -> Vec<String> {
+    if backend != "cuda" {
+        return vec![];
+    }
+    let mut nodes: Vec<String> = ["/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    if let Some(node) = snap
+        .backends
+        .iter()
+        .find(|b| b.name == "cuda")
+        .and_then(|b| b.devices.iter().find(|d| d.index == device))
+        .and_then(|d| d.device_node.clone())
+    {
+        nodes.push(node);
+    }
+    nodes
+}

@@ -1,0 +1,25 @@
+//! rbee-hive, the node daemon: runs `llm-worker-rbee` workers as transient systemd units
+//! (`rbee-worker@<model>.service`, over D-Bus) or as child processes, watches them, and
+//! answers an HTTP API.
+//!
+//! - [`config`]: the TOML file and the command line.
+//! - [`daemon`]: the process's life (sd-notify, signals, shutdown cascade).
+//! - [`api`]: HTTP routes.
+//! - [`hive`]: spawn (reuse, preflight, ports, unit names), stop, adoption, events.
+//! - [`registry`]: the workers in memory and their record files.
+//! - [`supervisor`]: systemd or child processes, behind one interface.
+//! - [`monitor`]: health checks and the idle timeout.
+//! - [`preflight`], [`resources`]: what the machine has and whether a worker fits.
+//! - [`model_ref`]: model references; [`logs`]: worker log lines.
+
+pub mod api;
+pub mod config;
+pub mod daemon;
+pub mod hive;
+pub mod logs;
+pub mod model_ref;
+pub mod monitor;
+pub mod preflight;
+pub mod registry;
+pub mod resources;
+pub mod supervisor;

@@ -1,0 +1,244 @@
+//! A worker's log lines: from its log file (process workers, and systemd workers where
+//! there is no journald), or from the journal through `journalctl`.
+
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rbee_http::{respond_error, SseWriter};
+use rbee_supervisor::properties::ManagerKind;
+use tiny_http::Request;
+
+use crate::hive::{worker_not_found, Hive};
+use crate::registry::WorkerSpec;
+
+/// Most lines a request may ask for.
+pub const MAX_LINES: usize = 10_000;
+/// How far back from the end a file is read for the last lines.
+const TAIL_WINDOW: u64 = 4 << 20;
+/// Keep-alive (and client-gone check) while following.
+const KEEPALIVE: Duration = Duration::from_secs(10);
+
+/// The last `n` lines of a file, and the offset where following should continue.
+pub fn tail_file(path: &Path, n: usize) -> std::io::Result<(Vec<String>, u64)> {
+    let mut f = std::fs::File::open(path)?;
+    let len = f.metadata()?.len();
+    let start = len.saturating_sub(TAIL_WINDOW);
+    f.seek(SeekFrom::Start(start))?;
+    let mut buf = Vec::new();
+    f.take(len - start).read_to_end(&mut buf)?;
+    let text = String::from_utf8_lossy(&buf);
+    let complete = text.rfind('\n').map_or("", |i| &text[..i]);
+    let mut lines: Vec<String> = complete.lines().map(str::to_owned).collect();
+    if start > 0 && !lines.is_empty() {
+        lines.remove(0); // probably cut in the middle
+    }
+    let keep = lines.len().saturating_sub(n);
+    let consumed = start + complete.len() as u64 + u64::from(!complete.is_empty());
+    Ok((lines.split_off(keep), consumed))
+}
+
+fn journalctl(hive: &Hive, spec: &WorkerSpec, n: usize, follow: bool) -> Command {
+    let mut cmd = Command::new("journalctl");
+    if matches!(&hive.supervisor, crate::supervisor::Supervisor::Systemd(s) if s.kind() == ManagerKind::User)
+    {
+        cmd.arg("--user");
+    }
+    cmd.args([
+        "--no-pager",
+        "-o",
+        "cat",
+        "-n",
+        &n.to_string(),
+        "-u",
+        &spec.unit,
+    ]);
+    if follow {
+        cmd.arg("-f");
+    }
+    cmd
+}
+
+/// The last `n` log lines of a worker (empty when there are none).
+pub fn last_lines(hive: &Hive, spec: &WorkerSpec, n: usize) -> Vec<String> {
+    match &spec.log_file {
+        Some(path) => tail_file(path, n).map(|(l, _)| l).unwrap_or_default(),
+        None => journalctl(hive, spec, n, false)
+            .stderr(Stdio::null())
+            .output()
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default(),
+    }
+}
+
+/// `GET /v1/workers/{id}/logs[?lines=N][&follow=true]`: plain text, or with `follow` an
+/// SSE stream of `{"line": …}` events that ends when the worker has gone.
+pub fn serve(hive: &Hive, request: Request, id: &str, lines: usize, follow: bool) {
+    let lines = lines.min(MAX_LINES);
+    let spec = match hive.registry.get(id) {
+        Some(w) => w.spec,
+        None => {
+            // A worker that has gone still has its log file.
+            let path = hive.config.logs_dir().join(format!("{id}.log"));
+            if !valid_id(id) || !path.is_file() {
+                return respond_error(request, &worker_not_found(id));
+            }
+            return match tail_file(&path, lines) {
+                Ok((l, _)) => respond_text(request, &l),
+                Err(e) => respond_error(request, &read_error(&path, &e)),
+            };
+        }
+    };
+    match (&spec.log_file, follow) {
+        (Some(path), false) => match tail_file(path, lines) {
+            Ok((l, _)) => respond_text(request, &l),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => respond_text(request, &[]),
+            Err(e) => respond_error(request, &read_error(path, &e)),
+        },
+        (Some(path), true) => follow_file(hive, request, id, path, lines),
+        (None, false) => respond_text(request, &last_lines(hive, &spec, lines)),
+        (None, true) => follow_journal(hive, request, &spec, lines),
+    }
+}
+
+fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && !id.starts_with('.')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+}
+
+fn read_error(path: &Path, e: &std::io::Error) -> rbee_types::ApiError {
+    rbee_types::ApiError::new(
+        rbee_types::ErrorCode::Internal,
+        format!("cannot read {}: {e}", path.display()),
+    )
+}
+
+fn respond_text(request: Request, lines: &[String]) {
+    let mut body = lines.join("\n");
+    if !body.is_empty() {
+        body.push('\n');
+    }
+    let resp = tiny_http::Response::from_string(body).with_header(rbee_http::header(
+        "Content-Type",
+        "text/plain; charset=utf-8",
+    ));
+    let _ = request.respond(resp);
+}
+
+fn send_line(sse: &mut SseWriter, line: &str) -> std::io::Result<()> {
+    sse.json(&serde_json::json!({ "line": line }))
+}
+
+fn follow_file(hive: &Hive, request: Request, id: &str, path: &Path, lines: usize) {
+    let (first, mut offset) = tail_file(path, lines).unwrap_or_default();
+    let Ok(mut sse) = SseWriter::start(request, &[]) else {
+        return;
+    };
+    for l in &first {
+        if send_line(&mut sse, l).is_err() {
+            return;
+        }
+    }
+    let mut partial = String::new();
+    let mut last_write = Instant::now();
+    loop {
+        let mut grew = false;
+        if let Ok(mut f) = std::fs::File::open(path) {
+            if f.seek(SeekFrom::Start(offset)).is_ok() {
+                let mut buf = Vec::new();
+                if let Ok(n) = f.read_to_end(&mut buf) {
+                    offset += n as u64;
+                    grew = n > 0;
+                    partial.push_str(&String::from_utf8_lossy(&buf));
+                }
+            }
+        }
+        while let Some(i) = partial.find('\n') {
+            let line: String = partial.drain(..=i).collect();
+            if send_line(&mut sse, line.trim_end_matches('\n')).is_err() {
+                return;
+            }
+            last_write = Instant::now();
+        }
+        if !grew && hive.registry.get(id).is_none() {
+            let _ = sse.done();
+            return;
+        }
+        if last_write.elapsed() >= KEEPALIVE {
+            if sse.comment("keep-alive").is_err() {
+                return;
+            }
+            last_write = Instant::now();
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn follow_journal(hive: &Hive, request: Request, spec: &WorkerSpec, lines: usize) {
+    let child = journalctl(hive, spec, lines, true)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) => {
+            let err = rbee_types::ApiError::new(
+                rbee_types::ErrorCode::Internal,
+                format!("cannot run journalctl: {e}"),
+            );
+            return respond_error(request, &err);
+        }
+    };
+    let Ok(mut sse) = SseWriter::start(request, &[]) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        return;
+    };
+    if let Some(out) = child.stdout.take() {
+        for line in BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            if send_line(&mut sse, &line).is_err() {
+                break;
+            }
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tail_is_the_last_complete_lines() {
+        let dir = std::env::temp_dir().join(format!("rbee-logs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("w.log");
+        std::fs::write(&p, "one\ntwo\nthree\npart").unwrap();
+        let (lines, offset) = tail_file(&p, 2).unwrap();
+        assert_eq!(lines, ["two", "three"]);
+        assert_eq!(offset, "one\ntwo\nthree\n".len() as u64);
+        std::fs::write(&p, "").unwrap();
+        assert_eq!(tail_file(&p, 5).unwrap(), (vec![], 0));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn only_slug_ids_name_log_files() {
+        assert!(valid_id("smollm2-135m-instruct.q4_1-2"));
+        for bad in ["", "../x", ".hidden", "a/b", "A", "x\n", &"a".repeat(65)] {
+            assert!(!valid_id(bad), "{bad:?}");
+        }
+    }
+}

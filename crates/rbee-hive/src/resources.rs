@@ -1,0 +1,226 @@
+//! What this machine has: RAM, disk, and backends with their devices (CPU always; CUDA
+//! through NVML, loaded at run time so that a machine without NVIDIA just reports it
+//! unavailable; Metal on macOS).
+
+use std::path::Path;
+use std::sync::{Mutex, OnceLock};
+
+use serde::{Deserialize, Serialize};
+
+/// RAM, bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Memory {
+    /// Installed.
+    pub total_bytes: u64,
+    /// Available for new work (the kernel's `MemAvailable`).
+    pub available_bytes: u64,
+}
+
+/// Space of one filesystem, bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Disk {
+    /// Size.
+    pub total_bytes: u64,
+    /// Free for unprivileged users.
+    pub available_bytes: u64,
+}
+
+/// One device of a backend.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Device {
+    /// Index to pass as `device`.
+    pub index: u32,
+    /// Product name.
+    pub name: String,
+    /// Memory on the device (RAM for the CPU), bytes.
+    pub memory_total_bytes: u64,
+    /// Free memory, bytes.
+    pub memory_free_bytes: u64,
+    /// `/dev/nvidia<minor>` for CUDA devices.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_node: Option<String>,
+}
+
+/// One backend and whether workers can use it here.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Backend {
+    /// `cpu`, `cuda` or `metal`.
+    pub name: String,
+    /// Whether it can run workers here.
+    pub available: bool,
+    /// Why not, when unavailable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Its devices.
+    pub devices: Vec<Device>,
+}
+
+/// The kernel's view of RAM (`/proc/meminfo`).
+pub fn memory() -> Memory {
+    let text = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map_or(0, |kb| kb * 1024)
+    };
+    Memory {
+        total_bytes: field("MemTotal"),
+        available_bytes: field("MemAvailable"),
+    }
+}
+
+/// Space on the filesystem holding `path` (its nearest existing ancestor).
+pub fn disk(path: &Path) -> Disk {
+    let mut p = path;
+    while !p.exists() {
+        match p.parent() {
+            Some(parent) => p = parent,
+            None => break,
+        }
+    }
+    let Ok(c) = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()) else {
+        return Disk::default();
+    };
+    // SAFETY: statvfs writes into the zeroed struct; the path is a valid C string.
+    unsafe {
+        let mut s: libc::statvfs = std::mem::zeroed();
+        if libc::statvfs(c.as_ptr(), &mut s) != 0 {
+            return Disk::default();
+        }
+        Disk {
+            total_bytes: s.f_blocks as u64 * s.f_frsize as u64,
+            available_bytes: s.f_bavail as u64 * s.f_frsize as u64,
+        }
+    }
+}
+
+fn cpu_name() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).trim().to_owned())
+        })
+        .unwrap_or_else(|| "CPU".into())
+}
+
+fn nvml() -> &'static Mutex<Result<nvml_wrapper::Nvml, String>> {
+    static NVML: OnceLock<Mutex<Result<nvml_wrapper::Nvml, String>>> = OnceLock::new();
+    NVML.get_or_init(|| Mutex::new(nvml_wrapper::Nvml::init().map_err(|e| e.to_string())))
+}
+
+/// CUDA devices through NVML, or why there are none.
+fn cuda() -> Backend {
+    let unavailable = |reason: String| Backend {
+        name: "cuda".into(),
+        available: false,
+        reason: Some(reason),
+        devices: vec![],
+    };
+    let guard = nvml().lock().unwrap_or_else(|e| e.into_inner());
+    let nvml = match &*guard {
+        Ok(n) => n,
+        Err(e) => return unavailable(format!("NVIDIA driver not found (NVML: {e})")),
+    };
+    let count = match nvml.device_count() {
+        Ok(c) => c,
+        Err(e) => return unavailable(format!("NVML cannot count devices: {e}")),
+    };
+    let mut devices = vec![];
+    for index in 0..count {
+        let Ok(d) = nvml.device_by_index(index) else {
+            continue;
+        };
+        let mem = d.memory_info().ok();
+        devices.push(Device {
+            index,
+            name: d.name().unwrap_or_else(|_| format!("GPU {index}")),
+            memory_total_bytes: mem.as_ref().map_or(0, |m| m.total),
+            memory_free_bytes: mem.as_ref().map_or(0, |m| m.free),
+            device_node: d.minor_number().ok().map(|m| format!("/dev/nvidia{m}")),
+        });
+    }
+    if devices.is_empty() {
+        return unavailable("the NVIDIA driver reports no GPU".into());
+    }
+    Backend {
+        name: "cuda".into(),
+        available: true,
+        reason: None,
+        devices,
+    }
+}
+
+/// Every backend, available or not (CPU first).
+pub fn backends() -> Vec<Backend> {
+    let mem = memory();
+    let cpu = Backend {
+        name: "cpu".into(),
+        available: true,
+        reason: None,
+        devices: vec![Device {
+            index: 0,
+            name: cpu_name(),
+            memory_total_bytes: mem.total_bytes,
+            memory_free_bytes: mem.available_bytes,
+            device_node: None,
+        }],
+    };
+    let metal = if cfg!(target_os = "macos") {
+        Backend {
+            name: "metal".into(),
+            available: true,
+            reason: None,
+            devices: vec![Device {
+                index: 0,
+                name: "Apple GPU".into(),
+                memory_total_bytes: mem.total_bytes,
+                memory_free_bytes: mem.available_bytes,
+                device_node: None,
+            }],
+        }
+    } else {
+        Backend {
+            name: "metal".into(),
+            available: false,
+            reason: Some("Metal exists on macOS only".into()),
+            devices: vec![],
+        }
+    };
+    vec![cpu, cuda(), metal]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_machine_has_ram_disk_and_a_cpu() {
+        let m = memory();
+        assert!(
+            m.total_bytes > 0 && m.available_bytes <= m.total_bytes,
+            "{m:?}"
+        );
+        let d = disk(Path::new("/nonexistent/dir/below/root"));
+        assert!(d.total_bytes > 0, "falls back to an existing ancestor");
+        let b = backends();
+        assert_eq!(b[0].name, "cpu");
+        assert!(b[0].available);
+        assert_eq!(b[0].devices.len(), 1);
+        let names: Vec<_> = b.iter().map(|b| b.name.as_str()).collect();
+        assert_eq!(names, ["cpu", "cuda", "metal"]);
+    }
+
+    #[test]
+    fn without_an_nvidia_driver_cuda_is_unavailable_with_the_reason() {
+        let cuda = &backends()[1];
+        if cuda.available {
+            // A GPU machine: the devices are real.
+            assert!(cuda.devices.iter().all(|d| d.memory_total_bytes > 0));
+        } else {
+            assert!(cuda.reason.as_deref().unwrap_or("").contains("NVIDIA"));
+        }
+    }
+}

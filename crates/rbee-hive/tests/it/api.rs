@@ -1,0 +1,343 @@
+//! The hive's API: bad input, auth, preflight codes, and `check-config`.
+
+use std::process::Command;
+
+use rbee_test_support::http::send;
+use serde_json::json;
+
+use crate::common::*;
+
+fn hive_with(extra: &str, key: Option<&str>) -> Option<(Hive, rbee_test_support::model::TempDir)> {
+    model()?;
+    let state = temp("hive-state");
+    let opts = Opts {
+        extra: extra.to_owned(),
+        key: key.map(str::to_owned),
+        ..Opts::new("process")
+    };
+    Some((Hive::start(&opts, &state.0), state))
+}
+
+#[test]
+fn health_backends_and_resources_describe_the_node() {
+    let Some((hive, _state)) = hive_with("", None) else {
+        return;
+    };
+    let h = hive.get("/v1/health").json();
+    assert_eq!(h["status"], "alive");
+    assert_eq!(h["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(h["api_version"], "v1");
+    let b = hive.get("/v1/backends").json();
+    let cpu = &b["backends"][0];
+    assert_eq!(
+        (cpu["name"].as_str(), cpu["available"].as_bool()),
+        (Some("cpu"), Some(true))
+    );
+    assert!(cpu["devices"][0]["memory_total_bytes"].as_u64().unwrap() > 0);
+    let cuda = b["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["name"] == "cuda")
+        .unwrap();
+    if cuda["available"] == false {
+        assert!(
+            cuda["reason"].as_str().unwrap().contains("NVIDIA"),
+            "{cuda}"
+        );
+    } else {
+        assert!(
+            cuda["devices"][0]["memory_free_bytes"].as_u64().unwrap() > 0,
+            "{cuda}"
+        );
+    }
+    let r = hive.get("/v1/resources").json();
+    assert!(r["memory"]["available_bytes"].as_u64().unwrap() > 0, "{r}");
+    assert!(
+        r["disk"]["space"]["available_bytes"].as_u64().unwrap() > 0,
+        "{r}"
+    );
+    assert_eq!(hive.get("/v1/workers/list").json(), json!({"workers": []}));
+}
+
+#[test]
+fn bad_requests_get_distinct_codes_and_start_nothing() {
+    let Some(model) = model() else { return };
+    let Some((hive, state)) = hive_with("", None) else {
+        return;
+    };
+    let not_gguf = state.join("not-a-model.gguf");
+    std::fs::write(&not_gguf, b"GGUF but not really").unwrap();
+    let good = file_ref(&model);
+    let cases = [
+        (
+            send(
+                "POST",
+                &format!("{}/v1/workers/spawn", hive.url),
+                None,
+                Some(b"{not json"),
+            ),
+            400,
+            "INVALID_JSON",
+        ),
+        (
+            send(
+                "POST",
+                &format!("{}/v1/workers/spawn", hive.url),
+                None,
+                Some(&[0xff, 0xfe][..]),
+            ),
+            400,
+            "INVALID_UTF8",
+        ),
+        (
+            hive.post("/v1/workers/spawn", &json!({})),
+            400,
+            "INVALID_JSON",
+        ),
+        (
+            hive.post(
+                "/v1/workers/spawn",
+                &json!({"model_ref": good, "colour": "blue"}),
+            ),
+            400,
+            "UNKNOWN_FIELD",
+        ),
+        (
+            hive.post("/v1/workers/spawn", &json!({"model_ref": good, "slots": 0})),
+            400,
+            "INVALID_REQUEST",
+        ),
+        (
+            hive.post(
+                "/v1/workers/spawn",
+                &json!({"model_ref": good, "slots": 65}),
+            ),
+            400,
+            "INVALID_REQUEST",
+        ),
+        (
+            hive.post(
+                "/v1/workers/spawn",
+                &json!({"model_ref": good, "device": -1}),
+            ),
+            400,
+            "INVALID_JSON",
+        ),
+        (
+            hive.post("/v1/workers/spawn", &json!({"model_ref": "smol.gguf"})),
+            400,
+            "INVALID_MODEL_REF",
+        ),
+        (
+            hive.post(
+                "/v1/workers/spawn",
+                &json!({"model_ref": file_ref(&not_gguf)}),
+            ),
+            400,
+            "MODEL_INVALID",
+        ),
+        (
+            send(
+                "POST",
+                &format!("{}/v1/workers/spawn", hive.url),
+                None,
+                Some(&vec![b' '; 70_000]),
+            ),
+            413,
+            "BODY_TOO_LARGE",
+        ),
+        (hive.get("/v1/nope"), 404, "NOT_FOUND"),
+        (hive.get("/v1/workers/spawn"), 405, "METHOD_NOT_ALLOWED"),
+        (
+            hive.post("/v1/workers/nobody/shutdown", &json!({})),
+            404,
+            "WORKER_NOT_FOUND",
+        ),
+        (hive.get("/v1/workers/nobody"), 404, "WORKER_NOT_FOUND"),
+        (hive.get("/v1/workers/nobody/logs"), 404, "WORKER_NOT_FOUND"),
+        (
+            hive.get("/v1/workers/..%2f..%2fetc/logs"),
+            404,
+            "WORKER_NOT_FOUND",
+        ),
+        (
+            hive.post(
+                "/v1/workers/ready",
+                &json!({"worker_id": "nobody", "url": "http://x", "backend": "cpu", "device": 0}),
+            ),
+            404,
+            "WORKER_NOT_FOUND",
+        ),
+    ];
+    for (i, (reply, status, code)) in cases.iter().enumerate() {
+        assert_eq!(
+            (reply.status, reply.error_code().as_str()),
+            (*status, *code),
+            "case {i}: {}",
+            reply.body
+        );
+        assert!(!reply.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .is_empty());
+    }
+    assert!(hive.workers().is_empty());
+}
+
+#[test]
+fn an_api_key_guards_everything_but_health() {
+    let Some((hive, _state)) = hive_with("", Some("hive-secret")) else {
+        return;
+    };
+    let url = |p: &str| format!("{}{p}", hive.url);
+    assert_eq!(send("GET", &url("/v1/health"), None, None).status, 200);
+    for path in ["/v1/workers/list", "/v1/backends", "/v1/resources"] {
+        let r = send("GET", &url(path), None, None);
+        assert_eq!(
+            (r.status, r.error_code().as_str()),
+            (401, "MISSING_API_KEY"),
+            "{path}"
+        );
+        let r = send("GET", &url(path), Some("wrong"), None);
+        assert_eq!(
+            (r.status, r.error_code().as_str()),
+            (401, "INVALID_API_KEY"),
+            "{path}"
+        );
+        assert_eq!(
+            send("GET", &url(path), Some("hive-secret"), None).status,
+            200,
+            "{path}"
+        );
+    }
+    let r = send("POST", &url("/v1/workers/spawn"), None, Some(b"{}"));
+    assert_eq!(r.status, 401);
+}
+
+#[test]
+fn preflight_failures_have_distinct_codes_with_numbers() {
+    let Some(model) = model() else { return };
+    let size = std::fs::metadata(&model).unwrap().len();
+    let Some((low_ram, _s1)) = hive_with("[limits]\nram_bytes = 1000\n", None) else {
+        return;
+    };
+    let r = low_ram.spawn_model(&model);
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (507, "INSUFFICIENT_RAM"),
+        "{}",
+        r.body
+    );
+    let d = &r.json()["error"]["details"];
+    assert_eq!(d["available_bytes"], 1000);
+    assert_eq!(d["model_bytes"], size);
+    assert!(d["required_bytes"].as_u64().unwrap() >= size * 6 / 5, "{d}");
+    assert!(
+        r.body.contains("smaller quantization"),
+        "a suggestion: {}",
+        r.body
+    );
+
+    let Some((no_disk, _s2)) =
+        hive_with("[limits]\nmin_free_disk_bytes = 1000000000000000\n", None)
+    else {
+        return;
+    };
+    let r = no_disk.spawn_model(&model);
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (507, "INSUFFICIENT_DISK"),
+        "{}",
+        r.body
+    );
+    assert!(r.json()["error"]["details"]["available_bytes"]
+        .as_u64()
+        .is_some());
+
+    let Some((hive, _s3)) = hive_with("[limits]\nvram_bytes = 1000\n", None) else {
+        return;
+    };
+    let m = file_ref(&model);
+    let r = hive.post("/v1/workers/spawn", &json!({"model_ref": m, "device": 3}));
+    assert_eq!(r.error_code(), "DEVICE_NOT_FOUND", "{}", r.body);
+    assert_eq!(r.json()["error"]["details"]["valid_devices"], json!([0]));
+    let r = hive.post(
+        "/v1/workers/spawn",
+        &json!({"model_ref": m, "backend": "rocm"}),
+    );
+    assert_eq!(r.error_code(), "BACKEND_UNAVAILABLE", "{}", r.body);
+    assert!(r.json()["error"]["details"]["available"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("cpu")));
+    let r = hive.post(
+        "/v1/workers/spawn",
+        &json!({"model_ref": m, "backend": "cuda"}),
+    );
+    if hive.get("/v1/backends").body.contains("\"name\":\"cuda\"")
+        && r.error_code() != "BACKEND_UNAVAILABLE"
+    {
+        // A GPU machine: the 1000-byte VRAM limit fails fast instead.
+        assert_eq!(r.error_code(), "INSUFFICIENT_VRAM", "{}", r.body);
+    } else {
+        assert!(r.body.contains("available: cpu"), "{}", r.body);
+    }
+    for h in [&low_ram, &no_disk, &hive] {
+        assert!(h.workers().is_empty(), "nothing started");
+    }
+}
+
+#[test]
+fn check_config_validates_a_file_and_says_why_not() {
+    let dir = temp("check-config");
+    let run = |text: &str| {
+        let f = dir.join("hive.toml");
+        std::fs::write(&f, text).unwrap();
+        Command::new(env!("CARGO_BIN_EXE_rbee-hive"))
+            .arg("check-config")
+            .arg(&f)
+            .output()
+            .unwrap()
+    };
+    let ok = run("port = 9200\nidle_timeout_secs = 60\n[limits]\nram_bytes = 1\n");
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    for (text, says) in [
+        ("prot = 9200", "unknown field `prot`"),
+        ("worker_ports = \"9300-9200\"", "invalid port range"),
+        ("port = 9300", "contains the hive's own port"),
+        ("supervisor = \"docker\"", "unknown variant"),
+    ] {
+        let out = run(text);
+        assert_eq!(out.status.code(), Some(2), "{text}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{text}: {err}");
+    }
+    let missing = Command::new(env!("CARGO_BIN_EXE_rbee-hive"))
+        .args(["check-config", "/nonexistent/rbee/hive.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("cannot read"));
+}
+
+#[test]
+fn a_second_hive_on_the_same_port_exits_with_port_in_use() {
+    let Some((hive, state)) = hive_with("", None) else {
+        return;
+    };
+    let out = Command::new(env!("CARGO_BIN_EXE_rbee-hive"))
+        .args(["--supervisor", "process", "--port", &hive.port.to_string()])
+        .arg("--state-dir")
+        .arg(state.join("second"))
+        .arg("--worker-binary")
+        .arg(worker_binary())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(rbee_types::exit::PORT_IN_USE));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("in use"));
+}

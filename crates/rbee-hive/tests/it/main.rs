@@ -1,0 +1,7 @@
+//! Integration tests of `rbee-hive`: the real binary, the real worker and model, a private
+//! systemd user manager (cgroup-confined) for the systemd supervisor.
+
+mod api;
+mod common;
+mod process;
+mod systemd;

@@ -1,0 +1,171 @@
+//! Server plumbing shared by rbee's daemons (the worker and the hive): tiny_http JSON and
+//! error-envelope responses, bounded UTF-8 bodies, Bearer auth in constant time, route
+//! checks (404/405), server-sent events, and in [`daemon`] sd-notify and termination
+//! signals.
+
+use std::io::Read;
+
+use rbee_types::{ApiError, ErrorCode};
+use tiny_http::{Header, Method, Request, Response};
+
+pub mod daemon;
+pub mod sse;
+
+pub use sse::SseWriter;
+
+/// Reads the body, at most `limit` bytes, as UTF-8.
+pub fn read_body(request: &mut Request, limit: usize) -> Result<String, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            ErrorCode::BodyTooLarge,
+            format!("the request body is larger than {limit} bytes"),
+        )
+        .detail("limit_bytes", limit)
+    };
+    if request.body_length().is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    let mut buf = Vec::new();
+    request
+        .as_reader()
+        .take(limit as u64 + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| {
+            ApiError::new(
+                ErrorCode::InvalidRequest,
+                format!("cannot read the request body: {e}"),
+            )
+        })?;
+    if buf.len() > limit {
+        return Err(too_large());
+    }
+    String::from_utf8(buf).map_err(|e| {
+        ApiError::new(
+            ErrorCode::InvalidUtf8,
+            "the request body is not valid UTF-8",
+        )
+        .detail("byte_offset", e.utf8_error().valid_up_to())
+    })
+}
+
+/// Resolves a request's route: answers 404 `NOT_FOUND` when `route` found none, 405
+/// `METHOD_NOT_ALLOWED` (with `Allow`) when the method differs, and otherwise hands the
+/// request and its route back.
+pub fn check_route<R>(
+    request: Request,
+    path: &str,
+    route: Option<(R, Method)>,
+) -> Option<(Request, R)> {
+    let Some((route, method)) = route else {
+        let e = ApiError::new(ErrorCode::NotFound, format!("no such endpoint: {path}"))
+            .detail("path", path);
+        respond_error(request, &e);
+        return None;
+    };
+    if *request.method() != method {
+        let e = ApiError::new(
+            ErrorCode::MethodNotAllowed,
+            format!("{path} accepts {method} only, not {}", request.method()),
+        )
+        .detail("allow", method.as_str());
+        let resp = error_response(&e).with_header(header("Allow", method.as_str()));
+        let _ = request.respond(resp);
+        return None;
+    }
+    Some((request, route))
+}
+
+/// The token of an `Authorization: Bearer <token>` header, if any.
+pub fn bearer_token(request: &Request) -> Option<String> {
+    request
+        .headers()
+        .iter()
+        .find(|h| h.field.equiv("Authorization"))
+        .map(|h| {
+            let v = h.value.as_str().trim();
+            v.strip_prefix("Bearer ").unwrap_or("").trim().to_owned()
+        })
+}
+
+/// Checks the request's Bearer token against `key` (no key: everything passes). `who`
+/// names the server in the messages (`this worker`).
+pub fn check_bearer(request: &Request, key: Option<&str>, who: &str) -> Result<(), ApiError> {
+    let Some(key) = key else {
+        return Ok(());
+    };
+    let Some(token) = bearer_token(request) else {
+        return Err(ApiError::new(
+            ErrorCode::MissingApiKey,
+            format!("{who} needs an API key: send `Authorization: Bearer <key>`"),
+        ));
+    };
+    if constant_time_eq(token.as_bytes(), key.as_bytes()) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            ErrorCode::InvalidApiKey,
+            format!("the API key is not valid for {who}"),
+        ))
+    }
+}
+
+/// Compares without an early exit, so timing does not reveal how much of a key matched.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = a.len() ^ b.len();
+    for i in 0..a.len().max(b.len()) {
+        let x = a.get(i).copied().unwrap_or(0);
+        let y = b.get(i).copied().unwrap_or(0xff);
+        diff |= usize::from(x ^ y);
+    }
+    diff == 0
+}
+
+/// A header from static strings.
+pub fn header(k: &str, v: &str) -> Header {
+    Header::from_bytes(k.as_bytes(), v.as_bytes()).expect("static header is valid")
+}
+
+/// A JSON response.
+pub fn json_response(
+    status: u16,
+    body: &impl serde::Serialize,
+) -> Response<std::io::Cursor<Vec<u8>>> {
+    let data = serde_json::to_vec(body).unwrap_or_default();
+    Response::from_data(data)
+        .with_status_code(status)
+        .with_header(header("Content-Type", "application/json"))
+}
+
+/// Answers with JSON.
+pub fn respond_json(request: Request, status: u16, body: &impl serde::Serialize) {
+    let _ = request.respond(json_response(status, body));
+}
+
+/// The error envelope as a response.
+pub fn error_response(e: &ApiError) -> Response<std::io::Cursor<Vec<u8>>> {
+    json_response(e.http_status(), e)
+}
+
+/// Answers with the error envelope (logged at a level that fits its status).
+pub fn respond_error(request: Request, e: &ApiError) {
+    match e.http_status() {
+        // Busy and draining answers are part of normal operation under load.
+        503 => tracing::debug!(code = %e.error.code.as_str(), "{}", e.error.message),
+        s if s >= 500 => tracing::warn!(code = %e.error.code.as_str(), "{}", e.error.message),
+        _ => tracing::debug!(code = %e.error.code.as_str(), "{}", e.error.message),
+    }
+    let _ = request.respond(error_response(e));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constant_time_eq_compares_whole_keys() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+        assert!(!constant_time_eq(b"", b"x"));
+    }
+}
