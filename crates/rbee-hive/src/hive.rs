@@ -343,13 +343,28 @@ impl Hive {
     pub fn stop_worker(&self, id: &str, reason: &str) -> Result<(), ApiError> {
         let mut found = None;
         self.registry.update(id, |w| {
-            w.state = WorkerState::Draining;
+            // An unhealthy worker stays listed as such until it is gone.
+            if w.state != WorkerState::Unhealthy {
+                w.state = WorkerState::Draining;
+            }
             found = Some(w.clone());
         });
         let Some(w) = found else {
             return Err(worker_not_found(id));
         };
         tracing::info!(%id, unit = %w.spec.unit, reason, "stopping worker");
+        if w.state == WorkerState::Unhealthy {
+            self.registry.record_failure(
+                &w.spec.model_ref,
+                Failure {
+                    worker_id: w.spec.id.clone(),
+                    unit: w.spec.unit.clone(),
+                    exit: format!("stopped: {reason}"),
+                    last_log_lines: logs::last_lines(self, &w.spec, 20),
+                    at_unix: now_unix(),
+                },
+            );
+        }
         let _ = ureq::post(&format!("{}/v1/admin/shutdown", w.spec.url()))
             .set("Authorization", &format!("Bearer {}", w.api_key))
             .timeout(Duration::from_secs(2))
@@ -460,7 +475,7 @@ impl Hive {
                 let Some(w) = self.registry.find_unit(&unit) else {
                     return;
                 };
-                if w.state == WorkerState::Draining {
+                if matches!(w.state, WorkerState::Draining | WorkerState::Unhealthy) {
                     tracing::info!(id = %w.spec.id, %unit, exit = %exit.description, "worker stopped");
                     self.forget(&w.spec.id);
                     return;
@@ -472,11 +487,12 @@ impl Hive {
                 {
                     return;
                 }
+                let exit_text = exit.description;
                 let last_log_lines = logs::last_lines(self, &w.spec, 20);
                 tracing::error!(
                     id = %w.spec.id,
                     %unit,
-                    exit = %exit.description,
+                    exit = %exit_text,
                     last_log = %last_log_lines.join("\n"),
                     "worker ended unexpectedly"
                 );
@@ -485,7 +501,7 @@ impl Hive {
                     Failure {
                         worker_id: w.spec.id.clone(),
                         unit,
-                        exit: exit.description,
+                        exit: exit_text,
                         last_log_lines,
                         at_unix: now_unix(),
                     },

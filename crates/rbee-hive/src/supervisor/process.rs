@@ -196,6 +196,8 @@ impl ProcessSupervisor {
             }
         };
         signal(libc::SIGTERM);
+        // A stopped (SIGSTOP) worker handles SIGTERM only once continued, as systemd does.
+        signal(libc::SIGCONT);
         let deadline = Instant::now() + timeout;
         while !exited.load(Ordering::Acquire) {
             if Instant::now() >= deadline {

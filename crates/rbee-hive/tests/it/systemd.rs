@@ -418,3 +418,29 @@ fn the_hive_is_a_notify_service_with_a_status_line_and_stops_its_workers_with_it
     let (active, _) = manager.systemctl(&["is-active", &unit]);
     assert!(!active, "the worker stops with the hive");
 }
+
+#[test]
+fn a_worker_that_stops_answering_is_marked_unhealthy_then_stopped() {
+    let Some(model) = model() else { return };
+    let Some(manager) = user_manager() else {
+        return;
+    };
+    let state = temp("hive-state");
+    let hive = Hive::start(&Opts::systemd(&manager), &state.0);
+    let w = hive.ready_worker(&model);
+    let (id, unit) = (w["id"].as_str().unwrap(), w["unit"].as_str().unwrap());
+    // Frozen, not dead: systemd still sees it running; only the health checks can tell.
+    // SAFETY: kill(2) on the worker the test's own manager runs.
+    unsafe { libc::kill(w["pid"].as_u64().unwrap() as i32, libc::SIGSTOP) };
+    let seen = hive.wait_state(id, "unhealthy", Duration::from_secs(15));
+    assert_eq!(seen["id"], id);
+    hive.wait_gone(id, Duration::from_secs(30));
+    let (active, _) = manager.systemctl(&["is-active", unit]);
+    assert!(!active, "the unhealthy worker's unit was stopped");
+    let r = hive.spawn_model(&model);
+    let exit = r.json()["previous_failure"]["exit"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned();
+    assert!(exit.contains("missed 3 health checks"), "{}", r.body);
+}
