@@ -81,7 +81,7 @@ fn run_inner(args: Args) -> anyhow::Result<i32> {
         }
     };
 
-    let server = match listen(SocketAddr::new(args.host, args.port)) {
+    let server = match rbee_http::daemon::listen(SocketAddr::new(args.host, args.port)) {
         Ok(s) => Arc::new(s),
         Err(e) => {
             let in_use = e.kind() == ErrorKind::AddrInUse;
@@ -229,23 +229,6 @@ fn run_inner(args: Args) -> anyhow::Result<i32> {
     drop(status_thread);
     tracing::info!("stopped");
     Ok(exit::OK)
-}
-
-/// Accept-queue length: a burst of connections beyond it would be dropped or reset by the
-/// kernel before the worker could answer them (even with 503).
-const LISTEN_BACKLOG: i32 = 1024;
-
-fn listen(addr: SocketAddr) -> std::io::Result<tiny_http::Server> {
-    use socket2::{Domain, Socket, Type};
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
-    socket.set_reuse_address(true)?;
-    // Accepted connections inherit this: each SSE event is a small write that Nagle's
-    // algorithm would otherwise hold until the client's delayed ACK (up to 40 ms).
-    socket.set_nodelay(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(LISTEN_BACKLOG)?;
-    let listener: std::net::TcpListener = socket.into();
-    tiny_http::Server::from_listener(listener, None).map_err(std::io::Error::other)
 }
 
 fn load_api_key(args: &Args) -> anyhow::Result<Option<String>> {

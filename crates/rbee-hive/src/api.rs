@@ -133,7 +133,17 @@ fn handle(hive: &Hive, request: Request) {
                 }),
             )
         }
-        Route::List => respond_json(request, 200, &json!({ "workers": hive.registry.views() })),
+        Route::List => {
+            // Serialised straight from the views (no intermediate JSON tree).
+            #[derive(serde::Serialize)]
+            struct List {
+                workers: Vec<crate::registry::WorkerView>,
+            }
+            let list = List {
+                workers: hive.registry.views(),
+            };
+            respond_json(request, 200, &list)
+        }
         Route::Get(id) => match hive.registry.get(&id) {
             Some(w) => respond_json(request, 200, &json!({ "worker": w.view() })),
             None => respond_error(request, &worker_not_found(&id)),

@@ -181,15 +181,13 @@ fn find_worker_binary(configured: Option<&Path>) -> anyhow::Result<PathBuf> {
 }
 
 fn listen(addr: SocketAddr) -> anyhow::Result<tiny_http::Server> {
-    let std_listener = std::net::TcpListener::bind(addr).map_err(|e| {
+    rbee_http::daemon::listen(addr).map_err(|e| {
         if e.kind() == std::io::ErrorKind::AddrInUse {
             anyhow::Error::new(PortInUse(addr.port()))
         } else {
             anyhow::Error::new(e).context(format!("cannot listen on {addr}"))
         }
-    })?;
-    tiny_http::Server::from_listener(std_listener, None)
-        .map_err(|e| anyhow::anyhow!("cannot serve on {addr}: {e}"))
+    })
 }
 
 /// `STATUS=3 workers: 2 idle, 1 busy` every 2 s (when it changes) and the watchdog ping.
