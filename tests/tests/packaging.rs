@@ -20,27 +20,80 @@ fn have(tool: &str) -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-#[test]
-fn standalone_worker_unit_passes_systemd_analyze_verify() {
+/// `systemd-analyze [--user] verify` of shipped units, with ExecStart pointed at the
+/// binaries cargo built (verify checks they are executable).
+fn verify_units(units: &[(&str, &str)], user: bool) {
     skip_unless!(have("systemd-analyze"), "systemd-analyze is not installed");
     let dir = TempDir::new("unit");
-    let unit = std::fs::read_to_string(repo().join("systemd/llm-worker-rbee@.service")).unwrap();
-    // Point ExecStart at the binary cargo built so verify can check it is executable.
-    let worker = repo().join("target/release/llm-worker-rbee");
-    skip_unless!(worker.is_file(), "worker not built at {}", worker.display());
-    let unit = unit.replace("/usr/local/bin/llm-worker-rbee", worker.to_str().unwrap());
-    let path = dir.join("llm-worker-rbee@smollm2.service");
-    std::fs::write(&path, unit).unwrap();
-    let out = Command::new("systemd-analyze")
-        .arg("verify")
-        .arg(&path)
-        .output()
-        .unwrap();
+    let mut paths = vec![];
+    for (source, name) in units {
+        let mut unit = std::fs::read_to_string(repo().join(source)).unwrap();
+        for bin in ["llm-worker-rbee", "rbee-hive"] {
+            let built = repo().join("target/release").join(bin);
+            skip_unless!(built.is_file(), "{bin} not built at {}", built.display());
+            let built = built.to_str().unwrap().to_owned();
+            unit = unit
+                .replace(&format!("/usr/local/bin/{bin}"), &built)
+                .replace(&format!("%h/.local/bin/{bin}"), &built);
+        }
+        let path = dir.join(name);
+        std::fs::write(&path, unit).unwrap();
+        paths.push(path);
+    }
+    let runtime = dir.join("runtime");
+    std::fs::create_dir_all(&runtime).unwrap();
+    let mut cmd = Command::new("systemd-analyze");
+    if user {
+        cmd.arg("--user").env("XDG_RUNTIME_DIR", &runtime);
+    }
+    let out = cmd.arg("verify").args(&paths).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success() && stderr.trim().is_empty(),
-        "systemd-analyze verify: {stderr}"
+        "systemd-analyze verify {units:?}: {stderr}"
     );
+}
+
+#[test]
+fn standalone_worker_unit_passes_systemd_analyze_verify() {
+    verify_units(
+        &[(
+            "systemd/llm-worker-rbee@.service",
+            "llm-worker-rbee@smollm2.service",
+        )],
+        false,
+    );
+}
+
+#[test]
+fn hive_units_pass_systemd_analyze_verify() {
+    verify_units(
+        &[
+            ("systemd/rbee-hive.service", "rbee-hive.service"),
+            ("systemd/rbee-workers.slice", "rbee-workers.slice"),
+        ],
+        false,
+    );
+    verify_units(
+        &[("systemd/user/rbee-hive.service", "rbee-hive.service")],
+        true,
+    );
+}
+
+#[test]
+fn the_polkit_rule_only_grants_worker_units_to_the_rbee_user() {
+    let rule = std::fs::read_to_string(repo().join("systemd/rbee-hive.polkit.rules")).unwrap();
+    assert!(rule.contains(r#"subject.user === "rbee""#));
+    assert!(rule.contains(r#"unit.indexOf("rbee-worker@") === 0"#));
+    assert!(rule.contains("org.freedesktop.systemd1.manage-units"));
+    // Balanced braces and parentheses: a typo would make polkitd drop the whole file.
+    for (open, close) in [('{', '}'), ('(', ')'), ('[', ']')] {
+        assert_eq!(
+            rule.matches(open).count(),
+            rule.matches(close).count(),
+            "{open}{close}"
+        );
+    }
 }
 
 fn fetch_into(cache: &TempDir) -> std::process::Output {

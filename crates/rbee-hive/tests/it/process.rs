@@ -116,3 +116,39 @@ fn logs_follow_streams_lines_until_the_worker_is_gone() {
     );
     assert_eq!(stopper.join().unwrap().status, 200);
 }
+
+#[test]
+fn a_worker_that_fails_while_loading_is_reported_with_its_status_and_log() {
+    let Some(model) = model() else { return };
+    let state = temp("hive-state");
+    let wrapper = state.join("failing-worker.sh");
+    std::fs::write(
+        &wrapper,
+        "#!/bin/sh\necho 'error: could not load the model: out of memory' >&2\nexit 4\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let hive = Hive::start(
+        &Opts {
+            worker_binary: wrapper,
+            ..Opts::new("process")
+        },
+        &state.0,
+    );
+    let r = hive.spawn_model(&model);
+    assert_eq!(r.status, 202, "{}", r.body);
+    hive.wait_gone(
+        r.json()["worker"]["id"].as_str().unwrap(),
+        Duration::from_secs(5),
+    );
+    let failure = hive.spawn_model(&model).json()["previous_failure"].clone();
+    assert_eq!(failure["exit"], "exited with status 4", "{failure}");
+    assert_eq!(
+        failure["last_log_lines"],
+        serde_json::json!(["error: could not load the model: out of memory"])
+    );
+}
