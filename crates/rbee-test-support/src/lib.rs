@@ -2,6 +2,7 @@
 //! ports, a child-process guard that never leaks processes, and small HTTP/SSE clients that
 //! talk to the real binaries over loopback.
 
+pub mod container;
 pub mod http;
 pub mod model;
 pub mod process;

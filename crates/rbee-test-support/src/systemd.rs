@@ -53,31 +53,16 @@ impl UserManager {
                 return Err(format!("{tool} is not installed"));
             }
         }
-        let tag = format!("rbee-test-{}-{}", std::process::id(), unique());
-        let cgroups = create_cgroups(&tag)?;
         let runtime_dir = TempDir::new("xdg-runtime");
         std::fs::set_permissions(
             &runtime_dir.0,
             std::os::unix::fs::PermissionsExt::from_mode(0o700),
         )
         .map_err(|e| e.to_string())?;
-        // The shell moves itself into the subtree, then becomes the manager, so the manager
-        // starts confined.
-        let moves: String = cgroups
-            .iter()
-            .map(|d| format!("echo $$ > '{}/cgroup.procs' && ", d.display()))
-            .collect();
-        let script = format!(
-            "{moves}exec unshare -m -- sh -c 'mount -t tmpfs tmpfs /run/systemd && mkdir -p /run/systemd/system && exec {SYSTEMD} --user'"
-        );
-        let child = Command::new("sh")
-            .args(["-c", &script])
-            .env("XDG_RUNTIME_DIR", &runtime_dir.0)
-            .env_remove("DBUS_SESSION_BUS_ADDRESS")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
+        let mut cmd = Command::new("sh");
+        cmd.env("XDG_RUNTIME_DIR", &runtime_dir.0)
+            .env_remove("DBUS_SESSION_BUS_ADDRESS");
+        let (child, cgroups) = spawn_confined(&mut cmd, &format!("{SYSTEMD} --user"))
             .map_err(|e| format!("cannot start the user manager: {e}"))?;
         let mut m = UserManager {
             child,
@@ -142,21 +127,68 @@ impl UserManager {
 impl Drop for UserManager {
     fn drop(&mut self) {
         // SIGTERM makes the manager stop its units; then it exits.
-        // SAFETY: kill(2) on our own child.
-        unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGTERM);
-        }
-        let until = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < until {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        remove_cgroups(&self.cgroups);
+        stop_confined(
+            &mut self.child,
+            libc::SIGTERM,
+            Duration::from_secs(10),
+            &self.cgroups,
+        );
     }
+}
+
+/// Starts `inner` (a shell command line without single quotes) confined the way DESIGN.md
+/// says: in a new cgroup subtree of every hierarchy (the shell moves itself there first, so
+/// what it becomes starts inside), in a private mount namespace with a tmpfs on
+/// `/run/systemd`. Returns the child and the subtree to remove once it has gone.
+pub(crate) fn spawn_confined(
+    cmd: &mut Command,
+    inner: &str,
+) -> Result<(std::process::Child, Vec<PathBuf>), String> {
+    let tag = format!("rbee-test-{}-{}", std::process::id(), unique());
+    let cgroups = create_cgroups(&tag)?;
+    let moves: String = cgroups
+        .iter()
+        .map(|d| format!("echo $$ > '{}/cgroup.procs' && ", d.display()))
+        .collect();
+    let script = format!(
+        "{moves}exec unshare -m -- sh -c 'mount -t tmpfs tmpfs /run/systemd && mkdir -p /run/systemd/system && exec {inner}'"
+    );
+    match cmd
+        .args(["-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+    {
+        Ok(child) => Ok((child, cgroups)),
+        Err(e) => {
+            remove_cgroups(&cgroups);
+            Err(e.to_string())
+        }
+    }
+}
+
+/// Stops a confined child: `signal` first, SIGKILL after `grace`, then removes its cgroups.
+pub(crate) fn stop_confined(
+    child: &mut std::process::Child,
+    signal: i32,
+    grace: Duration,
+    cgroups: &[PathBuf],
+) {
+    // SAFETY: kill(2) on our own child.
+    unsafe {
+        libc::kill(child.id() as i32, signal);
+    }
+    let until = Instant::now() + grace;
+    while Instant::now() < until {
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    remove_cgroups(cgroups);
 }
 
 fn unique() -> u32 {

@@ -1,0 +1,122 @@
+//! The hive under a real systemd *system* manager (a booted Debian container): the full
+//! worker sandbox — DynamicUser, ProtectSystem, credentials, read-only model — and journald.
+
+use std::time::Duration;
+
+use rbee_test_support::container::container_or_skip;
+use rbee_test_support::process::free_port;
+use serde_json::json;
+
+use crate::common::*;
+
+#[test]
+fn under_the_system_manager_workers_run_sandboxed_with_their_key_as_a_credential() {
+    let Some(model) = model() else { return };
+    let bin_dir = worker_binary().parent().unwrap().to_path_buf();
+    let model_dir = model.parent().unwrap().to_path_buf();
+    let Some(c) = container_or_skip(&[(&bin_dir, "/opt/rbee"), (&model_dir, "/models")]) else {
+        return;
+    };
+    let port = free_port();
+    let ports = free_port().max(20_000);
+    let (ok, out) = c.exec(&[
+        "systemd-run",
+        "--unit=rbee-hive",
+        "-p",
+        "Type=notify",
+        "-p",
+        "StateDirectory=rbee",
+        "/opt/rbee/rbee-hive",
+        "--supervisor",
+        "systemd-system",
+        "--port",
+        &port.to_string(),
+        "--worker-ports",
+        &format!("{ports}-{}", ports + 20),
+        "--worker-binary",
+        "/opt/rbee/llm-worker-rbee",
+    ]);
+    assert!(ok, "{out}");
+    let hive = format!("http://127.0.0.1:{port}");
+    let name = model.file_name().unwrap().to_str().unwrap();
+    let r = rbee_test_support::http::post_json(
+        &format!("{hive}/v1/workers/spawn"),
+        &json!({ "model_ref": format!("file:///models/{name}") }),
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    let id = r.json()["worker"]["id"].as_str().unwrap().to_owned();
+    let unit = r.json()["worker"]["unit"].as_str().unwrap().to_owned();
+    let w = wait_idle(&hive, &id);
+    assert_eq!(w["supervisor"], "systemd-system");
+
+    let (_, props) = c.systemctl(&[
+        "show",
+        "-p",
+        "DynamicUser,ProtectSystem,ProtectHome,PrivateTmp,NoNewPrivileges,DevicePolicy,BindReadOnlyPaths,ProtectControlGroups,Slice,Type,ExecStart,Environment",
+        &unit,
+    ]);
+    for expected in [
+        "DynamicUser=yes",
+        "ProtectSystem=strict",
+        "ProtectHome=yes",
+        "PrivateTmp=yes",
+        "NoNewPrivileges=yes",
+        "DevicePolicy=closed",
+        "ProtectControlGroups=yes",
+        "Type=notify",
+        &format!("BindReadOnlyPaths=/models/{name}:/models/{name}"),
+    ] {
+        assert!(props.contains(expected), "{expected} missing in:\n{props}");
+    }
+    let key = w["api_key"].as_str().unwrap();
+    assert!(!props.contains(key), "key visible in the unit");
+    assert!(
+        !props.contains("--api-key-file"),
+        "the key comes as a credential"
+    );
+    // The worker runs as a dynamic (non-root) user.
+    let pid = w["pid"].as_u64().unwrap().to_string();
+    let (_, status) = c.exec(&["cat", &format!("/proc/{pid}/status")]);
+    let uid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|v| v.split_whitespace().next())
+        .unwrap_or("0");
+    assert_ne!(uid, "0", "{status}");
+
+    // The credential reached it: its key works, no key does not.
+    assert_eq!(infer(&w, "Bees").status, 200);
+    let anon = rbee_test_support::http::post_json(
+        &format!("{}/v1/inference", w["url"].as_str().unwrap()),
+        &json!({"prompt": "x"}),
+    );
+    assert_eq!(anon.status, 401);
+
+    // journald runs here: the logs come from the journal.
+    let logs = rbee_test_support::http::get(&format!("{hive}/v1/workers/{id}/logs?lines=50"));
+    assert!(logs.body.contains("model loaded"), "{}", logs.body);
+    assert!(!state_has_log_file(&c, &id), "journal, not files");
+
+    // Stopping the hive's unit stops the workers (SIGTERM cascade).
+    let (ok, out) = c.systemctl(&["stop", "rbee-hive"]);
+    assert!(ok, "{out}");
+    let (active, _) = c.systemctl(&["is-active", &unit]);
+    assert!(!active, "{unit} still active");
+}
+
+fn wait_idle(hive: &str, id: &str) -> serde_json::Value {
+    let until = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = rbee_test_support::http::get(&format!("{hive}/v1/workers/{id}"));
+        if r.status == 200 && r.json()["worker"]["state"] == "idle" {
+            return r.json()["worker"].clone();
+        }
+        assert!(std::time::Instant::now() < until, "{}", r.body);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn state_has_log_file(c: &rbee_test_support::container::SystemContainer, id: &str) -> bool {
+    c.exec(&["test", "-e", &format!("/var/lib/rbee/logs/{id}.log")])
+        .0
+}
