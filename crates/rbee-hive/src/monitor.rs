@@ -103,6 +103,22 @@ pub fn check_all(hive: &Arc<Hive>, interval: Duration) {
             }
         }
     }
+    // A worker still loading after the load timeout (systemd's start job has its own
+    // timeout; child processes only have this one).
+    let load_timeout = hive.config.load_timeout_secs;
+    for w in hive.registry.all() {
+        if w.state == WorkerState::Loading
+            && now_unix().saturating_sub(w.spec.started_at_unix) > load_timeout
+        {
+            // Stopped as unhealthy, so the next spawn of the model hears why.
+            hive.registry
+                .update(&w.spec.id, |w| w.state = WorkerState::Unhealthy);
+            to_stop.push((
+                w.spec.id.clone(),
+                format!("did not finish loading within {load_timeout} s"),
+            ));
+        }
+    }
     for (id, reason) in to_stop {
         let hive = Arc::clone(hive);
         let _ = std::thread::Builder::new()

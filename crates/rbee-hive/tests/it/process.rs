@@ -152,3 +152,42 @@ fn a_worker_that_fails_while_loading_is_reported_with_its_status_and_log() {
         serde_json::json!(["error: could not load the model: out of memory"])
     );
 }
+
+#[test]
+fn a_worker_stuck_loading_is_stopped_after_the_load_timeout() {
+    let Some(model) = model() else { return };
+    let state = temp("hive-state");
+    let wrapper = state.join("stuck-worker.sh");
+    std::fs::write(
+        &wrapper,
+        "#!/bin/sh\necho 'loading forever' >&2\nexec sleep 600\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let hive = Hive::start(
+        &Opts {
+            worker_binary: wrapper,
+            extra: "load_timeout_secs = 1\n".into(),
+            ..Opts::new("process")
+        },
+        &state.0,
+    );
+    let r = hive.spawn_model(&model);
+    assert_eq!(r.status, 202, "{}", r.body);
+    let id = r.json()["worker"]["id"].as_str().unwrap().to_owned();
+    let pid = r.json()["worker"]["pid"].as_u64().unwrap() as u32;
+    hive.wait_gone(&id, Duration::from_secs(10));
+    assert!(!alive(pid));
+    let failure = hive.spawn_model(&model).json()["previous_failure"].clone();
+    assert!(
+        failure["exit"]
+            .as_str()
+            .unwrap()
+            .contains("did not finish loading within 1 s"),
+        "{failure}"
+    );
+}
