@@ -534,7 +534,7 @@ pub fn metadata_from_header(h: &rbee_gguf::GgufHeader) -> ModelMetadata {
     ModelMetadata {
         architecture: h.architecture().unwrap_or("unknown").to_owned(),
         name: h.name().map(str::to_owned),
-        parameter_count: None,
+        parameter_count: Some(h.parameters),
         quantization: h.quantization(),
         context_length: h.context_length(),
         layers: h.layers(),

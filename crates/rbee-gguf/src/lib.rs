@@ -114,6 +114,8 @@ pub struct GgufHeader {
     pub metadata: BTreeMap<String, Value>,
     /// File size in bytes.
     pub file_size: u64,
+    /// Elements of all tensors together: the parameter count.
+    pub parameters: u64,
 }
 
 impl GgufHeader {
@@ -417,6 +419,7 @@ pub fn read_header(path: &Path) -> Result<GgufHeader, GgufError> {
         metadata.insert(key, v);
     }
     let mut data_needed = 0u64;
+    let mut parameters = 0u64;
     for _ in 0..tensor_count {
         let name = r.string("tensor name")?;
         let n_dims = r.u32()?;
@@ -431,6 +434,7 @@ pub fn read_header(path: &Path) -> Result<GgufHeader, GgufError> {
                 .checked_mul(r.u64()?)
                 .ok_or_else(|| GgufError::Corrupt(format!("tensor {name} is too large")))?;
         }
+        parameters = parameters.saturating_add(elems);
         let ty = r.u32()?;
         let offset = r.u64()?;
         let bytes = ggml_type_block(ty).map_or(0, |(b, e)| elems.div_ceil(e).saturating_mul(b));
@@ -446,6 +450,7 @@ pub fn read_header(path: &Path) -> Result<GgufHeader, GgufError> {
         tensor_count,
         metadata,
         file_size: size,
+        parameters,
     })
 }
 

@@ -62,6 +62,16 @@ pub enum ErrorCode {
     WorkerNotFound,
     /// The supervisor could not start the worker.
     SpawnFailed,
+    /// The hub refused access (401/403): a gated or private repository.
+    ModelAccessDenied,
+    /// A download failed after its retries.
+    DownloadFailed,
+    /// A download stalled on every attempt.
+    DownloadTimeout,
+    /// The downloaded file's SHA-256 did not match, on every attempt.
+    ChecksumMismatch,
+    /// The model is in use by a worker.
+    ModelInUse,
     /// Anything else; the message says what.
     Internal,
 }
@@ -73,6 +83,10 @@ impl ErrorCode {
         match self {
             InvalidJson | InvalidUtf8 | InvalidRequest | UnknownField | PromptTooLong => 400,
             MissingApiKey | InvalidApiKey => 401,
+            ModelAccessDenied => 403,
+            ModelInUse => 409,
+            DownloadFailed | ChecksumMismatch => 502,
+            DownloadTimeout => 504,
             NotFound | ModelNotFound | WorkerNotFound => 404,
             InvalidModelRef | BackendUnavailable | DeviceNotFound | ModelInvalid => 400,
             InsufficientRam | InsufficientVram | InsufficientDisk => 507,

@@ -1,0 +1,405 @@
+//! The model catalogue: SQLite `models.db` in the hive's state directory.
+//!
+//! WAL, a busy timeout, migrations by `PRAGMA user_version`, and read-then-write in
+//! `BEGIN IMMEDIATE`. A row is only ever written for a file that is complete, verified,
+//! fsynced and in its final place.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{params, Connection, Row, TransactionBehavior};
+use serde::{Deserialize, Serialize};
+
+/// Catalogue failures.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    /// SQLite said no.
+    #[error("model catalogue {path}: {source}")]
+    Sqlite {
+        /// The database file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// The database was written by a newer rbee.
+    #[error("model catalogue {path} has schema version {found}, newer than this rbee ({supported}); upgrade rbee")]
+    TooNew {
+        /// The database file.
+        path: PathBuf,
+        /// Its version.
+        found: i64,
+        /// Ours.
+        supported: i64,
+    },
+}
+
+/// Whether a catalogued model's file is there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// File present.
+    Ready,
+    /// File vanished (found on reconciliation).
+    Missing,
+}
+
+/// One catalogued model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Model {
+    /// Short id for the API (`org--repo--file`).
+    pub id: String,
+    /// `hf` or `file`.
+    pub provider: String,
+    /// The canonical reference (`hf:org/repo/file.gguf@revision`, `file:///path`).
+    pub reference: String,
+    /// `org/repo` (hf).
+    pub repo: Option<String>,
+    /// The revision asked for (hf).
+    pub revision: Option<String>,
+    /// The commit it resolved to (hf).
+    pub commit_sha: Option<String>,
+    /// File name.
+    pub file_name: String,
+    /// Where it is.
+    pub local_path: PathBuf,
+    /// Size.
+    pub size_bytes: u64,
+    /// SHA-256 (hex) when known.
+    pub sha256: Option<String>,
+    /// When it was recorded.
+    pub downloaded_at_unix: u64,
+    /// GGUF `general.architecture`.
+    pub architecture: Option<String>,
+    /// Parameter count.
+    pub parameter_count: Option<u64>,
+    /// Quantization.
+    pub quantization: Option<String>,
+    /// Training context length.
+    pub context_length: Option<u64>,
+    /// Vocabulary size.
+    pub vocab_size: Option<u64>,
+    /// Present or missing.
+    pub status: Status,
+}
+
+const SCHEMA_VERSION: i64 = 1;
+
+const MIGRATIONS: &[&str] = &[
+    // 1: the models table.
+    "CREATE TABLE models (
+        id TEXT PRIMARY KEY,
+        provider TEXT NOT NULL CHECK (provider IN ('hf', 'file')),
+        reference TEXT NOT NULL UNIQUE,
+        repo TEXT,
+        revision TEXT,
+        commit_sha TEXT,
+        file_name TEXT NOT NULL,
+        local_path TEXT NOT NULL,
+        size_bytes INTEGER NOT NULL,
+        sha256 TEXT,
+        downloaded_at_unix INTEGER NOT NULL,
+        architecture TEXT,
+        parameter_count INTEGER,
+        quantization TEXT,
+        context_length INTEGER,
+        vocab_size INTEGER,
+        status TEXT NOT NULL DEFAULT 'ready' CHECK (status IN ('ready', 'missing'))
+    );
+    CREATE INDEX models_provider ON models (provider);",
+];
+
+/// The catalogue (one connection; callers serialise through a mutex).
+pub struct Catalog {
+    conn: Connection,
+    path: PathBuf,
+}
+
+const COLUMNS: &str =
+    "id, provider, reference, repo, revision, commit_sha, file_name, local_path, \
+     size_bytes, sha256, downloaded_at_unix, architecture, parameter_count, quantization, \
+     context_length, vocab_size, status";
+
+fn from_row(r: &Row<'_>) -> rusqlite::Result<Model> {
+    let status: String = r.get(16)?;
+    Ok(Model {
+        id: r.get(0)?,
+        provider: r.get(1)?,
+        reference: r.get(2)?,
+        repo: r.get(3)?,
+        revision: r.get(4)?,
+        commit_sha: r.get(5)?,
+        file_name: r.get(6)?,
+        local_path: PathBuf::from(r.get::<_, String>(7)?),
+        size_bytes: r.get::<_, i64>(8)? as u64,
+        sha256: r.get(9)?,
+        downloaded_at_unix: r.get::<_, i64>(10)? as u64,
+        architecture: r.get(11)?,
+        parameter_count: r.get::<_, Option<i64>>(12)?.map(|v| v as u64),
+        quantization: r.get(13)?,
+        context_length: r.get::<_, Option<i64>>(14)?.map(|v| v as u64),
+        vocab_size: r.get::<_, Option<i64>>(15)?.map(|v| v as u64),
+        status: if status == "missing" {
+            Status::Missing
+        } else {
+            Status::Ready
+        },
+    })
+}
+
+impl Catalog {
+    /// Opens (creating and migrating) `path`.
+    pub fn open(path: &Path) -> Result<Catalog, CatalogError> {
+        let err = |source| CatalogError::Sqlite {
+            path: path.to_path_buf(),
+            source,
+        };
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let mut conn = Connection::open(path).map_err(err)?;
+        conn.busy_timeout(Duration::from_secs(5)).map_err(err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(err)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(err)?;
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(err)?;
+        if version > SCHEMA_VERSION {
+            return Err(CatalogError::TooNew {
+                path: path.to_path_buf(),
+                found: version,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(err)?;
+        for (i, m) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            tx.execute_batch(m).map_err(err)?;
+            tx.pragma_update(None, "user_version", i as i64 + 1)
+                .map_err(err)?;
+        }
+        tx.commit().map_err(err)?;
+        Ok(Catalog {
+            conn,
+            path: path.to_path_buf(),
+        })
+    }
+
+    fn err(&self, source: rusqlite::Error) -> CatalogError {
+        CatalogError::Sqlite {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// Records a model (replacing a row of the same reference).
+    pub fn insert(&mut self, m: &Model) -> Result<(), CatalogError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| CatalogError::Sqlite {
+                path: self.path.clone(),
+                source: e,
+            })?;
+        let r = tx
+            .execute("DELETE FROM models WHERE reference = ?1 OR id = ?2", params![m.reference, m.id])
+            .and_then(|_| {
+                tx.execute(
+                    &format!("INSERT INTO models ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"),
+                    params![
+                        m.id,
+                        m.provider,
+                        m.reference,
+                        m.repo,
+                        m.revision,
+                        m.commit_sha,
+                        m.file_name,
+                        m.local_path.display().to_string(),
+                        m.size_bytes as i64,
+                        m.sha256,
+                        m.downloaded_at_unix as i64,
+                        m.architecture,
+                        m.parameter_count.map(|v| v as i64),
+                        m.quantization,
+                        m.context_length.map(|v| v as i64),
+                        m.vocab_size.map(|v| v as i64),
+                        match m.status {
+                            Status::Ready => "ready",
+                            Status::Missing => "missing",
+                        },
+                    ],
+                )
+            })
+            .and_then(|_| tx.commit());
+        r.map_err(|e| self.err(e))
+    }
+
+    fn query(&self, filter: &str, arg: Option<&str>) -> Result<Vec<Model>, CatalogError> {
+        let sql = format!("SELECT {COLUMNS} FROM models {filter} ORDER BY id");
+        let mut stmt = self.conn.prepare_cached(&sql).map_err(|e| self.err(e))?;
+        let rows = match arg {
+            Some(a) => stmt.query_map([a], from_row),
+            None => stmt.query_map([], from_row),
+        }
+        .map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    /// By id.
+    pub fn get(&self, id: &str) -> Result<Option<Model>, CatalogError> {
+        Ok(self.query("WHERE id = ?1", Some(id))?.into_iter().next())
+    }
+
+    /// By canonical reference.
+    pub fn by_reference(&self, reference: &str) -> Result<Option<Model>, CatalogError> {
+        Ok(self
+            .query("WHERE reference = ?1", Some(reference))?
+            .into_iter()
+            .next())
+    }
+
+    /// Every model of a provider (`hf`, `file`).
+    pub fn by_provider(&self, provider: &str) -> Result<Vec<Model>, CatalogError> {
+        self.query("WHERE provider = ?1", Some(provider))
+    }
+
+    /// Every model.
+    pub fn list(&self) -> Result<Vec<Model>, CatalogError> {
+        self.query("", None)
+    }
+
+    /// Deletes a row; returns it.
+    pub fn remove(&mut self, id: &str) -> Result<Option<Model>, CatalogError> {
+        let found = self.get(id)?;
+        if found.is_some() {
+            self.conn
+                .execute("DELETE FROM models WHERE id = ?1", [id])
+                .map_err(|e| self.err(e))?;
+        }
+        Ok(found)
+    }
+
+    /// Marks rows whose file vanished `missing` (and found ones `ready` again); returns
+    /// the ids now missing.
+    pub fn reconcile(&mut self) -> Result<Vec<String>, CatalogError> {
+        let mut missing = vec![];
+        for m in self.list()? {
+            let present = std::fs::metadata(&m.local_path).is_ok_and(|md| md.is_file());
+            let status = if present { "ready" } else { "missing" };
+            if !present {
+                missing.push(m.id.clone());
+            }
+            self.conn
+                .execute(
+                    "UPDATE models SET status = ?1 WHERE id = ?2",
+                    params![status, m.id],
+                )
+                .map_err(|e| self.err(e))?;
+        }
+        Ok(missing)
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn model(id: &str, path: &Path) -> Model {
+        Model {
+            id: id.into(),
+            provider: "hf".into(),
+            reference: format!("hf:org/{id}/m.gguf@main"),
+            repo: Some(format!("org/{id}")),
+            revision: Some("main".into()),
+            commit_sha: Some("abc".into()),
+            file_name: "m.gguf".into(),
+            local_path: path.to_path_buf(),
+            size_bytes: 3,
+            sha256: Some("00".into()),
+            downloaded_at_unix: 1,
+            architecture: Some("llama".into()),
+            parameter_count: Some(135_000_000),
+            quantization: Some("Q4_1".into()),
+            context_length: Some(8192),
+            vocab_size: Some(49152),
+            status: Status::Ready,
+        }
+    }
+
+    fn tmp(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("rbee-cat-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn rows_round_trip_and_survive_reopening() {
+        let d = tmp("rt");
+        let f = d.join("m.gguf");
+        std::fs::write(&f, b"abc").unwrap();
+        let db = d.join("models.db");
+        let mut c = Catalog::open(&db).unwrap();
+        c.insert(&model("a", &f)).unwrap();
+        c.insert(&Model {
+            provider: "file".into(),
+            reference: "file:///b".into(),
+            ..model("b", &f)
+        })
+        .unwrap();
+        drop(c);
+        let c = Catalog::open(&db).unwrap();
+        assert_eq!(c.get("a").unwrap(), Some(model("a", &f)));
+        assert_eq!(
+            c.by_reference("hf:org/a/m.gguf@main").unwrap().unwrap().id,
+            "a"
+        );
+        assert_eq!(c.by_provider("file").unwrap().len(), 1);
+        assert_eq!(c.list().unwrap().len(), 2);
+        let mode: String = c
+            .conn
+            .pragma_query_value(None, "journal_mode", |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+        std::fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn a_vanished_file_is_marked_missing_and_found_again() {
+        let d = tmp("rc");
+        let f = d.join("m.gguf");
+        std::fs::write(&f, b"abc").unwrap();
+        let mut c = Catalog::open(&d.join("models.db")).unwrap();
+        c.insert(&model("a", &f)).unwrap();
+        std::fs::remove_file(&f).unwrap();
+        assert_eq!(c.reconcile().unwrap(), ["a"]);
+        assert_eq!(c.get("a").unwrap().unwrap().status, Status::Missing);
+        std::fs::write(&f, b"abc").unwrap();
+        assert!(c.reconcile().unwrap().is_empty());
+        assert_eq!(c.get("a").unwrap().unwrap().status, Status::Ready);
+        assert!(c.remove("a").unwrap().is_some());
+        assert!(c.get("a").unwrap().is_none());
+        std::fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn a_database_from_a_newer_rbee_is_refused() {
+        let d = tmp("new");
+        let db = d.join("models.db");
+        Connection::open(&db)
+            .unwrap()
+            .pragma_update(None, "user_version", 99)
+            .unwrap();
+        let e = Catalog::open(&db).err().unwrap().to_string();
+        assert!(e.contains("schema version 99"), "{e}");
+        std::fs::remove_dir_all(d).unwrap();
+    }
+}

@@ -1,0 +1,673 @@
+//! The Hugging Face hub: the file list of a repository (with LFS SHA-256) from its API, and
+//! downloads from `/{repo}/resolve/{revision}/{file}` that resume, retry, detect stalls and
+//! verify — a partial file never sits where a worker would load it.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use rbee_types::{ApiError, ErrorCode};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use crate::reference::Selector;
+
+/// Where the hub is and how patient to be with it.
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    /// Base URL (`HF_ENDPOINT`, default `https://huggingface.co`).
+    pub endpoint: String,
+    /// Bearer token (`HF_TOKEN`, or the token file of the official clients).
+    pub token: Option<String>,
+    /// No byte for this long counts as a failed attempt.
+    pub stall: Duration,
+    /// Attempts per download.
+    pub attempts: u32,
+    /// First backoff; doubled after each failed attempt.
+    pub backoff: Duration,
+}
+
+impl HubConfig {
+    /// From the environment, as the official clients read it: `HF_ENDPOINT`, `HF_TOKEN`,
+    /// else the file `HF_TOKEN_PATH`, else `$HF_HOME/token` (default
+    /// `~/.cache/huggingface/token`).
+    pub fn from_env() -> HubConfig {
+        let endpoint = std::env::var("HF_ENDPOINT")
+            .ok()
+            .filter(|e| !e.is_empty())
+            .unwrap_or_else(|| "https://huggingface.co".into());
+        let token = std::env::var("HF_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty())
+            .or_else(|| {
+                let path = std::env::var_os("HF_TOKEN_PATH")
+                    .map(PathBuf::from)
+                    .or_else(|| {
+                        let home =
+                            std::env::var_os("HF_HOME").map(PathBuf::from).or_else(|| {
+                                std::env::var_os("HOME")
+                                    .map(|h| PathBuf::from(h).join(".cache/huggingface"))
+                            })?;
+                        Some(home.join("token"))
+                    })?;
+                let t = std::fs::read_to_string(path).ok()?;
+                Some(t.trim().to_owned()).filter(|t| !t.is_empty())
+            });
+        HubConfig {
+            endpoint: endpoint.trim_end_matches('/').to_owned(),
+            token,
+            stall: Duration::from_secs(60),
+            attempts: 6,
+            backoff: Duration::from_secs(1),
+        }
+    }
+}
+
+/// One file of a repository.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepoFile {
+    /// Path in the repository.
+    pub path: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// LFS SHA-256 (hex), when the file is in LFS.
+    pub sha256: Option<String>,
+}
+
+/// A repository at a commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepoInfo {
+    /// The commit the revision resolved to.
+    pub commit: String,
+    /// Its files.
+    pub files: Vec<RepoFile>,
+}
+
+#[derive(Deserialize)]
+struct ApiRepo {
+    sha: String,
+    #[serde(default)]
+    siblings: Vec<ApiSibling>,
+}
+
+#[derive(Deserialize)]
+struct ApiSibling {
+    rfilename: String,
+    #[serde(default)]
+    size: Option<u64>,
+    #[serde(default)]
+    lfs: Option<ApiLfs>,
+}
+
+#[derive(Deserialize)]
+struct ApiLfs {
+    sha256: String,
+    size: u64,
+}
+
+fn host_of(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    rest.split(['/', '?']).next().unwrap_or("")
+}
+
+fn agent(cfg: &HubConfig) -> ureq::Agent {
+    ureq::AgentBuilder::new()
+        .timeout_connect(Duration::from_secs(10))
+        .timeout_read(cfg.stall)
+        .timeout_write(Duration::from_secs(30))
+        .redirects(0)
+        .build()
+}
+
+/// What a request ended with.
+enum Outcome {
+    Response(Box<ureq::Response>),
+    Status(u16, String),
+    Transport(String),
+}
+
+/// GET with the token only towards the endpoint's host: redirects are followed by hand,
+/// and one that leaves the host loses the token.
+fn get(cfg: &HubConfig, agent: &ureq::Agent, url: &str, range: Option<u64>) -> Outcome {
+    let endpoint_host = host_of(&cfg.endpoint).to_owned();
+    let mut url = url.to_owned();
+    for _ in 0..10 {
+        let mut req = agent.get(&url);
+        if host_of(&url) == endpoint_host {
+            if let Some(t) = &cfg.token {
+                req = req.set("Authorization", &format!("Bearer {t}"));
+            }
+        }
+        if let Some(offset) = range {
+            req = req.set("Range", &format!("bytes={offset}-"));
+        }
+        let resp = match req.call() {
+            Ok(r) => r,
+            Err(ureq::Error::Status(code, r)) => {
+                return Outcome::Status(code, r.into_string().unwrap_or_default())
+            }
+            Err(e) => return Outcome::Transport(e.to_string()),
+        };
+        if (300..400).contains(&resp.status()) {
+            let Some(loc) = resp.header("Location") else {
+                return Outcome::Status(resp.status(), "redirect without Location".into());
+            };
+            url = if loc.starts_with("http://") || loc.starts_with("https://") {
+                loc.to_owned()
+            } else {
+                let base = &url[..url.find("://").map_or(0, |i| i + 3)];
+                format!("{base}{}{loc}", host_of(&url))
+            };
+            continue;
+        }
+        return Outcome::Response(Box::new(resp));
+    }
+    Outcome::Transport("too many redirects".into())
+}
+
+fn status_error(code: u16, what: &str, reference: &str) -> ApiError {
+    match code {
+        404 => ApiError::new(
+            ErrorCode::ModelNotFound,
+            format!("{what} not found on the hub (404): check the reference {reference}"),
+        )
+        .detail("model_ref", reference),
+        401 | 403 => ApiError::new(
+            ErrorCode::ModelAccessDenied,
+            format!(
+                "the hub refused access to {what} ({code}): the repository is gated or private; \
+                 set HF_TOKEN to a token that may read it (and accept its terms on the hub)"
+            ),
+        )
+        .detail("model_ref", reference)
+        .detail("status", code),
+        _ => ApiError::new(
+            ErrorCode::DownloadFailed,
+            format!("the hub answered {code} for {what}"),
+        )
+        .detail("status", code),
+    }
+}
+
+/// The repository's files at `revision`.
+pub fn repo_info(
+    cfg: &HubConfig,
+    repo: &str,
+    revision: &str,
+    reference: &str,
+) -> Result<RepoInfo, ApiError> {
+    let url = format!(
+        "{}/api/models/{repo}/revision/{revision}?blobs=true",
+        cfg.endpoint
+    );
+    let agent = agent(cfg);
+    let mut last = String::new();
+    for attempt in 0..cfg.attempts.min(3) {
+        if attempt > 0 {
+            std::thread::sleep(cfg.backoff * 2u32.pow(attempt - 1));
+        }
+        match get(cfg, &agent, &url, None) {
+            Outcome::Response(r) => {
+                let api: ApiRepo = r.into_json().map_err(|e| {
+                    ApiError::new(
+                        ErrorCode::DownloadFailed,
+                        format!("the hub's file list for {repo} is not understood: {e}"),
+                    )
+                })?;
+                return Ok(RepoInfo {
+                    commit: api.sha,
+                    files: api
+                        .siblings
+                        .into_iter()
+                        .map(|s| RepoFile {
+                            size: s.lfs.as_ref().map(|l| l.size).or(s.size).unwrap_or(0),
+                            sha256: s.lfs.map(|l| l.sha256),
+                            path: s.rfilename,
+                        })
+                        .collect(),
+                });
+            }
+            Outcome::Status(code, _) if code < 500 => {
+                return Err(status_error(
+                    code,
+                    &format!("repository {repo}@{revision}"),
+                    reference,
+                ))
+            }
+            Outcome::Status(code, body) => last = format!("{code}: {body}"),
+            Outcome::Transport(e) => last = e,
+        }
+    }
+    Err(ApiError::new(
+        ErrorCode::DownloadFailed,
+        format!(
+            "cannot reach the hub at {} for {repo}: {last}",
+            cfg.endpoint
+        ),
+    )
+    .detail("endpoint", cfg.endpoint.as_str()))
+}
+
+/// The GGUF file a selector names.
+pub fn choose(info: &RepoInfo, selector: &Selector, reference: &str) -> Result<RepoFile, ApiError> {
+    let ggufs: Vec<&RepoFile> = info
+        .files
+        .iter()
+        .filter(|f| f.path.ends_with(".gguf"))
+        .collect();
+    let names: Vec<&str> = ggufs.iter().map(|f| f.path.as_str()).collect();
+    let pick = |matches: Vec<&RepoFile>, what: String| match matches.as_slice() {
+        [one] => Ok((*one).clone()),
+        [] => Err(ApiError::new(
+            ErrorCode::ModelNotFound,
+            format!(
+                "{what} in {reference}; its GGUF files: {}",
+                names.join(", ")
+            ),
+        )
+        .detail("model_ref", reference)
+        .detail("candidates", names.clone())),
+        several => {
+            let list: Vec<&str> = several.iter().map(|f| f.path.as_str()).collect();
+            Err(ApiError::new(
+                ErrorCode::InvalidModelRef,
+                format!(
+                    "{what}: {} match in {reference}; name one with :QUANT or /file.gguf: {}",
+                    list.len(),
+                    list.join(", ")
+                ),
+            )
+            .detail("model_ref", reference)
+            .detail("candidates", list))
+        }
+    };
+    match selector {
+        Selector::Only => pick(ggufs.clone(), "no GGUF file".into()).map_err(|e| {
+            if ggufs.len() > 1 {
+                let mut e = e;
+                e.error.message = format!(
+                    "{reference} has {} GGUF files; choose one with :QUANT (e.g. {reference}:Q4_K_M) or /file.gguf: {}",
+                    ggufs.len(),
+                    names.join(", ")
+                );
+                e
+            } else {
+                e
+            }
+        }),
+        Selector::Quant(q) => {
+            let q = q.to_ascii_lowercase();
+            let m = ggufs
+                .iter()
+                .copied()
+                .filter(|f| {
+                    let name = f.path.rsplit('/').next().unwrap_or("").to_ascii_lowercase();
+                    let stem = name.trim_end_matches(".gguf");
+                    stem.split(['.', '-', '_'])
+                        .collect::<Vec<_>>()
+                        .windows(q.split('_').count())
+                        .any(|w| w.join("_") == q)
+                })
+                .collect();
+            pick(m, format!("no GGUF file of quantization {q}"))
+        }
+        Selector::File(f) => pick(
+            ggufs.iter().copied().filter(|g| &g.path == f).collect(),
+            format!("no file {f}"),
+        ),
+    }
+}
+
+/// Where a download stands (sent to progress streams).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tick {
+    /// Bytes on disk so far.
+    pub bytes: u64,
+    /// File size.
+    pub total: u64,
+    /// Current attempt (1-based).
+    pub attempt: u32,
+    /// Recent speed, MB/s.
+    pub speed_mbps: f64,
+}
+
+/// What went wrong in one attempt.
+enum Failure {
+    /// Retry (transport error, 5xx, cut connection, checksum mismatch).
+    Retry(String, bool),
+    /// Give up now (404, 401/403, disk full).
+    Final(ApiError),
+}
+
+/// Free bytes for unprivileged users on the filesystem of `dir`.
+pub fn available_bytes(dir: &Path) -> u64 {
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) else {
+        return 0;
+    };
+    // SAFETY: statvfs writes into the zeroed struct; the path is a valid C string.
+    unsafe {
+        let mut s: libc::statvfs = std::mem::zeroed();
+        if libc::statvfs(c.as_ptr(), &mut s) != 0 {
+            return u64::MAX;
+        }
+        s.f_bavail as u64 * s.f_frsize as u64
+    }
+}
+
+fn disk_full(dest: &Path, required: u64) -> ApiError {
+    let dir = dest.parent().unwrap_or(Path::new("/"));
+    let available = available_bytes(dir);
+    ApiError::new(
+        ErrorCode::InsufficientDisk,
+        format!(
+            "not enough disk space for {} in {}: {:.2} GiB needed, {:.2} GiB free; free up {:.2} GiB",
+            dest.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(),
+            dir.display(),
+            required as f64 / (1u64 << 30) as f64,
+            available as f64 / (1u64 << 30) as f64,
+            required.saturating_sub(available) as f64 / (1u64 << 30) as f64,
+        ),
+    )
+    .detail("required_bytes", required)
+    .detail("available_bytes", available)
+    .detail("free_up_bytes", required.saturating_sub(available))
+}
+
+/// The partial file a download of `dest` writes into.
+pub fn partial_path(dest: &Path) -> PathBuf {
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    dest.with_file_name(format!(".{name}.partial"))
+}
+
+/// Downloads `file` of `repo` at `commit` to `dest`: into the partial file (resumed when
+/// present), hashed while written, verified, fsynced, renamed. Returns the SHA-256 (hex).
+pub fn download(
+    cfg: &HubConfig,
+    repo: &str,
+    commit: &str,
+    file: &RepoFile,
+    dest: &Path,
+    reference: &str,
+    mut progress: impl FnMut(&Tick),
+) -> Result<String, ApiError> {
+    let dir = dest.parent().unwrap_or(Path::new("/"));
+    std::fs::create_dir_all(dir).map_err(|e| io_error(dir, &e))?;
+    let partial = partial_path(dest);
+    let have = std::fs::metadata(&partial).map_or(0, |m| m.len());
+    if available_bytes(dir) < file.size.saturating_sub(have) {
+        return Err(disk_full(dest, file.size.saturating_sub(have)));
+    }
+    let url = format!("{}/{repo}/resolve/{commit}/{}", cfg.endpoint, file.path);
+    let agent = agent(cfg);
+    let mut last = (String::new(), false);
+    for attempt in 1..=cfg.attempts {
+        if attempt > 1 {
+            let wait = cfg.backoff * 2u32.pow((attempt - 2).min(10));
+            tracing::warn!(%reference, attempt, error = %last.0, ?wait, "download attempt failed; retrying");
+            std::thread::sleep(wait);
+        }
+        match attempt_once(
+            cfg,
+            &agent,
+            &url,
+            file,
+            &partial,
+            attempt,
+            &mut progress,
+            reference,
+        ) {
+            Ok(sha) => {
+                std::fs::rename(&partial, dest).map_err(|e| io_error(dest, &e))?;
+                if let Ok(d) = File::open(dir) {
+                    let _ = d.sync_all();
+                }
+                return Ok(sha);
+            }
+            Err(Failure::Final(e)) => {
+                if e.error.code == ErrorCode::InsufficientDisk {
+                    let _ = std::fs::remove_file(&partial);
+                }
+                return Err(e);
+            }
+            Err(Failure::Retry(why, stalled)) => last = (why, stalled),
+        }
+    }
+    let (why, stalled) = last;
+    let (code, kind) = if why.starts_with("checksum") {
+        (
+            ErrorCode::ChecksumMismatch,
+            "the file's SHA-256 did not match the hub's",
+        )
+    } else if stalled {
+        (ErrorCode::DownloadTimeout, "the transfer stalled")
+    } else {
+        (ErrorCode::DownloadFailed, "the transfer failed")
+    };
+    Err(ApiError::new(
+        code,
+        format!(
+            "downloading {reference} failed after {} attempts: {kind} ({why}); the partial file is kept and the next request resumes it",
+            cfg.attempts
+        ),
+    )
+    .detail("attempts", cfg.attempts)
+    .detail("model_ref", reference))
+}
+
+fn io_error(p: &Path, e: &std::io::Error) -> ApiError {
+    ApiError::new(ErrorCode::Internal, format!("{}: {e}", p.display()))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn attempt_once(
+    cfg: &HubConfig,
+    agent: &ureq::Agent,
+    url: &str,
+    file: &RepoFile,
+    partial: &Path,
+    attempt: u32,
+    progress: &mut impl FnMut(&Tick),
+    reference: &str,
+) -> Result<String, Failure> {
+    let mut out = OpenOptions::new()
+        .create(true)
+        .read(true)
+        .append(true)
+        .open(partial)
+        .map_err(|e| Failure::Final(io_error(partial, &e)))?;
+    let mut offset = out.metadata().map(|m| m.len()).unwrap_or(0);
+    if offset > file.size {
+        out.set_len(0)
+            .map_err(|e| Failure::Final(io_error(partial, &e)))?;
+        offset = 0;
+    }
+    // Resuming: the hash covers the bytes already there.
+    let mut hasher = Sha256::new();
+    if offset > 0 {
+        let mut f = File::open(partial).map_err(|e| Failure::Final(io_error(partial, &e)))?;
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = f
+                .read(&mut buf)
+                .map_err(|e| Failure::Final(io_error(partial, &e)))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+        }
+    }
+    if offset < file.size {
+        let resp = match get(cfg, agent, url, (offset > 0).then_some(offset)) {
+            Outcome::Response(r) => r,
+            Outcome::Status(416, _) => {
+                // Our partial is not a prefix the server can continue: start over.
+                let _ = out.set_len(0);
+                return Err(Failure::Retry(
+                    "the server refused the range (416)".into(),
+                    false,
+                ));
+            }
+            Outcome::Status(code, _) if code < 500 && code != 408 && code != 429 => {
+                return Err(Failure::Final(status_error(
+                    code,
+                    &format!("file {}", file.path),
+                    reference,
+                )))
+            }
+            Outcome::Status(code, _) => return Err(Failure::Retry(format!("HTTP {code}"), false)),
+            Outcome::Transport(e) => return Err(Failure::Retry(e, false)),
+        };
+        if resp.status() == 200 && offset > 0 {
+            // The server ignored the Range: start over from byte 0.
+            tracing::info!(%reference, "the server sent the whole file instead of the rest; starting over");
+            out.set_len(0)
+                .map_err(|e| Failure::Final(io_error(partial, &e)))?;
+            out.seek(SeekFrom::Start(0))
+                .map_err(|e| Failure::Final(io_error(partial, &e)))?;
+            offset = 0;
+            hasher = Sha256::new();
+        }
+        let mut body = resp.into_reader();
+        let mut buf = vec![0u8; 1 << 20];
+        let (mut last_tick, mut window_start, mut window_bytes) =
+            (Instant::now(), Instant::now(), 0u64);
+        let mut speed = 0.0;
+        progress(&Tick {
+            bytes: offset,
+            total: file.size,
+            attempt,
+            speed_mbps: 0.0,
+        });
+        while offset < file.size {
+            let n = match body.read(&mut buf) {
+                Ok(0) => {
+                    return Err(Failure::Retry(
+                        format!("the connection closed at byte {offset} of {}", file.size),
+                        false,
+                    ))
+                }
+                Ok(n) => n.min((file.size - offset) as usize),
+                Err(e) => {
+                    let stalled = matches!(
+                        e.kind(),
+                        std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
+                    );
+                    let why = if stalled {
+                        format!("no data for {:?} at byte {offset}", cfg.stall)
+                    } else {
+                        format!("read failed at byte {offset}: {e}")
+                    };
+                    return Err(Failure::Retry(why, stalled));
+                }
+            };
+            if let Err(e) = out.write_all(&buf[..n]) {
+                if e.raw_os_error() == Some(libc::ENOSPC) {
+                    return Err(Failure::Final(disk_full(partial, file.size - offset)));
+                }
+                return Err(Failure::Final(io_error(partial, &e)));
+            }
+            hasher.update(&buf[..n]);
+            offset += n as u64;
+            window_bytes += n as u64;
+            if last_tick.elapsed() >= Duration::from_millis(200) {
+                let secs = window_start.elapsed().as_secs_f64().max(1e-6);
+                speed = window_bytes as f64 / secs / 1e6;
+                if secs > 2.0 {
+                    (window_start, window_bytes) = (Instant::now(), 0);
+                }
+                progress(&Tick {
+                    bytes: offset,
+                    total: file.size,
+                    attempt,
+                    speed_mbps: speed,
+                });
+                last_tick = Instant::now();
+            }
+        }
+        progress(&Tick {
+            bytes: offset,
+            total: file.size,
+            attempt,
+            speed_mbps: speed,
+        });
+    }
+    if let Err(e) = out.sync_all() {
+        if e.raw_os_error() == Some(libc::ENOSPC) {
+            return Err(Failure::Final(disk_full(partial, file.size)));
+        }
+        return Err(Failure::Final(io_error(partial, &e)));
+    }
+    let sha: String = hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    if let Some(expected) = &file.sha256 {
+        if !sha.eq_ignore_ascii_case(expected) {
+            let _ = std::fs::remove_file(partial);
+            return Err(Failure::Retry(
+                format!("checksum mismatch: got {sha}, the hub says {expected}"),
+                false,
+            ));
+        }
+    }
+    Ok(sha)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(names: &[&str]) -> RepoInfo {
+        RepoInfo {
+            commit: "c".into(),
+            files: names
+                .iter()
+                .map(|n| RepoFile {
+                    path: (*n).into(),
+                    size: 1,
+                    sha256: None,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn the_selector_picks_one_gguf_or_lists_the_candidates() {
+        let one = info(&["README.md", "m-Q4_1.gguf"]);
+        assert_eq!(
+            choose(&one, &Selector::Only, "hf:o/r").unwrap().path,
+            "m-Q4_1.gguf"
+        );
+        let many = info(&[
+            "m-Q4_K_M.gguf",
+            "m-Q8_0.gguf",
+            "m.Q4_K_S.gguf",
+            "config.json",
+        ]);
+        let e = choose(&many, &Selector::Only, "hf:o/r").unwrap_err();
+        assert_eq!(e.error.code, ErrorCode::InvalidModelRef);
+        assert!(e.error.message.contains("m-Q8_0.gguf") && e.error.message.contains(":QUANT"));
+        let q = |s: &str| choose(&many, &Selector::Quant(s.into()), "hf:o/r");
+        assert_eq!(q("Q4_K_M").unwrap().path, "m-Q4_K_M.gguf");
+        assert_eq!(q("q8_0").unwrap().path, "m-Q8_0.gguf");
+        assert_eq!(q("Q4_K_S").unwrap().path, "m.Q4_K_S.gguf");
+        assert_eq!(q("Q2_K").unwrap_err().error.code, ErrorCode::ModelNotFound);
+        assert_eq!(q("K").unwrap_err().error.code, ErrorCode::InvalidModelRef);
+        let f = choose(&many, &Selector::File("m-Q8_0.gguf".into()), "hf:o/r").unwrap();
+        assert_eq!(f.path, "m-Q8_0.gguf");
+        let e = choose(&many, &Selector::File("x.gguf".into()), "hf:o/r").unwrap_err();
+        assert_eq!(e.error.code, ErrorCode::ModelNotFound);
+        assert!(e.error.message.contains("m-Q4_K_M.gguf"));
+    }
+
+    #[test]
+    fn hosts_are_compared_without_scheme_or_path() {
+        assert_eq!(host_of("https://huggingface.co/api/x"), "huggingface.co");
+        assert_eq!(host_of("http://127.0.0.1:9000/a?b"), "127.0.0.1:9000");
+    }
+}

@@ -1,0 +1,427 @@
+//! "Is the model here?" answered from the catalogue; what is missing is fetched once, however
+//! many requests want it, with progress anyone can follow.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rbee_types::{ApiError, ErrorCode};
+use serde::Serialize;
+
+use crate::catalog::{Catalog, Model, Status};
+use crate::hub::{self, HubConfig};
+use crate::reference::{ModelRef, Selector};
+
+/// One progress event of a download.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "stage", rename_all = "lowercase")]
+pub enum Progress {
+    /// Asking the hub for the file list.
+    Resolving,
+    /// Bytes arriving.
+    Downloading {
+        /// On disk so far.
+        bytes_downloaded: u64,
+        /// File size.
+        bytes_total: u64,
+        /// Recent speed.
+        speed_mbps: f64,
+        /// Attempt (1-based).
+        attempt: u32,
+    },
+    /// Verified and catalogued.
+    Complete {
+        /// Where the file is.
+        local_path: PathBuf,
+        /// Its catalogue id.
+        model_id: String,
+    },
+    /// Failed for good.
+    Error {
+        /// The error envelope's body.
+        error: rbee_types::ErrorBody,
+    },
+}
+
+impl Progress {
+    /// Whether this ends the stream.
+    pub fn is_final(&self) -> bool {
+        matches!(self, Progress::Complete { .. } | Progress::Error { .. })
+    }
+}
+
+/// A download in flight (or finished), shared by everyone who asked for it.
+pub struct Transfer {
+    /// Its id (`dl-3`).
+    pub id: String,
+    /// The reference it was started for.
+    pub reference: String,
+    state: Mutex<(u64, Progress)>,
+    changed: Condvar,
+}
+
+impl Transfer {
+    fn set(&self, p: Progress) {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        s.0 += 1;
+        s.1 = p;
+        drop(s);
+        self.changed.notify_all();
+    }
+
+    /// The latest progress and its generation.
+    pub fn current(&self) -> (u64, Progress) {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Waits (at most `timeout`) for progress newer than generation `seen`.
+    pub fn wait_newer(&self, seen: u64, timeout: Duration) -> (u64, Progress) {
+        let guard = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let (guard, _) = self
+            .changed
+            .wait_timeout_while(guard, timeout, |s| s.0 == seen)
+            .unwrap_or_else(|e| e.into_inner());
+        guard.clone()
+    }
+
+    /// Blocks until the transfer ends; the model, or the error.
+    pub fn wait(&self) -> Result<String, ApiError> {
+        let mut seen = 0;
+        loop {
+            let (g, p) = self.wait_newer(seen, Duration::from_secs(3600));
+            seen = g;
+            match p {
+                Progress::Complete { model_id, .. } => return Ok(model_id),
+                Progress::Error { error } => return Err(ApiError { error }),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// What [`Provisioner::ensure`] found.
+pub enum Ensured {
+    /// In the catalogue, file present.
+    Ready(Box<Model>),
+    /// Being downloaded.
+    Downloading(Arc<Transfer>),
+}
+
+/// The catalogue and the downloads.
+pub struct Provisioner {
+    catalog: Mutex<Catalog>,
+    models_dir: PathBuf,
+    hub: HubConfig,
+    transfers: Mutex<HashMap<String, Arc<Transfer>>>,
+    next: AtomicU64,
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A URL- and file-name-safe id from a name.
+fn slug(s: &str) -> String {
+    let s: String = s
+        .chars()
+        .map(|c| {
+            let c = c.to_ascii_lowercase();
+            if c.is_ascii_alphanumeric() || c == '.' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    s.trim_matches(['-', '.']).chars().take(120).collect()
+}
+
+impl Provisioner {
+    /// Opens `models.db` in `state_dir`, reconciles it with the files, and keeps models in
+    /// `models_dir`.
+    pub fn open(
+        state_dir: &Path,
+        models_dir: &Path,
+        hub: HubConfig,
+    ) -> Result<Provisioner, ApiError> {
+        let internal = |e: String| ApiError::new(ErrorCode::Internal, e);
+        let mut catalog =
+            Catalog::open(&state_dir.join("models.db")).map_err(|e| internal(e.to_string()))?;
+        let missing = catalog.reconcile().map_err(|e| internal(e.to_string()))?;
+        for id in missing {
+            tracing::warn!(%id, "catalogued model's file is gone; marked missing (it is fetched again when asked for)");
+        }
+        std::fs::create_dir_all(models_dir)
+            .map_err(|e| internal(format!("cannot create {}: {e}", models_dir.display())))?;
+        Ok(Provisioner {
+            catalog: Mutex::new(catalog),
+            models_dir: models_dir.to_path_buf(),
+            hub,
+            transfers: Mutex::default(),
+            next: AtomicU64::new(1),
+        })
+    }
+
+    /// The catalogue (short critical sections only).
+    pub fn catalog(&self) -> MutexGuard<'_, Catalog> {
+        self.catalog.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A transfer by id.
+    pub fn transfer(&self, id: &str) -> Option<Arc<Transfer>> {
+        self.transfers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .find(|t| t.id == id)
+            .cloned()
+    }
+
+    /// The model a reference names: from the catalogue, imported (file), or a download
+    /// started — or joined, when one for the same reference runs.
+    pub fn ensure(self: &Arc<Self>, reference: &str) -> Result<Ensured, ApiError> {
+        match ModelRef::parse(reference)? {
+            ModelRef::File { path } => self
+                .import(reference, &path)
+                .map(|m| Ensured::Ready(Box::new(m))),
+            ModelRef::Hf {
+                repo,
+                selector,
+                revision,
+            } => {
+                if let Some(m) = self.cached(&repo, &revision, &selector) {
+                    return Ok(Ensured::Ready(Box::new(m)));
+                }
+                let key = format!("{repo}\n{revision}\n{selector:?}");
+                let mut transfers = self.transfers.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(t) = transfers.get(&key) {
+                    if !t.current().1.is_final() {
+                        return Ok(Ensured::Downloading(Arc::clone(t)));
+                    }
+                }
+                let t = Arc::new(Transfer {
+                    id: format!("dl-{}", self.next.fetch_add(1, Ordering::Relaxed)),
+                    reference: reference.to_owned(),
+                    state: Mutex::new((1, Progress::Resolving)),
+                    changed: Condvar::new(),
+                });
+                transfers.insert(key, Arc::clone(&t));
+                drop(transfers);
+                let (me, t2) = (Arc::clone(self), Arc::clone(&t));
+                let reference = reference.to_owned();
+                std::thread::Builder::new()
+                    .name("download".into())
+                    .spawn(move || {
+                        let result = me.fetch(&reference, &repo, &revision, &selector, &t2);
+                        t2.set(match result {
+                            Ok(m) => {
+                                tracing::info!(model = %m.id, path = %m.local_path.display(), "model downloaded and verified");
+                                Progress::Complete {
+                                    local_path: m.local_path,
+                                    model_id: m.id,
+                                }
+                            }
+                            Err(e) => {
+                                tracing::error!(%reference, code = %e.error.code.as_str(), "download failed: {}", e.error.message);
+                                Progress::Error { error: e.error }
+                            }
+                        });
+                    })
+                    .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
+                Ok(Ensured::Downloading(t))
+            }
+        }
+    }
+
+    /// A ready catalogue row for this repository, revision and selector.
+    fn cached(&self, repo: &str, revision: &str, selector: &Selector) -> Option<Model> {
+        let all = self.catalog().by_provider("hf").ok()?;
+        let mut m: Vec<Model> = all
+            .into_iter()
+            .filter(|m| {
+                m.status == Status::Ready
+                    && m.repo.as_deref() == Some(repo)
+                    && (m.revision.as_deref() == Some(revision)
+                        || m.commit_sha.as_deref() == Some(revision))
+                    && std::fs::metadata(&m.local_path).is_ok_and(|md| md.len() == m.size_bytes)
+            })
+            .collect();
+        m.retain(|m| match selector {
+            Selector::Only => true,
+            Selector::File(f) => m.reference.contains(&format!("/{f}@")),
+            Selector::Quant(q) => {
+                let info = hub::RepoInfo {
+                    commit: String::new(),
+                    files: vec![hub::RepoFile {
+                        path: m.file_name.clone(),
+                        size: 0,
+                        sha256: None,
+                    }],
+                };
+                hub::choose(&info, &Selector::Quant(q.clone()), "").is_ok()
+            }
+        });
+        (m.len() == 1).then(|| m.remove(0))
+    }
+
+    fn fetch(
+        &self,
+        reference: &str,
+        repo: &str,
+        revision: &str,
+        selector: &Selector,
+        t: &Transfer,
+    ) -> Result<Model, ApiError> {
+        let info = hub::repo_info(&self.hub, repo, revision, reference)?;
+        let file = hub::choose(&info, selector, reference)?;
+        let name = file
+            .path
+            .rsplit('/')
+            .next()
+            .unwrap_or(&file.path)
+            .to_owned();
+        let dest = self
+            .models_dir
+            .join("hf")
+            .join(repo)
+            .join(&info.commit)
+            .join(&name);
+        let sha = hub::download(
+            &self.hub,
+            repo,
+            &info.commit,
+            &file,
+            &dest,
+            reference,
+            |tick| {
+                t.set(Progress::Downloading {
+                    bytes_downloaded: tick.bytes,
+                    bytes_total: tick.total,
+                    speed_mbps: (tick.speed_mbps * 100.0).round() / 100.0,
+                    attempt: tick.attempt,
+                })
+            },
+        )?;
+        let canonical = format!("hf:{repo}/{}@{revision}", file.path);
+        let model = describe(Model {
+            id: slug(&format!(
+                "{}--{}",
+                repo.replace('/', "--"),
+                name.trim_end_matches(".gguf")
+            )),
+            provider: "hf".into(),
+            reference: canonical,
+            repo: Some(repo.to_owned()),
+            revision: Some(revision.to_owned()),
+            commit_sha: Some(info.commit.clone()),
+            file_name: name,
+            local_path: dest,
+            size_bytes: file.size,
+            sha256: Some(sha),
+            downloaded_at_unix: now_unix(),
+            architecture: None,
+            parameter_count: None,
+            quantization: None,
+            context_length: None,
+            vocab_size: None,
+            status: Status::Ready,
+        });
+        self.catalog()
+            .insert(&model)
+            .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
+        Ok(model)
+    }
+
+    /// Records a local file in place (no copy).
+    fn import(&self, reference: &str, path: &Path) -> Result<Model, ApiError> {
+        let not_found = |why: String| {
+            ApiError::new(
+                ErrorCode::ModelNotFound,
+                format!("model {reference}: {why}"),
+            )
+            .detail("model_ref", reference)
+        };
+        let real = std::fs::canonicalize(path).map_err(|e| not_found(e.to_string()))?;
+        let meta = std::fs::metadata(&real).map_err(|e| not_found(e.to_string()))?;
+        if !meta.is_file() {
+            return Err(not_found("not a regular file".into()));
+        }
+        if let Err(e) = rbee_gguf::read_header(&real) {
+            return Err(ApiError::new(
+                ErrorCode::ModelInvalid,
+                format!("{} is not a usable GGUF model: {e}", real.display()),
+            )
+            .detail("model_ref", reference));
+        }
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let model = describe(Model {
+            id: slug(&format!("file--{}", name.trim_end_matches(".gguf"))),
+            provider: "file".into(),
+            reference: reference.to_owned(),
+            repo: None,
+            revision: None,
+            commit_sha: None,
+            file_name: name,
+            local_path: real,
+            size_bytes: meta.len(),
+            sha256: None,
+            downloaded_at_unix: now_unix(),
+            architecture: None,
+            parameter_count: None,
+            quantization: None,
+            context_length: None,
+            vocab_size: None,
+            status: Status::Ready,
+        });
+        let mut cat = self.catalog();
+        let existing = cat.by_reference(reference).ok().flatten();
+        match existing {
+            Some(m) if m.local_path == model.local_path && m.size_bytes == model.size_bytes => {
+                Ok(m)
+            }
+            _ => {
+                cat.insert(&model)
+                    .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
+                Ok(model)
+            }
+        }
+    }
+
+    /// Deletes a model's row and (for downloaded models) its file.
+    pub fn remove(&self, id: &str) -> Result<Model, ApiError> {
+        let m = self
+            .catalog()
+            .remove(id)
+            .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?
+            .ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::ModelNotFound,
+                    format!("no model {id} in the catalogue"),
+                )
+                .detail("id", id)
+            })?;
+        if m.provider == "hf" {
+            let _ = std::fs::remove_file(&m.local_path);
+        }
+        Ok(m)
+    }
+}
+
+/// Fills the GGUF metadata of a catalogue row from the file's header.
+fn describe(mut m: Model) -> Model {
+    if let Ok(h) = rbee_gguf::read_header(&m.local_path) {
+        m.architecture = h.architecture().map(str::to_owned);
+        m.context_length = h.context_length();
+        m.vocab_size = h.vocab_size();
+        m.quantization = h.quantization();
+        m.parameter_count = Some(h.parameters);
+    }
+    m
+}
