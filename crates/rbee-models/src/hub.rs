@@ -519,7 +519,10 @@ fn attempt_once(
                 )))
             }
             Outcome::Status(code, _) => return Err(Failure::Retry(format!("HTTP {code}"), false)),
-            Outcome::Transport(e) => return Err(Failure::Retry(e, false)),
+            Outcome::Transport(e) => {
+                let stalled = e.contains("timed out");
+                return Err(Failure::Retry(e, stalled));
+            }
         };
         if resp.status() == 200 && offset > 0 {
             // The server ignored the Range: start over from byte 0.
@@ -552,10 +555,11 @@ fn attempt_once(
                 }
                 Ok(n) => n.min((file.size - offset) as usize),
                 Err(e) => {
+                    // ureq reports its read timeout as an io error whose kind varies.
                     let stalled = matches!(
                         e.kind(),
                         std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
-                    );
+                    ) || e.to_string().contains("timed out");
                     let why = if stalled {
                         format!("no data for {:?} at byte {offset}", cfg.stall)
                     } else {

@@ -4,6 +4,7 @@
 
 pub mod container;
 pub mod http;
+pub mod hub;
 pub mod model;
 pub mod process;
 pub mod systemd;

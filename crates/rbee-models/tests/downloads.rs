@@ -1,0 +1,430 @@
+//! Downloads against the test hub (a real HTTP server on loopback) with every fault.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rbee_models::hub::{partial_path, HubConfig};
+use rbee_models::provisioner::{Ensured, Progress, Provisioner, Transfer};
+use rbee_test_support::hub::{sha256_file, Faults, Hub};
+use rbee_test_support::model::TempDir;
+use rbee_types::ErrorCode;
+
+const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
+
+/// An 8 MiB fixture (content does not matter to the transfer).
+fn fixture(dir: &TempDir, name: &str, mib: usize) -> PathBuf {
+    let p = dir.join(name);
+    let data: Vec<u8> = (0..mib << 20).map(|i| (i * 31 % 251) as u8).collect();
+    std::fs::write(&p, data).unwrap();
+    p
+}
+
+struct Env {
+    hub: Hub,
+    prov: Arc<Provisioner>,
+    models: PathBuf,
+    src: PathBuf,
+    _dirs: (TempDir, TempDir),
+}
+
+fn env_with(attempts: u32, token: Option<&str>, models: Option<PathBuf>) -> Env {
+    let fixtures = TempDir::new("hub-fixtures");
+    let src = fixture(&fixtures, "smol-Q4_1.gguf", 8);
+    let hub = Hub::start();
+    hub.add_repo("org/smol", COMMIT, &[("smol-Q4_1.gguf", &src)]);
+    let state = TempDir::new("prov-state");
+    let models = models.unwrap_or_else(|| state.join("models"));
+    let cfg = HubConfig {
+        endpoint: hub.endpoint(),
+        token: token.map(str::to_owned),
+        stall: Duration::from_millis(700),
+        attempts,
+        backoff: Duration::from_millis(10),
+    };
+    let prov = Arc::new(Provisioner::open(&state.0, &models, cfg).unwrap());
+    Env {
+        hub,
+        prov,
+        models,
+        src,
+        _dirs: (fixtures, state),
+    }
+}
+
+fn env() -> Env {
+    env_with(6, None, None)
+}
+
+/// Follows a transfer to its end, collecting every event.
+fn follow(t: &Transfer) -> Vec<Progress> {
+    let mut seen = 0;
+    let mut out = vec![];
+    loop {
+        let (g, p) = t.wait_newer(seen, Duration::from_secs(60));
+        assert_ne!(g, seen, "no progress for 60 s");
+        seen = g;
+        out.push(p.clone());
+        if p.is_final() {
+            return out;
+        }
+    }
+}
+
+fn start(e: &Env, reference: &str) -> Arc<Transfer> {
+    match e.prov.ensure(reference).unwrap() {
+        Ensured::Downloading(t) => t,
+        Ensured::Ready(m) => panic!("unexpectedly cached: {m:?}"),
+    }
+}
+
+fn final_file(e: &Env) -> PathBuf {
+    e.models
+        .join("hf/org/smol")
+        .join(COMMIT)
+        .join("smol-Q4_1.gguf")
+}
+
+fn assert_monotonic(events: &[Progress]) {
+    let mut last = 0;
+    for p in events {
+        if let Progress::Downloading {
+            bytes_downloaded,
+            bytes_total,
+            ..
+        } = p
+        {
+            assert!(*bytes_downloaded >= last, "bytes went back: {events:?}");
+            assert!(bytes_downloaded <= bytes_total);
+            last = *bytes_downloaded;
+        }
+    }
+}
+
+fn error_code(events: &[Progress]) -> ErrorCode {
+    match events.last() {
+        Some(Progress::Error { error }) => error.code,
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
+
+fn nothing_left(e: &Env) {
+    let dest = final_file(e);
+    assert!(!dest.exists(), "no file at the final path");
+    assert!(
+        e.prov.catalog().list().unwrap().is_empty(),
+        "no catalogue row"
+    );
+}
+
+#[test]
+fn a_clean_download_is_verified_catalogued_and_then_served_from_the_catalogue() {
+    let e = env();
+    let events = follow(&start(&e, "hf:org/smol"));
+    assert_monotonic(&events);
+    let Some(Progress::Complete {
+        local_path,
+        model_id,
+    }) = events.last()
+    else {
+        panic!("{events:?}")
+    };
+    assert_eq!(local_path, &final_file(&e));
+    assert_eq!(sha256_file(local_path), sha256_file(&e.src));
+    assert!(!partial_path(local_path).exists());
+    let row = e.prov.catalog().get(model_id).unwrap().unwrap();
+    assert_eq!(row.sha256.as_deref(), Some(sha256_file(&e.src).as_str()));
+    assert_eq!(row.commit_sha.as_deref(), Some(COMMIT));
+    assert_eq!(row.reference, "hf:org/smol/smol-Q4_1.gguf@main");
+    // Asked again, by quantization or by file: no transfer.
+    for r in [
+        "hf:org/smol",
+        "hf:org/smol:Q4_1",
+        "hf:org/smol/smol-Q4_1.gguf",
+    ] {
+        assert!(
+            matches!(e.prov.ensure(r).unwrap(), Ensured::Ready(_)),
+            "{r}"
+        );
+    }
+    assert_eq!(e.hub.counters.downloads.load(Ordering::Relaxed), 1);
+}
+
+#[test]
+fn a_cut_connection_resumes_with_range_and_keeps_progress_monotonic() {
+    let e = env();
+    e.hub.set_faults(Faults {
+        cut_at: Some((0.4, 1)),
+        ..Default::default()
+    });
+    let events = follow(&start(&e, "hf:org/smol"));
+    assert!(
+        matches!(events.last(), Some(Progress::Complete { .. })),
+        "{events:?}"
+    );
+    assert_monotonic(&events);
+    assert_eq!(
+        e.hub.counters.downloads.load(Ordering::Relaxed),
+        2,
+        "one retry"
+    );
+    let size = std::fs::metadata(&e.src).unwrap().len();
+    assert_eq!(
+        e.hub.counters.bytes.load(Ordering::Relaxed),
+        size,
+        "no byte sent twice"
+    );
+    assert_eq!(sha256_file(&final_file(&e)), sha256_file(&e.src));
+}
+
+#[test]
+fn a_server_ignoring_range_makes_the_download_start_over_and_still_verify() {
+    let e = env();
+    e.hub.set_faults(Faults {
+        cut_at: Some((0.4, 1)),
+        ignore_range: true,
+        ..Default::default()
+    });
+    let events = follow(&start(&e, "hf:org/smol"));
+    assert!(
+        matches!(events.last(), Some(Progress::Complete { .. })),
+        "{events:?}"
+    );
+    assert_eq!(sha256_file(&final_file(&e)), sha256_file(&e.src));
+}
+
+#[test]
+fn a_wrong_checksum_is_retried_then_refused_leaving_nothing_behind() {
+    let e = env_with(3, None, None);
+    e.hub.set_faults(Faults {
+        wrong_sha: true,
+        ..Default::default()
+    });
+    let events = follow(&start(&e, "hf:org/smol"));
+    assert_eq!(error_code(&events), ErrorCode::ChecksumMismatch);
+    assert_eq!(
+        e.hub.counters.downloads.load(Ordering::Relaxed),
+        3,
+        "every attempt"
+    );
+    nothing_left(&e);
+    assert!(
+        !partial_path(&final_file(&e)).exists(),
+        "a bad file is deleted"
+    );
+}
+
+#[test]
+fn a_stall_counts_as_a_failed_attempt_and_ends_in_download_timeout() {
+    let e = env_with(2, None, None);
+    e.hub.set_faults(Faults {
+        stall_at: Some((0.5, 2)),
+        ..Default::default()
+    });
+    let events = follow(&start(&e, "hf:org/smol"));
+    assert_eq!(
+        error_code(&events),
+        ErrorCode::DownloadTimeout,
+        "{events:?}"
+    );
+    assert_eq!(e.hub.counters.downloads.load(Ordering::Relaxed), 2);
+    nothing_left(&e);
+    // The partial file stays for the next request, which resumes it.
+    assert!(partial_path(&final_file(&e)).exists());
+    let events = follow(&start(&e, "hf:org/smol"));
+    assert!(
+        matches!(events.last(), Some(Progress::Complete { .. })),
+        "{events:?}"
+    );
+    assert_eq!(sha256_file(&final_file(&e)), sha256_file(&e.src));
+}
+
+#[test]
+fn missing_repositories_and_files_are_model_not_found_without_retries() {
+    let e = env();
+    let events = follow(&start(&e, "hf:org/nope"));
+    assert_eq!(error_code(&events), ErrorCode::ModelNotFound);
+    let events = follow(&start(&e, "hf:org/smol:Q8_0"));
+    assert_eq!(error_code(&events), ErrorCode::ModelNotFound);
+    if let Some(Progress::Error { error }) = events.last() {
+        assert!(
+            error.message.contains("smol-Q4_1.gguf"),
+            "lists what there is: {}",
+            error.message
+        );
+    }
+    e.hub.set_faults(Faults {
+        resolve_status: Some(404),
+        ..Default::default()
+    });
+    let events = follow(&start(&e, "hf:org/smol"));
+    assert_eq!(error_code(&events), ErrorCode::ModelNotFound);
+    assert_eq!(
+        e.hub.counters.downloads.load(Ordering::Relaxed),
+        1,
+        "404 is final"
+    );
+    nothing_left(&e);
+}
+
+#[test]
+fn a_gated_repository_needs_the_token_and_the_token_never_leaves_the_hub() {
+    for (token, ok) in [
+        (None, false),
+        (Some("wrong"), false),
+        (Some("hf_good"), true),
+    ] {
+        let e = env_with(6, token, None);
+        e.hub.set_faults(Faults {
+            token: Some("hf_good".into()),
+            redirect: true,
+            ..Default::default()
+        });
+        let events = follow(&start(&e, "hf:org/smol"));
+        if ok {
+            assert!(
+                matches!(events.last(), Some(Progress::Complete { .. })),
+                "{events:?}"
+            );
+        } else {
+            assert_eq!(
+                error_code(&events),
+                ErrorCode::ModelAccessDenied,
+                "{token:?}"
+            );
+            let Some(Progress::Error { error }) = events.last() else {
+                unreachable!()
+            };
+            assert!(error.message.contains("HF_TOKEN"), "{}", error.message);
+            nothing_left(&e);
+        }
+        assert_eq!(
+            e.hub.counters.token_leaks.load(Ordering::Relaxed),
+            0,
+            "token sent to the CDN"
+        );
+    }
+}
+
+#[test]
+fn a_slow_trickle_still_completes() {
+    let e = env();
+    e.hub.set_faults(Faults {
+        trickle: Some(16 << 20),
+        ..Default::default()
+    });
+    let events = follow(&start(&e, "hf:org/smol"));
+    assert!(
+        matches!(events.last(), Some(Progress::Complete { .. })),
+        "{events:?}"
+    );
+    let downloading = events
+        .iter()
+        .filter(|p| matches!(p, Progress::Downloading { .. }))
+        .count();
+    assert!(downloading >= 2, "progress along the way: {events:?}");
+}
+
+#[test]
+fn eight_concurrent_requests_share_one_transfer() {
+    let e = env();
+    e.hub.set_faults(Faults {
+        trickle: Some(32 << 20),
+        ..Default::default()
+    });
+    let transfers: Vec<_> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..8)
+            .map(|_| s.spawn(|| start(&e, "hf:org/smol")))
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let ids: std::collections::BTreeSet<_> = transfers.iter().map(|t| t.id.clone()).collect();
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    for t in &transfers {
+        t.wait().unwrap();
+    }
+    assert_eq!(e.hub.counters.downloads.load(Ordering::Relaxed), 1);
+}
+
+/// A size-limited tmpfs as the models directory (needs root to mount).
+struct SmallDisk(PathBuf);
+
+impl SmallDisk {
+    fn mount(dir: &Path, bytes: u64) -> Option<SmallDisk> {
+        std::fs::create_dir_all(dir).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        rbee_test_support::skip_unless!(ok, "cannot mount a small tmpfs (needs root)");
+        Some(SmallDisk(dir.to_path_buf()))
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn too_little_disk_is_refused_before_starting_with_the_numbers() {
+    let outer = TempDir::new("small-disk");
+    let Some(disk) = SmallDisk::mount(&outer.join("models"), 4 << 20) else {
+        return;
+    };
+    let e = env_with(6, None, Some(disk.0.clone()));
+    let events = follow(&start(&e, "hf:org/smol"));
+    assert_eq!(error_code(&events), ErrorCode::InsufficientDisk);
+    let Some(Progress::Error { error }) = events.last() else {
+        unreachable!()
+    };
+    assert_eq!(error.details["required_bytes"], 8u64 << 20);
+    assert!(error.details["free_up_bytes"].as_u64().unwrap() > 0);
+    assert_eq!(
+        e.hub.counters.downloads.load(Ordering::Relaxed),
+        0,
+        "no byte fetched"
+    );
+    nothing_left(&e);
+}
+
+#[test]
+fn a_disk_that_fills_up_mid_way_leaves_no_partial_file_and_says_so() {
+    let outer = TempDir::new("small-disk");
+    let Some(disk) = SmallDisk::mount(&outer.join("models"), 12 << 20) else {
+        return;
+    };
+    let e = env_with(6, None, Some(disk.0.clone()));
+    e.hub.set_faults(Faults {
+        trickle: Some(8 << 20),
+        ..Default::default()
+    });
+    let t = start(&e, "hf:org/smol");
+    // Once the transfer is under way, something else takes the space.
+    let (mut seen, mut hog) = (0, None);
+    while hog.is_none() {
+        let (g, p) = t.wait_newer(seen, Duration::from_secs(30));
+        seen = g;
+        if let Progress::Downloading {
+            bytes_downloaded, ..
+        } = p
+        {
+            if bytes_downloaded > 1 << 20 {
+                let filler = disk.0.join("hog");
+                let _ = std::fs::write(&filler, vec![0u8; 6 << 20]);
+                hog = Some(filler);
+            }
+        }
+        assert!(!p.is_final(), "{p:?}");
+    }
+    let events = follow(&t);
+    assert_eq!(error_code(&events), ErrorCode::InsufficientDisk);
+    assert!(
+        !partial_path(&final_file(&e)).exists(),
+        "partial file removed"
+    );
+    nothing_left(&e);
+}
