@@ -13,7 +13,7 @@ use serde_json::json;
 use tiny_http::{Method, Request};
 
 use crate::hive::{worker_not_found, Hive, SpawnRequest};
-use crate::{logs, resources};
+use crate::{logs, models, resources};
 
 /// Requests handled at once before new ones get 503 `OVERLOADED`.
 pub const MAX_IN_FLIGHT: u32 = 256;
@@ -58,6 +58,10 @@ enum Route {
     Ready,
     Shutdown(String),
     Logs(String),
+    Models,
+    Download,
+    DownloadProgress,
+    DeleteModel(String),
 }
 
 fn route(path: &str) -> Option<(Route, Method)> {
@@ -68,6 +72,16 @@ fn route(path: &str) -> Option<(Route, Method)> {
         "/v1/workers/list" => (Route::List, Method::Get),
         "/v1/workers/spawn" => (Route::Spawn, Method::Post),
         "/v1/workers/ready" => (Route::Ready, Method::Post),
+        "/v1/models" => (Route::Models, Method::Get),
+        "/v1/models/download" => (Route::Download, Method::Post),
+        "/v1/models/download/progress" => (Route::DownloadProgress, Method::Get),
+        p if p.starts_with("/v1/models/") => {
+            let id = p.strip_prefix("/v1/models/")?;
+            if id.is_empty() || id.contains('/') {
+                return None;
+            }
+            (Route::DeleteModel(id.to_owned()), Method::Delete)
+        }
         p => {
             let rest = p.strip_prefix("/v1/workers/")?;
             let (id, tail) = rest.split_once('/').unwrap_or((rest, ""));
@@ -167,6 +181,10 @@ fn handle(hive: &Hive, request: Request) {
             Ok(()) => respond_json(request, 200, &json!({ "stopped": id })),
             Err(e) => respond_error(request, &e),
         },
+        Route::Models => models::list(hive, request),
+        Route::Download => models::download(hive, request, MAX_BODY),
+        Route::DownloadProgress => models::progress(hive, request, query_param(&url, "id")),
+        Route::DeleteModel(id) => models::delete(hive, request, &id),
         Route::Logs(id) => {
             let lines = match query_param(&url, "lines").map(str::parse::<usize>) {
                 None => 100,
@@ -186,7 +204,7 @@ fn handle(hive: &Hive, request: Request) {
 }
 
 /// `invalid JSON` vs `unknown field`, with the position or the field.
-fn json_error(e: &serde_json::Error) -> ApiError {
+pub fn json_error(e: &serde_json::Error) -> ApiError {
     let msg = e.to_string();
     if msg.contains("unknown field") {
         ApiError::new(ErrorCode::UnknownField, format!("the request has {msg}"))

@@ -202,6 +202,12 @@ pub struct Config {
     /// Stop every worker when the hive gets SIGTERM (set false to keep workers across
     /// hive restarts; they are adopted on the next start either way).
     pub stop_workers_on_exit: bool,
+    /// Where downloaded models live (default `<state_dir>/models`).
+    pub models_dir: Option<PathBuf>,
+    /// Seconds without a byte before a download attempt counts as stalled.
+    pub download_stall_secs: u64,
+    /// Attempts per download (exponential backoff from 1 s between them).
+    pub download_attempts: u32,
     /// Limits below what the machine has.
     pub limits: Limits,
 }
@@ -226,6 +232,9 @@ impl Default for Config {
             worker_binary: None,
             worker_logs: WorkerLogs::Auto,
             stop_workers_on_exit: true,
+            models_dir: None,
+            download_stall_secs: 60,
+            download_attempts: 6,
             limits: Limits::default(),
         }
     }
@@ -336,9 +345,16 @@ impl Config {
                 self.state_dir.display()
             ));
         }
+        if self.download_stall_secs == 0 || !(1..=20).contains(&self.download_attempts) {
+            return err(
+                "download_stall_secs must be at least 1 and download_attempts between 1 and 20"
+                    .into(),
+            );
+        }
         for (name, path) in [
             ("api_key_file", &self.api_key_file),
             ("worker_binary", &self.worker_binary),
+            ("models_dir", &self.models_dir),
         ] {
             if let Some(path) = path {
                 if !path.is_absolute() {
@@ -355,6 +371,13 @@ impl Config {
     /// The directory of worker records and keys.
     pub fn workers_dir(&self) -> PathBuf {
         self.state_dir.join("workers")
+    }
+
+    /// The directory of downloaded models.
+    pub fn models_dir(&self) -> PathBuf {
+        self.models_dir
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("models"))
     }
 
     /// The directory of worker log files.
@@ -398,6 +421,9 @@ mod tests {
             worker_binary = "/opt/rbee/llm-worker-rbee"
             worker_logs = "file"
             stop_workers_on_exit = false
+            models_dir = "/srv/models"
+            download_stall_secs = 30
+            download_attempts = 3
             [limits]
             ram_bytes = 1000
             vram_bytes = 2000

@@ -79,6 +79,13 @@ fn run_inner(config: Config) -> anyhow::Result<()> {
         config.host.to_string()
     };
     let hive_url = format!("http://{host}:{}", config.port);
+    let mut hub = rbee_models::hub::HubConfig::from_env();
+    hub.stall = Duration::from_secs(config.download_stall_secs);
+    hub.attempts = config.download_attempts;
+    tracing::info!(endpoint = %hub.endpoint, token = hub.token.is_some(), "Hugging Face hub");
+    let models =
+        rbee_models::provisioner::Provisioner::open(&config.state_dir, &config.models_dir(), hub)
+            .map_err(|e| anyhow::anyhow!("{}", e.error.message))?;
     let hive = Arc::new(Hive::new(
         config,
         api_key,
@@ -87,7 +94,9 @@ fn run_inner(config: Config) -> anyhow::Result<()> {
         worker_binary,
         hive_url.clone(),
         journal,
+        Arc::new(models),
     ));
+    let _ = hive.me.set(Arc::downgrade(&hive));
     hive.adopt();
 
     {

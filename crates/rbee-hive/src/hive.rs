@@ -4,7 +4,7 @@
 use std::net::{IpAddr, TcpListener};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rbee_supervisor::unit_name::worker_unit;
@@ -13,13 +13,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
 use crate::logs;
-use crate::model_ref::{self, slug};
+use crate::naming::slug;
 use crate::preflight::{self, Need, Snapshot};
 use crate::registry::{
     now_unix, store, Failure, Registry, Worker, WorkerSpec, WorkerState, WorkerView,
 };
 use crate::resources;
 use crate::supervisor::{Event, Launch, StartError, Supervisor};
+use rbee_models::provisioner::{Ensured, Provisioner, Transfer};
 
 /// Port tries for one worker before the spawn is given up.
 pub const MAX_PORT_ATTEMPTS: u32 = 5;
@@ -51,13 +52,33 @@ fn default_backend() -> String {
 /// The answer to a spawn.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SpawnResponse {
-    /// The worker (state `loading` when new).
-    pub worker: WorkerView,
+    /// The worker (state `loading` when new); `None` while its model downloads.
+    pub worker: Option<WorkerView>,
     /// Whether an existing worker was reused.
     pub reused: bool,
+    /// The download the worker waits for (its model was not here yet); the worker is
+    /// started when it completes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub download: Option<DownloadRef>,
     /// How the previous worker of this model ended, if it failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_failure: Option<Failure>,
+}
+
+/// A download a spawn waits for.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DownloadRef {
+    /// Transfer id.
+    pub id: String,
+    /// `GET` this for the SSE progress stream.
+    pub progress_url: String,
+}
+
+/// A model resolved to a local file.
+struct LocalModel {
+    path: PathBuf,
+    model_id: String,
+    bytes: u64,
 }
 
 /// Everything the hive's threads share.
@@ -80,7 +101,11 @@ pub struct Hive {
     pub journal: bool,
     /// Set on SIGTERM: no new workers.
     pub draining: AtomicBool,
+    /// The model catalogue and downloads.
+    pub models: Arc<Provisioner>,
     spawn_lock: Mutex<()>,
+    /// A handle to itself, for work that outlives a request (spawning after a download).
+    pub me: std::sync::OnceLock<std::sync::Weak<Hive>>,
 }
 
 fn spawn_failed(msg: String) -> ApiError {
@@ -98,6 +123,7 @@ impl Hive {
         worker_binary: PathBuf,
         hive_url: String,
         journal: bool,
+        models: Arc<Provisioner>,
     ) -> Hive {
         Hive {
             config,
@@ -108,8 +134,10 @@ impl Hive {
             worker_binary,
             hive_url,
             journal,
+            models,
             draining: AtomicBool::new(false),
             spawn_lock: Mutex::new(()),
+            me: std::sync::OnceLock::new(),
         }
     }
 
@@ -134,7 +162,18 @@ impl Hive {
                 .detail("field", "ctx_size"));
             }
         }
-        let model = model_ref::resolve(&req.model_ref)?;
+        let model = match self.models.ensure(&req.model_ref)? {
+            Ensured::Ready(m) => LocalModel {
+                model_id: m
+                    .file_name
+                    .strip_suffix(".gguf")
+                    .unwrap_or(&m.file_name)
+                    .to_owned(),
+                path: m.local_path,
+                bytes: m.size_bytes,
+            },
+            Ensured::Downloading(t) => return Ok((202, self.spawn_after(t, req))),
+        };
         let _serial = self.spawn_lock.lock().unwrap_or_else(|e| e.into_inner());
         if self.draining.load(Ordering::Acquire) {
             return Err(ApiError::new(
@@ -150,8 +189,9 @@ impl Hive {
             return Ok((
                 200,
                 SpawnResponse {
-                    worker: w.view(),
+                    worker: Some(w.view()),
                     reused: true,
+                    download: None,
                     previous_failure: None,
                 },
             ));
@@ -217,8 +257,9 @@ impl Hive {
                     return Ok((
                         202,
                         SpawnResponse {
-                            worker: w.view(),
+                            worker: Some(w.view()),
                             reused: false,
+                            download: None,
                             previous_failure,
                         },
                     ))
@@ -235,6 +276,47 @@ impl Hive {
             "64 workers of {} exist already",
             model.model_id
         )))
+    }
+
+    /// The model is downloading: answer with the download, and spawn when it completes
+    /// (a failed download is reported on the next spawn of the model).
+    fn spawn_after(self: &Hive, t: Arc<Transfer>, req: &SpawnRequest) -> SpawnResponse {
+        let download = DownloadRef {
+            id: t.id.clone(),
+            progress_url: format!("/v1/models/download/progress?id={}", t.id),
+        };
+        tracing::info!(model = %req.model_ref, download = %t.id, "model not here yet; the worker starts once it is downloaded");
+        if let Some(me) = self.me.get().and_then(std::sync::Weak::upgrade) {
+            let req = req.clone();
+            std::thread::spawn(move || match t.wait() {
+                Ok(_) => match me.spawn(&req) {
+                    Ok((_, r)) => {
+                        tracing::info!(model = %req.model_ref, worker = ?r.worker.map(|w| w.id), "model downloaded; worker started")
+                    }
+                    Err(e) => {
+                        tracing::error!(model = %req.model_ref, "model downloaded but the worker did not start: {e}")
+                    }
+                },
+                Err(e) => {
+                    me.registry.record_failure(
+                        &req.model_ref,
+                        Failure {
+                            worker_id: String::new(),
+                            unit: String::new(),
+                            exit: format!("the model's download failed: {e}"),
+                            last_log_lines: vec![],
+                            at_unix: now_unix(),
+                        },
+                    );
+                }
+            });
+        }
+        SpawnResponse {
+            worker: None,
+            reused: false,
+            download: Some(download),
+            previous_failure: self.registry.take_failure(&req.model_ref),
+        }
     }
 
     /// Writes the record, registers the worker as loading, and asks the supervisor to start

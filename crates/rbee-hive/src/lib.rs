@@ -4,21 +4,22 @@
 //!
 //! - [`config`]: the TOML file and the command line.
 //! - [`daemon`]: the process's life (sd-notify, signals, shutdown cascade).
-//! - [`api`]: HTTP routes.
+//! - [`api`]: HTTP routes; [`models`]: the model routes (catalogue, downloads).
 //! - [`hive`]: spawn (reuse, preflight, ports, unit names), stop, adoption, events.
 //! - [`registry`]: the workers in memory and their record files.
 //! - [`supervisor`]: systemd or child processes, behind one interface.
 //! - [`monitor`]: health checks and the idle timeout.
 //! - [`preflight`], [`resources`]: what the machine has and whether a worker fits.
-//! - [`model_ref`]: model references; [`logs`]: worker log lines.
+//! - [`naming`]: worker ids; [`logs`]: worker log lines; models come from `rbee-models`.
 
 pub mod api;
 pub mod config;
 pub mod daemon;
 pub mod hive;
 pub mod logs;
-pub mod model_ref;
+pub mod models;
 pub mod monitor;
+pub mod naming;
 pub mod preflight;
 pub mod registry;
 pub mod resources;

@@ -362,7 +362,12 @@ impl Provisioner {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let model = describe(Model {
-            id: slug(&format!("file--{}", name.trim_end_matches(".gguf"))),
+            // Two files of one name in different folders are two models.
+            id: slug(&format!(
+                "file--{}-{:08x}",
+                name.trim_end_matches(".gguf"),
+                fnv32(reference)
+            )),
             provider: "file".into(),
             reference: reference.to_owned(),
             repo: None,
@@ -412,6 +417,12 @@ impl Provisioner {
         }
         Ok(m)
     }
+}
+
+fn fnv32(s: &str) -> u32 {
+    s.bytes().fold(0x811c_9dc5, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    })
 }
 
 /// Fills the GGUF metadata of a catalogue row from the file's header.

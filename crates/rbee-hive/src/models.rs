@@ -1,0 +1,131 @@
+//! The hive's model routes: the catalogue, downloads and their progress streams.
+
+use std::time::Duration;
+
+use rbee_http::{read_body, respond_error, respond_json, SseWriter};
+use rbee_models::provisioner::{Ensured, Progress};
+use rbee_types::{ApiError, ErrorCode};
+use serde::Deserialize;
+use serde_json::json;
+use tiny_http::Request;
+
+use crate::hive::Hive;
+
+/// `POST /v1/models/download`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DownloadRequest {
+    model_ref: String,
+}
+
+/// `GET /v1/models`.
+pub fn list(hive: &Hive, request: Request) {
+    match hive.models.catalog().list() {
+        Ok(models) => respond_json(request, 200, &json!({ "models": models })),
+        Err(e) => respond_error(request, &ApiError::new(ErrorCode::Internal, e.to_string())),
+    }
+}
+
+/// `POST /v1/models/download` {model_ref}: 200 with the model when it is here, else 202
+/// with the (new or joined) download.
+pub fn download(hive: &Hive, mut request: Request, max_body: usize) {
+    let body = match read_body(&mut request, max_body) {
+        Ok(b) => b,
+        Err(e) => return respond_error(request, &e),
+    };
+    let req: DownloadRequest = match serde_json::from_str(&body) {
+        Ok(r) => r,
+        Err(e) => return respond_error(request, &crate::api::json_error(&e)),
+    };
+    match hive.models.ensure(&req.model_ref) {
+        Ok(Ensured::Ready(m)) => respond_json(request, 200, &json!({ "model": m })),
+        Ok(Ensured::Downloading(t)) => respond_json(
+            request,
+            202,
+            &json!({
+                "download_id": t.id,
+                "progress_url": format!("/v1/models/download/progress?id={}", t.id),
+            }),
+        ),
+        Err(e) => respond_error(request, &e),
+    }
+}
+
+/// `GET /v1/models/download/progress?id=…`: SSE of progress events, ending with
+/// `complete` or `error`, then `[DONE]`.
+pub fn progress(hive: &Hive, request: Request, id: Option<&str>) {
+    let Some(t) = id.and_then(|id| hive.models.transfer(id)) else {
+        let e = ApiError::new(
+            ErrorCode::NotFound,
+            "no such download; POST /v1/models/download returns the id",
+        )
+        .detail("id", id.unwrap_or(""));
+        return respond_error(request, &e);
+    };
+    let Ok(mut sse) = SseWriter::start(request, &[]) else {
+        return;
+    };
+    let mut seen = 0;
+    loop {
+        let (g, p) = t.wait_newer(seen, Duration::from_secs(10));
+        if g == seen {
+            if sse.comment("keep-alive").is_err() {
+                return;
+            }
+            continue;
+        }
+        seen = g;
+        if sse.json(&p).is_err() {
+            return;
+        }
+        if matches!(p, Progress::Complete { .. } | Progress::Error { .. }) {
+            let _ = sse.done();
+            return;
+        }
+    }
+}
+
+/// `DELETE /v1/models/{id}`: the row and (downloaded models) the file; refused while a
+/// worker uses it.
+pub fn delete(hive: &Hive, request: Request, id: &str) {
+    let model = match hive.models.catalog().get(id) {
+        Ok(Some(m)) => m,
+        Ok(None) => {
+            let e = ApiError::new(
+                ErrorCode::ModelNotFound,
+                format!("no model {id} in the catalogue; GET /v1/models lists them"),
+            )
+            .detail("id", id);
+            return respond_error(request, &e);
+        }
+        Err(e) => {
+            return respond_error(request, &ApiError::new(ErrorCode::Internal, e.to_string()))
+        }
+    };
+    let users: Vec<String> = hive
+        .registry
+        .all()
+        .into_iter()
+        .filter(|w| w.spec.model_path == model.local_path)
+        .map(|w| w.spec.id)
+        .collect();
+    if !users.is_empty() {
+        let e = ApiError::new(
+            ErrorCode::ModelInUse,
+            format!(
+                "model {id} is in use by worker(s) {}; stop them first (POST /v1/workers/{{id}}/shutdown)",
+                users.join(", ")
+            ),
+        )
+        .detail("workers", users);
+        return respond_error(request, &e);
+    }
+    match hive.models.remove(id) {
+        Ok(m) => respond_json(
+            request,
+            200,
+            &json!({ "removed": m.id, "file_deleted": m.provider == "hf" }),
+        ),
+        Err(e) => respond_error(request, &e),
+    }
+}
