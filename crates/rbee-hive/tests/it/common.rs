@@ -193,7 +193,12 @@ impl Hive {
 
     /// Spawns and waits until the worker is idle; returns it.
     pub fn ready_worker(&self, model: &Path) -> Value {
-        let r = self.spawn_model(model);
+        self.ready_worker_ref(&file_ref(model))
+    }
+
+    /// Spawns a model reference and waits until its worker is idle; returns it.
+    pub fn ready_worker_ref(&self, reference: &str) -> Value {
+        let r = self.post("/v1/workers/spawn", &json!({ "model_ref": reference }));
         assert!(r.status == 202 || r.status == 200, "{}", r.body);
         let id = r.json()["worker"]["id"].as_str().unwrap().to_owned();
         self.wait_state(&id, "idle", Duration::from_secs(120))

@@ -3,6 +3,7 @@
 
 mod api;
 mod common;
+mod models;
 mod process;
 mod system;
 mod systemd;

@@ -1,0 +1,284 @@
+//! The hive's models: Hugging Face downloads (from the test hub on loopback) with progress,
+//! the catalogue, spawning a model that is not here yet, and a download surviving a
+//! SIGKILL of the hive.
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use rbee_test_support::http::{send, Sse};
+use rbee_test_support::hub::{sha256_file, Faults, Hub};
+use serde_json::{json, Value};
+
+use crate::common::*;
+
+const COMMIT: &str = "feedfacefeedfacefeedfacefeedfacefeedface";
+
+fn hub_with(model: &Path) -> Hub {
+    let hub = Hub::start();
+    hub.add_repo(
+        "org/smol",
+        COMMIT,
+        &[("SmolLM2-135M-Instruct.Q4_1.gguf", model)],
+    );
+    // Two quantizations: naming neither is ambiguous.
+    hub.add_repo(
+        "org/multi",
+        COMMIT,
+        &[("m.Q4_1.gguf", model), ("m.Q8_0.gguf", model)],
+    );
+    hub
+}
+
+fn opts(hub: &Hub) -> Opts {
+    Opts {
+        env: vec![("HF_ENDPOINT", hub.endpoint())],
+        extra: "download_stall_secs = 5\n".into(),
+        ..Opts::new("process")
+    }
+}
+
+/// Follows a progress stream to its end; returns the events (without `[DONE]`).
+fn follow(hive: &Hive, progress_url: &str) -> Vec<Value> {
+    let mut sse =
+        Sse::get(&format!("{}{progress_url}", hive.url)).unwrap_or_else(|r| panic!("{}", r.body));
+    sse.collect()
+}
+
+fn assert_coherent(events: &[Value]) {
+    let mut last = 0;
+    for e in events {
+        if e["stage"] == "downloading" {
+            let b = e["bytes_downloaded"].as_u64().unwrap();
+            assert!(b >= last, "bytes went back: {events:?}");
+            assert!(b <= e["bytes_total"].as_u64().unwrap());
+            last = b;
+        }
+    }
+    let end = &events.last().expect("events")["stage"];
+    assert!(end == "complete" || end == "error", "{events:?}");
+}
+
+#[test]
+fn a_download_streams_progress_then_the_model_is_catalogued_served_and_removable() {
+    let Some(model) = model() else { return };
+    let hub = hub_with(&model);
+    let state = temp("hive-state");
+    let hive = Hive::start(&opts(&hub), &state.0);
+
+    let r = hive.post(
+        "/v1/models/download",
+        &json!({"model_ref": "hf:org/smol:Q4_1"}),
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    let events = follow(&hive, r.json()["progress_url"].as_str().unwrap());
+    assert_coherent(&events);
+    let done = events.last().unwrap();
+    assert_eq!(done["stage"], "complete", "{events:?}");
+    let path = done["local_path"].as_str().unwrap();
+    assert!(
+        path.starts_with(state.join("models").to_str().unwrap()),
+        "{path}"
+    );
+    assert_eq!(sha256_file(Path::new(path)), sha256_file(&model));
+
+    let models = hive.get("/v1/models").json()["models"].clone();
+    let m = models
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["provider"] == "hf")
+        .unwrap()
+        .clone();
+    assert_eq!(m["sha256"], sha256_file(&model));
+    assert_eq!(m["commit_sha"], COMMIT);
+    assert_eq!(m["architecture"], "llama");
+    assert_eq!(m["quantization"], "Q4_1");
+    assert!(m["parameter_count"].as_u64().unwrap() > 100_000_000, "{m}");
+    assert_eq!(m["context_length"], 8192);
+
+    // Asked again: already here.
+    let again = hive.post("/v1/models/download", &json!({"model_ref": "hf:org/smol"}));
+    assert_eq!(again.status, 200, "{}", again.body);
+
+    // A worker of it starts at once; the model cannot be removed while it runs.
+    let w = hive.ready_worker_ref("hf:org/smol:Q4_1");
+    assert_eq!(infer(&w, "Bees").status, 200);
+    let id = m["id"].as_str().unwrap();
+    let busy = hive.call("DELETE", &format!("/v1/models/{id}"), None);
+    assert_eq!(
+        (busy.status, busy.error_code().as_str()),
+        (409, "MODEL_IN_USE"),
+        "{}",
+        busy.body
+    );
+    assert_eq!(
+        hive.post(
+            &format!("/v1/workers/{}/shutdown", w["id"].as_str().unwrap()),
+            &json!({})
+        )
+        .status,
+        200
+    );
+    let gone = hive.call("DELETE", &format!("/v1/models/{id}"), None);
+    assert_eq!(gone.status, 200, "{}", gone.body);
+    assert!(
+        !Path::new(path).exists(),
+        "the file is deleted with the row"
+    );
+    assert_eq!(hub.counters.downloads.load(Ordering::Relaxed), 1);
+}
+
+#[test]
+fn spawning_a_model_that_is_not_here_downloads_it_then_starts_the_worker() {
+    let Some(model) = model() else { return };
+    let hub = hub_with(&model);
+    let state = temp("hive-state");
+    let hive = Hive::start(&opts(&hub), &state.0);
+    let r = hive.post("/v1/workers/spawn", &json!({"model_ref": "hf:org/smol"}));
+    assert_eq!(r.status, 202, "{}", r.body);
+    assert!(r.json()["worker"].is_null());
+    let events = follow(
+        &hive,
+        r.json()["download"]["progress_url"].as_str().unwrap(),
+    );
+    assert_coherent(&events);
+    assert_eq!(events.last().unwrap()["stage"], "complete");
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ws = hive.workers();
+        if ws
+            .iter()
+            .any(|w| w["model_ref"] == "hf:org/smol" && w["state"] == "idle")
+        {
+            break;
+        }
+        assert!(Instant::now() < until, "{ws:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_download_interrupted_by_a_killed_hive_resumes_after_the_restart() {
+    let Some(model) = model() else { return };
+    let hub = hub_with(&model);
+    // ~2 s for the whole file: time to kill the hive part-way.
+    hub.set_faults(Faults {
+        trickle: Some(48 << 20),
+        ..Default::default()
+    });
+    let state = temp("hive-state");
+    let o = opts(&hub);
+    let hive = Hive::start(&o, &state.0);
+    let r = hive.post("/v1/models/download", &json!({"model_ref": "hf:org/smol"}));
+    let mut sse = Sse::get(&format!(
+        "{}{}",
+        hive.url,
+        r.json()["progress_url"].as_str().unwrap()
+    ))
+    .unwrap();
+    let size = std::fs::metadata(&model).unwrap().len();
+    loop {
+        let e = sse.next_json().expect("progress");
+        if e["stage"] == "downloading" && e["bytes_downloaded"].as_u64().unwrap() > size / 3 {
+            break;
+        }
+    }
+    hive.kill();
+    let sent_before = hub.counters.bytes.load(Ordering::Relaxed);
+    assert!(sent_before < size, "killed part-way");
+
+    hub.set_faults(Faults::default());
+    let hive = Hive::start(&o, &state.0);
+    assert!(
+        hive.get("/v1/models").json()["models"]
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "no row for a partial file"
+    );
+    let r = hive.post("/v1/models/download", &json!({"model_ref": "hf:org/smol"}));
+    let events = follow(&hive, r.json()["progress_url"].as_str().unwrap());
+    let first = events.iter().find(|e| e["stage"] == "downloading").unwrap();
+    assert!(
+        first["bytes_downloaded"].as_u64().unwrap() > 0,
+        "resumed, not restarted: {first}"
+    );
+    let done = events.last().unwrap();
+    assert_eq!(done["stage"], "complete", "{events:?}");
+    assert_eq!(
+        sha256_file(Path::new(done["local_path"].as_str().unwrap())),
+        sha256_file(&model)
+    );
+    let total = hub.counters.bytes.load(Ordering::Relaxed);
+    assert!(
+        total < size + size / 2,
+        "resumed: {total} bytes sent for a {size}-byte file"
+    );
+}
+
+#[test]
+fn model_errors_are_clear_and_leave_nothing_behind() {
+    let Some(model) = model() else { return };
+    let hub = hub_with(&model);
+    let state = temp("hive-state");
+    let hive = Hive::start(&opts(&hub), &state.0);
+    let url = |p: &str| format!("{}{p}", hive.url);
+    for (body, code) in [
+        (
+            json!({"model_ref": "hf:../../etc/passwd"}),
+            "INVALID_MODEL_REF",
+        ),
+        (
+            json!({"model_ref": "hf:org/smol/../../x.gguf"}),
+            "INVALID_MODEL_REF",
+        ),
+        (
+            json!({"model_ref": "s3://bucket/model.gguf"}),
+            "INVALID_MODEL_REF",
+        ),
+        (json!({"model_ref": "hf:org/smol\n"}), "INVALID_MODEL_REF"),
+        (json!({"model_ref": "hf:org/smol", "x": 1}), "UNKNOWN_FIELD"),
+        (json!({}), "INVALID_JSON"),
+    ] {
+        for path in ["/v1/models/download", "/v1/workers/spawn"] {
+            let r = hive.post(path, &body);
+            assert_eq!(r.error_code(), code, "{path} {body}: {}", r.body);
+        }
+    }
+    // Known only once the hub answered: errors arrive on the progress stream.
+    for (reference, code, says) in [
+        ("hf:org/absent", "MODEL_NOT_FOUND", "hf:org/absent"),
+        ("hf:org/multi", "INVALID_MODEL_REF", "m.Q8_0.gguf"),
+        (
+            "hf:org/smol:Q2_K",
+            "MODEL_NOT_FOUND",
+            "SmolLM2-135M-Instruct.Q4_1.gguf",
+        ),
+    ] {
+        let r = hive.post("/v1/models/download", &json!({ "model_ref": reference }));
+        assert_eq!(r.status, 202, "{}", r.body);
+        let events = follow(&hive, r.json()["progress_url"].as_str().unwrap());
+        let end = events.last().unwrap();
+        assert_eq!(end["stage"], "error", "{events:?}");
+        assert_eq!(end["error"]["code"], code, "{reference}: {end}");
+        assert!(
+            end["error"]["message"].as_str().unwrap().contains(says),
+            "{end}"
+        );
+    }
+    let p = send(
+        "GET",
+        &url("/v1/models/download/progress?id=dl-999"),
+        None,
+        None,
+    );
+    assert_eq!(p.status, 404);
+    let d = hive.call("DELETE", "/v1/models/nope", None);
+    assert_eq!(d.error_code(), "MODEL_NOT_FOUND");
+    assert!(hive.get("/v1/models").json()["models"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+    assert!(hive.workers().is_empty());
+}
