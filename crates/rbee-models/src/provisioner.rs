@@ -157,6 +157,7 @@ impl Provisioner {
         }
         std::fs::create_dir_all(models_dir)
             .map_err(|e| internal(format!("cannot create {}: {e}", models_dir.display())))?;
+        remove_stale_partials(models_dir, STALE_PARTIAL);
         Ok(Provisioner {
             catalog: Mutex::new(catalog),
             models_dir: models_dir.to_path_buf(),
@@ -419,10 +420,64 @@ impl Provisioner {
     }
 }
 
+/// Partial downloads untouched this long are removed on start (younger ones are resumed
+/// when their model is asked for again).
+pub const STALE_PARTIAL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Removes `.…partial` files under `dir` not written for `age`.
+fn remove_stale_partials(dir: &Path, age: Duration) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        let Ok(meta) = e.metadata() else { continue };
+        if meta.is_dir() {
+            remove_stale_partials(&path, age);
+            continue;
+        }
+        let name = e.file_name().to_string_lossy().into_owned();
+        let old = meta
+            .modified()
+            .ok()
+            .and_then(|m| m.elapsed().ok())
+            .is_some_and(|a| a >= age);
+        if name.starts_with('.') && name.ends_with(".partial") && old {
+            tracing::info!(path = %path.display(), "removing a stale partial download");
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+}
+
 fn fnv32(s: &str) -> u32 {
     s.bytes().fold(0x811c_9dc5, |h, b| {
         (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_stale_partial_files_are_removed() {
+        let d = std::env::temp_dir().join(format!("rbee-partials-{}", std::process::id()));
+        let sub = d.join("hf/org/repo/c");
+        std::fs::create_dir_all(&sub).unwrap();
+        for f in [".m.gguf.partial", "m.gguf", ".x.partial"] {
+            std::fs::write(sub.join(f), b"x").unwrap();
+        }
+        remove_stale_partials(&d, Duration::from_secs(3600));
+        assert!(
+            sub.join(".m.gguf.partial").exists(),
+            "a fresh partial is kept for resuming"
+        );
+        remove_stale_partials(&d, Duration::ZERO);
+        assert!(!sub.join(".m.gguf.partial").exists());
+        assert!(!sub.join(".x.partial").exists());
+        assert!(sub.join("m.gguf").exists(), "complete files stay");
+        std::fs::remove_dir_all(d).unwrap();
+    }
 }
 
 /// Fills the GGUF metadata of a catalogue row from the file's header.

@@ -1,0 +1,198 @@
+//! `rbee-bench-models`: download throughput from the test hub on loopback against `curl`
+//! fetching the same file from the same server (interleaved rounds), and catalogue lookup
+//! latency with 1,000 models.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use rbee_models::catalog::{Catalog, Model, Status};
+use rbee_models::hub::{self, HubConfig, RepoFile};
+use rbee_test_support::hub::{sha256_file, Hub};
+use rbee_test_support::model::TempDir;
+
+/// Measures rbee's model downloads and catalogue.
+#[derive(Parser)]
+struct Args {
+    /// The file to serve (default: the test model).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Download rounds.
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+    /// Catalogue rows.
+    #[arg(long, default_value_t = 1000)]
+    models: usize,
+    /// Catalogue lookups.
+    #[arg(long, default_value_t = 20_000)]
+    lookups: usize,
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn pct(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let model = match args.model.or_else(rbee_test_support::model::test_model) {
+        Some(m) => m,
+        None => bail!("no model: pass --model or run scripts/fetch-test-model"),
+    };
+    let size = std::fs::metadata(&model)?.len();
+    let sha = sha256_file(&model);
+    let hub = Hub::start();
+    hub.add_repo("org/bench", "c0ffee", &[("m.gguf", &model)]);
+    let url = format!("{}/org/bench/resolve/c0ffee/m.gguf", hub.endpoint());
+    let cfg = HubConfig {
+        endpoint: hub.endpoint(),
+        token: None,
+        stall: Duration::from_secs(30),
+        attempts: 1,
+        backoff: Duration::from_millis(10),
+    };
+    let file = RepoFile {
+        path: "m.gguf".into(),
+        size,
+        sha256: Some(sha.clone()),
+    };
+    let dir = TempDir::new("bench-dl");
+    println!(
+        "== download of {:.1} MB from the test hub on loopback ({} rounds, interleaved)",
+        size as f64 / 1e6,
+        args.rounds
+    );
+    let (mut curl, mut curl_sync, mut rbee, mut ratio, mut ratio_sync) =
+        (vec![], vec![], vec![], vec![], vec![]);
+    for round in 0..args.rounds {
+        let out = dir.join("curl.gguf");
+        let t0 = Instant::now();
+        let st = Command::new("curl")
+            .args(["-sSf", "-o"])
+            .arg(&out)
+            .arg(&url)
+            .status()
+            .context("curl runs")?;
+        let c = t0.elapsed().as_secs_f64();
+        if !st.success() {
+            bail!("curl failed: {st}");
+        }
+        std::fs::remove_file(&out)?;
+        // The same durability as rbee's download: the file fsynced before it counts.
+        let t0 = Instant::now();
+        let st = Command::new("sh")
+            .args(["-c", "curl -sSf -o \"$1\" \"$2\" && sync \"$1\"", "sh"])
+            .arg(&out)
+            .arg(&url)
+            .status()
+            .context("curl runs")?;
+        let cs = t0.elapsed().as_secs_f64();
+        if !st.success() {
+            bail!("curl + sync failed: {st}");
+        }
+        std::fs::remove_file(&out)?;
+        let dest = dir.join("rbee.gguf");
+        let t0 = Instant::now();
+        let got = hub::download(&cfg, "org/bench", "c0ffee", &file, &dest, "bench", |_| {})
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let r = t0.elapsed().as_secs_f64();
+        if got != sha {
+            bail!("hash mismatch");
+        }
+        std::fs::remove_file(&dest)?;
+        let (cm, csm, rm) = (
+            size as f64 / c / 1e6,
+            size as f64 / cs / 1e6,
+            size as f64 / r / 1e6,
+        );
+        eprintln!("round {round}: curl {cm:.0} MB/s, curl+sync {csm:.0} MB/s, rbee {rm:.0} MB/s");
+        curl.push(cm);
+        curl_sync.push(csm);
+        rbee.push(rm);
+        ratio.push(rm / cm);
+        ratio_sync.push(rm / csm);
+    }
+    println!("{:<58} {:>8}", "median", "MB/s");
+    println!(
+        "{:<58} {:>8.0}",
+        "curl -o (no hash, no fsync)",
+        median(&mut curl)
+    );
+    println!(
+        "{:<58} {:>8.0}",
+        "rbee download (SHA-256 while writing, fsync, rename)",
+        median(&mut rbee)
+    );
+    println!(
+        "rbee / curl (median of per-round ratios) = {:.3} (target >= 0.9)",
+        median(&mut ratio)
+    );
+    println!(
+        "rbee / (curl + sync) = {:.3} (the same durability)",
+        median(&mut ratio_sync)
+    );
+
+    println!("\n== catalogue lookups with {} models", args.models);
+    let state = TempDir::new("bench-cat");
+    let mut cat = Catalog::open(&state.join("models.db")).map_err(|e| anyhow::anyhow!("{e}"))?;
+    for i in 0..args.models {
+        cat.insert(&Model {
+            id: format!("org--repo{i}--m"),
+            provider: "hf".into(),
+            reference: format!("hf:org/repo{i}/m.gguf@main"),
+            repo: Some(format!("org/repo{i}")),
+            revision: Some("main".into()),
+            commit_sha: Some("c".into()),
+            file_name: "m.gguf".into(),
+            local_path: format!("/models/{i}.gguf").into(),
+            size_bytes: 1,
+            sha256: None,
+            downloaded_at_unix: 0,
+            architecture: None,
+            parameter_count: None,
+            quantization: None,
+            context_length: None,
+            vocab_size: None,
+            status: Status::Ready,
+        })
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    let (mut by_id, mut by_ref) = (vec![], vec![]);
+    for n in 0..args.lookups {
+        let i = (n * 7919) % args.models;
+        let t0 = Instant::now();
+        let m = cat
+            .get(&format!("org--repo{i}--m"))
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        by_id.push(t0.elapsed().as_secs_f64() * 1e3);
+        let t0 = Instant::now();
+        let r = cat
+            .by_reference(&format!("hf:org/repo{i}/m.gguf@main"))
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        by_ref.push(t0.elapsed().as_secs_f64() * 1e3);
+        if m.is_none() || r.is_none() {
+            bail!("lookup {i} missed");
+        }
+    }
+    println!("{:<30} {:>9} {:>9}", "", "p50 ms", "p99 ms");
+    println!(
+        "{:<30} {:>9.4} {:>9.4}",
+        "by id",
+        pct(&mut by_id, 0.5),
+        pct(&mut by_id, 0.99)
+    );
+    println!(
+        "{:<30} {:>9.4} {:>9.4}",
+        "by reference",
+        pct(&mut by_ref, 0.5),
+        pct(&mut by_ref, 0.99)
+    );
+    Ok(())
+}
