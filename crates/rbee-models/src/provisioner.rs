@@ -455,6 +455,18 @@ fn fnv32(s: &str) -> u32 {
     })
 }
 
+/// Fills the GGUF metadata of a catalogue row from the file's header.
+fn describe(mut m: Model) -> Model {
+    if let Ok(h) = rbee_gguf::read_header(&m.local_path) {
+        m.architecture = h.architecture().map(str::to_owned);
+        m.context_length = h.context_length();
+        m.vocab_size = h.vocab_size();
+        m.quantization = h.quantization();
+        m.parameter_count = Some(h.parameters);
+    }
+    m
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -478,16 +490,4 @@ mod tests {
         assert!(sub.join("m.gguf").exists(), "complete files stay");
         std::fs::remove_dir_all(d).unwrap();
     }
-}
-
-/// Fills the GGUF metadata of a catalogue row from the file's header.
-fn describe(mut m: Model) -> Model {
-    if let Ok(h) = rbee_gguf::read_header(&m.local_path) {
-        m.architecture = h.architecture().map(str::to_owned);
-        m.context_length = h.context_length();
-        m.vocab_size = h.vocab_size();
-        m.quantization = h.quantization();
-        m.parameter_count = Some(h.parameters);
-    }
-    m
 }
