@@ -14,11 +14,14 @@ use std::time::{Duration, Instant};
 
 use crate::systemd::{spawn_confined, stop_confined};
 
-/// The cached root file system: `$RBEE_CACHE_DIR/nspawn-bookworm` (default
-/// `~/.cache/rbee/…`), complete when it holds the marker file.
+/// The cached root file system: `$RBEE_CACHE_DIR/nspawn-bookworm` (else
+/// `$XDG_CACHE_HOME/rbee/…`, else `~/.cache/rbee/…`), complete when it holds the marker
+/// file.
 pub fn rootfs() -> Option<PathBuf> {
+    // The same lookup as scripts/build-test-container.
     let cache = std::env::var_os("RBEE_CACHE_DIR")
         .map(PathBuf::from)
+        .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|c| PathBuf::from(c).join("rbee")))
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/rbee")))?;
     let dir = cache.join("nspawn-bookworm");
     dir.join(".rbee-complete").is_file().then_some(dir)
