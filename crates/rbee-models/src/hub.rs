@@ -332,33 +332,66 @@ pub struct Tick {
     pub speed_mbps: f64,
 }
 
-/// SHA-256 computed on its own thread from chunks sent to it.
+/// Reads until `buf` is full, the stream ends, or an error; returns the bytes read and how
+/// it stopped (`Ok` for full or end of stream). Bytes read before an error are returned
+/// first; the error comes back on the next call.
+fn fill(r: &mut impl Read, buf: &mut [u8]) -> (usize, std::io::Result<()>) {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return (n, if n == 0 { Err(e) } else { Ok(()) }),
+        }
+    }
+    (n, Ok(()))
+}
+
+/// SHA-256 computed on its own thread. Chunk buffers go to it and come back (a small pool),
+/// so nothing is copied or allocated per chunk.
 struct BackgroundHasher {
-    tx: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
+    tx: Option<std::sync::mpsc::SyncSender<(Vec<u8>, usize)>>,
+    pool: std::sync::mpsc::Receiver<Vec<u8>>,
     handle: Option<std::thread::JoinHandle<Sha256>>,
 }
 
+/// Bytes per chunk.
+const CHUNK: usize = 1 << 20;
+
 impl BackgroundHasher {
     fn new(mut hasher: Sha256) -> Self {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(8);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(Vec<u8>, usize)>(4);
+        let (back, pool) = std::sync::mpsc::channel::<Vec<u8>>();
+        for _ in 0..4 {
+            let _ = back.send(vec![0u8; CHUNK]);
+        }
         let handle = std::thread::Builder::new()
             .name("sha256".into())
             .spawn(move || {
-                for chunk in rx {
-                    hasher.update(&chunk);
+                for (chunk, n) in rx {
+                    hasher.update(&chunk[..n]);
+                    let _ = back.send(chunk);
                 }
                 hasher
             })
             .expect("spawning the hashing thread");
         Self {
             tx: Some(tx),
+            pool,
             handle: Some(handle),
         }
     }
 
-    fn update(&mut self, data: &[u8]) {
+    /// A free chunk buffer (waits for the hasher to return one).
+    fn buffer(&self) -> Vec<u8> {
+        self.pool.recv().unwrap_or_else(|_| vec![0u8; CHUNK])
+    }
+
+    /// Hashes the first `n` bytes of `buf` (which comes back to the pool).
+    fn hash(&mut self, buf: Vec<u8>, n: usize) {
         if let Some(tx) = &self.tx {
-            let _ = tx.send(data.to_vec());
+            let _ = tx.send((buf, n));
         }
     }
 
@@ -609,7 +642,6 @@ fn attempt_once(
         let mut body = resp.into_reader();
         // Hashing on another core, while this one receives and writes.
         let mut bg = BackgroundHasher::new(std::mem::take(&mut hasher));
-        let mut buf = vec![0u8; 1 << 20];
         let (mut last_tick, mut window_start, mut window_bytes) =
             (Instant::now(), Instant::now(), 0u64);
         let mut speed = 0.0;
@@ -621,35 +653,40 @@ fn attempt_once(
             speed_mbps: 0.0,
         });
         while offset < file.size {
-            let n = match body.read(&mut buf) {
-                Ok(0) => {
-                    return Err(Failure::Retry(
-                        format!("the connection closed at byte {offset} of {}", file.size),
-                        false,
-                    ))
-                }
-                Ok(n) => n.min((file.size - offset) as usize),
-                Err(e) => {
-                    // ureq reports its read timeout as an io error whose kind varies.
-                    let stalled = matches!(
-                        e.kind(),
-                        std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
-                    ) || e.to_string().contains("timed out");
-                    let why = if stalled {
-                        format!("no data for {:?} at byte {offset}", cfg.stall)
-                    } else {
-                        format!("read failed at byte {offset}: {e}")
-                    };
-                    return Err(Failure::Retry(why, stalled));
-                }
-            };
+            // Whole 1 MiB chunks (the socket yields a few KiB per read): one write and one
+            // hand-over to the hashing thread per MiB instead of per packet.
+            let mut buf = bg.buffer();
+            let want = buf.len().min((file.size - offset) as usize);
+            let (n, end) = fill(&mut body, &mut buf[..want]);
+            if n == 0 {
+                let e = match end {
+                    Err(e) => e,
+                    Ok(()) => {
+                        return Err(Failure::Retry(
+                            format!("the connection closed at byte {offset} of {}", file.size),
+                            false,
+                        ))
+                    }
+                };
+                // ureq reports its read timeout as an io error whose kind varies.
+                let stalled = matches!(
+                    e.kind(),
+                    std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
+                ) || e.to_string().contains("timed out");
+                let why = if stalled {
+                    format!("no data for {:?} at byte {offset}", cfg.stall)
+                } else {
+                    format!("read failed at byte {offset}: {e}")
+                };
+                return Err(Failure::Retry(why, stalled));
+            }
             if let Err(e) = out.write_all(&buf[..n]) {
                 if e.raw_os_error() == Some(libc::ENOSPC) {
                     return Err(Failure::Final(disk_full(partial, file.size - offset)));
                 }
                 return Err(Failure::Final(io_error(partial, &e)));
             }
-            bg.update(&buf[..n]);
+            bg.hash(buf, n);
             offset += n as u64;
             window_bytes += n as u64;
             if offset - flushed >= WRITEBACK_CHUNK {
