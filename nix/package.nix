@@ -1,4 +1,4 @@
-# The rbee binaries (today: the worker, llm-worker-rbee), CPU build.
+# The rbee binaries (the worker llm-worker-rbee and the node daemon rbee-hive), CPU build.
 { lib
 , stdenv
 , rustPlatform
@@ -21,16 +21,16 @@ rustPlatform.buildRustPackage {
   buildInputs = lib.optionals stdenv.cc.isClang [ llvmPackages.openmp ];
   dontUseCmakeConfigure = true;
 
-  cargoBuildFlags = [ "--package" "llm-worker-rbee" ];
+  cargoBuildFlags = [ "--package" "llm-worker-rbee" "--package" "rbee-hive" ];
   # The test suite starts the real worker on a real model, which the sandbox does not
   # have; it runs as its own flake check once the model is provided as a fixed-output
   # derivation (see the Nix issue).
   doCheck = false;
 
   meta = {
-    description = "rbee inference worker: one GGUF model, llama.cpp, token streaming over HTTP";
+    description = "rbee: LLM workers (llama.cpp, token streaming over HTTP) run as systemd units by a node daemon";
     license = lib.licenses.gpl3Plus;
-    mainProgram = "llm-worker-rbee";
+    mainProgram = "rbee-hive";
     platforms = lib.platforms.linux ++ lib.platforms.darwin;
   };
 }
