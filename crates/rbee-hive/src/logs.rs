@@ -17,6 +17,8 @@ use crate::registry::WorkerSpec;
 pub const MAX_LINES: usize = 10_000;
 /// How far back from the end a file is read for the last lines.
 const TAIL_WINDOW: u64 = 4 << 20;
+/// How long a journal stream goes on after its worker has gone, for its last lines.
+const JOURNAL_GRACE: Duration = Duration::from_secs(1);
 /// Keep-alive (and client-gone check) while following.
 const KEEPALIVE: Duration = Duration::from_secs(10);
 
@@ -204,11 +206,48 @@ fn follow_journal(hive: &Hive, request: Request, spec: &WorkerSpec, lines: usize
         let _ = child.wait();
         return;
     };
+    // journalctl -f never ends by itself: its lines come through a channel, and the stream
+    // ends once the worker has left the registry and the journal has gone quiet.
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
     if let Some(out) = child.stdout.take() {
-        for line in BufReader::new(out).lines() {
-            let Ok(line) = line else { break };
-            if send_line(&mut sse, &line).is_err() {
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    let mut last_write = Instant::now();
+    let mut gone_at: Option<Instant> = None;
+    loop {
+        match rx.recv_timeout(Duration::from_millis(300)) {
+            Ok(line) => {
+                if send_line(&mut sse, &line).is_err() {
+                    break;
+                }
+                last_write = Instant::now();
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                let _ = sse.done();
                 break;
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                // journald delivers a stopped unit's last lines a little later.
+                if hive.registry.get(&spec.id).is_none() {
+                    let since = *gone_at.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= JOURNAL_GRACE && last_write.elapsed() >= JOURNAL_GRACE {
+                        let _ = sse.done();
+                        break;
+                    }
+                }
+                if last_write.elapsed() >= KEEPALIVE {
+                    if sse.comment("keep-alive").is_err() {
+                        break;
+                    }
+                    last_write = Instant::now();
+                }
             }
         }
     }

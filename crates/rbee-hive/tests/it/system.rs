@@ -96,6 +96,37 @@ fn under_the_system_manager_workers_run_sandboxed_with_their_key_as_a_credential
     let logs = rbee_test_support::http::get(&format!("{hive}/v1/workers/{id}/logs?lines=50"));
     assert!(logs.body.contains("model loaded"), "{}", logs.body);
     assert!(!state_has_log_file(&c, &id), "journal, not files");
+    // Following the journal: lines written later arrive, and the stream ends with the worker.
+    let mut follow = rbee_test_support::http::Sse::get(&format!(
+        "{hive}/v1/workers/{id}/logs?follow=true&lines=5"
+    ))
+    .unwrap_or_else(|r| panic!("{}", r.body));
+    let stopper = std::thread::spawn({
+        let url = format!("{hive}/v1/workers/{id}/shutdown");
+        move || {
+            std::thread::sleep(Duration::from_millis(300));
+            rbee_test_support::http::post_json(&url, &json!({}))
+        }
+    });
+    let streamed: Vec<String> = follow
+        .collect()
+        .iter()
+        .filter_map(|e| e["line"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(stopper.join().unwrap().status, 200);
+    assert!(
+        streamed.iter().any(|l| l.contains("draining")),
+        "lines written after the stream opened: {streamed:?}"
+    );
+    // Spawn it again for the stop cascade below.
+    let r = rbee_test_support::http::post_json(
+        &format!("{hive}/v1/workers/spawn"),
+        &json!({ "model_ref": format!("file:///models/{name}") }),
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    let id = r.json()["worker"]["id"].as_str().unwrap().to_owned();
+    let unit = r.json()["worker"]["unit"].as_str().unwrap().to_owned();
+    wait_idle(&hive, &id);
 
     // Stopping the hive's unit stops the workers (SIGTERM cascade).
     let (ok, out) = c.systemctl(&["stop", "rbee-hive"]);
