@@ -19,7 +19,8 @@ use crate::engine::{Engine, Event, Job, RequestGuard};
 use crate::state::{lock, Phase, Shared};
 use crate::validate::{validate, Valid};
 use rbee_http::{
-    check_route, header, json_response, read_body, respond_error, respond_json, SseWriter,
+    check_route, header, json_error, json_response, read_body, respond_error, respond_json,
+    SseWriter,
 };
 
 /// Requests handled at once before new ones get 503 `OVERLOADED`.
@@ -238,18 +239,7 @@ fn inference(app: &App, mut request: Request) {
     };
     let req: InferenceRequest = match serde_json::from_str(&body) {
         Ok(r) => r,
-        Err(e) => {
-            let msg = e.to_string();
-            let code = if msg.starts_with("unknown field") {
-                ErrorCode::UnknownField
-            } else {
-                ErrorCode::InvalidJson
-            };
-            return respond_error(
-                request,
-                &ApiError::new(code, format!("invalid request body: {msg}")),
-            );
-        }
+        Err(e) => return respond_error(request, &json_error(&e)),
     };
     let valid = match validate(&req, prepared.ctx_size).and_then(|v| {
         let text = match &v.messages {

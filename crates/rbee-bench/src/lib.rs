@@ -175,3 +175,17 @@ pub fn batched_tok_s(
     }
     unreachable!("the timed pass returns")
 }
+
+/// Order statistics for the benchmarks' figures.
+pub mod stats {
+    /// The median (sorts `v`).
+    pub fn median(v: &mut [f64]) -> f64 {
+        percentile(v, 0.5)
+    }
+
+    /// The `p` quantile, 0 ≤ p ≤ 1, nearest rank (sorts `v`).
+    pub fn percentile(v: &mut [f64], p: f64) -> f64 {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[((v.len() as f64 - 1.0) * p).round() as usize]
+    }
+}

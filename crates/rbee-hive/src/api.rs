@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use rbee_http::{
-    check_bearer, check_route, constant_time_eq, read_body, respond_error, respond_json,
+    check_bearer, check_route, constant_time_eq, json_error, read_body, respond_error, respond_json,
 };
 use rbee_types::worker::ReadyCallback;
 use rbee_types::{ApiError, ErrorCode, API_VERSION};
@@ -200,21 +200,6 @@ fn handle(hive: &Hive, request: Request) {
             let follow = matches!(query_param(&url, "follow"), Some("true" | "1"));
             logs::serve(hive, request, &id, lines, follow)
         }
-    }
-}
-
-/// `invalid JSON` vs `unknown field`, with the position or the field.
-pub fn json_error(e: &serde_json::Error) -> ApiError {
-    let msg = e.to_string();
-    if msg.contains("unknown field") {
-        ApiError::new(ErrorCode::UnknownField, format!("the request has {msg}"))
-    } else {
-        ApiError::new(
-            ErrorCode::InvalidJson,
-            format!("the request body is not valid: {msg}"),
-        )
-        .detail("line", e.line())
-        .detail("column", e.column())
     }
 }
 

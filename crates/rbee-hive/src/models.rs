@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use rbee_http::{read_body, respond_error, respond_json, SseWriter};
+use rbee_http::{json_error, read_body, respond_error, respond_json, SseWriter};
 use rbee_models::provisioner::{Ensured, Progress};
 use rbee_types::{ApiError, ErrorCode};
 use serde::Deserialize;
@@ -35,7 +35,7 @@ pub fn download(hive: &Hive, mut request: Request, max_body: usize) {
     };
     let req: DownloadRequest = match serde_json::from_str(&body) {
         Ok(r) => r,
-        Err(e) => return respond_error(request, &crate::api::json_error(&e)),
+        Err(e) => return respond_error(request, &json_error(&e)),
     };
     match hive.models.ensure(&req.model_ref) {
         Ok(Ensured::Ready(m)) => respond_json(request, 200, &json!({ "model": m })),

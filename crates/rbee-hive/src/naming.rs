@@ -3,17 +3,7 @@
 /// A short id for the API from a model id: lower-case letters, digits, `.`, `_`, `-`; other
 /// characters become `-`; at most 48 characters.
 pub fn slug(model_id: &str) -> String {
-    let mut s: String = model_id
-        .chars()
-        .map(|c| {
-            let c = c.to_ascii_lowercase();
-            if c.is_ascii_alphanumeric() || c == '.' || c == '_' {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect();
+    let mut s = rbee_models::reference::url_safe(model_id);
     while s.contains("--") {
         s = s.replace("--", "-");
     }

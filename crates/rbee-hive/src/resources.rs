@@ -72,27 +72,12 @@ pub fn memory() -> Memory {
 
 /// Space on the filesystem holding `path` (its nearest existing ancestor).
 pub fn disk(path: &Path) -> Disk {
-    let mut p = path;
-    while !p.exists() {
-        match p.parent() {
-            Some(parent) => p = parent,
-            None => break,
-        }
-    }
-    let Ok(c) = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()) else {
-        return Disk::default();
-    };
-    // SAFETY: statvfs writes into the zeroed struct; the path is a valid C string.
-    unsafe {
-        let mut s: libc::statvfs = std::mem::zeroed();
-        if libc::statvfs(c.as_ptr(), &mut s) != 0 {
-            return Disk::default();
-        }
-        Disk {
-            total_bytes: s.f_blocks as u64 * s.f_frsize as u64,
-            available_bytes: s.f_bavail as u64 * s.f_frsize as u64,
-        }
-    }
+    rbee_models::space::space(path)
+        .map(|(total_bytes, available_bytes)| Disk {
+            total_bytes,
+            available_bytes,
+        })
+        .unwrap_or_default()
 }
 
 fn cpu_name() -> String {

@@ -75,6 +75,25 @@ pub fn check_route<R>(
     Some((request, route))
 }
 
+/// The error for a body serde could not take: `UNKNOWN_FIELD` naming the field, or
+/// `INVALID_JSON` with the line and column.
+pub fn json_error(e: &serde_json::Error) -> ApiError {
+    let msg = e.to_string();
+    if msg.starts_with("unknown field") {
+        ApiError::new(
+            ErrorCode::UnknownField,
+            format!("invalid request body: {msg}"),
+        )
+    } else {
+        ApiError::new(
+            ErrorCode::InvalidJson,
+            format!("invalid request body: {msg}"),
+        )
+        .detail("line", e.line())
+        .detail("column", e.column())
+    }
+}
+
 /// The token of an `Authorization: Bearer <token>` header, if any.
 pub fn bearer_token(request: &Request) -> Option<String> {
     request

@@ -83,6 +83,44 @@ pub struct Model {
     pub status: Status,
 }
 
+impl Model {
+    /// A ready row for a file recorded now, with the GGUF metadata (architecture, parameter
+    /// count, quantization, context length, vocabulary size) read from its header when it
+    /// has one.
+    pub fn for_file(
+        id: String,
+        provider: &str,
+        reference: String,
+        file_name: String,
+        local_path: PathBuf,
+        size_bytes: u64,
+    ) -> Model {
+        let header = rbee_gguf::read_header(&local_path).ok();
+        let h = header.as_ref();
+        Model {
+            id,
+            provider: provider.to_owned(),
+            reference,
+            repo: None,
+            revision: None,
+            commit_sha: None,
+            file_name,
+            local_path,
+            size_bytes,
+            sha256: None,
+            downloaded_at_unix: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            architecture: h.and_then(|h| h.architecture().map(str::to_owned)),
+            parameter_count: h.map(|h| h.parameters),
+            quantization: h.and_then(|h| h.quantization()),
+            context_length: h.and_then(|h| h.context_length()),
+            vocab_size: h.and_then(|h| h.vocab_size()),
+            status: Status::Ready,
+        }
+    }
+}
+
 const SCHEMA_VERSION: i64 = 1;
 
 const MIGRATIONS: &[&str] = &[

@@ -447,17 +447,8 @@ enum Failure {
 
 /// Free bytes for unprivileged users on the filesystem of `dir`.
 pub fn available_bytes(dir: &Path) -> u64 {
-    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) else {
-        return 0;
-    };
-    // SAFETY: statvfs writes into the zeroed struct; the path is a valid C string.
-    unsafe {
-        let mut s: libc::statvfs = std::mem::zeroed();
-        if libc::statvfs(c.as_ptr(), &mut s) != 0 {
-            return u64::MAX;
-        }
-        s.f_bavail as u64 * s.f_frsize as u64
-    }
+    // Unknown space does not stop a download; running out is handled when it happens.
+    crate::space::space(dir).map_or(u64::MAX, |(_, available)| available)
 }
 
 fn disk_full(dest: &Path, required: u64) -> ApiError {

@@ -1,8 +1,10 @@
 //! rbee's models: references ([`reference`]), the SQLite catalogue ([`catalog`]), the
 //! Hugging Face hub client and verified, resumable downloads ([`hub`]), and the provisioner
-//! that ties them together with shared transfers and progress ([`provisioner`]).
+//! that ties them together with shared transfers and progress ([`provisioner`]); free disk
+//! space ([`space`]).
 
 pub mod catalog;
 pub mod hub;
 pub mod provisioner;
 pub mod reference;
+pub mod space;

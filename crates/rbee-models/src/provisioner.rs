@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use rbee_types::{ApiError, ErrorCode};
 use serde::Serialize;
@@ -118,26 +118,13 @@ pub struct Provisioner {
     next: AtomicU64,
 }
 
-fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
-/// A URL- and file-name-safe id from a name.
+/// A catalogue id from a name (`org--repo--file`).
 fn slug(s: &str) -> String {
-    let s: String = s
+    crate::reference::url_safe(s)
+        .trim_matches(['-', '.'])
         .chars()
-        .map(|c| {
-            let c = c.to_ascii_lowercase();
-            if c.is_ascii_alphanumeric() || c == '.' || c == '_' {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect();
-    s.trim_matches(['-', '.']).chars().take(120).collect()
+        .take(120)
+        .collect()
 }
 
 impl Provisioner {
@@ -308,29 +295,18 @@ impl Provisioner {
             },
         )?;
         let canonical = format!("hf:{repo}/{}@{revision}", file.path);
-        let model = describe(Model {
-            id: slug(&format!(
-                "{}--{}",
-                repo.replace('/', "--"),
-                name.trim_end_matches(".gguf")
-            )),
-            provider: "hf".into(),
-            reference: canonical,
+        let id = slug(&format!(
+            "{}--{}",
+            repo.replace('/', "--"),
+            name.trim_end_matches(".gguf")
+        ));
+        let model = Model {
             repo: Some(repo.to_owned()),
             revision: Some(revision.to_owned()),
             commit_sha: Some(info.commit.clone()),
-            file_name: name,
-            local_path: dest,
-            size_bytes: file.size,
             sha256: Some(sha),
-            downloaded_at_unix: now_unix(),
-            architecture: None,
-            parameter_count: None,
-            quantization: None,
-            context_length: None,
-            vocab_size: None,
-            status: Status::Ready,
-        });
+            ..Model::for_file(id, "hf", canonical, name, dest, file.size)
+        };
         self.catalog()
             .insert(&model)
             .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
@@ -362,30 +338,13 @@ impl Provisioner {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let model = describe(Model {
-            // Two files of one name in different folders are two models.
-            id: slug(&format!(
-                "file--{}-{:08x}",
-                name.trim_end_matches(".gguf"),
-                fnv32(reference)
-            )),
-            provider: "file".into(),
-            reference: reference.to_owned(),
-            repo: None,
-            revision: None,
-            commit_sha: None,
-            file_name: name,
-            local_path: real,
-            size_bytes: meta.len(),
-            sha256: None,
-            downloaded_at_unix: now_unix(),
-            architecture: None,
-            parameter_count: None,
-            quantization: None,
-            context_length: None,
-            vocab_size: None,
-            status: Status::Ready,
-        });
+        // Two files of one name in different folders are two models.
+        let id = slug(&format!(
+            "file--{}-{:08x}",
+            name.trim_end_matches(".gguf"),
+            fnv32(reference)
+        ));
+        let model = Model::for_file(id, "file", reference.to_owned(), name, real, meta.len());
         let mut cat = self.catalog();
         let existing = cat.by_reference(reference).ok().flatten();
         match existing {
@@ -453,18 +412,6 @@ fn fnv32(s: &str) -> u32 {
     s.bytes().fold(0x811c_9dc5, |h, b| {
         (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
     })
-}
-
-/// Fills the GGUF metadata of a catalogue row from the file's header.
-fn describe(mut m: Model) -> Model {
-    if let Ok(h) = rbee_gguf::read_header(&m.local_path) {
-        m.architecture = h.architecture().map(str::to_owned);
-        m.context_length = h.context_length();
-        m.vocab_size = h.vocab_size();
-        m.quantization = h.quantization();
-        m.parameter_count = Some(h.parameters);
-    }
-    m
 }
 
 #[cfg(test)]

@@ -160,6 +160,21 @@ impl ModelRef {
     }
 }
 
+/// `s` lower-cased, with every character but ASCII letters, digits, `.` and `_` turned into
+/// `-`: safe in URLs and file names (ids of models and workers are built on it).
+pub fn url_safe(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            let c = c.to_ascii_lowercase();
+            if c.is_ascii_alphanumeric() || c == '.' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect()
+}
+
 fn parse_file(r: &str, path: &str) -> Result<ModelRef, ApiError> {
     let p = std::path::Path::new(path);
     if !p.is_absolute() {

@@ -102,6 +102,15 @@ fn assert_monotonic(events: &[Progress]) {
     }
 }
 
+/// The stream ended in `complete` and the file at the final path is the hub's.
+fn assert_complete(e: &Env, events: &[Progress]) {
+    assert!(
+        matches!(events.last(), Some(Progress::Complete { .. })),
+        "{events:?}"
+    );
+    assert_eq!(sha256_file(&final_file(e)), sha256_file(&e.src));
+}
+
 fn error_code(events: &[Progress]) -> ErrorCode {
     match events.last() {
         Some(Progress::Error { error }) => error.code,
@@ -187,11 +196,7 @@ fn a_server_ignoring_range_makes_the_download_start_over_and_still_verify() {
         ..Default::default()
     });
     let events = follow(&start(&e, "hf:org/smol"));
-    assert!(
-        matches!(events.last(), Some(Progress::Complete { .. })),
-        "{events:?}"
-    );
-    assert_eq!(sha256_file(&final_file(&e)), sha256_file(&e.src));
+    assert_complete(&e, &events);
 }
 
 #[test]
@@ -233,11 +238,7 @@ fn a_stall_counts_as_a_failed_attempt_and_ends_in_download_timeout() {
     // The partial file stays for the next request, which resumes it.
     assert!(partial_path(&final_file(&e)).exists());
     let events = follow(&start(&e, "hf:org/smol"));
-    assert!(
-        matches!(events.last(), Some(Progress::Complete { .. })),
-        "{events:?}"
-    );
-    assert_eq!(sha256_file(&final_file(&e)), sha256_file(&e.src));
+    assert_complete(&e, &events);
 }
 
 #[test]

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Parser;
+use rbee_bench::stats::{median, percentile as pct};
 use rbee_test_support::model::TempDir;
 use rbee_test_support::process::{free_port, wait_for_port};
 use rbee_test_support::systemd::UserManager;
@@ -208,16 +209,6 @@ fn direct_start(worker: &Path, model: &Path) -> anyhow::Result<Duration> {
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     child.wait()?;
     Ok(elapsed)
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
-fn pct(v: &mut [f64], p: f64) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[((v.len() as f64 - 1.0) * p).round() as usize]
 }
 
 fn ms(d: Duration) -> f64 {

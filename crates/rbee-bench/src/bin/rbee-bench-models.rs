@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use rbee_models::catalog::{Catalog, Model, Status};
+use rbee_bench::stats::{median, percentile as pct};
+use rbee_models::catalog::{Catalog, Model};
 use rbee_models::hub::{self, HubConfig, RepoFile};
 use rbee_test_support::hub::{sha256_file, Hub};
 use rbee_test_support::model::TempDir;
@@ -28,16 +29,6 @@ struct Args {
     /// Catalogue lookups.
     #[arg(long, default_value_t = 20_000)]
     lookups: usize,
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
-fn pct(v: &mut [f64], p: f64) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[((v.len() as f64 - 1.0) * p).round() as usize]
 }
 
 fn main() -> anyhow::Result<()> {
@@ -163,23 +154,16 @@ fn main() -> anyhow::Result<()> {
     let mut cat = Catalog::open(&state.join("models.db")).map_err(|e| anyhow::anyhow!("{e}"))?;
     for i in 0..args.models {
         cat.insert(&Model {
-            id: format!("org--repo{i}--m"),
-            provider: "hf".into(),
-            reference: format!("hf:org/repo{i}/m.gguf@main"),
             repo: Some(format!("org/repo{i}")),
             revision: Some("main".into()),
-            commit_sha: Some("c".into()),
-            file_name: "m.gguf".into(),
-            local_path: format!("/models/{i}.gguf").into(),
-            size_bytes: 1,
-            sha256: None,
-            downloaded_at_unix: 0,
-            architecture: None,
-            parameter_count: None,
-            quantization: None,
-            context_length: None,
-            vocab_size: None,
-            status: Status::Ready,
+            ..Model::for_file(
+                format!("org--repo{i}--m"),
+                "hf",
+                format!("hf:org/repo{i}/m.gguf@main"),
+                "m.gguf".into(),
+                format!("/models/{i}.gguf").into(),
+                1,
+            )
         })
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     }

@@ -13,6 +13,22 @@ use serde_json::{json, Value};
 pub use rbee_test_support::model::{model_and_worker as model, worker_binary};
 pub use rbee_test_support::systemd::user_manager_or_skip as user_manager;
 
+/// The test model, a private user manager and a state directory for a hive, or `None`
+/// after printing why the test skips.
+pub fn setup() -> Option<(PathBuf, UserManager, TempDir)> {
+    let model = model()?;
+    let manager = user_manager()?;
+    Some((model, manager, temp("hive-state")))
+}
+
+/// Writes an executable shell script (a stand-in worker binary) and returns its path.
+pub fn script(dir: &TempDir, name: &str, body: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, format!("#!/bin/sh\n{body}")).unwrap();
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    path
+}
+
 /// `file://` reference of a path.
 pub fn file_ref(p: &Path) -> String {
     format!("file://{}", p.display())

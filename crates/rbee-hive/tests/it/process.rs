@@ -121,17 +121,11 @@ fn logs_follow_streams_lines_until_the_worker_is_gone() {
 fn a_worker_that_fails_while_loading_is_reported_with_its_status_and_log() {
     let Some(model) = model() else { return };
     let state = temp("hive-state");
-    let wrapper = state.join("failing-worker.sh");
-    std::fs::write(
-        &wrapper,
-        "#!/bin/sh\necho 'error: could not load the model: out of memory' >&2\nexit 4\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(
-        &wrapper,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    let wrapper = script(
+        &state,
+        "failing-worker.sh",
+        "echo 'error: could not load the model: out of memory' >&2\nexit 4\n",
+    );
     let hive = Hive::start(
         &Opts {
             worker_binary: wrapper,
@@ -157,17 +151,11 @@ fn a_worker_that_fails_while_loading_is_reported_with_its_status_and_log() {
 fn a_worker_stuck_loading_is_stopped_after_the_load_timeout() {
     let Some(model) = model() else { return };
     let state = temp("hive-state");
-    let wrapper = state.join("stuck-worker.sh");
-    std::fs::write(
-        &wrapper,
-        "#!/bin/sh\necho 'loading forever' >&2\nexec sleep 600\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(
-        &wrapper,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    let wrapper = script(
+        &state,
+        "stuck-worker.sh",
+        "echo 'loading forever' >&2\nexec sleep 600\n",
+    );
     let hive = Hive::start(
         &Opts {
             worker_binary: wrapper,

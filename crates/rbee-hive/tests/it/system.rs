@@ -39,14 +39,7 @@ fn under_the_system_manager_workers_run_sandboxed_with_their_key_as_a_credential
     assert!(ok, "{out}");
     let hive = format!("http://127.0.0.1:{port}");
     let name = model.file_name().unwrap().to_str().unwrap();
-    let r = rbee_test_support::http::post_json(
-        &format!("{hive}/v1/workers/spawn"),
-        &json!({ "model_ref": format!("file:///models/{name}") }),
-    );
-    assert_eq!(r.status, 202, "{}", r.body);
-    let id = r.json()["worker"]["id"].as_str().unwrap().to_owned();
-    let unit = r.json()["worker"]["unit"].as_str().unwrap().to_owned();
-    let w = wait_idle(&hive, &id);
+    let (id, unit, w) = spawn_ready(&hive, name);
     assert_eq!(w["supervisor"], "systemd-system");
 
     let (_, props) = c.systemctl(&[
@@ -119,6 +112,17 @@ fn under_the_system_manager_workers_run_sandboxed_with_their_key_as_a_credential
         "lines written after the stream opened: {streamed:?}"
     );
     // Spawn it again for the stop cascade below.
+    let (_, unit, _) = spawn_ready(&hive, name);
+
+    // Stopping the hive's unit stops the workers (SIGTERM cascade).
+    let (ok, out) = c.systemctl(&["stop", "rbee-hive"]);
+    assert!(ok, "{out}");
+    let (active, _) = c.systemctl(&["is-active", &unit]);
+    assert!(!active, "{unit} still active");
+}
+
+/// Spawns the model (bound at /models) and waits until its worker is idle: (id, unit, worker).
+fn spawn_ready(hive: &str, name: &str) -> (String, String, serde_json::Value) {
     let r = rbee_test_support::http::post_json(
         &format!("{hive}/v1/workers/spawn"),
         &json!({ "model_ref": format!("file:///models/{name}") }),
@@ -126,13 +130,8 @@ fn under_the_system_manager_workers_run_sandboxed_with_their_key_as_a_credential
     assert_eq!(r.status, 202, "{}", r.body);
     let id = r.json()["worker"]["id"].as_str().unwrap().to_owned();
     let unit = r.json()["worker"]["unit"].as_str().unwrap().to_owned();
-    wait_idle(&hive, &id);
-
-    // Stopping the hive's unit stops the workers (SIGTERM cascade).
-    let (ok, out) = c.systemctl(&["stop", "rbee-hive"]);
-    assert!(ok, "{out}");
-    let (active, _) = c.systemctl(&["is-active", &unit]);
-    assert!(!active, "{unit} still active");
+    let w = wait_idle(hive, &id);
+    (id, unit, w)
 }
 
 fn wait_idle(hive: &str, id: &str) -> serde_json::Value {

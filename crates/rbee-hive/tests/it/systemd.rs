@@ -8,11 +8,9 @@ use crate::common::*;
 
 #[test]
 fn a_spawned_worker_is_a_hardened_notify_unit_that_serves_and_stops_when_idle() {
-    let Some(model) = model() else { return };
-    let Some(manager) = user_manager() else {
+    let Some((model, manager, state)) = setup() else {
         return;
     };
-    let state = temp("hive-state");
     let opts = Opts {
         idle_timeout: 4,
         ..Opts::systemd(&manager)
@@ -93,11 +91,9 @@ fn a_spawned_worker_is_a_hardened_notify_unit_that_serves_and_stops_when_idle() 
 
 #[test]
 fn a_killed_worker_is_noticed_within_a_second_and_reported_on_the_next_spawn() {
-    let Some(model) = model() else { return };
-    let Some(manager) = user_manager() else {
+    let Some((model, manager, state)) = setup() else {
         return;
     };
-    let state = temp("hive-state");
     let hive = Hive::start(&Opts::systemd(&manager), &state.0);
     let w = hive.ready_worker(&model);
     let id = w["id"].as_str().unwrap();
@@ -129,11 +125,9 @@ fn a_killed_worker_is_noticed_within_a_second_and_reported_on_the_next_spawn() {
 
 #[test]
 fn a_restarted_hive_adopts_the_running_worker_instead_of_restarting_it() {
-    let Some(model) = model() else { return };
-    let Some(manager) = user_manager() else {
+    let Some((model, manager, state)) = setup() else {
         return;
     };
-    let state = temp("hive-state");
     let opts = Opts::systemd(&manager);
     let hive = Hive::start(&opts, &state.0);
     let w = hive.ready_worker(&model);
@@ -166,11 +160,9 @@ fn a_restarted_hive_adopts_the_running_worker_instead_of_restarting_it() {
 
 #[test]
 fn sigterm_stops_every_worker_gracefully_and_the_hive_exits_0() {
-    let Some(model) = model() else { return };
-    let Some(manager) = user_manager() else {
+    let Some((model, manager, state)) = setup() else {
         return;
     };
-    let state = temp("hive-state");
     // A second model file: a second worker.
     let copy = state.join("second-model.gguf");
     std::fs::copy(&model, &copy).unwrap();
@@ -199,11 +191,9 @@ fn sigterm_stops_every_worker_gracefully_and_the_hive_exits_0() {
 
 #[test]
 fn concurrent_spawns_of_one_model_start_one_unit() {
-    let Some(model) = model() else { return };
-    let Some(manager) = user_manager() else {
+    let Some((model, manager, state)) = setup() else {
         return;
     };
-    let state = temp("hive-state");
     let hive = Hive::start(&Opts::systemd(&manager), &state.0);
     let replies: Vec<_> = std::thread::scope(|s| {
         let hs: Vec<_> = (0..6)
@@ -225,11 +215,9 @@ fn concurrent_spawns_of_one_model_start_one_unit() {
 
 #[test]
 fn hostile_model_names_get_safe_unit_names_or_clear_errors() {
-    let Some(model) = model() else { return };
-    let Some(manager) = user_manager() else {
+    let Some((model, manager, state)) = setup() else {
         return;
     };
-    let state = temp("hive-state");
     let hive = Hive::start(&Opts::systemd(&manager), &state.0);
 
     // Spaces, @, quotes, $() and a very long name: a valid, bounded unit name.
@@ -280,29 +268,21 @@ fn hostile_model_names_get_safe_unit_names_or_clear_errors() {
 
 #[test]
 fn a_worker_that_cannot_bind_its_port_is_moved_to_the_next_one() {
-    let Some(model) = model() else { return };
-    let Some(manager) = user_manager() else {
+    let Some((model, manager, state)) = setup() else {
         return;
     };
-    let state = temp("hive-state");
     // A worker binary that, like the real one, exits with status 3 (port in use) on the
     // first port it is given — the hive's bind probe cannot see a race it loses.
     let marker = state.join("first-port-taken");
-    let wrapper = state.join("worker-wrapper.sh");
-    std::fs::write(
-        &wrapper,
-        format!(
-            "#!/bin/sh\nif [ ! -e '{m}' ]; then : > '{m}'; exit 3; fi\nexec '{w}' \"$@\"\n",
+    let wrapper = script(
+        &state,
+        "worker-wrapper.sh",
+        &format!(
+            "if [ ! -e '{m}' ]; then : > '{m}'; exit 3; fi\nexec '{w}' \"$@\"\n",
             m = marker.display(),
             w = worker_binary().display()
         ),
-    )
-    .unwrap();
-    std::fs::set_permissions(
-        &wrapper,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    );
     let opts = Opts {
         worker_binary: wrapper,
         ..Opts::systemd(&manager)
@@ -323,11 +303,9 @@ fn a_worker_that_cannot_bind_its_port_is_moved_to_the_next_one() {
 
 #[test]
 fn auto_picks_the_reachable_manager_and_falls_back_to_processes() {
-    let Some(_model) = model() else { return };
-    let Some(manager) = user_manager() else {
+    let Some((_model, manager, state)) = setup() else {
         return;
     };
-    let state = temp("hive-state");
     let with_bus = Hive::start(
         &Opts {
             supervisor: "auto",
@@ -363,11 +341,9 @@ fn auto_picks_the_reachable_manager_and_falls_back_to_processes() {
 
 #[test]
 fn the_hive_is_a_notify_service_with_a_status_line_and_stops_its_workers_with_its_unit() {
-    let Some(model) = model() else { return };
-    let Some(manager) = user_manager() else {
+    let Some((model, manager, state)) = setup() else {
         return;
     };
-    let state = temp("hive-state");
     let port = rbee_test_support::process::free_port();
     let ports = rbee_test_support::process::free_port().max(20_000);
     let config = state.join("hive.toml");
@@ -421,11 +397,9 @@ fn the_hive_is_a_notify_service_with_a_status_line_and_stops_its_workers_with_it
 
 #[test]
 fn a_worker_that_stops_answering_is_marked_unhealthy_then_stopped() {
-    let Some(model) = model() else { return };
-    let Some(manager) = user_manager() else {
+    let Some((model, manager, state)) = setup() else {
         return;
     };
-    let state = temp("hive-state");
     let hive = Hive::start(&Opts::systemd(&manager), &state.0);
     let w = hive.ready_worker(&model);
     let (id, unit) = (w["id"].as_str().unwrap(), w["unit"].as_str().unwrap());
