@@ -217,7 +217,7 @@ impl Hive {
         preflight::check(&need, &snapshot, &self.config.limits).inspect_err(|e| {
             tracing::warn!(model = %req.model_ref, code = %e.error.code.as_str(), "preflight: {}", e.error.message);
         })?;
-        let devices = gpu_device_nodes(&snapshot, &req.backend, req.device);
+        let devices = gpu_device_nodes(&snapshot.backends, &req.backend, req.device);
         let previous_failure = self.registry.take_failure(&req.model_ref);
         let port = self.pick_port(None).ok_or_else(|| {
             spawn_failed(format!(
@@ -245,6 +245,8 @@ impl Hive {
                 backend: req.backend.clone(),
                 device: req.device,
                 slots,
+                ctx_size: req.ctx_size,
+                devices: devices.clone(),
                 host: self.config.worker_host,
                 port,
                 supervisor: self.supervisor.name().into(),
@@ -252,7 +254,7 @@ impl Hive {
                     .then(|| self.config.logs_dir().join(format!("{id}.log"))),
                 started_at_unix: now_unix(),
             };
-            match self.launch(spec, req.ctx_size, &devices, 1) {
+            match self.launch(spec, 1) {
                 Ok(w) => {
                     return Ok((
                         202,
@@ -280,7 +282,7 @@ impl Hive {
 
     /// The model is downloading: answer with the download, and spawn when it completes
     /// (a failed download is reported on the next spawn of the model).
-    fn spawn_after(self: &Hive, t: Arc<Transfer>, req: &SpawnRequest) -> SpawnResponse {
+    fn spawn_after(&self, t: Arc<Transfer>, req: &SpawnRequest) -> SpawnResponse {
         let download = DownloadRef {
             id: t.id.clone(),
             progress_url: format!("/v1/models/download/progress?id={}", t.id),
@@ -321,13 +323,7 @@ impl Hive {
 
     /// Writes the record, registers the worker as loading, and asks the supervisor to start
     /// it. On failure nothing is left behind.
-    fn launch(
-        &self,
-        spec: WorkerSpec,
-        ctx_size: Option<u32>,
-        devices: &[String],
-        attempt: u32,
-    ) -> Result<Worker, StartError> {
+    fn launch(&self, spec: WorkerSpec, attempt: u32) -> Result<Worker, StartError> {
         let dir = self.config.workers_dir();
         let other = |e: std::io::Error| StartError::Other(format!("worker record: {e}"));
         let key = match self.registry.get(&spec.id) {
@@ -361,7 +357,7 @@ impl Hive {
                 .max(1)
                 .to_string(),
         ];
-        if let Some(c) = ctx_size {
+        if let Some(c) = spec.ctx_size {
             args.extend(["--ctx-size".into(), c.to_string()]);
         }
         let worker = Worker {
@@ -379,8 +375,8 @@ impl Hive {
             binary: self.worker_binary.clone(),
             args,
             key_path,
-            memory_max: memory_max(spec.model_bytes, &spec.backend),
-            devices: devices.to_vec(),
+            memory_max: memory_max(spec.model_bytes),
+            devices: spec.devices.clone(),
             load_timeout: Duration::from_secs(self.config.load_timeout_secs),
             stop_timeout: Duration::from_secs(self.config.stop_timeout_secs),
             spec,
@@ -608,15 +604,7 @@ impl Hive {
             port,
             ..w.spec.clone()
         };
-        let snapshot_backends = resources::backends();
-        let snap = Snapshot {
-            memory: resources::memory(),
-            disk: resources::disk(&self.config.state_dir),
-            backends: snapshot_backends,
-            ram_in_use_by_workers: 0,
-        };
-        let devices = gpu_device_nodes(&snap, &spec.backend, spec.device);
-        match self.launch(spec, None, &devices, w.port_attempts + 1) {
+        match self.launch(spec, w.port_attempts + 1) {
             Ok(_) => true,
             Err(e) => {
                 tracing::error!(id = %w.spec.id, error = %e, "retry on another port failed");
@@ -641,13 +629,13 @@ fn port_free(host: IpAddr, port: u16) -> bool {
 
 /// systemd's memory limit for a worker: room for the weights, KV cache and buffers; GPU
 /// workers keep their weights in VRAM but still map the file.
-fn memory_max(model_bytes: u64, _backend: &str) -> Option<u64> {
+fn memory_max(model_bytes: u64) -> Option<u64> {
     Some(model_bytes.saturating_mul(2).saturating_add(2 << 30))
 }
 
 /// The device nodes a CUDA worker needs (`DeviceAllow=`): the control and UVM nodes and
 /// the one GPU it was given.
-fn gpu_device_nodes(snap: &Snapshot, backend: &str, device: u32) -> Vec<String> {
+fn gpu_device_nodes(backends: &[resources::Backend], backend: &str, device: u32) -> Vec<String> {
     if backend != "cuda" {
         return vec![];
     }
@@ -655,8 +643,7 @@ fn gpu_device_nodes(snap: &Snapshot, backend: &str, device: u32) -> Vec<String> 
         .iter()
         .map(|s| s.to_string())
         .collect();
-    if let Some(node) = snap
-        .backends
+    if let Some(node) = backends
         .iter()
         .find(|b| b.name == "cuda")
         .and_then(|b| b.devices.iter().find(|d| d.index == device))

@@ -56,6 +56,12 @@ pub struct WorkerSpec {
     pub device: u32,
     /// Concurrent requests.
     pub slots: u32,
+    /// Context tokens per slot, when the spawn asked for a size.
+    #[serde(default)]
+    pub ctx_size: Option<u32>,
+    /// GPU device nodes it may open.
+    #[serde(default)]
+    pub devices: Vec<String>,
     /// Address the worker listens on.
     pub host: IpAddr,
     /// Port the worker listens on.
@@ -230,7 +236,7 @@ impl Registry {
         self.lock().workers.values().map(Worker::view).collect()
     }
 
-    /// The worker with this id or unit name.
+    /// The worker with this unit name.
     pub fn find_unit(&self, unit: &str) -> Option<Worker> {
         self.lock()
             .workers
@@ -403,6 +409,8 @@ mod tests {
             backend: "cpu".into(),
             device: 0,
             slots: 2,
+            ctx_size: None,
+            devices: vec![],
             host: IpAddr::from([127, 0, 0, 1]),
             port,
             supervisor: "process".into(),

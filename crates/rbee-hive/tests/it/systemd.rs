@@ -288,7 +288,10 @@ fn a_worker_that_cannot_bind_its_port_is_moved_to_the_next_one() {
         ..Opts::systemd(&manager)
     };
     let hive = Hive::start(&opts, &state.0);
-    let r = hive.spawn_model(&model);
+    let r = hive.post(
+        "/v1/workers/spawn",
+        &json!({ "model_ref": file_ref(&model), "ctx_size": 256 }),
+    );
     assert_eq!(r.status, 202, "{}", r.body);
     let first_url = r.json()["worker"]["url"].as_str().unwrap().to_owned();
     let id = r.json()["worker"]["id"].as_str().unwrap().to_owned();
@@ -299,6 +302,14 @@ fn a_worker_that_cannot_bind_its_port_is_moved_to_the_next_one() {
         "moved to another port"
     );
     assert_eq!(infer(&w, "Hi").status, 200);
+    // The worker on the new port is the one asked for, context size included.
+    let info = rbee_test_support::http::send(
+        "GET",
+        &format!("{}/v1/info", w["url"].as_str().unwrap()),
+        w["api_key"].as_str(),
+        None,
+    );
+    assert_eq!(info.json()["ctx_size"], 256, "{}", info.body);
 }
 
 #[test]
