@@ -5,6 +5,41 @@ use std::path::PathBuf;
 
 use clap::{Parser, ValueEnum};
 
+#[cfg(feature = "cuda")]
+macro_rules! cuda {
+    () => {
+        ", cuda"
+    };
+}
+#[cfg(not(feature = "cuda"))]
+macro_rules! cuda {
+    () => {
+        ""
+    };
+}
+#[cfg(feature = "metal")]
+macro_rules! metal {
+    () => {
+        ", metal"
+    };
+}
+#[cfg(not(feature = "metal"))]
+macro_rules! metal {
+    () => {
+        ""
+    };
+}
+
+/// `--version`: the crate version and the backends compiled in, which rbee-hive checks
+/// when it records a worker binary (`llm-worker-rbee 0.1.0 (backends: cpu, cuda)`).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (backends: cpu",
+    cuda!(),
+    metal!(),
+    ")"
+);
+
 /// Where the model's layers run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Backend {
@@ -48,7 +83,7 @@ impl Backend {
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "llm-worker-rbee",
-    version,
+    version = VERSION,
     about,
     long_about,
     verbatim_doc_comment

@@ -5,34 +5,12 @@
 //! fsynced and in its final place.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use rusqlite::{params, Connection, Row, TransactionBehavior};
 use serde::{Deserialize, Serialize};
 
 /// Catalogue failures.
-#[derive(Debug, thiserror::Error)]
-pub enum CatalogError {
-    /// SQLite said no.
-    #[error("model catalogue {path}: {source}")]
-    Sqlite {
-        /// The database file.
-        path: PathBuf,
-        /// The error.
-        #[source]
-        source: rusqlite::Error,
-    },
-    /// The database was written by a newer rbee.
-    #[error("model catalogue {path} has schema version {found}, newer than this rbee ({supported}); upgrade rbee")]
-    TooNew {
-        /// The database file.
-        path: PathBuf,
-        /// Its version.
-        found: i64,
-        /// Ours.
-        supported: i64,
-    },
-}
+pub type CatalogError = rbee_sqlite::DbError;
 
 /// Whether a catalogued model's file is there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -121,7 +99,8 @@ impl Model {
     }
 }
 
-const SCHEMA_VERSION: i64 = 1;
+/// Names the database in errors.
+const WHAT: &str = "model catalogue";
 
 const MIGRATIONS: &[&str] = &[
     // 1: the models table.
@@ -188,46 +167,15 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<Model> {
 impl Catalog {
     /// Opens (creating and migrating) `path`.
     pub fn open(path: &Path) -> Result<Catalog, CatalogError> {
-        let err = |source| CatalogError::Sqlite {
-            path: path.to_path_buf(),
-            source,
-        };
-        if let Some(dir) = path.parent() {
-            let _ = std::fs::create_dir_all(dir);
-        }
-        let mut conn = Connection::open(path).map_err(err)?;
-        conn.busy_timeout(Duration::from_secs(5)).map_err(err)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(err)?;
-        conn.pragma_update(None, "synchronous", "FULL")
-            .map_err(err)?;
-        let version: i64 = conn
-            .pragma_query_value(None, "user_version", |r| r.get(0))
-            .map_err(err)?;
-        if version > SCHEMA_VERSION {
-            return Err(CatalogError::TooNew {
-                path: path.to_path_buf(),
-                found: version,
-                supported: SCHEMA_VERSION,
-            });
-        }
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(err)?;
-        for (i, m) in MIGRATIONS.iter().enumerate().skip(version as usize) {
-            tx.execute_batch(m).map_err(err)?;
-            tx.pragma_update(None, "user_version", i as i64 + 1)
-                .map_err(err)?;
-        }
-        tx.commit().map_err(err)?;
         Ok(Catalog {
-            conn,
+            conn: rbee_sqlite::open(path, WHAT, MIGRATIONS)?,
             path: path.to_path_buf(),
         })
     }
 
     fn err(&self, source: rusqlite::Error) -> CatalogError {
         CatalogError::Sqlite {
+            what: WHAT,
             path: self.path.clone(),
             source,
         }
@@ -235,12 +183,14 @@ impl Catalog {
 
     /// Records a model (replacing a row of the same reference).
     pub fn insert(&mut self, m: &Model) -> Result<(), CatalogError> {
+        let path = self.path.clone();
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| CatalogError::Sqlite {
-                path: self.path.clone(),
-                source: e,
+            .map_err(|source| CatalogError::Sqlite {
+                what: WHAT,
+                path,
+                source,
             })?;
         let r = tx
             .execute("DELETE FROM models WHERE reference = ?1 OR id = ?2", params![m.reference, m.id])

@@ -72,6 +72,27 @@ pub enum ErrorCode {
     ChecksumMismatch,
     /// The model is in use by a worker.
     ModelInUse,
+    /// The worker source's git repository could not be reached (clone or fetch failed).
+    GitFetchFailed,
+    /// The git server refused the credentials (SSH key, token).
+    GitAuthFailed,
+    /// The branch, tag or commit does not exist in the worker source.
+    GitRefNotFound,
+    /// No `cargo` to build a worker with.
+    CargoNotFound,
+    /// A `cuda` worker build needs the CUDA toolkit (`nvcc`), which is not installed.
+    CudaToolkitNotFound,
+    /// `cargo build` of the worker failed (the first compiler errors and the log path
+    /// are in the details).
+    WorkerBuildFailed,
+    /// The built worker binary is missing, not executable, or does not run `--version`.
+    BinaryVerificationFailed,
+    /// No worker binary with that id.
+    BinaryNotFound,
+    /// The worker binary is used by a running worker.
+    BinaryInUse,
+    /// A build was asked for but no `[worker_source]` is configured.
+    NoWorkerSource,
     /// Anything else; the message says what.
     Internal,
 }
@@ -84,10 +105,12 @@ impl ErrorCode {
             InvalidJson | InvalidUtf8 | InvalidRequest | UnknownField | PromptTooLong => 400,
             MissingApiKey | InvalidApiKey => 401,
             ModelAccessDenied => 403,
-            ModelInUse => 409,
+            ModelInUse | BinaryInUse | NoWorkerSource => 409,
+            GitFetchFailed | GitAuthFailed => 502,
             DownloadFailed | ChecksumMismatch => 502,
             DownloadTimeout => 504,
-            NotFound | ModelNotFound | WorkerNotFound => 404,
+            NotFound | ModelNotFound | WorkerNotFound | BinaryNotFound => 404,
+            GitRefNotFound => 400,
             InvalidModelRef | BackendUnavailable | DeviceNotFound | ModelInvalid => 400,
             InsufficientRam | InsufficientVram | InsufficientDisk => 507,
             MethodNotAllowed => 405,
@@ -95,6 +118,9 @@ impl ErrorCode {
             AllSlotsBusy | ModelLoading | Draining | Overloaded => 503,
             VramExhausted => 507,
             InferenceFailed | ModelLoadFailed | SpawnFailed | Internal => 500,
+            CargoNotFound | CudaToolkitNotFound | WorkerBuildFailed | BinaryVerificationFailed => {
+                500
+            }
         }
     }
 

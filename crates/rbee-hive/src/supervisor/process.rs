@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::os::unix::net::UnixDatagram;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -89,26 +89,7 @@ impl ProcessSupervisor {
             .stdin(Stdio::null())
             .stdout(log.try_clone().map_err(|e| other("log file", e))?)
             .stderr(log);
-        // SAFETY: getpid has no preconditions.
-        let parent = unsafe { libc::getpid() };
-        // SAFETY: only async-signal-safe calls between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                // The hive blocks SIGTERM in every thread; the worker must not inherit that.
-                let mut none: libc::sigset_t = std::mem::zeroed();
-                libc::sigemptyset(&mut none);
-                libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
-                libc::setpgid(0, 0);
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                // The hive died between fork and prctl: do not run as an orphan.
-                if libc::getppid() != parent {
-                    libc::_exit(1);
-                }
-                Ok(())
-            });
-        }
+        rbee_supervisor::child::die_with_parent(&mut cmd);
         let (tx, rx) = mpsc::channel();
         self.spawner
             .lock()

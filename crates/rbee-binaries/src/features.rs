@@ -1,0 +1,81 @@
+//! Backends and the cargo features that build them.
+
+use rbee_types::{ApiError, ErrorCode};
+
+/// The worker's optional cargo features (CPU is always built in).
+pub const KNOWN: &[&str] = &["cuda", "metal"];
+
+/// The features for a backend name (`cpu` → none).
+pub fn for_backend(backend: &str) -> Result<Vec<String>, ApiError> {
+    match backend {
+        "cpu" => Ok(vec![]),
+        "cuda" | "metal" => Ok(vec![backend.to_owned()]),
+        other => Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!("unknown backend {other:?}; use cpu, cuda or metal"),
+        )
+        .detail("field", "backend")),
+    }
+}
+
+/// Checks, sorts and de-duplicates requested features (`cpu` means none).
+pub fn normalize(features: &[String]) -> Result<Vec<String>, ApiError> {
+    let mut out = Vec::new();
+    for f in features {
+        let f = f.trim();
+        if f == "cpu" {
+            continue;
+        }
+        if !KNOWN.contains(&f) {
+            return Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                format!(
+                    "unknown worker feature {f:?}; the worker has {} (an empty list builds the CPU worker)",
+                    KNOWN.join(", ")
+                ),
+            )
+            .detail("field", "features"));
+        }
+        out.push(f.to_owned());
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+/// A short name for a feature set, used in ids and directory names (`cpu`, `cuda`).
+pub fn key(features: &[String]) -> String {
+    if features.is_empty() {
+        "cpu".into()
+    } else {
+        features.join("+")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(s: &[&str]) -> Vec<String> {
+        s.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn normalizes_and_names_feature_sets() {
+        assert_eq!(
+            normalize(&v(&["cuda", "cpu", "cuda"])).unwrap(),
+            v(&["cuda"])
+        );
+        assert_eq!(key(&normalize(&v(&["cpu"])).unwrap()), "cpu");
+        assert_eq!(key(&v(&["cuda", "metal"])), "cuda+metal");
+        let e = normalize(&v(&["rocm"])).unwrap_err();
+        assert_eq!(e.error.code, ErrorCode::InvalidRequest);
+        assert!(
+            e.error.message.contains("cuda, metal"),
+            "{}",
+            e.error.message
+        );
+        assert_eq!(for_backend("cuda").unwrap(), v(&["cuda"]));
+        assert!(for_backend("vulkan").is_err());
+    }
+}

@@ -1,0 +1,300 @@
+//! The worker's git source: clone or fetch with git2, resolve the ref to a commit, check
+//! it out. One checkout per feature set (builds of different feature sets may run at once).
+
+use std::path::{Path, PathBuf};
+
+use git2::{build::CheckoutBuilder, Cred, CredentialType, FetchOptions, Oid, RemoteCallbacks};
+use rbee_types::{ApiError, ErrorCode};
+use serde::{Deserialize, Serialize};
+
+/// Where workers are built from (`[worker_source]` in the hive's config).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Source {
+    /// `https://…`, `ssh://…`, `git@host:org/repo.git`, a local path or `file://…`.
+    pub git_url: String,
+    /// A branch, a tag, or a full 40-hex commit (which pins the build).
+    #[serde(default = "default_ref")]
+    pub git_ref: String,
+    /// The private key for SSH URLs (else the SSH agent is asked).
+    #[serde(default)]
+    pub ssh_key: Option<PathBuf>,
+    /// cargo to build with (default: on PATH, in `$CARGO_HOME/bin` or `~/.cargo/bin`).
+    #[serde(default)]
+    pub cargo: Option<PathBuf>,
+    /// Builds (of different feature sets) running at once; they are CPU-heavy.
+    #[serde(default = "one")]
+    pub max_concurrent_builds: usize,
+}
+
+fn default_ref() -> String {
+    "main".into()
+}
+
+fn one() -> usize {
+    1
+}
+
+impl Source {
+    /// A source at `git_url`, ref `git_ref`, with the defaults for everything else.
+    pub fn new(git_url: impl Into<String>, git_ref: impl Into<String>) -> Source {
+        Source {
+            git_url: git_url.into(),
+            git_ref: git_ref.into(),
+            ssh_key: None,
+            cargo: None,
+            max_concurrent_builds: 1,
+        }
+    }
+}
+
+/// A checked-out commit.
+#[derive(Debug, Clone)]
+pub struct Checkout {
+    /// The work tree.
+    pub dir: PathBuf,
+    /// The full commit sha.
+    pub commit: String,
+}
+
+/// Whether `r` is a full commit sha (a pinned build).
+pub fn is_commit(r: &str) -> bool {
+    r.len() == 40 && r.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Checks a ref name before any git work: no empty names, no option-like or path-escaping
+/// names, nothing git itself would refuse.
+pub fn check_ref(r: &str) -> Result<(), ApiError> {
+    let bad = r.is_empty()
+        || r.len() > 200
+        || r.starts_with('-')
+        || r.contains("..")
+        || r.chars().any(|c| c.is_control() || " ~^:?*[\\".contains(c))
+        || !git2::Reference::is_valid_name(&format!("refs/heads/{r}"));
+    if bad {
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!(
+                "{r:?} is not a branch, tag or commit name (e.g. main, v0.1.0 or a 40-hex commit)"
+            ),
+        )
+        .detail("field", "ref"));
+    }
+    Ok(())
+}
+
+/// Clones or fetches `src.git_url` into `dir`, then checks out `git_ref` (detached).
+/// `log` receives lines a person can follow.
+pub fn checkout(
+    src: &Source,
+    git_ref: &str,
+    dir: &Path,
+    log: &mut dyn FnMut(String),
+) -> Result<Checkout, ApiError> {
+    check_ref(git_ref)?;
+    let url = &src.git_url;
+    let repo = match git2::Repository::open(dir) {
+        Ok(r) => r,
+        Err(_) => {
+            let _ = std::fs::remove_dir_all(dir);
+            std::fs::create_dir_all(dir).map_err(|e| internal(dir, &e.to_string()))?;
+            git2::Repository::init(dir).map_err(|e| internal(dir, e.message()))?
+        }
+    };
+    log(format!("fetching {url}"));
+    {
+        let mut remote = repo
+            .remote_anonymous(url)
+            .map_err(|e| fetch_error(url, &e))?;
+        let mut fo = FetchOptions::new();
+        fo.remote_callbacks(callbacks(src, log));
+        fo.download_tags(git2::AutotagOption::All);
+        remote
+            .fetch(
+                &[
+                    "+refs/heads/*:refs/remotes/origin/*",
+                    "+refs/tags/*:refs/tags/*",
+                ],
+                Some(&mut fo),
+                None,
+            )
+            .map_err(|e| fetch_error(url, &e))?;
+    }
+    let oid = resolve(&repo, url, git_ref)?;
+    let commit = repo
+        .find_commit(oid)
+        .map_err(|_| ref_not_found(&repo, url, git_ref))?;
+    repo.checkout_tree(
+        commit.as_object(),
+        Some(CheckoutBuilder::new().force().remove_untracked(true)),
+    )
+    .map_err(|e| internal(dir, e.message()))?;
+    repo.set_head_detached(oid)
+        .map_err(|e| internal(dir, e.message()))?;
+    let commit = oid.to_string();
+    log(format!("checked out {git_ref} at {commit}"));
+    Ok(Checkout {
+        dir: dir.to_path_buf(),
+        commit,
+    })
+}
+
+/// The commit `git_ref` names: a full sha, a branch of the remote, or a tag.
+fn resolve(repo: &git2::Repository, url: &str, git_ref: &str) -> Result<Oid, ApiError> {
+    if is_commit(git_ref) {
+        let oid = Oid::from_str(git_ref).map_err(|_| ref_not_found(repo, url, git_ref))?;
+        return repo
+            .find_commit(oid)
+            .map(|c| c.id())
+            .map_err(|_| ref_not_found(repo, url, git_ref));
+    }
+    for name in [
+        format!("refs/remotes/origin/{git_ref}"),
+        format!("refs/tags/{git_ref}"),
+    ] {
+        if let Ok(c) = repo.find_reference(&name).and_then(|r| r.peel_to_commit()) {
+            return Ok(c.id());
+        }
+    }
+    Err(ref_not_found(repo, url, git_ref))
+}
+
+/// Credentials: the configured key or the SSH agent for SSH, git's credential helpers
+/// for HTTPS. Each kind is tried once, so a refused key ends in an error, not a loop.
+fn callbacks<'a>(src: &'a Source, log: &'a mut dyn FnMut(String)) -> RemoteCallbacks<'a> {
+    let mut cb = RemoteCallbacks::new();
+    let mut tried = CredentialType::empty();
+    cb.credentials(move |url, username, allowed| {
+        let user = username.unwrap_or("git");
+        if allowed.contains(CredentialType::SSH_KEY) && !tried.contains(CredentialType::SSH_KEY) {
+            tried |= CredentialType::SSH_KEY;
+            return match &src.ssh_key {
+                Some(key) => Cred::ssh_key(user, None, key, None),
+                None => Cred::ssh_key_from_agent(user),
+            };
+        }
+        if allowed.contains(CredentialType::USER_PASS_PLAINTEXT)
+            && !tried.contains(CredentialType::USER_PASS_PLAINTEXT)
+        {
+            tried |= CredentialType::USER_PASS_PLAINTEXT;
+            let config = git2::Config::open_default()?;
+            return Cred::credential_helper(&config, url, username);
+        }
+        if allowed.contains(CredentialType::USERNAME) && !tried.contains(CredentialType::USERNAME) {
+            tried |= CredentialType::USERNAME;
+            return Cred::username(user);
+        }
+        Err(git2::Error::new(
+            git2::ErrorCode::Auth,
+            git2::ErrorClass::Net,
+            "authentication failed: no accepted credentials",
+        ))
+    });
+    let mut last_decile = 0;
+    cb.transfer_progress(move |p| {
+        let total = p.total_objects().max(1);
+        let decile = p.received_objects() * 10 / total;
+        if decile > last_decile {
+            last_decile = decile;
+            log(format!(
+                "received {}/{} objects ({} KiB)",
+                p.received_objects(),
+                p.total_objects(),
+                p.received_bytes() / 1024
+            ));
+        }
+        true
+    });
+    cb
+}
+
+fn fetch_error(url: &str, e: &git2::Error) -> ApiError {
+    let msg = e.message();
+    let auth = e.code() == git2::ErrorCode::Auth
+        || msg.contains("authentication")
+        || msg.contains("credentials")
+        || msg.contains("Permission denied");
+    if auth {
+        ApiError::new(
+            ErrorCode::GitAuthFailed,
+            format!(
+                "{url} refused the credentials: {msg}; for ssh:// or git@ URLs set [worker_source] ssh_key to a key the server accepts (readable by the hive, chmod 600), for https:// configure a git credential helper"
+            ),
+        )
+        .detail("git_url", url)
+    } else {
+        ApiError::new(
+            ErrorCode::GitFetchFailed,
+            format!("cannot fetch {url}: {msg}; check [worker_source] git_url and that this node can reach it"),
+        )
+        .detail("git_url", url)
+    }
+}
+
+fn ref_not_found(repo: &git2::Repository, url: &str, git_ref: &str) -> ApiError {
+    let mut known: Vec<String> = repo
+        .references()
+        .map(|refs| {
+            refs.flatten()
+                .filter_map(|r| r.name().map(str::to_owned))
+                .filter_map(|n| {
+                    n.strip_prefix("refs/remotes/origin/")
+                        .or_else(|| n.strip_prefix("refs/tags/"))
+                        .map(str::to_owned)
+                })
+                .filter(|n| n != "HEAD")
+                .collect()
+        })
+        .unwrap_or_default();
+    known.sort();
+    known.truncate(20);
+    ApiError::new(
+        ErrorCode::GitRefNotFound,
+        format!(
+            "{git_ref:?} is not a branch, tag or commit of {url}; known: {}",
+            if known.is_empty() {
+                "none".to_owned()
+            } else {
+                known.join(", ")
+            }
+        ),
+    )
+    .detail("git_url", url)
+    .detail("ref", git_ref)
+    .detail("known_refs", known)
+}
+
+fn internal(dir: &Path, msg: &str) -> ApiError {
+    ApiError::new(
+        ErrorCode::Internal,
+        format!("worker source checkout {}: {msg}", dir.display()),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ref_names_are_checked_before_any_git_work() {
+        for ok in ["main", "v0.1.0", "release/1.2", &"a".repeat(40)] {
+            assert!(check_ref(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "-x",
+            "a..b",
+            "a b",
+            "x~1",
+            "HEAD^",
+            "a:b",
+            "\0",
+            &"x".repeat(201),
+        ] {
+            let e = check_ref(bad).unwrap_err();
+            assert_eq!(e.error.code, ErrorCode::InvalidRequest, "{bad:?}");
+        }
+        assert!(is_commit(&"0a".repeat(20)));
+        assert!(!is_commit("main"));
+    }
+}
