@@ -8,6 +8,7 @@ pub mod hub;
 pub mod model;
 pub mod process;
 pub mod systemd;
+pub mod worker_repo;
 
 /// Set in CI: a test that would skip for a missing prerequisite fails instead.
 pub const STRICT_ENV: &str = "RBEE_TEST_STRICT";
