@@ -48,6 +48,37 @@ impl Source {
     }
 }
 
+impl Source {
+    /// Checks values that parse but cannot work (the hive's `check-config` runs this).
+    pub fn validate(&self) -> Result<(), String> {
+        let url = self.git_url.trim();
+        if url.is_empty() || url.starts_with('-') || url.contains(char::is_control) {
+            return Err(format!(
+                "[worker_source] git_url {:?} is not a repository URL (https://…, ssh://…, git@host:org/repo.git, /abs/path or file:///abs/path)",
+                self.git_url
+            ));
+        }
+        check_ref(&self.git_ref).map_err(|e| format!("[worker_source] git_ref: {}", e.error.message))?;
+        for (name, path) in [("ssh_key", &self.ssh_key), ("cargo", &self.cargo)] {
+            if let Some(p) = path {
+                if !p.is_absolute() {
+                    return Err(format!(
+                        "[worker_source] {name} must be an absolute path, not {}",
+                        p.display()
+                    ));
+                }
+            }
+        }
+        if !(1..=16).contains(&self.max_concurrent_builds) {
+            return Err(format!(
+                "[worker_source] max_concurrent_builds must be between 1 and 16, not {}",
+                self.max_concurrent_builds
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// A checked-out commit.
 #[derive(Debug, Clone)]
 pub struct Checkout {

@@ -13,7 +13,7 @@ use serde_json::json;
 use tiny_http::{Method, Request};
 
 use crate::hive::{worker_not_found, Hive, SpawnRequest};
-use crate::{logs, models, resources};
+use crate::{binaries, logs, models, resources};
 
 /// Requests handled at once before new ones get 503 `OVERLOADED`.
 pub const MAX_IN_FLIGHT: u32 = 256;
@@ -62,6 +62,10 @@ enum Route {
     Download,
     DownloadProgress,
     DeleteModel(String),
+    Binaries,
+    Build,
+    BuildProgress,
+    DeleteBinary(String),
 }
 
 fn route(path: &str) -> Option<(Route, Method)> {
@@ -75,6 +79,16 @@ fn route(path: &str) -> Option<(Route, Method)> {
         "/v1/models" => (Route::Models, Method::Get),
         "/v1/models/download" => (Route::Download, Method::Post),
         "/v1/models/download/progress" => (Route::DownloadProgress, Method::Get),
+        "/v1/worker-binaries" => (Route::Binaries, Method::Get),
+        "/v1/worker-binaries/build" => (Route::Build, Method::Post),
+        "/v1/worker-binaries/build/progress" => (Route::BuildProgress, Method::Get),
+        p if p.starts_with("/v1/worker-binaries/") => {
+            let id = p.strip_prefix("/v1/worker-binaries/")?;
+            if id.is_empty() || id.contains('/') {
+                return None;
+            }
+            (Route::DeleteBinary(id.to_owned()), Method::Delete)
+        }
         p if p.starts_with("/v1/models/") => {
             let id = p.strip_prefix("/v1/models/")?;
             if id.is_empty() || id.contains('/') {
@@ -185,6 +199,10 @@ fn handle(hive: &Hive, request: Request) {
         Route::Download => models::download(hive, request, MAX_BODY),
         Route::DownloadProgress => models::progress(hive, request, query_param(&url, "id")),
         Route::DeleteModel(id) => models::delete(hive, request, &id),
+        Route::Binaries => binaries::list(hive, request),
+        Route::Build => binaries::build(hive, request, MAX_BODY),
+        Route::BuildProgress => binaries::progress(hive, request, query_param(&url, "id")),
+        Route::DeleteBinary(id) => binaries::delete(hive, request, &id),
         Route::Logs(id) => {
             let lines = match query_param(&url, "lines").map(str::parse::<usize>) {
                 None => 100,

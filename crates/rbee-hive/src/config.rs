@@ -210,6 +210,10 @@ pub struct Config {
     pub download_attempts: u32,
     /// Limits below what the machine has.
     pub limits: Limits,
+    /// Where the hive builds its worker binaries from (`[worker_source]`: `git_url`,
+    /// `git_ref`, `ssh_key`, `cargo`, `max_concurrent_builds`); without it, the worker
+    /// installed next to the hive runs.
+    pub worker_source: Option<rbee_binaries::Source>,
 }
 
 impl Default for Config {
@@ -236,6 +240,7 @@ impl Default for Config {
             download_stall_secs: 60,
             download_attempts: 6,
             limits: Limits::default(),
+            worker_source: None,
         }
     }
 }
@@ -365,6 +370,9 @@ impl Config {
                 }
             }
         }
+        if let Some(src) = &self.worker_source {
+            src.validate().map_err(ConfigError)?;
+        }
         Ok(())
     }
 
@@ -428,9 +436,18 @@ mod tests {
             ram_bytes = 1000
             vram_bytes = 2000
             min_free_disk_bytes = 3000
+            [worker_source]
+            git_url = "git@github.com:rbee-project/rbee.git"
+            git_ref = "v0.1.0"
+            ssh_key = "/var/lib/rbee/deploy_key"
+            cargo = "/opt/rust/bin/cargo"
+            max_concurrent_builds = 2
             "#,
         )
         .unwrap();
+        let src = c.worker_source.as_ref().unwrap();
+        assert_eq!(src.git_ref, "v0.1.0");
+        assert_eq!(src.max_concurrent_builds, 2);
         assert_eq!(c.supervisor, SupervisorChoice::SystemdUser);
         assert_eq!(
             c.worker_ports,
@@ -457,6 +474,12 @@ mod tests {
             ("supervisor = \"docker\"", "unknown variant"),
             ("[limits]\nram = 1", "unknown field `ram`"),
             ("port = ", "test.toml"),
+            ("[worker_source]\ngit_ref = \"main\"", "missing field `git_url`"),
+            ("[worker_source]\ngit_url = \"\"", "is not a repository URL"),
+            ("[worker_source]\ngit_url = \"/r\"\ngit_ref = \"a..b\"", "git_ref"),
+            ("[worker_source]\ngit_url = \"/r\"\nssh_key = \"id_rsa\"", "ssh_key must be an absolute path"),
+            ("[worker_source]\ngit_url = \"/r\"\nmax_concurrent_builds = 0", "max_concurrent_builds"),
+            ("[worker_source]\ngit_url = \"/r\"\nbranch = \"x\"", "unknown field `branch`"),
         ] {
             let e = parse(doc).expect_err(doc).to_string();
             assert!(e.contains(says), "{doc:?} → {e}");

@@ -43,7 +43,12 @@ fn run_inner(config: Config) -> anyhow::Result<()> {
     if api_key.is_none() && !config.host.is_loopback() {
         tracing::warn!(host = %config.host, "the API listens beyond loopback without an API key: anyone who can reach it can start workers");
     }
-    let worker_binary = find_worker_binary(config.worker_binary.as_deref())?;
+    // With a git source the hive builds its workers, and an installed one is optional.
+    let installed = match find_worker_binary(config.worker_binary.as_deref()) {
+        Ok(p) => Some(p),
+        Err(_) if config.worker_source.is_some() && config.worker_binary.is_none() => None,
+        Err(e) => return Err(e),
+    };
     for dir in [config.workers_dir(), config.logs_dir()] {
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("cannot create {}", dir.display()))?;
@@ -86,17 +91,31 @@ fn run_inner(config: Config) -> anyhow::Result<()> {
     let models =
         rbee_models::provisioner::Provisioner::open(&config.state_dir, &config.models_dir(), hub)
             .map_err(|e| anyhow::anyhow!("{}", e.error.message))?;
+    let binaries = rbee_binaries::Builder::open(rbee_binaries::BuilderConfig {
+        state_dir: config.state_dir.clone(),
+        source: config.worker_source.clone(),
+        installed,
+    })
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    if let Some(src) = &config.worker_source {
+        tracing::info!(git_url = %src.git_url, git_ref = %src.git_ref, "workers are built from git");
+    }
     let hive = Arc::new(Hive::new(
         config,
         api_key,
         supervisor,
         rt.handle().clone(),
-        worker_binary,
+        binaries,
         hive_url.clone(),
         journal,
         Arc::new(models),
     ));
     let _ = hive.me.set(Arc::downgrade(&hive));
+    {
+        let me = Arc::downgrade(&hive);
+        hive.binaries
+            .set_in_use(move |p| me.upgrade().is_some_and(|h| h.registry.uses_binary(p)));
+    }
     hive.adopt();
 
     {

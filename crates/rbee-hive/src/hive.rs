@@ -60,6 +60,10 @@ pub struct SpawnResponse {
     /// started when it completes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub download: Option<DownloadRef>,
+    /// The build of the worker binary the worker waits for (none was built for its
+    /// backend yet); the worker is started when it completes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build: Option<BuildRef>,
     /// How the previous worker of this model ended, if it failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_failure: Option<Failure>,
@@ -71,6 +75,15 @@ pub struct DownloadRef {
     /// Transfer id.
     pub id: String,
     /// `GET` this for the SSE progress stream.
+    pub progress_url: String,
+}
+
+/// A worker-binary build a spawn waits for.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BuildRef {
+    /// Build id.
+    pub id: String,
+    /// `GET` this for the SSE progress stream (every line of the build).
     pub progress_url: String,
 }
 
@@ -93,8 +106,8 @@ pub struct Hive {
     pub supervisor: Supervisor,
     /// The runtime D-Bus work runs on.
     pub rt: tokio::runtime::Handle,
-    /// The worker binary.
-    pub worker_binary: PathBuf,
+    /// The worker binaries: recorded, built from git, or the installed one.
+    pub binaries: Arc<rbee_binaries::Builder>,
     /// The hive's own base URL (for worker callbacks).
     pub hive_url: String,
     /// Whether systemd workers log to the journal (else to files).
@@ -120,7 +133,7 @@ impl Hive {
         api_key: Option<String>,
         supervisor: Supervisor,
         rt: tokio::runtime::Handle,
-        worker_binary: PathBuf,
+        binaries: Arc<rbee_binaries::Builder>,
         hive_url: String,
         journal: bool,
         models: Arc<Provisioner>,
@@ -131,7 +144,7 @@ impl Hive {
             registry: Registry::default(),
             supervisor,
             rt,
-            worker_binary,
+            binaries,
             hive_url,
             journal,
             models,
@@ -192,6 +205,7 @@ impl Hive {
                     worker: Some(w.view()),
                     reused: true,
                     download: None,
+                    build: None,
                     previous_failure: None,
                 },
             ));
@@ -217,6 +231,27 @@ impl Hive {
         preflight::check(&need, &snapshot, &self.config.limits).inspect_err(|e| {
             tracing::warn!(model = %req.model_ref, code = %e.error.code.as_str(), "preflight: {}", e.error.message);
         })?;
+        let binary = match self.binaries.resolve(&req.backend)? {
+            rbee_binaries::Resolved::Ready(b) => b.binary_path,
+            rbee_binaries::Resolved::Building(b) => {
+                let build = BuildRef {
+                    id: b.id.clone(),
+                    progress_url: format!("/v1/worker-binaries/build/progress?id={}", b.id),
+                };
+                tracing::info!(model = %req.model_ref, build = %b.id, "no worker binary for {} yet; the worker starts once it is built", req.backend);
+                self.spawn_when(req, move || b.wait().map(|_| ()), "worker binary build");
+                return Ok((
+                    202,
+                    SpawnResponse {
+                        worker: None,
+                        reused: false,
+                        download: None,
+                        build: Some(build),
+                        previous_failure: self.registry.take_failure(&req.model_ref),
+                    },
+                ));
+            }
+        };
         let devices = gpu_device_nodes(&snapshot.backends, &req.backend, req.device);
         let previous_failure = self.registry.take_failure(&req.model_ref);
         let port = self.pick_port(None).ok_or_else(|| {
@@ -253,6 +288,7 @@ impl Hive {
                 log_file: (!self.journal || !self.supervisor.is_systemd())
                     .then(|| self.config.logs_dir().join(format!("{id}.log"))),
                 started_at_unix: now_unix(),
+                binary: Some(binary.clone()),
             };
             match self.launch(spec, 1) {
                 Ok(w) => {
@@ -262,6 +298,7 @@ impl Hive {
                             worker: Some(w.view()),
                             reused: false,
                             download: None,
+                            build: None,
                             previous_failure,
                         },
                     ))
@@ -288,37 +325,50 @@ impl Hive {
             progress_url: format!("/v1/models/download/progress?id={}", t.id),
         };
         tracing::info!(model = %req.model_ref, download = %t.id, "model not here yet; the worker starts once it is downloaded");
-        if let Some(me) = self.me.get().and_then(std::sync::Weak::upgrade) {
-            let req = req.clone();
-            std::thread::spawn(move || match t.wait() {
-                Ok(_) => match me.spawn(&req) {
-                    Ok((_, r)) => {
-                        tracing::info!(model = %req.model_ref, worker = ?r.worker.map(|w| w.id), "model downloaded; worker started")
-                    }
-                    Err(e) => {
-                        tracing::error!(model = %req.model_ref, "model downloaded but the worker did not start: {e}")
-                    }
-                },
-                Err(e) => {
-                    me.registry.record_failure(
-                        &req.model_ref,
-                        Failure {
-                            worker_id: String::new(),
-                            unit: String::new(),
-                            exit: format!("the model's download failed: {e}"),
-                            last_log_lines: vec![],
-                            at_unix: now_unix(),
-                        },
-                    );
-                }
-            });
-        }
+        self.spawn_when(req, move || t.wait().map(|_| ()), "model's download");
         SpawnResponse {
             worker: None,
             reused: false,
             download: Some(download),
+            build: None,
             previous_failure: self.registry.take_failure(&req.model_ref),
         }
+    }
+
+    /// Spawns `req` again once `wait` returns (a download, a build); its failure is
+    /// reported on the next spawn of the model.
+    fn spawn_when(
+        &self,
+        req: &SpawnRequest,
+        wait: impl FnOnce() -> Result<(), ApiError> + Send + 'static,
+        what: &'static str,
+    ) {
+        let Some(me) = self.me.get().and_then(std::sync::Weak::upgrade) else {
+            return;
+        };
+        let req = req.clone();
+        std::thread::spawn(move || match wait() {
+            Ok(()) => match me.spawn(&req) {
+                Ok((_, r)) => {
+                    tracing::info!(model = %req.model_ref, worker = ?r.worker.map(|w| w.id), "{what} done; worker started")
+                }
+                Err(e) => {
+                    tracing::error!(model = %req.model_ref, "{what} done but the worker did not start: {e}")
+                }
+            },
+            Err(e) => {
+                me.registry.record_failure(
+                    &req.model_ref,
+                    Failure {
+                        worker_id: String::new(),
+                        unit: String::new(),
+                        exit: format!("the {what} failed: {e}"),
+                        last_log_lines: vec![],
+                        at_unix: now_unix(),
+                    },
+                );
+            }
+        });
     }
 
     /// Writes the record, registers the worker as loading, and asks the supervisor to start
@@ -372,7 +422,10 @@ impl Hive {
         };
         self.registry.insert(worker.clone());
         let launch = Launch {
-            binary: self.worker_binary.clone(),
+            binary: spec
+                .binary
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("llm-worker-rbee")),
             args,
             key_path,
             memory_max: memory_max(spec.model_bytes),
@@ -456,6 +509,8 @@ impl Hive {
     fn forget(&self, id: &str) {
         if self.registry.remove(id).is_some() {
             store::remove(&self.config.workers_dir(), id);
+            // A replaced worker binary may be unused now.
+            self.binaries.collect_garbage();
         }
     }
 

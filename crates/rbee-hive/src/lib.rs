@@ -4,7 +4,8 @@
 //!
 //! - [`config`]: the TOML file and the command line.
 //! - [`daemon`]: the process's life (sd-notify, signals, shutdown cascade).
-//! - [`api`]: HTTP routes; [`models`]: the model routes (catalogue, downloads).
+//! - [`api`]: HTTP routes; [`models`]: the model routes (catalogue, downloads);
+//!   [`binaries`]: the worker-binary routes (catalogue, builds from git).
 //! - [`hive`]: spawn (reuse, preflight, ports, unit names), stop, adoption, events.
 //! - [`registry`]: the workers in memory and their record files.
 //! - [`supervisor`]: systemd or child processes, behind one interface.
@@ -13,6 +14,7 @@
 //! - [`naming`]: worker ids; [`logs`]: worker log lines; models come from `rbee-models`.
 
 pub mod api;
+pub mod binaries;
 pub mod config;
 pub mod daemon;
 pub mod hive;

@@ -72,6 +72,9 @@ pub struct WorkerSpec {
     pub log_file: Option<PathBuf>,
     /// When it was started.
     pub started_at_unix: u64,
+    /// The executable it runs (a recorded worker binary).
+    #[serde(default)]
+    pub binary: Option<PathBuf>,
 }
 
 impl WorkerSpec {
@@ -137,6 +140,8 @@ pub struct WorkerView {
     pub supervisor: String,
     /// The key to send to the worker as `Authorization: Bearer …`.
     pub api_key: String,
+    /// The executable it runs.
+    pub binary: Option<PathBuf>,
 }
 
 impl Worker {
@@ -157,6 +162,7 @@ impl Worker {
             pid: self.pid,
             supervisor: self.spec.supervisor.clone(),
             api_key: self.api_key.clone(),
+            binary: self.spec.binary.clone(),
         }
     }
 }
@@ -280,6 +286,14 @@ impl Registry {
             .filter(|w| w.spec.backend == "cpu")
             .map(|w| w.spec.model_bytes)
             .sum()
+    }
+
+    /// Whether a worker runs the executable at `path`.
+    pub fn uses_binary(&self, path: &std::path::Path) -> bool {
+        self.lock()
+            .workers
+            .values()
+            .any(|w| w.spec.binary.as_deref() == Some(path))
     }
 
     /// Remembers why a worker of `model_ref` ended.
@@ -416,6 +430,7 @@ mod tests {
             supervisor: "process".into(),
             log_file: None,
             started_at_unix: 1,
+            binary: None,
         }
     }
 

@@ -21,10 +21,17 @@ pub fn setup() -> Option<(PathBuf, UserManager, TempDir)> {
     Some((model, manager, temp("hive-state")))
 }
 
-/// Writes an executable shell script (a stand-in worker binary) and returns its path.
+/// Writes an executable shell script (a stand-in worker binary) and returns its path. It
+/// answers `--version` like the real worker (the hive checks that before it runs one).
 pub fn script(dir: &TempDir, name: &str, body: &str) -> PathBuf {
     let path = dir.join(name);
-    std::fs::write(&path, format!("#!/bin/sh\n{body}")).unwrap();
+    std::fs::write(
+        &path,
+        format!(
+            "#!/bin/sh\nif [ \"$1\" = --version ]; then echo 'llm-worker-rbee 0.1.0 (backends: cpu)'; exit 0; fi\n{body}"
+        ),
+    )
+    .unwrap();
     std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     path
 }
@@ -218,6 +225,13 @@ impl Hive {
         assert!(r.status == 202 || r.status == 200, "{}", r.body);
         let id = r.json()["worker"]["id"].as_str().unwrap().to_owned();
         self.wait_state(&id, "idle", Duration::from_secs(120))
+    }
+
+    /// Follows a progress stream (download, build) to its end; the events without `[DONE]`.
+    pub fn follow(&self, progress_url: &str) -> Vec<Value> {
+        let mut sse = rbee_test_support::http::Sse::get(&format!("{}{progress_url}", self.url))
+            .unwrap_or_else(|r| panic!("{}", r.body));
+        sse.collect()
     }
 
     /// SIGKILL, and reap.

@@ -2,6 +2,7 @@
 //! systemd user manager (cgroup-confined) for the systemd supervisor.
 
 mod api;
+mod binaries;
 mod common;
 mod models;
 mod process;

@@ -38,13 +38,6 @@ fn opts(hub: &Hub) -> Opts {
     }
 }
 
-/// Follows a progress stream to its end; returns the events (without `[DONE]`).
-fn follow(hive: &Hive, progress_url: &str) -> Vec<Value> {
-    let mut sse =
-        Sse::get(&format!("{}{progress_url}", hive.url)).unwrap_or_else(|r| panic!("{}", r.body));
-    sse.collect()
-}
-
 fn assert_coherent(events: &[Value]) {
     let mut last = 0;
     for e in events {
@@ -71,7 +64,7 @@ fn a_download_streams_progress_then_the_model_is_catalogued_served_and_removable
         &json!({"model_ref": "hf:org/smol:Q4_1"}),
     );
     assert_eq!(r.status, 202, "{}", r.body);
-    let events = follow(&hive, r.json()["progress_url"].as_str().unwrap());
+    let events = hive.follow(r.json()["progress_url"].as_str().unwrap());
     assert_coherent(&events);
     let done = events.last().unwrap();
     assert_eq!(done["stage"], "complete", "{events:?}");
@@ -138,10 +131,7 @@ fn spawning_a_model_that_is_not_here_downloads_it_then_starts_the_worker() {
     let r = hive.post("/v1/workers/spawn", &json!({"model_ref": "hf:org/smol"}));
     assert_eq!(r.status, 202, "{}", r.body);
     assert!(r.json()["worker"].is_null());
-    let events = follow(
-        &hive,
-        r.json()["download"]["progress_url"].as_str().unwrap(),
-    );
+    let events = hive.follow(r.json()["download"]["progress_url"].as_str().unwrap());
     assert_coherent(&events);
     assert_eq!(events.last().unwrap()["stage"], "complete");
     let until = Instant::now() + Duration::from_secs(60);
@@ -198,7 +188,7 @@ fn a_download_interrupted_by_a_killed_hive_resumes_after_the_restart() {
         "no row for a partial file"
     );
     let r = hive.post("/v1/models/download", &json!({"model_ref": "hf:org/smol"}));
-    let events = follow(&hive, r.json()["progress_url"].as_str().unwrap());
+    let events = hive.follow(r.json()["progress_url"].as_str().unwrap());
     let first = events.iter().find(|e| e["stage"] == "downloading").unwrap();
     assert!(
         first["bytes_downloaded"].as_u64().unwrap() > 0,
@@ -258,7 +248,7 @@ fn model_errors_are_clear_and_leave_nothing_behind() {
     ] {
         let r = hive.post("/v1/models/download", &json!({ "model_ref": reference }));
         assert_eq!(r.status, 202, "{}", r.body);
-        let events = follow(&hive, r.json()["progress_url"].as_str().unwrap());
+        let events = hive.follow(r.json()["progress_url"].as_str().unwrap());
         let end = events.last().unwrap();
         assert_eq!(end["stage"], "error", "{events:?}");
         assert_eq!(end["error"]["code"], code, "{reference}: {end}");

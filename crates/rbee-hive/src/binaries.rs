@@ -1,0 +1,107 @@
+//! The hive's worker-binary routes: the catalogue, builds and their progress streams.
+
+use std::time::Duration;
+
+use rbee_http::{json_error, read_body, respond_error, respond_json, SseWriter};
+use rbee_types::{ApiError, ErrorCode};
+use serde::Deserialize;
+use serde_json::json;
+use tiny_http::Request;
+
+use crate::hive::Hive;
+
+/// `POST /v1/worker-binaries/build`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BuildRequest {
+    /// Cargo features (`[]` or `["cpu"]`: the CPU worker; `["cuda"]`, `["metal"]`).
+    #[serde(default)]
+    features: Vec<String>,
+    /// Branch, tag or commit (default: the configured `git_ref`).
+    #[serde(default, rename = "ref")]
+    git_ref: Option<String>,
+}
+
+/// `GET /v1/worker-binaries`.
+pub fn list(hive: &Hive, request: Request) {
+    match hive.binaries.list() {
+        Ok(b) => respond_json(
+            request,
+            200,
+            &json!({ "binaries": b, "source": hive.binaries.config().source }),
+        ),
+        Err(e) => respond_error(request, &e),
+    }
+}
+
+/// The answer that points at a build's progress stream.
+pub fn build_ref(id: &str) -> serde_json::Value {
+    json!({
+        "build_id": id,
+        "progress_url": format!("/v1/worker-binaries/build/progress?id={id}"),
+    })
+}
+
+/// `POST /v1/worker-binaries/build` {features, ref?}: 202 with the (new or joined) build.
+pub fn build(hive: &Hive, mut request: Request, max_body: usize) {
+    let body = match read_body(&mut request, max_body) {
+        Ok(b) => b,
+        Err(e) => return respond_error(request, &e),
+    };
+    let req: BuildRequest = match serde_json::from_str(&body) {
+        Ok(r) => r,
+        Err(e) => return respond_error(request, &json_error(&e)),
+    };
+    match hive.binaries.build(&req.features, req.git_ref.as_deref()) {
+        Ok(b) => respond_json(request, 202, &build_ref(&b.id)),
+        Err(e) => respond_error(request, &e),
+    }
+}
+
+/// `GET /v1/worker-binaries/build/progress?id=…`: SSE of the build's events (every line
+/// of cargo's output), ending with `complete` or `error`, then `[DONE]`.
+pub fn progress(hive: &Hive, request: Request, id: Option<&str>) {
+    let Some(b) = id.and_then(|id| hive.binaries.build_by_id(id)) else {
+        let e = ApiError::new(
+            ErrorCode::NotFound,
+            "no such build; POST /v1/worker-binaries/build returns the id",
+        )
+        .detail("id", id.unwrap_or(""));
+        return respond_error(request, &e);
+    };
+    let Ok(mut sse) = SseWriter::start(request, &[]) else {
+        return;
+    };
+    let mut seen = 0;
+    loop {
+        let (events, done) = b.events_since(seen, Duration::from_secs(10));
+        if events.is_empty() && !done {
+            if sse.comment("keep-alive").is_err() {
+                return;
+            }
+            continue;
+        }
+        seen += events.len();
+        for e in &events {
+            if sse.json(e).is_err() {
+                return;
+            }
+        }
+        if done {
+            let _ = sse.done();
+            return;
+        }
+    }
+}
+
+/// `DELETE /v1/worker-binaries/{id}`: refused while a worker runs it.
+pub fn delete(hive: &Hive, request: Request, id: &str) {
+    match hive.binaries.remove(id) {
+        Ok(b) => respond_json(
+            request,
+            200,
+            &json!({ "removed": b.id, "file_deleted": b.origin == rbee_binaries::catalog::Origin::Git }),
+        ),
+        Err(e) => respond_error(request, &e),
+    }
+}
