@@ -3,6 +3,10 @@
 , stdenv
 , rustPlatform
 , cmake
+, pkg-config
+, openssl
+, libssh2
+, zlib
 , llvmPackages
 }:
 
@@ -17,8 +21,10 @@ rustPlatform.buildRustPackage {
   cargoLock.lockFile = ../Cargo.lock;
 
   # llama-cpp-sys-2 drives cmake itself and runs bindgen on llama.h.
-  nativeBuildInputs = [ cmake rustPlatform.bindgenHook ];
-  buildInputs = lib.optionals stdenv.cc.isClang [ llvmPackages.openmp ];
+  # git2 (the hive builds workers from git) links libgit2's https and ssh transports.
+  nativeBuildInputs = [ cmake pkg-config rustPlatform.bindgenHook ];
+  buildInputs = [ openssl libssh2 zlib ]
+    ++ lib.optionals stdenv.cc.isClang [ llvmPackages.openmp ];
   dontUseCmakeConfigure = true;
 
   cargoBuildFlags = [ "--package" "llm-worker-rbee" "--package" "rbee-hive" ];

@@ -250,11 +250,24 @@ impl Builder {
                 .installed(backend)
                 .map(|b| Resolved::Ready(Box::new(b)));
         }
-        let newest = self.catalog().built_with(&features).map_err(Self::db)?;
-        if let Some(b) = newest.into_iter().find(|b| b.binary_path.is_file()) {
-            return Ok(Resolved::Ready(Box::new(b)));
+        let built = self.catalog().built_with(&features).map_err(Self::db)?;
+        if let Some(b) = self.pick(&built) {
+            return Ok(Resolved::Ready(Box::new(b.clone())));
         }
         self.build(&features, None).map(Resolved::Building)
+    }
+
+    /// Of the binaries built for one feature set (newest first), the one new workers run:
+    /// the newest from the configured repository — of the pinned commit, when `git_ref`
+    /// is one.
+    fn pick<'a>(&self, built: &'a [Binary]) -> Option<&'a Binary> {
+        let src = self.cfg.source.as_ref()?;
+        built.iter().find(|b| {
+            b.binary_path.is_file()
+                && b.git_url.as_deref() == Some(src.git_url.as_str())
+                && (!source::is_commit(&src.git_ref)
+                    || b.git_commit.as_deref() == Some(src.git_ref.as_str()))
+        })
     }
 
     /// The installed worker, verified (again only when the file changed) and recorded.
@@ -519,20 +532,24 @@ impl Builder {
         Ok(b)
     }
 
-    /// Removes built binaries that a newer build of the same feature set replaced and no
-    /// worker runs any more.
+    /// Removes built binaries that no worker runs and that are neither the newest of
+    /// their feature set nor the one new workers get (a newer build replaced them).
     pub fn collect_garbage(&self) {
         let Ok(all) = self.list() else { return };
-        let mut newest: HashMap<Vec<String>, &Binary> = HashMap::new();
-        for b in all.iter().filter(|b| b.origin == Origin::Git) {
-            // Newest first: the first of each feature set is the one spawns use.
-            newest.entry(b.features.clone()).or_insert(b);
+        let mut sets: HashMap<Vec<String>, Vec<Binary>> = HashMap::new();
+        for b in all.into_iter().filter(|b| b.origin == Origin::Git) {
+            // Still newest first within each set.
+            sets.entry(b.features.clone()).or_default().push(b);
         }
-        for b in all.iter().filter(|b| b.origin == Origin::Git) {
-            let current = newest.get(&b.features).is_some_and(|n| n.id == b.id);
-            if !current && !self.used(&b.binary_path) {
-                tracing::info!(id = %b.id, "removing a replaced worker binary no worker runs");
-                let _ = self.remove(&b.id);
+        for built in sets.values() {
+            let newest = built.first().map(|b| b.id.as_str());
+            let picked = self.pick(built).map(|b| b.id.as_str());
+            for b in built {
+                let id = Some(b.id.as_str());
+                if id != newest && id != picked && !self.used(&b.binary_path) {
+                    tracing::info!(id = %b.id, "removing a replaced worker binary no worker runs");
+                    let _ = self.remove(&b.id);
+                }
             }
         }
     }

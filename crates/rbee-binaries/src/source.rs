@@ -58,7 +58,8 @@ impl Source {
                 self.git_url
             ));
         }
-        check_ref(&self.git_ref).map_err(|e| format!("[worker_source] git_ref: {}", e.error.message))?;
+        check_ref(&self.git_ref)
+            .map_err(|e| format!("[worker_source] git_ref: {}", e.error.message))?;
         for (name, path) in [("ssh_key", &self.ssh_key), ("cargo", &self.cargo)] {
             if let Some(p) = path {
                 if !p.is_absolute() {

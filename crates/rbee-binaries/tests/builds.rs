@@ -43,7 +43,11 @@ fn wait_for_cargo(b: &rbee_binaries::Build) -> u32 {
                 return pid;
             }
         }
-        assert!(t0.elapsed() < Duration::from_secs(60), "cargo never started: {}", lines(b));
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "cargo never started: {}",
+            lines(b)
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -60,7 +64,9 @@ fn a_build_is_cloned_built_verified_and_recorded_with_its_provenance() {
     let state = TempDir::new("builds");
     let b = builder(&state, Some(Source::new(repo.url(), "main")));
     let build = b.build(&[], None).unwrap();
-    let bin = build.wait().unwrap_or_else(|e| panic!("{e:?}\n{}", lines(&build)));
+    let bin = build
+        .wait()
+        .unwrap_or_else(|e| panic!("{e:?}\n{}", lines(&build)));
     let head = git2::Repository::open(repo.url())
         .unwrap()
         .head()
@@ -74,11 +80,22 @@ fn a_build_is_cloned_built_verified_and_recorded_with_its_provenance() {
     assert_eq!(bin.git_ref.as_deref(), Some("main"));
     assert_eq!(bin.origin, Origin::Git);
     assert!(bin.features.is_empty());
-    assert!(bin.version.starts_with("llm-worker-rbee 0.1.0-fake.1"), "{}", bin.version);
-    assert!(bin.rust_version.as_deref().unwrap_or("").starts_with("rustc "));
+    assert!(
+        bin.version.starts_with("llm-worker-rbee 0.1.0-fake.1"),
+        "{}",
+        bin.version
+    );
+    assert!(bin
+        .rust_version
+        .as_deref()
+        .unwrap_or("")
+        .starts_with("rustc "));
     assert!(bin.build_secs.unwrap() > 0.0);
     assert!(bin.binary_path.starts_with(state.join("worker-bin")));
-    let mode = std::fs::metadata(&bin.binary_path).unwrap().permissions().mode();
+    let mode = std::fs::metadata(&bin.binary_path)
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o111, 0o111);
     assert_eq!(
         rbee_binaries::install::sha256_file(&bin.binary_path).unwrap(),
@@ -93,7 +110,9 @@ fn a_build_is_cloned_built_verified_and_recorded_with_its_provenance() {
     // The log has cargo's output.
     let logs = files_in(&state.join("worker-build/logs"));
     assert_eq!(logs.len(), 1);
-    assert!(std::fs::read_to_string(&logs[0]).unwrap().contains("Finished"));
+    assert!(std::fs::read_to_string(&logs[0])
+        .unwrap()
+        .contains("Finished"));
     // Durable: a new builder (a hive restart) finds it; the same commit is not rebuilt.
     drop(b);
     let b = builder(&state, Some(Source::new(repo.url(), "main")));
@@ -123,7 +142,11 @@ fn a_new_commit_builds_a_new_binary_and_the_old_one_stays_until_unused() {
     assert_ne!(new.binary_path, old.binary_path);
     assert!(new.version.contains("fake.2"), "{}", new.version);
     let ids: Vec<String> = b.list().unwrap().into_iter().map(|b| b.id).collect();
-    assert_eq!(ids, [new.id.clone(), old.id.clone()], "the old one is kept while used");
+    assert_eq!(
+        ids,
+        [new.id.clone(), old.id.clone()],
+        "the old one is kept while used"
+    );
     assert!(old.binary_path.is_file());
     match b.resolve("cpu").unwrap() {
         Resolved::Ready(r) => assert_eq!(r.id, new.id, "new workers get the new binary"),
@@ -158,6 +181,14 @@ fn a_pinned_commit_or_tag_builds_exactly_that_commit() {
     // The branch moves on: its head is what a branch build gets.
     let head = b.build(&[], Some("main")).unwrap().wait().unwrap();
     assert!(head.version.contains("fake.8"), "{}", head.version);
+    // Newer, but the configuration pins the first commit: new workers still get that one,
+    // and neither is thrown away.
+    match b.resolve("cpu").unwrap() {
+        Resolved::Ready(r) => assert_eq!(r.id, pinned.id),
+        Resolved::Building(_) => panic!("the pinned build is recorded"),
+    }
+    b.collect_garbage();
+    assert_eq!(b.list().unwrap().len(), 2);
 }
 
 #[test]
@@ -165,9 +196,17 @@ fn bad_refs_and_sources_fail_with_their_own_codes_and_record_nothing() {
     let repo = WorkerRepo::new();
     let state = TempDir::new("builds");
     let b = builder(&state, Some(Source::new(repo.url(), "main")));
-    let e = b.build(&[], Some("no-such-branch")).unwrap().wait().unwrap_err();
+    let e = b
+        .build(&[], Some("no-such-branch"))
+        .unwrap()
+        .wait()
+        .unwrap_err();
     assert_eq!(e.error.code, ErrorCode::GitRefNotFound, "{e:?}");
-    assert!(e.error.message.contains("known: main"), "{}", e.error.message);
+    assert!(
+        e.error.message.contains("known: main"),
+        "{}",
+        e.error.message
+    );
     let e = b
         .build(&[], Some(&"0".repeat(40)))
         .unwrap()
@@ -186,16 +225,23 @@ fn bad_refs_and_sources_fail_with_their_own_codes_and_record_nothing() {
     let e = gone.build(&[], None).unwrap().wait().unwrap_err();
     assert_eq!(e.error.code, ErrorCode::GitFetchFailed, "{e:?}");
     assert!(e.error.message.contains("/nonexistent/rbee.git"));
-    let e = builder(&state, Some(Source::new("https://127.0.0.1:1/rbee.git", "main")))
-        .build(&[], None)
-        .unwrap()
-        .wait()
-        .unwrap_err();
+    let e = builder(
+        &state,
+        Some(Source::new("https://127.0.0.1:1/rbee.git", "main")),
+    )
+    .build(&[], None)
+    .unwrap()
+    .wait()
+    .unwrap_err();
     assert_eq!(e.error.code, ErrorCode::GitFetchFailed, "{e:?}");
     // No cargo.
     let mut src = Source::new(repo.url(), "main");
     src.cargo = Some("/nonexistent/cargo".into());
-    let e = builder(&state, Some(src)).build(&[], None).unwrap().wait().unwrap_err();
+    let e = builder(&state, Some(src))
+        .build(&[], None)
+        .unwrap()
+        .wait()
+        .unwrap_err();
     assert_eq!(e.error.code, ErrorCode::CargoNotFound, "{e:?}");
     assert!(e.error.message.contains("rustup"), "{}", e.error.message);
     assert!(b.list().unwrap().is_empty());
@@ -212,10 +258,20 @@ fn a_commit_that_does_not_compile_reports_the_compiler_errors_and_the_log() {
     let build = b.build(&[], None).unwrap();
     let e = build.wait().unwrap_err();
     assert_eq!(e.error.code, ErrorCode::WorkerBuildFailed, "{e:?}");
-    assert!(e.error.message.contains("error[E0308]: mismatched types"), "{}", e.error.message);
-    assert!(e.error.message.contains("src/main.rs"), "{}", e.error.message);
+    assert!(
+        e.error.message.contains("error[E0308]: mismatched types"),
+        "{}",
+        e.error.message
+    );
+    assert!(
+        e.error.message.contains("src/main.rs"),
+        "{}",
+        e.error.message
+    );
     let log = PathBuf::from(e.error.details["log_path"].as_str().unwrap());
-    assert!(std::fs::read_to_string(&log).unwrap().contains("error[E0308]"));
+    assert!(std::fs::read_to_string(&log)
+        .unwrap()
+        .contains("error[E0308]"));
     let first = e.error.details["first_errors"].as_array().unwrap();
     assert!(first[0].as_str().unwrap().starts_with("error[E0308]"));
     // The stream carried the same lines, then the error.
@@ -233,7 +289,11 @@ fn a_binary_that_fails_verification_is_not_recorded() {
     let b = builder(&state, Some(Source::new(repo.url(), "main")));
     let e = b.build(&[], None).unwrap().wait().unwrap_err();
     assert_eq!(e.error.code, ErrorCode::BinaryVerificationFailed, "{e:?}");
-    assert!(e.error.message.contains("this worker is broken"), "{}", e.error.message);
+    assert!(
+        e.error.message.contains("this worker is broken"),
+        "{}",
+        e.error.message
+    );
     assert!(b.list().unwrap().is_empty());
     assert!(files_in(&state.join("worker-bin")).is_empty());
 }
@@ -244,7 +304,13 @@ fn a_killed_build_fails_cleanly_and_the_next_one_works() {
     let state = TempDir::new("builds");
     let flag = state.join("hold");
     std::fs::write(&flag, "").unwrap();
-    repo.commit(&Variant::Slow { mark: 3, flag: flag.clone() }, "slow");
+    repo.commit(
+        &Variant::Slow {
+            mark: 3,
+            flag: flag.clone(),
+        },
+        "slow",
+    );
     let b = builder(&state, Some(Source::new(repo.url(), "main")));
     let build = b.build(&[], None).unwrap();
     let pid = wait_for_cargo(&build);
@@ -252,7 +318,11 @@ fn a_killed_build_fails_cleanly_and_the_next_one_works() {
     unsafe { libc::kill(pid as i32, libc::SIGKILL) };
     let e = build.wait().unwrap_err();
     assert_eq!(e.error.code, ErrorCode::WorkerBuildFailed);
-    assert!(e.error.message.contains("killed by signal 9"), "{}", e.error.message);
+    assert!(
+        e.error.message.contains("killed by signal 9"),
+        "{}",
+        e.error.message
+    );
     assert!(b.list().unwrap().is_empty());
     std::fs::remove_file(&flag).unwrap();
     let bin = b.build(&[], None).unwrap().wait().unwrap();
@@ -265,13 +335,24 @@ fn concurrent_requests_for_one_build_share_it_and_builds_queue_for_a_slot() {
     let state = TempDir::new("builds");
     let flag = state.join("hold");
     std::fs::write(&flag, "").unwrap();
-    repo.commit(&Variant::Slow { mark: 4, flag: flag.clone() }, "slow");
+    repo.commit(
+        &Variant::Slow {
+            mark: 4,
+            flag: flag.clone(),
+        },
+        "slow",
+    );
     let b = builder(&state, Some(Source::new(repo.url(), "main")));
     let builds: Vec<_> = std::thread::scope(|s| {
-        let hs: Vec<_> = (0..8).map(|_| s.spawn(|| b.build(&[], None).unwrap())).collect();
+        let hs: Vec<_> = (0..8)
+            .map(|_| s.spawn(|| b.build(&[], None).unwrap()))
+            .collect();
         hs.into_iter().map(|h| h.join().unwrap()).collect()
     });
-    assert!(builds.iter().all(|x| x.id == builds[0].id), "one build for eight requests");
+    assert!(
+        builds.iter().all(|x| x.id == builds[0].id),
+        "one build for eight requests"
+    );
     wait_for_cargo(&builds[0]);
     // Another feature set waits for the one slot (max_concurrent_builds = 1).
     let cuda = b.build(&["cuda".into()], None).unwrap();
@@ -280,11 +361,19 @@ fn concurrent_requests_for_one_build_share_it_and_builds_queue_for_a_slot() {
         assert!(t0.elapsed() < Duration::from_secs(30), "{}", lines(&cuda));
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert!(!lines(&cuda).contains("fetching"), "it has not started: {}", lines(&cuda));
+    assert!(
+        !lines(&cuda).contains("fetching"),
+        "it has not started: {}",
+        lines(&cuda)
+    );
     std::fs::remove_file(&flag).unwrap();
     let bins: Vec<_> = builds.iter().map(|x| x.wait().unwrap()).collect();
     assert!(bins.iter().all(|x| *x == bins[0]));
-    assert_eq!(files_in(&state.join("worker-build/logs")).len(), 1, "cargo ran once");
+    assert_eq!(
+        files_in(&state.join("worker-build/logs")).len(),
+        1,
+        "cargo ran once"
+    );
     // Then the CUDA build runs, and here (no nvcc) says what is missing.
     let r = cuda.wait();
     if rbee_binaries::cargo::find_nvcc().is_none() {
@@ -298,7 +387,11 @@ fn concurrent_requests_for_one_build_share_it_and_builds_queue_for_a_slot() {
 fn without_a_source_the_installed_worker_is_verified_and_recorded() {
     let state = TempDir::new("builds");
     let installed = rbee_test_support::model::worker_binary();
-    rbee_test_support::skip_unless!(installed.is_file(), "no release worker at {}", installed.display());
+    rbee_test_support::skip_unless!(
+        installed.is_file(),
+        "no release worker at {}",
+        installed.display()
+    );
     let b = Builder::open(BuilderConfig {
         state_dir: state.0.clone(),
         source: None,
@@ -310,13 +403,22 @@ fn without_a_source_the_installed_worker_is_verified_and_recorded() {
     };
     assert_eq!(bin.origin, Origin::Installed);
     assert_eq!(bin.binary_path, installed);
-    assert!(bin.version.starts_with("llm-worker-rbee 0.1.0 (backends: cpu"), "{}", bin.version);
+    assert!(
+        bin.version
+            .starts_with("llm-worker-rbee 0.1.0 (backends: cpu"),
+        "{}",
+        bin.version
+    );
     assert_eq!(b.list().unwrap().len(), 1);
     // A CPU-only build asked for CUDA: said before any worker starts.
     if !bin.features.iter().any(|f| f == "cuda") {
         let e = b.resolve("cuda").err().unwrap();
         assert_eq!(e.error.code, ErrorCode::BackendUnavailable);
-        assert!(e.error.message.contains("[worker_source]"), "{}", e.error.message);
+        assert!(
+            e.error.message.contains("[worker_source]"),
+            "{}",
+            e.error.message
+        );
     }
     // Building needs a source.
     let e = b.build(&[], None).err().unwrap();
@@ -342,7 +444,11 @@ fn an_installed_worker_that_is_not_executable_is_refused() {
     .unwrap();
     let e = b.resolve("cpu").err().unwrap();
     assert_eq!(e.error.code, ErrorCode::BinaryVerificationFailed);
-    assert!(e.error.message.contains("not executable"), "{}", e.error.message);
+    assert!(
+        e.error.message.contains("not executable"),
+        "{}",
+        e.error.message
+    );
     // Fixed on disk: picked up without a restart.
     std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
     assert!(matches!(b.resolve("cpu").unwrap(), Resolved::Ready(_)));
@@ -361,7 +467,10 @@ fn reopening_tidies_what_a_crash_left() {
     std::fs::remove_file(&bin.binary_path).unwrap();
     let b = builder(&state, Some(Source::new(repo.url(), "main")));
     assert!(!stray.exists());
-    assert!(b.list().unwrap().is_empty(), "the row of a vanished file is gone");
+    assert!(
+        b.list().unwrap().is_empty(),
+        "the row of a vanished file is gone"
+    );
     // And the next spawn builds again.
     assert!(matches!(b.resolve("cpu").unwrap(), Resolved::Building(_)));
 }

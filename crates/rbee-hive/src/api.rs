@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use rbee_http::{
-    check_bearer, check_route, constant_time_eq, json_error, read_body, respond_error, respond_json,
+    check_bearer, check_route, constant_time_eq, read_json, respond_error, respond_json,
 };
 use rbee_types::worker::ReadyCallback;
 use rbee_types::{ApiError, ErrorCode, API_VERSION};
@@ -177,13 +177,9 @@ fn handle(hive: &Hive, request: Request) {
             None => respond_error(request, &worker_not_found(&id)),
         },
         Route::Spawn => {
-            let body = match read_body(&mut request, MAX_BODY) {
-                Ok(b) => b,
-                Err(e) => return respond_error(request, &e),
-            };
-            let req: SpawnRequest = match serde_json::from_str(&body) {
+            let req: SpawnRequest = match read_json(&mut request, MAX_BODY) {
                 Ok(r) => r,
-                Err(e) => return respond_error(request, &json_error(&e)),
+                Err(e) => return respond_error(request, &e),
             };
             match hive.spawn(&req) {
                 Ok((status, resp)) => respond_json(request, status, &resp),
@@ -222,13 +218,9 @@ fn handle(hive: &Hive, request: Request) {
 }
 
 fn ready_callback(hive: &Hive, mut request: Request) {
-    let body = match read_body(&mut request, MAX_BODY) {
-        Ok(b) => b,
-        Err(e) => return respond_error(request, &e),
-    };
-    let cb: ReadyCallback = match serde_json::from_str(&body) {
+    let cb: ReadyCallback = match read_json(&mut request, MAX_BODY) {
         Ok(c) => c,
-        Err(e) => return respond_error(request, &json_error(&e)),
+        Err(e) => return respond_error(request, &e),
     };
     let Some(w) = hive.registry.get(&cb.worker_id) else {
         return respond_error(request, &worker_not_found(&cb.worker_id));

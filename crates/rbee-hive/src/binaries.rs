@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use rbee_http::{json_error, read_body, respond_error, respond_json, SseWriter};
+use rbee_http::{read_json, respond_error, respond_json, SseWriter};
 use rbee_types::{ApiError, ErrorCode};
 use serde::Deserialize;
 use serde_json::json;
@@ -44,13 +44,9 @@ pub fn build_ref(id: &str) -> serde_json::Value {
 
 /// `POST /v1/worker-binaries/build` {features, ref?}: 202 with the (new or joined) build.
 pub fn build(hive: &Hive, mut request: Request, max_body: usize) {
-    let body = match read_body(&mut request, max_body) {
-        Ok(b) => b,
-        Err(e) => return respond_error(request, &e),
-    };
-    let req: BuildRequest = match serde_json::from_str(&body) {
+    let req: BuildRequest = match read_json(&mut request, max_body) {
         Ok(r) => r,
-        Err(e) => return respond_error(request, &json_error(&e)),
+        Err(e) => return respond_error(request, &e),
     };
     match hive.binaries.build(&req.features, req.git_ref.as_deref()) {
         Ok(b) => respond_json(request, 202, &build_ref(&b.id)),

@@ -474,12 +474,27 @@ mod tests {
             ("supervisor = \"docker\"", "unknown variant"),
             ("[limits]\nram = 1", "unknown field `ram`"),
             ("port = ", "test.toml"),
-            ("[worker_source]\ngit_ref = \"main\"", "missing field `git_url`"),
+            (
+                "[worker_source]\ngit_ref = \"main\"",
+                "missing field `git_url`",
+            ),
             ("[worker_source]\ngit_url = \"\"", "is not a repository URL"),
-            ("[worker_source]\ngit_url = \"/r\"\ngit_ref = \"a..b\"", "git_ref"),
-            ("[worker_source]\ngit_url = \"/r\"\nssh_key = \"id_rsa\"", "ssh_key must be an absolute path"),
-            ("[worker_source]\ngit_url = \"/r\"\nmax_concurrent_builds = 0", "max_concurrent_builds"),
-            ("[worker_source]\ngit_url = \"/r\"\nbranch = \"x\"", "unknown field `branch`"),
+            (
+                "[worker_source]\ngit_url = \"/r\"\ngit_ref = \"a..b\"",
+                "git_ref",
+            ),
+            (
+                "[worker_source]\ngit_url = \"/r\"\nssh_key = \"id_rsa\"",
+                "ssh_key must be an absolute path",
+            ),
+            (
+                "[worker_source]\ngit_url = \"/r\"\nmax_concurrent_builds = 0",
+                "max_concurrent_builds",
+            ),
+            (
+                "[worker_source]\ngit_url = \"/r\"\nbranch = \"x\"",
+                "unknown field `branch`",
+            ),
         ] {
             let e = parse(doc).expect_err(doc).to_string();
             assert!(e.contains(says), "{doc:?} → {e}");

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use rbee_http::{json_error, read_body, respond_error, respond_json, SseWriter};
+use rbee_http::{read_json, respond_error, respond_json, SseWriter};
 use rbee_models::provisioner::{Ensured, Progress};
 use rbee_types::{ApiError, ErrorCode};
 use serde::Deserialize;
@@ -29,13 +29,9 @@ pub fn list(hive: &Hive, request: Request) {
 /// `POST /v1/models/download` {model_ref}: 200 with the model when it is here, else 202
 /// with the (new or joined) download.
 pub fn download(hive: &Hive, mut request: Request, max_body: usize) {
-    let body = match read_body(&mut request, max_body) {
-        Ok(b) => b,
-        Err(e) => return respond_error(request, &e),
-    };
-    let req: DownloadRequest = match serde_json::from_str(&body) {
+    let req: DownloadRequest = match read_json(&mut request, max_body) {
         Ok(r) => r,
-        Err(e) => return respond_error(request, &json_error(&e)),
+        Err(e) => return respond_error(request, &e),
     };
     match hive.models.ensure(&req.model_ref) {
         Ok(Ensured::Ready(m)) => respond_json(request, 200, &json!({ "model": m })),

@@ -75,6 +75,16 @@ pub fn check_route<R>(
     Some((request, route))
 }
 
+/// Reads the body (at most `limit` bytes) and parses it as JSON into `T`; the error says
+/// what was wrong (size, UTF-8, JSON, unknown field).
+pub fn read_json<T: serde::de::DeserializeOwned>(
+    request: &mut Request,
+    limit: usize,
+) -> Result<T, ApiError> {
+    let body = read_body(request, limit)?;
+    serde_json::from_str(&body).map_err(|e| json_error(&e))
+}
+
 /// The error for a body serde could not take: `UNKNOWN_FIELD` naming the field, or
 /// `INVALID_JSON` with the line and column.
 pub fn json_error(e: &serde_json::Error) -> ApiError {

@@ -40,6 +40,16 @@ fn agent() -> ureq::Agent {
         .build()
 }
 
+/// For event streams, which may rightly last longer than any fixed time (a worker build
+/// streams for minutes): bounded by the time between bytes instead (servers send
+/// keep-alive comments).
+fn stream_agent() -> ureq::Agent {
+    ureq::AgentBuilder::new()
+        .timeout_connect(Duration::from_secs(10))
+        .timeout_read(Duration::from_secs(60))
+        .build()
+}
+
 fn finish(r: Result<ureq::Response, ureq::Error>) -> Reply {
     let resp = match r {
         Ok(r) => r,
@@ -92,7 +102,7 @@ pub struct Sse {
 impl Sse {
     /// POSTs `body` to `url` and opens the event stream (or returns the error reply).
     pub fn post(url: &str, key: Option<&str>, body: &Value) -> Result<Sse, Reply> {
-        let mut req = agent().post(url);
+        let mut req = stream_agent().post(url);
         if let Some(k) = key {
             req = req.set("Authorization", &format!("Bearer {k}"));
         }
@@ -101,7 +111,7 @@ impl Sse {
 
     /// GETs `url` as an event stream.
     pub fn get(url: &str) -> Result<Sse, Reply> {
-        Self::open(agent().get(url).call())
+        Self::open(stream_agent().get(url).call())
     }
 
     fn open(r: Result<ureq::Response, ureq::Error>) -> Result<Sse, Reply> {

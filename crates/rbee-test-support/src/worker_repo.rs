@@ -134,9 +134,7 @@ impl WorkerRepo {
         index
             .add_all(["*"], git2::IndexAddOption::DEFAULT, None)
             .unwrap();
-        index
-            .update_all(["*"], None)
-            .unwrap();
+        index.update_all(["*"], None).unwrap();
         index.write().unwrap();
         let tree = self.repo.find_tree(index.write_tree().unwrap()).unwrap();
         let sig = git2::Signature::now("rbee tests", "tests@rbee.invalid").unwrap();

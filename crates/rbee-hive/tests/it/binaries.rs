@@ -12,8 +12,9 @@ use crate::common::*;
 
 /// Hive options with `[worker_source]` at `url` (ref `main` unless given).
 fn with_source(mut opts: Opts, url: &str, git_ref: &str) -> Opts {
-    opts.extra
-        .push_str(&format!("[worker_source]\ngit_url = {url:?}\ngit_ref = {git_ref:?}\n"));
+    opts.extra.push_str(&format!(
+        "[worker_source]\ngit_url = {url:?}\ngit_ref = {git_ref:?}\n"
+    ));
     opts
 }
 
@@ -32,7 +33,11 @@ fn wait_listed_idle(hive: &Hive, timeout: Duration) -> Value {
         if let Some(w) = hive.workers().into_iter().find(|w| w["state"] == "idle") {
             return w;
         }
-        assert!(t0.elapsed() < timeout, "no idle worker after {timeout:?}: {:?}", hive.workers());
+        assert!(
+            t0.elapsed() < timeout,
+            "no idle worker after {timeout:?}: {:?}",
+            hive.workers()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -43,7 +48,10 @@ fn spawning_builds_the_worker_from_git_first_then_runs_it_as_a_unit() {
         return;
     };
     let repo = WorkerRepo::new();
-    let hive = Hive::start(&with_source(Opts::systemd(&manager), &repo.url(), "main"), &state.0);
+    let hive = Hive::start(
+        &with_source(Opts::systemd(&manager), &repo.url(), "main"),
+        &state.0,
+    );
     let r = hive.spawn_model(&model);
     assert_eq!(r.status, 202, "{}", r.body);
     assert!(r.json()["worker"].is_null(), "{}", r.body);
@@ -55,7 +63,10 @@ fn spawning_builds_the_worker_from_git_first_then_runs_it_as_a_unit() {
     assert_eq!(last["stage"], "complete", "{text}");
     let binary = &last["binary"];
     let path = binary["binary_path"].as_str().unwrap().to_owned();
-    assert!(path.starts_with(state.join("worker-bin").to_str().unwrap()), "{path}");
+    assert!(
+        path.starts_with(state.join("worker-bin").to_str().unwrap()),
+        "{path}"
+    );
     // The hive starts the worker once the build is done, with the built binary.
     let w = wait_listed_idle(&hive, Duration::from_secs(120));
     assert_eq!(w["binary"], path.as_str());
@@ -74,9 +85,18 @@ fn spawning_builds_the_worker_from_git_first_then_runs_it_as_a_unit() {
     // In use: not deletable; once the worker is gone, it is.
     let id = b["id"].as_str().unwrap();
     let r = hive.call("DELETE", &format!("/v1/worker-binaries/{id}"), None);
-    assert_eq!((r.status, r.error_code().as_str()), (409, "BINARY_IN_USE"), "{}", r.body);
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (409, "BINARY_IN_USE"),
+        "{}",
+        r.body
+    );
     let wid = w["id"].as_str().unwrap();
-    assert_eq!(hive.post(&format!("/v1/workers/{wid}/shutdown"), &json!({})).status, 200);
+    assert_eq!(
+        hive.post(&format!("/v1/workers/{wid}/shutdown"), &json!({}))
+            .status,
+        200
+    );
     let r = hive.call("DELETE", &format!("/v1/worker-binaries/{id}"), None);
     assert_eq!(r.status, 200, "{}", r.body);
     assert!(!Path::new(&path).exists());
@@ -87,7 +107,10 @@ fn the_build_api_refuses_bad_input_and_streams_failures() {
     let Some(_) = model() else { return };
     let repo = WorkerRepo::new();
     let state = temp("hive-state");
-    let hive = Hive::start(&with_source(Opts::new("process"), &repo.url(), "main"), &state.0);
+    let hive = Hive::start(
+        &with_source(Opts::new("process"), &repo.url(), "main"),
+        &state.0,
+    );
     for (body, status, code) in [
         (json!({"features": ["rocm"]}), 400, "INVALID_REQUEST"),
         (json!({"ref": "a..b"}), 400, "INVALID_REQUEST"),
@@ -96,14 +119,25 @@ fn the_build_api_refuses_bad_input_and_streams_failures() {
         (json!({"branch": "main"}), 400, "UNKNOWN_FIELD"),
     ] {
         let r = hive.post("/v1/worker-binaries/build", &body);
-        assert_eq!((r.status, r.error_code()), (status, code.to_owned()), "{body}: {}", r.body);
+        assert_eq!(
+            (r.status, r.error_code()),
+            (status, code.to_owned()),
+            "{body}: {}",
+            r.body
+        );
     }
     let r = hive.get("/v1/worker-binaries/build/progress?id=build-999");
     assert_eq!((r.status, r.error_code().as_str()), (404, "NOT_FOUND"));
     let r = hive.call("DELETE", "/v1/worker-binaries/nope", None);
-    assert_eq!((r.status, r.error_code().as_str()), (404, "BINARY_NOT_FOUND"));
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (404, "BINARY_NOT_FOUND")
+    );
     // Failures arrive as the stream's last event, with their code.
-    let r = hive.post("/v1/worker-binaries/build", &json!({"ref": "no-such-branch"}));
+    let r = hive.post(
+        "/v1/worker-binaries/build",
+        &json!({"ref": "no-such-branch"}),
+    );
     assert_eq!(r.status, 202, "{}", r.body);
     let events = hive.follow(r.json()["progress_url"].as_str().unwrap());
     let last = events.last().unwrap();
@@ -114,9 +148,18 @@ fn the_build_api_refuses_bad_input_and_streams_failures() {
     let events = hive.follow(r.json()["progress_url"].as_str().unwrap());
     let last = events.last().unwrap();
     assert_eq!(last["error"]["code"], "WORKER_BUILD_FAILED", "{last}");
-    assert!(last["error"]["message"].as_str().unwrap().contains("error[E0308]"), "{last}");
+    assert!(
+        last["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("error[E0308]"),
+        "{last}"
+    );
     assert!(lines_of(&events).contains("mismatched types"));
-    assert_eq!(hive.get("/v1/worker-binaries").json()["binaries"], json!([]));
+    assert_eq!(
+        hive.get("/v1/worker-binaries").json()["binaries"],
+        json!([])
+    );
     // A spawn that needs the broken build: 202, then the next spawn says why it failed.
     let model = model().unwrap();
     let r = hive.spawn_model(&model);
@@ -133,7 +176,10 @@ fn the_build_api_refuses_bad_input_and_streams_failures() {
         std::thread::sleep(Duration::from_millis(200));
     };
     assert!(
-        failure["exit"].as_str().unwrap().contains("worker binary build failed"),
+        failure["exit"]
+            .as_str()
+            .unwrap()
+            .contains("worker binary build failed"),
         "{failure}"
     );
 }
@@ -144,11 +190,19 @@ fn a_hive_without_a_source_refuses_builds_and_lists_its_installed_worker() {
     let state = temp("hive-state");
     let hive = Hive::start(&Opts::new("process"), &state.0);
     let r = hive.post("/v1/worker-binaries/build", &json!({}));
-    assert_eq!((r.status, r.error_code().as_str()), (409, "NO_WORKER_SOURCE"), "{}", r.body);
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (409, "NO_WORKER_SOURCE"),
+        "{}",
+        r.body
+    );
     hive.ready_worker(&model);
     let list = hive.get("/v1/worker-binaries").json();
     assert_eq!(list["binaries"][0]["origin"], "installed", "{list}");
-    assert_eq!(list["binaries"][0]["binary_path"], worker_binary().display().to_string());
+    assert_eq!(
+        list["binaries"][0]["binary_path"],
+        worker_binary().display().to_string()
+    );
     assert!(list["source"].is_null());
 }
 
@@ -172,7 +226,13 @@ fn a_hive_killed_mid_build_leaves_no_cargo_and_no_record_and_builds_again() {
     let state = temp("hive-state");
     let flag = state.join("hold");
     std::fs::write(&flag, "").unwrap();
-    repo.commit(&Variant::Slow { mark: 5, flag: flag.clone() }, "slow");
+    repo.commit(
+        &Variant::Slow {
+            mark: 5,
+            flag: flag.clone(),
+        },
+        "slow",
+    );
     let opts = with_source(Opts::new("process"), &repo.url(), "main");
     let hive = Hive::start(&opts, &state.0);
     let r = hive.post("/v1/worker-binaries/build", &json!({}));
@@ -184,7 +244,10 @@ fn a_hive_killed_mid_build_leaves_no_cargo_and_no_record_and_builds_again() {
     ))
     .unwrap();
     while let Some(e) = sse.next_json() {
-        if e["line"].as_str().is_some_and(|l| l.contains("Compiling llm-worker-rbee")) {
+        if e["line"]
+            .as_str()
+            .is_some_and(|l| l.contains("Compiling llm-worker-rbee"))
+        {
             break;
         }
     }
@@ -192,17 +255,26 @@ fn a_hive_killed_mid_build_leaves_no_cargo_and_no_record_and_builds_again() {
     hive.kill();
     let t0 = Instant::now();
     while !cargos_under(&state.0).is_empty() {
-        assert!(t0.elapsed() < Duration::from_secs(5), "cargo outlived the hive");
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "cargo outlived the hive"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     std::fs::remove_file(&flag).unwrap();
     let hive = Hive::start(&opts, &state.0);
-    assert_eq!(hive.get("/v1/worker-binaries").json()["binaries"], json!([]));
+    assert_eq!(
+        hive.get("/v1/worker-binaries").json()["binaries"],
+        json!([])
+    );
     let r = hive.post("/v1/worker-binaries/build", &json!({}));
     let events = hive.follow(r.json()["progress_url"].as_str().unwrap());
     let last = events.last().unwrap();
     assert_eq!(last["stage"], "complete", "{}", lines_of(&events));
-    assert!(last["binary"]["version"].as_str().unwrap().contains("fake.5"));
+    assert!(last["binary"]["version"]
+        .as_str()
+        .unwrap()
+        .contains("fake.5"));
 }
 
 /// The root of this repository's git checkout, and its HEAD commit.
@@ -230,14 +302,26 @@ fn slow_the_real_worker_is_built_from_this_repository_and_serves() {
     assert_eq!(r.status, 202, "{}", r.body);
     let events = hive.follow(r.json()["build"]["progress_url"].as_str().unwrap());
     let last = events.last().unwrap();
-    assert_eq!(last["stage"], "complete", "{}", lines_of(&events[events.len().saturating_sub(40)..]));
+    assert_eq!(
+        last["stage"],
+        "complete",
+        "{}",
+        lines_of(&events[events.len().saturating_sub(40)..])
+    );
     assert_eq!(last["binary"]["git_commit"], head.as_str());
     assert!(lines_of(&events).contains("Compiling llama-cpp-sys-2"));
     let version = last["binary"]["version"].as_str().unwrap();
-    assert!(version.starts_with("llm-worker-rbee 0.1.0 (backends: cpu"), "{version}");
+    assert!(
+        version.starts_with("llm-worker-rbee 0.1.0 (backends: cpu"),
+        "{version}"
+    );
     let w = wait_listed_idle(&hive, Duration::from_secs(120));
     assert_eq!(w["binary"], last["binary"]["binary_path"]);
     let a = infer(&w, "Write a haiku about bees");
     assert_eq!(a.status, 200, "{}", a.body);
-    assert!(!a.json()["text"].as_str().unwrap_or("").is_empty(), "{}", a.body);
+    assert!(
+        !a.json()["text"].as_str().unwrap_or("").is_empty(),
+        "{}",
+        a.body
+    );
 }
