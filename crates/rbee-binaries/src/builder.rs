@@ -380,7 +380,7 @@ impl Builder {
         let me = self.clone();
         let b = build.clone();
         std::thread::Builder::new()
-            .name(format!("{}", b.id))
+            .name(b.id.clone())
             .spawn(move || {
                 let result = me.run(&b);
                 me.building

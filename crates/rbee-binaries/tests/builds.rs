@@ -159,7 +159,7 @@ fn a_new_commit_builds_a_new_binary_and_the_old_one_stays_until_unused() {
     *running.lock().unwrap() = None;
     b.collect_garbage();
     let ids: Vec<String> = b.list().unwrap().into_iter().map(|b| b.id).collect();
-    assert_eq!(ids, [new.id.clone()]);
+    assert_eq!(ids, [new.id.as_str()]);
     assert!(!old.binary_path.exists());
     assert!(new.binary_path.is_file());
 }
