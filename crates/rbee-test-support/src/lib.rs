@@ -7,6 +7,7 @@ pub mod http;
 pub mod hub;
 pub mod model;
 pub mod process;
+pub mod sshd;
 pub mod systemd;
 pub mod worker_repo;
 
