@@ -246,6 +246,15 @@ fn fetch_error(url: &str, e: &git2::Error) -> ApiError {
         || msg.contains("authentication")
         || msg.contains("credentials")
         || msg.contains("Permission denied");
+    if msg.contains("hostkey") || msg.contains("host key") {
+        return ApiError::new(
+            ErrorCode::GitFetchFailed,
+            format!(
+                "cannot fetch {url}: {msg}; the server's SSH host key must be in ~/.ssh/known_hosts of the user the hive runs as: check its fingerprint, then add it (`ssh-keyscan -p PORT HOST >> ~/.ssh/known_hosts`)"
+            ),
+        )
+        .detail("git_url", url);
+    }
     if auth {
         ApiError::new(
             ErrorCode::GitAuthFailed,

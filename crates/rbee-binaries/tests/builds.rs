@@ -474,3 +474,63 @@ fn reopening_tidies_what_a_crash_left() {
     // And the next spawn builds again.
     assert!(matches!(b.resolve("cpu").unwrap(), Resolved::Building(_)));
 }
+
+#[test]
+fn an_ssh_source_uses_the_configured_key_and_known_hosts() {
+    let Some(sshd) = rbee_test_support::sshd::Sshd::start_or_skip() else {
+        return;
+    };
+    // libgit2 reads ~/.ssh/known_hosts: a home of this test's own (nextest runs each test
+    // in its own process).
+    let home = TempDir::new("ssh-home");
+    std::fs::create_dir_all(home.join(".ssh")).unwrap();
+    std::env::set_var("HOME", &home.0);
+    std::env::remove_var("SSH_AUTH_SOCK");
+    let repo = WorkerRepo::new();
+    let url = format!(
+        "ssh://{}@127.0.0.1:{}{}",
+        sshd.user(),
+        sshd.port,
+        repo.url()
+    );
+    let state = TempDir::new("builds");
+    let source = |key: &Path| Source {
+        ssh_key: Some(key.to_path_buf()),
+        ..Source::new(url.clone(), "main")
+    };
+    // The server is not in known_hosts yet: refused, with what to do.
+    let e = builder(&state, Some(source(&sshd.client_key)))
+        .build(&[], None)
+        .unwrap()
+        .wait()
+        .unwrap_err();
+    assert_eq!(e.error.code, ErrorCode::GitFetchFailed, "{e:?}");
+    assert!(
+        e.error.message.contains("known_hosts"),
+        "{}",
+        e.error.message
+    );
+    std::fs::copy(&sshd.known_hosts, home.join(".ssh/known_hosts")).unwrap();
+    // A key the server does not accept.
+    let e = builder(&state, Some(source(&sshd.wrong_key)))
+        .build(&[], None)
+        .unwrap()
+        .wait()
+        .unwrap_err();
+    assert_eq!(
+        e.error.code,
+        ErrorCode::GitAuthFailed,
+        "{e:?}\n{}",
+        sshd.log()
+    );
+    assert!(e.error.message.contains("ssh_key"), "{}", e.error.message);
+    // The right one.
+    let b = builder(&state, Some(source(&sshd.client_key)));
+    let bin = b
+        .build(&[], None)
+        .unwrap()
+        .wait()
+        .unwrap_or_else(|e| panic!("{e:?}\n{}", sshd.log()));
+    assert_eq!(bin.git_url.as_deref(), Some(url.as_str()));
+    assert!(bin.version.contains("fake.1"));
+}
