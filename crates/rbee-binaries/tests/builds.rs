@@ -534,3 +534,28 @@ fn an_ssh_source_uses_the_configured_key_and_known_hosts() {
     assert_eq!(bin.git_url.as_deref(), Some(url.as_str()));
     assert!(bin.version.contains("fake.1"));
 }
+
+#[test]
+fn a_full_disk_when_installing_the_binary_is_insufficient_disk_and_records_nothing() {
+    let repo = WorkerRepo::new();
+    let state = TempDir::new("builds");
+    // The build itself has room; the binaries directory does not.
+    let Some(_disk) =
+        rbee_test_support::disk::SmallDisk::mount(&state.join("worker-bin"), 64 << 10)
+    else {
+        return;
+    };
+    let b = builder(&state, Some(Source::new(repo.url(), "main")));
+    let e = b.build(&[], None).unwrap().wait().unwrap_err();
+    assert_eq!(e.error.code, ErrorCode::InsufficientDisk, "{e:?}");
+    assert!(
+        e.error.message.contains("worker-bin"),
+        "{}",
+        e.error.message
+    );
+    assert!(b.list().unwrap().is_empty());
+    assert!(
+        files_in(&state.join("worker-bin")).is_empty(),
+        "no partial copy is left"
+    );
+}

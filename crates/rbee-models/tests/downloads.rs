@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use rbee_models::hub::{partial_path, HubConfig};
 use rbee_models::provisioner::{Ensured, Progress, Provisioner, Transfer};
+use rbee_test_support::disk::SmallDisk;
 use rbee_test_support::hub::{sha256_file, Faults, Hub};
 use rbee_test_support::model::TempDir;
 use rbee_types::ErrorCode;
@@ -346,28 +347,6 @@ fn eight_concurrent_requests_share_one_transfer() {
         t.wait().unwrap();
     }
     assert_eq!(e.hub.counters.downloads.load(Ordering::Relaxed), 1);
-}
-
-/// A size-limited tmpfs as the models directory (needs root to mount).
-struct SmallDisk(PathBuf);
-
-impl SmallDisk {
-    fn mount(dir: &Path, bytes: u64) -> Option<SmallDisk> {
-        std::fs::create_dir_all(dir).unwrap();
-        let ok = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
-            .arg(dir)
-            .status()
-            .is_ok_and(|s| s.success());
-        rbee_test_support::skip_unless!(ok, "cannot mount a small tmpfs (needs root)");
-        Some(SmallDisk(dir.to_path_buf()))
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.0).status();
-    }
 }
 
 #[test]

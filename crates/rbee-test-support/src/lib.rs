@@ -3,6 +3,7 @@
 //! talk to the real binaries over loopback.
 
 pub mod container;
+pub mod disk;
 pub mod http;
 pub mod hub;
 pub mod model;
