@@ -52,6 +52,21 @@ fn wait_for_cargo(b: &rbee_binaries::Build) -> u32 {
     }
 }
 
+/// A repository whose head builds only once the returned flag file is removed.
+fn held_repo(state: &TempDir, mark: u32) -> (WorkerRepo, PathBuf) {
+    let repo = WorkerRepo::new();
+    let flag = state.join("hold");
+    std::fs::write(&flag, "").unwrap();
+    repo.commit(
+        &Variant::Slow {
+            mark,
+            flag: flag.clone(),
+        },
+        "slow",
+    );
+    (repo, flag)
+}
+
 fn files_in(dir: &Path) -> Vec<PathBuf> {
     std::fs::read_dir(dir)
         .map(|d| d.flatten().map(|e| e.path()).collect())
@@ -300,17 +315,8 @@ fn a_binary_that_fails_verification_is_not_recorded() {
 
 #[test]
 fn a_killed_build_fails_cleanly_and_the_next_one_works() {
-    let repo = WorkerRepo::new();
     let state = TempDir::new("builds");
-    let flag = state.join("hold");
-    std::fs::write(&flag, "").unwrap();
-    repo.commit(
-        &Variant::Slow {
-            mark: 3,
-            flag: flag.clone(),
-        },
-        "slow",
-    );
+    let (repo, flag) = held_repo(&state, 3);
     let b = builder(&state, Some(Source::new(repo.url(), "main")));
     let build = b.build(&[], None).unwrap();
     let pid = wait_for_cargo(&build);
@@ -331,17 +337,8 @@ fn a_killed_build_fails_cleanly_and_the_next_one_works() {
 
 #[test]
 fn concurrent_requests_for_one_build_share_it_and_builds_queue_for_a_slot() {
-    let repo = WorkerRepo::new();
     let state = TempDir::new("builds");
-    let flag = state.join("hold");
-    std::fs::write(&flag, "").unwrap();
-    repo.commit(
-        &Variant::Slow {
-            mark: 4,
-            flag: flag.clone(),
-        },
-        "slow",
-    );
+    let (repo, flag) = held_repo(&state, 4);
     let b = builder(&state, Some(Source::new(repo.url(), "main")));
     let builds: Vec<_> = std::thread::scope(|s| {
         let hs: Vec<_> = (0..8)

@@ -1,8 +1,6 @@
 //! The hive's worker-binary routes: the catalogue, builds and their progress streams.
 
-use std::time::Duration;
-
-use rbee_http::{read_json, respond_error, respond_json, SseWriter};
+use rbee_http::{read_json, respond_error, respond_json};
 use rbee_types::{ApiError, ErrorCode};
 use serde::Deserialize;
 use serde_json::json;
@@ -65,29 +63,12 @@ pub fn progress(hive: &Hive, request: Request, id: Option<&str>) {
         .detail("id", id.unwrap_or(""));
         return respond_error(request, &e);
     };
-    let Ok(mut sse) = SseWriter::start(request, &[]) else {
-        return;
-    };
     let mut seen = 0;
-    loop {
-        let (events, done) = b.events_since(seen, Duration::from_secs(10));
-        if events.is_empty() && !done {
-            if sse.comment("keep-alive").is_err() {
-                return;
-            }
-            continue;
-        }
+    rbee_http::sse::stream(request, |timeout| {
+        let (events, done) = b.events_since(seen, timeout);
         seen += events.len();
-        for e in &events {
-            if sse.json(e).is_err() {
-                return;
-            }
-        }
-        if done {
-            let _ = sse.done();
-            return;
-        }
-    }
+        (events, done)
+    });
 }
 
 /// `DELETE /v1/worker-binaries/{id}`: refused while a worker runs it.

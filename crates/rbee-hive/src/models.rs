@@ -1,8 +1,6 @@
 //! The hive's model routes: the catalogue, downloads and their progress streams.
 
-use std::time::Duration;
-
-use rbee_http::{read_json, respond_error, respond_json, SseWriter};
+use rbee_http::{read_json, respond_error, respond_json};
 use rbee_models::provisioner::{Ensured, Progress};
 use rbee_types::{ApiError, ErrorCode};
 use serde::Deserialize;
@@ -58,27 +56,16 @@ pub fn progress(hive: &Hive, request: Request, id: Option<&str>) {
         .detail("id", id.unwrap_or(""));
         return respond_error(request, &e);
     };
-    let Ok(mut sse) = SseWriter::start(request, &[]) else {
-        return;
-    };
     let mut seen = 0;
-    loop {
-        let (g, p) = t.wait_newer(seen, Duration::from_secs(10));
+    rbee_http::sse::stream(request, |timeout| {
+        let (g, p) = t.wait_newer(seen, timeout);
         if g == seen {
-            if sse.comment("keep-alive").is_err() {
-                return;
-            }
-            continue;
+            return (vec![], false);
         }
         seen = g;
-        if sse.json(&p).is_err() {
-            return;
-        }
-        if matches!(p, Progress::Complete { .. } | Progress::Error { .. }) {
-            let _ = sse.done();
-            return;
-        }
-    }
+        let end = matches!(p, Progress::Complete { .. } | Progress::Error { .. });
+        (vec![p], end)
+    });
 }
 
 /// `DELETE /v1/models/{id}`: the row and (downloaded models) the file; refused while a

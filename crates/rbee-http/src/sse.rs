@@ -3,6 +3,7 @@
 //! back.
 
 use std::io::{self, Write};
+use std::time::Duration;
 
 /// An open `text/event-stream` response.
 pub struct SseWriter {
@@ -50,5 +51,38 @@ impl SseWriter {
         self.event("[DONE]")?;
         self.out.write_all(b"0\r\n\r\n")?;
         self.out.flush()
+    }
+}
+
+/// Time without an event after which a keep-alive comment goes out.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(10);
+
+/// Streams a progress feed to the client until it ends or the client goes: `next(timeout)`
+/// returns the events that arrived (waiting at most `timeout`) and whether the feed has
+/// ended; a keep-alive comment goes out whenever none came; `[DONE]` closes the stream.
+pub fn stream<T: serde::Serialize>(
+    request: tiny_http::Request,
+    mut next: impl FnMut(Duration) -> (Vec<T>, bool),
+) {
+    let Ok(mut sse) = SseWriter::start(request, &[]) else {
+        return;
+    };
+    loop {
+        let (events, done) = next(KEEP_ALIVE);
+        if events.is_empty() && !done {
+            if sse.comment("keep-alive").is_err() {
+                return;
+            }
+            continue;
+        }
+        for e in &events {
+            if sse.json(e).is_err() {
+                return;
+            }
+        }
+        if done {
+            let _ = sse.done();
+            return;
+        }
     }
 }

@@ -1,6 +1,6 @@
 //! Downloads against the test hub (a real HTTP server on loopback) with every fault.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
