@@ -5,8 +5,8 @@
 
 use std::path::{Path, PathBuf};
 
-use rbee_sqlite::DbError;
-use rusqlite::{params, Connection, Row};
+use rbee_sqlite::{Db, DbError};
+use rusqlite::{params, Row};
 use serde::{Deserialize, Serialize};
 
 /// How a recorded binary came to be.
@@ -108,30 +108,21 @@ fn features_json(features: &[String]) -> String {
 
 /// The catalogue (one connection; callers serialise through a mutex).
 pub struct Catalog {
-    conn: Connection,
-    path: PathBuf,
+    db: Db,
 }
 
 impl Catalog {
     /// Opens (creating and migrating) `path`.
     pub fn open(path: &Path) -> Result<Catalog, DbError> {
         Ok(Catalog {
-            conn: rbee_sqlite::open(path, WHAT, MIGRATIONS)?,
-            path: path.to_path_buf(),
+            db: Db::open(path, WHAT, MIGRATIONS)?,
         })
-    }
-
-    fn err(&self, source: rusqlite::Error) -> DbError {
-        DbError::Sqlite {
-            what: WHAT,
-            path: self.path.clone(),
-            source,
-        }
     }
 
     /// Records a binary (replacing a row with the same id).
     pub fn insert(&mut self, b: &Binary) -> Result<(), DbError> {
-        self.conn
+        self.db
+            .conn
             .execute(
                 &format!(
                     "INSERT OR REPLACE INTO binaries ({COLUMNS}) \
@@ -156,7 +147,7 @@ impl Catalog {
                     b.sha256,
                 ],
             )
-            .map_err(|e| self.err(e))?;
+            .map_err(|e| self.db.err(e))?;
         Ok(())
     }
 
@@ -164,11 +155,15 @@ impl Catalog {
         let sql = format!(
             "SELECT {COLUMNS} FROM binaries {filter} ORDER BY built_at_unix DESC, rowid DESC"
         );
-        let mut st = self.conn.prepare_cached(&sql).map_err(|e| self.err(e))?;
+        let mut st = self
+            .db
+            .conn
+            .prepare_cached(&sql)
+            .map_err(|e| self.db.err(e))?;
         let rows = st
             .query_map(args, from_row)
             .and_then(|r| r.collect::<Result<Vec<_>, _>>());
-        rows.map_err(|e| self.err(e))
+        rows.map_err(|e| self.db.err(e))
     }
 
     /// Every binary, newest first.
@@ -191,10 +186,11 @@ impl Catalog {
 
     /// Removes a row; whether there was one.
     pub fn remove(&mut self, id: &str) -> Result<bool, DbError> {
-        self.conn
+        self.db
+            .conn
             .execute("DELETE FROM binaries WHERE id = ?1", [id])
             .map(|n| n > 0)
-            .map_err(|e| self.err(e))
+            .map_err(|e| self.db.err(e))
     }
 }
 

@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use rusqlite::{params, Connection, Row, TransactionBehavior};
+use rusqlite::{params, Row, TransactionBehavior};
 use serde::{Deserialize, Serialize};
 
 /// Catalogue failures.
@@ -128,8 +128,7 @@ const MIGRATIONS: &[&str] = &[
 
 /// The catalogue (one connection; callers serialise through a mutex).
 pub struct Catalog {
-    conn: Connection,
-    path: PathBuf,
+    db: rbee_sqlite::Db,
 }
 
 const COLUMNS: &str =
@@ -168,30 +167,21 @@ impl Catalog {
     /// Opens (creating and migrating) `path`.
     pub fn open(path: &Path) -> Result<Catalog, CatalogError> {
         Ok(Catalog {
-            conn: rbee_sqlite::open(path, WHAT, MIGRATIONS)?,
-            path: path.to_path_buf(),
+            db: rbee_sqlite::Db::open(path, WHAT, MIGRATIONS)?,
         })
     }
 
     fn err(&self, source: rusqlite::Error) -> CatalogError {
-        CatalogError::Sqlite {
-            what: WHAT,
-            path: self.path.clone(),
-            source,
-        }
+        self.db.err(source)
     }
 
     /// Records a model (replacing a row of the same reference).
     pub fn insert(&mut self, m: &Model) -> Result<(), CatalogError> {
-        let path = self.path.clone();
         let tx = self
+            .db
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|source| CatalogError::Sqlite {
-                what: WHAT,
-                path,
-                source,
-            })?;
+            .map_err(|e| self.db.name.err(e))?;
         let r = tx
             .execute("DELETE FROM models WHERE reference = ?1 OR id = ?2", params![m.reference, m.id])
             .and_then(|_| {
@@ -227,7 +217,7 @@ impl Catalog {
 
     fn query(&self, filter: &str, arg: Option<&str>) -> Result<Vec<Model>, CatalogError> {
         let sql = format!("SELECT {COLUMNS} FROM models {filter} ORDER BY id");
-        let mut stmt = self.conn.prepare_cached(&sql).map_err(|e| self.err(e))?;
+        let mut stmt = self.db.conn.prepare_cached(&sql).map_err(|e| self.err(e))?;
         let rows = match arg {
             Some(a) => stmt.query_map([a], from_row),
             None => stmt.query_map([], from_row),
@@ -263,7 +253,8 @@ impl Catalog {
     pub fn remove(&mut self, id: &str) -> Result<Option<Model>, CatalogError> {
         let found = self.get(id)?;
         if found.is_some() {
-            self.conn
+            self.db
+                .conn
                 .execute("DELETE FROM models WHERE id = ?1", [id])
                 .map_err(|e| self.err(e))?;
         }
@@ -280,7 +271,8 @@ impl Catalog {
             if !present {
                 missing.push(m.id.clone());
             }
-            self.conn
+            self.db
+                .conn
                 .execute(
                     "UPDATE models SET status = ?1 WHERE id = ?2",
                     params![status, m.id],
@@ -292,7 +284,7 @@ impl Catalog {
 
     /// The database file.
     pub fn path(&self) -> &Path {
-        &self.path
+        self.db.name.path()
     }
 }
 
@@ -352,10 +344,10 @@ mod tests {
         );
         assert_eq!(c.by_provider("file").unwrap().len(), 1);
         assert_eq!(c.list().unwrap().len(), 2);
-        let mode: String = c
-            .conn
-            .pragma_query_value(None, "journal_mode", |r| r.get(0))
-            .unwrap();
+        let mode: String =
+            c.db.conn
+                .pragma_query_value(None, "journal_mode", |r| r.get(0))
+                .unwrap();
         assert_eq!(mode, "wal");
         std::fs::remove_dir_all(d).unwrap();
     }
@@ -382,7 +374,7 @@ mod tests {
     fn a_database_from_a_newer_rbee_is_refused() {
         let d = tmp("new");
         let db = d.join("models.db");
-        Connection::open(&db)
+        rusqlite::Connection::open(&db)
             .unwrap()
             .pragma_update(None, "user_version", 99)
             .unwrap();

@@ -36,6 +36,56 @@ pub enum DbError {
     },
 }
 
+/// An open database that names itself in errors. The fields are public so a caller can
+/// hold a transaction on `conn` and still make errors with `name`.
+pub struct Db {
+    /// The connection (callers serialise access).
+    pub conn: Connection,
+    /// What and where it is.
+    pub name: DbName,
+}
+
+/// A database's name in errors.
+#[derive(Debug, Clone)]
+pub struct DbName {
+    what: &'static str,
+    path: PathBuf,
+}
+
+impl DbName {
+    /// A SQLite error of this database.
+    pub fn err(&self, source: rusqlite::Error) -> DbError {
+        DbError::Sqlite {
+            what: self.what,
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Db {
+    /// Opens (creating and migrating) the database at `path`; see [`open`].
+    pub fn open(path: &Path, what: &'static str, migrations: &[&str]) -> Result<Db, DbError> {
+        Ok(Db {
+            conn: open(path, what, migrations)?,
+            name: DbName {
+                what,
+                path: path.to_path_buf(),
+            },
+        })
+    }
+
+    /// A SQLite error of this database.
+    pub fn err(&self, source: rusqlite::Error) -> DbError {
+        self.name.err(source)
+    }
+}
+
 /// Opens (creating and migrating) the database at `path`. `migrations[i]` brings the
 /// schema from version `i` to `i + 1`; `what` names the database in errors.
 pub fn open(path: &Path, what: &'static str, migrations: &[&str]) -> Result<Connection, DbError> {

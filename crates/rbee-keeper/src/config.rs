@@ -1,0 +1,45 @@
+//! The keeper's config file (TOML; see [`crate::paths::config_file`]).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Deserialize;
+
+/// The whole file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// How SSH is run.
+    pub ssh: SshConfig,
+    /// Per node: `[nodes.<name>] api_key = "…"`.
+    pub nodes: BTreeMap<String, NodeConfig>,
+}
+
+/// `[ssh]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SshConfig {
+    /// Extra `-o` options for every ssh call (`"UserKnownHostsFile=/path"`); the user's
+    /// own `~/.ssh/config` and agent apply as well.
+    pub options: Vec<String>,
+}
+
+/// `[nodes.<name>]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// The hive's API key on that node.
+    pub api_key: Option<String>,
+}
+
+impl Config {
+    /// Reads the config file, if there is one.
+    pub fn load(path: Option<&Path>) -> anyhow::Result<Config> {
+        let Some(path) = path else {
+            return Ok(Config::default());
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("cannot read the config {}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| anyhow::anyhow!("config {}: {e}", path.display()))
+    }
+}

@@ -1,0 +1,77 @@
+//! `rbee-keeper`: the rbee command line.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use rbee_keeper::config::Config;
+use rbee_keeper::paths;
+use rbee_keeper::registry::Registry;
+use rbee_keeper::report::Failure;
+use rbee_keeper::setup::{self, SetupCommand};
+use rbee_keeper::ssh::Ssh;
+
+/// rbee's command line: register the machines you own as nodes, then run models on them.
+///
+///   rbee-keeper setup add-node --name workstation --ssh-host 192.168.1.20 \
+///       --ssh-user bee --ssh-key ~/.ssh/id_ed25519
+///   rbee-keeper setup list-nodes
+///
+/// Nodes live in $XDG_DATA_HOME/rbee/beehives.db (~/.local/share/rbee); the config is
+/// $RBEE_CONFIG, else $XDG_CONFIG_HOME/rbee/config.toml, else /etc/rbee/config.toml.
+/// Exit status: 0 success, 1 failure.
+#[derive(Debug, Parser)]
+#[command(name = "rbee-keeper", version, about, long_about, verbatim_doc_comment)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Register, change, list and remove nodes.
+    #[command(subcommand)]
+    Setup(SetupCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            let text = e.render().to_string();
+            eprint!(
+                "[rbee-keeper] ❌ Error: {}",
+                text.strip_prefix("error: ").unwrap_or(&text)
+            );
+            return ExitCode::from(1);
+        }
+    };
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprint!("{f}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), Failure> {
+    let config = Config::load(paths::config_file().as_deref())
+        .map_err(|e| Failure::new("rbee-keeper", format!("{e:#}")))?;
+    let ssh = Ssh {
+        options: config.ssh.options.clone(),
+    };
+    match cli.command {
+        Command::Setup(cmd) => {
+            let db = paths::registry_db();
+            let mut reg = Registry::open(&db).map_err(|e| {
+                Failure::new("rbee-keeper", e.to_string())
+                    .suggest([format!("check that {} is writable", db.display())])
+            })?;
+            setup::run(cmd, &mut reg, &ssh)
+        }
+    }
+}

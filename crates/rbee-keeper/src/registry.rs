@@ -1,0 +1,168 @@
+//! `beehives.db`: the nodes the keeper knows, and how to reach them.
+
+use std::path::{Path, PathBuf};
+
+use rbee_sqlite::{Db, DbError};
+use rusqlite::{OptionalExtension, Row, ToSql};
+use serde::Serialize;
+
+/// One registered node.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Node {
+    /// Its name (`workstation`).
+    pub node_name: String,
+    /// Host name or address for SSH.
+    pub ssh_host: String,
+    /// SSH port.
+    pub ssh_port: u16,
+    /// SSH user.
+    pub ssh_user: String,
+    /// The private key.
+    pub ssh_key_path: PathBuf,
+    /// Where `setup install` clones rbee from.
+    pub git_repo_url: String,
+    /// Which branch.
+    pub git_branch: String,
+    /// Where rbee lives on the node.
+    pub install_path: String,
+    /// The hive's port on the node.
+    pub hive_port: u16,
+    /// When an SSH round trip last worked.
+    pub last_connected_unix: Option<u64>,
+    /// `reachable` or `unreachable` (as of the last check).
+    pub status: String,
+}
+
+const WHAT: &str = "node registry";
+
+const MIGRATIONS: &[&str] = &["CREATE TABLE beehives (
+        node_name TEXT PRIMARY KEY,
+        ssh_host TEXT NOT NULL,
+        ssh_port INTEGER NOT NULL,
+        ssh_user TEXT NOT NULL,
+        ssh_key_path TEXT NOT NULL,
+        git_repo_url TEXT NOT NULL,
+        git_branch TEXT NOT NULL,
+        install_path TEXT NOT NULL,
+        hive_port INTEGER NOT NULL,
+        last_connected_unix INTEGER,
+        status TEXT NOT NULL
+    );"];
+
+const COLUMNS: &str = "node_name, ssh_host, ssh_port, ssh_user, ssh_key_path, git_repo_url, \
+     git_branch, install_path, hive_port, last_connected_unix, status";
+
+fn from_row(r: &Row<'_>) -> rusqlite::Result<Node> {
+    Ok(Node {
+        node_name: r.get(0)?,
+        ssh_host: r.get(1)?,
+        ssh_port: r.get::<_, i64>(2)? as u16,
+        ssh_user: r.get(3)?,
+        ssh_key_path: PathBuf::from(r.get::<_, String>(4)?),
+        git_repo_url: r.get(5)?,
+        git_branch: r.get(6)?,
+        install_path: r.get(7)?,
+        hive_port: r.get::<_, i64>(8)? as u16,
+        last_connected_unix: r.get::<_, Option<i64>>(9)?.map(|v| v as u64),
+        status: r.get(10)?,
+    })
+}
+
+/// The registry.
+pub struct Registry {
+    db: Db,
+}
+
+impl Node {
+    /// The row's values, in [`COLUMNS`] order.
+    fn values(&self) -> [Box<dyn ToSql + '_>; 11] {
+        [
+            Box::new(&self.node_name),
+            Box::new(&self.ssh_host),
+            Box::new(self.ssh_port as i64),
+            Box::new(&self.ssh_user),
+            Box::new(self.ssh_key_path.display().to_string()),
+            Box::new(&self.git_repo_url),
+            Box::new(&self.git_branch),
+            Box::new(&self.install_path),
+            Box::new(self.hive_port as i64),
+            Box::new(self.last_connected_unix.map(|v| v as i64)),
+            Box::new(&self.status),
+        ]
+    }
+}
+
+impl Registry {
+    /// Opens (creating) the registry at `path`.
+    pub fn open(path: &Path) -> Result<Registry, DbError> {
+        Ok(Registry {
+            db: Db::open(path, WHAT, MIGRATIONS)?,
+        })
+    }
+
+    /// Adds a node; `false` when one of that name exists (nothing is changed then).
+    pub fn add(&mut self, n: &Node) -> Result<bool, DbError> {
+        self.db
+            .conn
+            .execute(
+                &format!(
+                    "INSERT OR IGNORE INTO beehives ({COLUMNS}) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
+                ),
+                rusqlite::params_from_iter(n.values()),
+            )
+            .map(|rows| rows == 1)
+            .map_err(|e| self.db.err(e))
+    }
+
+    /// Replaces a node's row; `false` when there is none of that name.
+    pub fn update(&mut self, n: &Node) -> Result<bool, DbError> {
+        self.db
+            .conn
+            .execute(
+                "UPDATE beehives SET ssh_host = ?2, ssh_port = ?3, ssh_user = ?4, \
+                 ssh_key_path = ?5, git_repo_url = ?6, git_branch = ?7, install_path = ?8, \
+                 hive_port = ?9, last_connected_unix = ?10, status = ?11 WHERE node_name = ?1",
+                rusqlite::params_from_iter(n.values()),
+            )
+            .map(|rows| rows == 1)
+            .map_err(|e| self.db.err(e))
+    }
+
+    /// One node by name.
+    pub fn get(&self, name: &str) -> Result<Option<Node>, DbError> {
+        self.db
+            .conn
+            .query_row(
+                &format!("SELECT {COLUMNS} FROM beehives WHERE node_name = ?1"),
+                [name],
+                from_row,
+            )
+            .optional()
+            .map_err(|e| self.db.err(e))
+    }
+
+    /// Every node, by name.
+    pub fn list(&self) -> Result<Vec<Node>, DbError> {
+        let mut st = self
+            .db
+            .conn
+            .prepare(&format!(
+                "SELECT {COLUMNS} FROM beehives ORDER BY node_name"
+            ))
+            .map_err(|e| self.db.err(e))?;
+        let rows = st
+            .query_map([], from_row)
+            .and_then(|r| r.collect::<Result<Vec<_>, _>>());
+        rows.map_err(|e| self.db.err(e))
+    }
+
+    /// Removes a node; whether there was one.
+    pub fn remove(&mut self, name: &str) -> Result<bool, DbError> {
+        self.db
+            .conn
+            .execute("DELETE FROM beehives WHERE node_name = ?1", [name])
+            .map(|n| n > 0)
+            .map_err(|e| self.db.err(e))
+    }
+}

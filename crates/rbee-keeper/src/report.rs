@@ -1,0 +1,118 @@
+//! What the keeper prints on stderr: errors in one shape — the component that failed in
+//! brackets, what went wrong, the numbers, then what to do — and tables.
+
+use std::fmt::Write as _;
+
+/// An error for a person.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Failure {
+    /// `rbee-keeper`, `rbee-hive`, `llm-worker-rbee`, `ssh`.
+    pub component: &'static str,
+    /// What went wrong.
+    pub message: String,
+    /// Numbers and names, one per line.
+    pub details: Vec<String>,
+    /// What to do.
+    pub suggestions: Vec<String>,
+}
+
+impl Failure {
+    /// A failure of `component`.
+    pub fn new(component: &'static str, message: impl Into<String>) -> Failure {
+        Failure {
+            component,
+            message: message.into(),
+            details: vec![],
+            suggestions: vec![],
+        }
+    }
+
+    /// Adds a detail line.
+    pub fn detail(mut self, d: impl Into<String>) -> Failure {
+        self.details.push(d.into());
+        self
+    }
+
+    /// Adds suggestions.
+    pub fn suggest(mut self, s: impl IntoIterator<Item = String>) -> Failure {
+        self.suggestions.extend(s);
+        self
+    }
+
+    /// The text, as printed.
+    pub fn render(&self) -> String {
+        let mut out = format!("[{}] ❌ Error: {}\n", self.component, self.message);
+        for d in &self.details {
+            let _ = writeln!(out, "    {d}");
+        }
+        if !self.suggestions.is_empty() {
+            out.push_str("  To fix:\n");
+            for s in &self.suggestions {
+                let _ = writeln!(out, "    • {s}");
+            }
+        }
+        out
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.render())
+    }
+}
+
+impl std::error::Error for Failure {}
+
+/// A plain-text table: a header row, then the rows, columns padded to their widest cell.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut width: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            width[i] = width[i].max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(c);
+            } else {
+                let _ = write!(s, "{c:<w$}  ", w = width[i]);
+            }
+        }
+        s.trim_end().to_owned() + "\n"
+    };
+    let mut out = line(header.to_vec());
+    for r in rows {
+        out.push_str(&line(r.iter().map(String::as_str).collect()));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_name_the_component_then_say_what_to_do() {
+        let f = Failure::new("rbee-hive", "Insufficient RAM on workstation")
+            .detail("required: 4.0 GiB, available: 2.5 GiB")
+            .suggest(["stop an idle worker".to_string()]);
+        assert_eq!(
+            f.render(),
+            "[rbee-hive] ❌ Error: Insufficient RAM on workstation\n    required: 4.0 GiB, available: 2.5 GiB\n  To fix:\n    • stop an idle worker\n"
+        );
+    }
+
+    #[test]
+    fn tables_pad_columns() {
+        let t = table(
+            &["NAME", "HOST"],
+            &[
+                vec!["a".into(), "x".into()],
+                vec!["long-name".into(), "y".into()],
+            ],
+        );
+        assert_eq!(t, "NAME       HOST\na          x\nlong-name  y\n");
+    }
+}

@@ -1,0 +1,3 @@
+//! rbee-keeper through its real binary, against a real sshd on loopback.
+
+mod setup;
