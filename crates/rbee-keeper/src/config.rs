@@ -30,6 +30,9 @@ pub struct SshConfig {
 pub struct NodeConfig {
     /// The hive's API key on that node.
     pub api_key: Option<String>,
+    /// The hive's URL, when not `http://<ssh_host>:<hive_port>` (for `localhost`: where
+    /// the local hive listens, default `http://127.0.0.1:9200`).
+    pub hive_url: Option<String>,
 }
 
 impl Config {

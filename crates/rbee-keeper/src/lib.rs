@@ -1,5 +1,5 @@
-//! rbee-keeper, the command line: a registry of nodes reached over SSH, and (to come)
-//! one-command inference on any of them.
+//! rbee-keeper, the command line: a registry of nodes reached over SSH, and one-command
+//! inference on any of them.
 //!
 //! - [`paths`]: where the keeper keeps its data and config.
 //! - [`config`]: the keeper's TOML config (SSH options, per-node API keys).
@@ -7,9 +7,15 @@
 //! - [`ssh`]: the system's OpenSSH client, with retries and explained failures.
 //! - [`report`]: errors as a person reads them (`[rbee-keeper] ❌ Error: …`) and tables.
 //! - [`setup`]: the `setup` commands (add, update, list, remove nodes).
+//! - [`infer`]: one-command inference; [`client`]: HTTP to hives and workers;
+//!   [`local`]: starting the local hive; [`progress`]: bars on stderr.
 
+pub mod client;
 pub mod config;
+pub mod infer;
+pub mod local;
 pub mod paths;
+pub mod progress;
 pub mod registry;
 pub mod report;
 pub mod setup;

@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use rbee_keeper::config::Config;
+use rbee_keeper::infer::{self, InferArgs};
 use rbee_keeper::paths;
 use rbee_keeper::registry::Registry;
 use rbee_keeper::report::Failure;
@@ -15,10 +16,12 @@ use rbee_keeper::ssh::Ssh;
 ///   rbee-keeper setup add-node --name workstation --ssh-host 192.168.1.20 \
 ///       --ssh-user bee --ssh-key ~/.ssh/id_ed25519
 ///   rbee-keeper setup list-nodes
+///   rbee-keeper infer --model hf:HuggingFaceTB/SmolLM2-135M-Instruct-GGUF:Q4_K_M \
+///       --prompt "Write a haiku about bees"
 ///
 /// Nodes live in $XDG_DATA_HOME/rbee/beehives.db (~/.local/share/rbee); the config is
 /// $RBEE_CONFIG, else $XDG_CONFIG_HOME/rbee/config.toml, else /etc/rbee/config.toml.
-/// Exit status: 0 success, 1 failure.
+/// Exit status: 0 success, 1 failure, 130 interrupted (Ctrl+C).
 #[derive(Debug, Parser)]
 #[command(name = "rbee-keeper", version, about, long_about, verbatim_doc_comment)]
 struct Cli {
@@ -28,6 +31,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run a prompt on a node: starts what is missing (hive, download, worker) and streams
+    /// the answer to stdout; progress and errors go to stderr. Exit 0, 1, or 130 (Ctrl+C).
+    Infer(InferArgs),
     /// Register, change, list and remove nodes.
     #[command(subcommand)]
     Setup(SetupCommand),
@@ -50,7 +56,7 @@ fn main() -> ExitCode {
         }
     };
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(f) => {
             eprint!("{f}");
             ExitCode::from(1)
@@ -58,20 +64,19 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> Result<(), Failure> {
+fn run(cli: Cli) -> Result<u8, Failure> {
     let config = Config::load(paths::config_file().as_deref())
         .map_err(|e| Failure::new("rbee-keeper", format!("{e:#}")))?;
     let ssh = Ssh {
         options: config.ssh.options.clone(),
     };
+    let db = paths::registry_db();
+    let mut reg = Registry::open(&db).map_err(|e| {
+        Failure::new("rbee-keeper", e.to_string())
+            .suggest([format!("check that {} is writable", db.display())])
+    })?;
     match cli.command {
-        Command::Setup(cmd) => {
-            let db = paths::registry_db();
-            let mut reg = Registry::open(&db).map_err(|e| {
-                Failure::new("rbee-keeper", e.to_string())
-                    .suggest([format!("check that {} is writable", db.display())])
-            })?;
-            setup::run(cmd, &mut reg, &ssh)
-        }
+        Command::Infer(args) => infer::run(&args, &config, &reg),
+        Command::Setup(cmd) => setup::run(cmd, &mut reg, &ssh).map(|()| 0),
     }
 }

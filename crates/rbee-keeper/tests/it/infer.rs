@@ -1,0 +1,381 @@
+//! `rbee-keeper infer` end to end: the real keeper, a real hive whose workers run under a
+//! private systemd user manager, the real worker and model, the test Hugging Face hub.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use rbee_test_support::hub::Hub;
+use rbee_test_support::model::{model_and_worker, worker_binary, TempDir};
+use rbee_test_support::process::{free_port, wait_for_port, ChildGuard};
+use rbee_test_support::systemd::{user_manager_or_skip, UserManager};
+
+/// A hive on a free port, its hub, and a keeper configured for it as `localhost`.
+struct Env {
+    manager: UserManager,
+    hub: Hub,
+    hive_port: u16,
+    dir: TempDir,
+    hive: Option<ChildGuard>,
+    model: PathBuf,
+}
+
+fn hive_binary() -> PathBuf {
+    worker_binary().with_file_name("rbee-hive")
+}
+
+impl Env {
+    /// Everything but the hive (see [`Env::start_hive`]).
+    fn new() -> Option<Env> {
+        let model = model_and_worker()?;
+        rbee_test_support::skip_unless!(
+            hive_binary().is_file(),
+            "rbee-hive not built (cargo build --release)"
+        );
+        let manager = user_manager_or_skip()?;
+        let hub = Hub::start();
+        hub.add_repo("org/smol", "c0ffee", &[("smol.Q4_1.gguf", &model)]);
+        let dir = TempDir::new("keeper-e2e");
+        let hive_port = free_port();
+        std::fs::write(
+            dir.join("config.toml"),
+            format!("[nodes.localhost]\nhive_url = \"http://127.0.0.1:{hive_port}\"\n"),
+        )
+        .unwrap();
+        Some(Env {
+            manager,
+            hub,
+            hive_port,
+            dir,
+            hive: None,
+            model,
+        })
+    }
+
+    fn env(&self, cmd: &mut Command) {
+        for (k, v) in self.manager.env() {
+            cmd.env(k, v);
+        }
+        cmd.env("HF_ENDPOINT", self.hub.endpoint())
+            .env("XDG_STATE_HOME", self.dir.join("state"))
+            .env("XDG_DATA_HOME", self.dir.join("data"))
+            .env("RBEE_CONFIG", self.dir.join("config.toml"));
+    }
+
+    fn start_hive(&mut self) {
+        let ports = free_port().max(20_000);
+        let config = self.dir.join("hive.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "port = {}\nstate_dir = {:?}\nsupervisor = \"systemd-user\"\nworker_ports = \"{ports}-{}\"\nworker_logs = \"file\"\n",
+                self.hive_port,
+                self.dir.join("hive-state").display().to_string(),
+                ports + 20
+            ),
+        )
+        .unwrap();
+        let mut cmd = Command::new(hive_binary());
+        cmd.arg("--config").arg(&config);
+        self.env(&mut cmd);
+        self.hive = Some(ChildGuard::spawn(&mut cmd));
+        assert!(
+            wait_for_port(self.hive_port, Duration::from_secs(20)),
+            "the hive did not listen"
+        );
+    }
+
+    fn keeper(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_rbee-keeper"));
+        cmd.args(args);
+        self.env(&mut cmd);
+        cmd
+    }
+
+    fn infer(&self, model: &str, prompt: &str, extra: &[&str]) -> Output {
+        let mut args = vec!["infer", "--model", model, "--prompt", prompt];
+        args.extend(extra);
+        self.keeper(&args).output().unwrap()
+    }
+
+    fn file_ref(&self) -> String {
+        format!("file://{}", self.model.display())
+    }
+
+    fn workers(&self) -> Vec<serde_json::Value> {
+        let r = rbee_test_support::http::get(&format!(
+            "http://127.0.0.1:{}/v1/workers/list",
+            self.hive_port
+        ));
+        r.json()["workers"].as_array().cloned().unwrap_or_default()
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// The same greedy request for the model on the test hub.
+fn haiku(env: &Env, extra: &[&str]) -> Output {
+    let mut args = vec!["--max-tokens", "20", "--temperature", "0"];
+    args.extend(extra);
+    env.infer("hf:org/smol", "Write a haiku about bees", &args)
+}
+
+fn downloads(env: &Env) -> u64 {
+    env.hub
+        .counters
+        .downloads
+        .load(std::sync::atomic::Ordering::Relaxed)
+}
+
+#[test]
+fn a_cold_start_downloads_starts_a_worker_and_streams_then_a_warm_one_reuses_it() {
+    let Some(mut env) = Env::new() else { return };
+    env.start_hive();
+    let out = haiku(&env, &[]);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    // Progress on stderr, in order: download, worker, loading, summary.
+    let at = |s: &str| {
+        stderr
+            .find(s)
+            .unwrap_or_else(|| panic!("no {s:?} in:\n{stderr}"))
+    };
+    assert!(at("downloading [") < at("✅ model downloaded"));
+    assert!(at("✅ model downloaded") < at("started worker"));
+    assert!(at("started worker") < at("✅ 20 tokens in"));
+    assert!(stderr.contains("100%"), "{stderr}");
+    // Only the answer on stdout.
+    assert!(
+        !stdout.trim().is_empty() && !stdout.contains("[rbee-keeper]"),
+        "{stdout}"
+    );
+    assert_eq!(downloads(&env), 1);
+    // Warm: the same worker, nothing downloaded, the same greedy answer.
+    let again = haiku(&env, &[]);
+    let stderr2 = text(&again.stderr);
+    assert_eq!(again.status.code(), Some(0), "{stderr2}");
+    assert!(stderr2.contains("reusing worker"), "{stderr2}");
+    assert!(!stderr2.contains("downloading"), "{stderr2}");
+    assert_eq!(text(&again.stdout), stdout);
+    assert_eq!(env.workers().len(), 1);
+    assert_eq!(downloads(&env), 1);
+    // --json: one document.
+    let j = haiku(&env, &["--json"]);
+    assert_eq!(j.status.code(), Some(0));
+    let v: serde_json::Value = serde_json::from_slice(&j.stdout).unwrap();
+    assert_eq!(v["tokens"], 20);
+    assert_eq!(v["text"].as_str().unwrap().trim(), stdout.trim());
+}
+
+/// Starts `infer` and waits until some of the answer is on its stdout.
+fn started_answer(
+    env: &Env,
+    prompt: &str,
+) -> (std::process::Child, std::thread::JoinHandle<String>) {
+    let mut child = env
+        .keeper(&[
+            "infer",
+            "--model",
+            &env.file_ref(),
+            "--prompt",
+            prompt,
+            "--max-tokens",
+            "3000",
+            "--temperature",
+            "0",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut all = Vec::new();
+        let mut buf = [0u8; 256];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            all.extend_from_slice(&buf[..n]);
+            let _ = tx.send(());
+        }
+        String::from_utf8_lossy(&all).into_owned()
+    });
+    rx.recv_timeout(Duration::from_secs(120))
+        .expect("the answer started");
+    (child, reader)
+}
+
+/// Waits for the keeper's exit; its status and stderr.
+fn finished(child: &mut std::process::Child, timeout: Duration) -> (i32, String) {
+    let t0 = Instant::now();
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            let mut stderr = String::new();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut stderr)
+                .unwrap();
+            return (s.code().unwrap_or(-1), stderr);
+        }
+        assert!(t0.elapsed() < timeout, "the keeper did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn ctrl_c_mid_stream_cancels_on_the_worker_and_exits_130() {
+    let Some(mut env) = Env::new() else { return };
+    env.start_hive();
+    let (mut child, reader) = started_answer(&env, "1, 2, 3, 4, 5, 6, 7, 8,");
+    // SAFETY: a signal to the keeper this test started.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let (code, stderr) = finished(&mut child, Duration::from_secs(10));
+    assert_eq!(code, 130, "{stderr}");
+    assert!(stderr.contains("interrupted after"), "{stderr}");
+    assert!(!reader.join().unwrap().is_empty());
+    // The slot is free again.
+    let t0 = Instant::now();
+    while env.workers()[0]["slots_busy"] != 0 {
+        assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", env.workers());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_worker_killed_mid_stream_keeps_the_partial_answer() {
+    let Some(mut env) = Env::new() else { return };
+    env.start_hive();
+    let (mut child, reader) = started_answer(&env, "1, 2, 3, 4, 5, 6, 7, 8,");
+    let pid = env.workers()[0]["pid"].as_u64().unwrap();
+    // SAFETY: the worker the test's hive started.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    let (code, stderr) = finished(&mut child, Duration::from_secs(20));
+    assert_eq!(code, 1, "{stderr}");
+    let printed = reader.join().unwrap();
+    assert!(
+        stderr.contains("[llm-worker-rbee] ❌ Error: the answer stopped after"),
+        "{stderr}"
+    );
+    let saved = stderr
+        .split("saved in ")
+        .nth(1)
+        .and_then(|s| s.lines().next())
+        .unwrap_or_else(|| panic!("no saved path in {stderr}"));
+    let kept = std::fs::read_to_string(saved.trim()).unwrap();
+    assert!(!kept.is_empty());
+    assert_eq!(
+        printed.trim_end(),
+        kept.trim_end(),
+        "the file has what was printed"
+    );
+}
+
+#[test]
+fn the_keeper_starts_the_local_hive_when_none_runs() {
+    let Some(env) = Env::new() else { return };
+    let out = env.infer(&env.file_ref(), "Bees", &["--max-tokens", "5"]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "started rbee-hive as the user unit rbee-hive-{}.service",
+            env.hive_port
+        )),
+        "{stderr}"
+    );
+    let (ok, status) = env
+        .manager
+        .systemctl(&["is-active", &format!("rbee-hive-{}.service", env.hive_port)]);
+    assert!(ok, "{status}");
+    // The next command finds it running.
+    let again = env.infer(&env.file_ref(), "Bees", &["--max-tokens", "5"]);
+    assert!(
+        !text(&again.stderr).contains("starting one"),
+        "{}",
+        text(&again.stderr)
+    );
+}
+
+#[test]
+fn bad_input_is_refused_before_any_network_with_the_accepted_values() {
+    let Some(env) = Env::new() else { return };
+    // No hive runs: an error from the network would say "cannot reach".
+    let m = env.file_ref();
+    for (args, says) in [
+        (
+            vec!["--model", "hf:../x", "--prompt", "p"],
+            "invalid model reference",
+        ),
+        (
+            vec!["--model", "http://x/m.gguf", "--prompt", "p"],
+            "hf:org/repo",
+        ),
+        (
+            vec!["--model", &m, "--prompt", "p", "--backend", "rocm"],
+            "accepted: cpu, cuda, metal",
+        ),
+        (
+            vec!["--model", &m, "--prompt", "p", "--max-tokens", "0"],
+            "between 1 and 32768",
+        ),
+        (
+            vec!["--model", &m, "--prompt", "p", "--temperature", "3"],
+            "between 0 and 2",
+        ),
+        (vec!["--model", &m, "--prompt", "  "], "the prompt is empty"),
+        (
+            vec!["--model", &m, "--prompt", "p", "--max-tokens", "many"],
+            "invalid value 'many'",
+        ),
+        (
+            vec!["--model", &m, "--prompt", "p", "--node", "nowhere"],
+            "rbee-keeper setup add-node --name nowhere",
+        ),
+    ] {
+        let mut all = vec!["infer"];
+        all.extend(args.iter().copied());
+        let out = env.keeper(&all).output().unwrap();
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(
+            stderr.starts_with("[rbee-keeper] ❌ Error:"),
+            "{args:?}: {stderr}"
+        );
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+        assert!(
+            !stderr.contains("cannot reach") && !stderr.contains("starting one"),
+            "{args:?}: {stderr}"
+        );
+        assert!(out.stdout.is_empty());
+    }
+}
+
+#[test]
+fn a_hive_of_another_version_is_refused_naming_both() {
+    let Some(env) = Env::new() else { return };
+    let server = tiny_http::Server::http(("127.0.0.1", env.hive_port)).unwrap();
+    let t = std::thread::spawn(move || {
+        if let Ok(Some(r)) = server.recv_timeout(Duration::from_secs(20)) {
+            let _ = r.respond(tiny_http::Response::from_string(
+                r#"{"status":"alive","version":"9.4.0","api_version":"v1"}"#,
+            ));
+        }
+    });
+    let out = env.infer(&env.file_ref(), "Bees", &[]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("VERSION_MISMATCH"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("rbee-keeper {}", env!("CARGO_PKG_VERSION"))),
+        "{stderr}"
+    );
+    assert!(stderr.contains("rbee-hive 9.4.0 on localhost"), "{stderr}");
+    t.join().unwrap();
+}
