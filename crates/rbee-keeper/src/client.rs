@@ -68,19 +68,25 @@ impl Client {
                 ))
             }
             Err(ureq::Error::Status(status, resp)) => {
-                let text = resp.into_string().unwrap_or_default();
-                let e = serde_json::from_str::<ApiError>(&text).unwrap_or_else(|_| {
-                    ApiError::new(
-                        rbee_types::ErrorCode::Internal,
-                        format!("HTTP {status}: {text}"),
-                    )
-                });
-                Ok(Answer::Err(status, e))
+                Ok(Answer::Err(status, api_error(status, resp)))
             }
-            Err(e) => Err(Failure::new(
-                "rbee-keeper",
-                format!("cannot reach {} at {}: {e}", self.component, self.base),
-            )),
+            Err(e) => Err(self.unreachable(&e)),
+        }
+    }
+
+    fn unreachable(&self, e: &ureq::Error) -> Failure {
+        Failure::new(
+            "rbee-keeper",
+            format!("cannot reach {} at {}: {e}", self.component, self.base),
+        )
+    }
+
+    /// A GET whose answer is text (log lines).
+    pub fn text(&self, path: &str) -> Result<String, Failure> {
+        match self.request("GET", path).call() {
+            Ok(r) => Ok(r.into_string().unwrap_or_default()),
+            Err(ureq::Error::Status(status, resp)) => Err(self.failure(&api_error(status, resp))),
+            Err(e) => Err(self.unreachable(&e)),
         }
     }
 
@@ -119,16 +125,7 @@ impl Client {
                 lines: BufReader::new(Box::new(resp.into_reader())),
             }),
             Err(ureq::Error::Status(status, resp)) => {
-                let text = resp.into_string().unwrap_or_default();
-                Err(Answer::Err(
-                    status,
-                    serde_json::from_str(&text).unwrap_or_else(|_| {
-                        ApiError::new(
-                            rbee_types::ErrorCode::Internal,
-                            format!("HTTP {status}: {text}"),
-                        )
-                    }),
-                ))
+                Err(Answer::Err(status, api_error(status, resp)))
             }
             Err(e) => Err(Answer::Err(
                 0,
@@ -139,6 +136,17 @@ impl Client {
             )),
         }
     }
+}
+
+/// The error envelope of a non-2xx answer (or the status and body as an `INTERNAL` one).
+fn api_error(status: u16, resp: ureq::Response) -> ApiError {
+    let text = resp.into_string().unwrap_or_default();
+    serde_json::from_str(&text).unwrap_or_else(|_| {
+        ApiError::new(
+            rbee_types::ErrorCode::Internal,
+            format!("HTTP {status}: {text}"),
+        )
+    })
 }
 
 /// An event stream being read.

@@ -161,7 +161,7 @@ fn check_hive(hive: &Client, node: &str, local: bool) -> Result<(), Failure> {
 }
 
 /// Follows a download's progress stream with a bar; the error, if it failed.
-fn follow_download(hive: &Client, url: &str) -> Result<(), Failure> {
+pub fn follow_download(hive: &Client, url: &str) -> Result<(), Failure> {
     let mut events = hive
         .stream(url, None)
         .map_err(|_| keeper("the download's progress stream could not be opened"))?;

@@ -9,11 +9,13 @@
 //! - [`setup`]: the `setup` commands (add, update, list, remove nodes).
 //! - [`infer`]: one-command inference; [`client`]: HTTP to hives and workers;
 //!   [`local`]: starting the local hive; [`progress`]: bars on stderr.
+//! - [`manage`]: `workers`, `models`, `hive` and `logs`, thin over the hive's API.
 
 pub mod client;
 pub mod config;
 pub mod infer;
 pub mod local;
+pub mod manage;
 pub mod paths;
 pub mod progress;
 pub mod registry;

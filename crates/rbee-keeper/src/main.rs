@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use rbee_keeper::config::Config;
 use rbee_keeper::infer::{self, InferArgs};
+use rbee_keeper::manage::{self, HiveCommand, ModelsCommand, WorkersCommand};
 use rbee_keeper::paths;
 use rbee_keeper::registry::Registry;
 use rbee_keeper::report::Failure;
@@ -37,6 +38,35 @@ enum Command {
     /// Register, change, list and remove nodes.
     #[command(subcommand)]
     Setup(SetupCommand),
+    /// List, check and stop workers.
+    #[command(subcommand)]
+    Workers(WorkersCommand),
+    /// List, download and remove models on a node.
+    #[command(subcommand)]
+    Models(ModelsCommand),
+    /// A node's hive.
+    #[command(subcommand)]
+    Hive(HiveCommand),
+    /// A worker's log, through its hive (`--follow` until it stops, or Ctrl+C).
+    Logs {
+        /// The node.
+        #[arg(long, default_value = "localhost")]
+        node: String,
+        /// The worker's id (from `workers list`).
+        #[arg(long)]
+        worker: String,
+        /// Keep printing new lines.
+        #[arg(long)]
+        follow: bool,
+        /// How many of the last lines.
+        #[arg(long, default_value_t = 100)]
+        lines: usize,
+    },
+    /// Print a shell completion script (bash, zsh, fish, …) to stdout.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
 }
 
 fn main() -> ExitCode {
@@ -65,6 +95,16 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<u8, Failure> {
+    if let Command::Completions { shell } = cli.command {
+        use clap::CommandFactory;
+        clap_complete::generate(
+            shell,
+            &mut Cli::command(),
+            "rbee-keeper",
+            &mut std::io::stdout(),
+        );
+        return Ok(0);
+    }
     let config = Config::load(paths::config_file().as_deref())
         .map_err(|e| Failure::new("rbee-keeper", format!("{e:#}")))?;
     let ssh = Ssh {
@@ -78,5 +118,15 @@ fn run(cli: Cli) -> Result<u8, Failure> {
     match cli.command {
         Command::Infer(args) => infer::run(&args, &config, &reg),
         Command::Setup(cmd) => setup::run(cmd, &mut reg, &ssh).map(|()| 0),
+        Command::Workers(cmd) => manage::workers(cmd, &config, &reg).map(|()| 0),
+        Command::Models(cmd) => manage::models(cmd, &config, &reg).map(|()| 0),
+        Command::Hive(cmd) => manage::hive_cmd(cmd, &config, &reg).map(|()| 0),
+        Command::Logs {
+            node,
+            worker,
+            follow,
+            lines,
+        } => manage::logs(&node, &worker, follow, lines, &config, &reg).map(|()| 0),
+        Command::Completions { .. } => unreachable!("handled before the config is read"),
     }
 }

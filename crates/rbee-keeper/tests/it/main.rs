@@ -1,4 +1,6 @@
 //! rbee-keeper through its real binary, against a real sshd on loopback.
 
+mod common;
 mod infer;
+mod manage;
 mod setup;

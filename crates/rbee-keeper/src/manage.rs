@@ -1,0 +1,308 @@
+//! The management commands, each a thin layer over a hive's API: `workers`, `models`,
+//! `hive` and `logs`. Without `--node`, `workers list` asks every known hive (the local one
+//! and each registered node) and says which did not answer.
+
+use clap::Subcommand;
+use serde_json::{json, Value};
+
+use crate::client::{Answer, Client};
+use crate::config::Config;
+use crate::infer::hive_of;
+use crate::registry::Registry;
+use crate::report::{table, Failure};
+
+/// `workers …`.
+#[derive(Debug, Subcommand)]
+pub enum WorkersCommand {
+    /// The workers of one node, or of every node: node, id, model, backend/device, state,
+    /// slots, url.
+    List {
+        /// Only this node.
+        #[arg(long)]
+        node: Option<String>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Whether a node's hive answers, its version, and its workers' states.
+    Health {
+        /// The node.
+        #[arg(long, default_value = "localhost")]
+        node: String,
+    },
+    /// Drain and stop one worker.
+    Shutdown {
+        /// The node.
+        #[arg(long, default_value = "localhost")]
+        node: String,
+        /// The worker's id (from `workers list`).
+        #[arg(long)]
+        id: String,
+    },
+}
+
+/// `models …`.
+#[derive(Debug, Subcommand)]
+pub enum ModelsCommand {
+    /// The node's model catalogue.
+    List {
+        /// The node.
+        #[arg(long, default_value = "localhost")]
+        node: String,
+    },
+    /// Download a model to the node, with a progress bar.
+    Download {
+        /// The node.
+        #[arg(long, default_value = "localhost")]
+        node: String,
+        /// The model reference.
+        #[arg(long)]
+        model: String,
+    },
+    /// Remove a model from the node's catalogue (and its file, if downloaded).
+    Rm {
+        /// The node.
+        #[arg(long, default_value = "localhost")]
+        node: String,
+        /// The model's id (from `models list`).
+        #[arg(long)]
+        id: String,
+    },
+}
+
+/// `hive …`.
+#[derive(Debug, Subcommand)]
+pub enum HiveCommand {
+    /// Version, supervisor, memory and disk of a node's hive.
+    Status {
+        /// The node.
+        #[arg(long, default_value = "localhost")]
+        node: String,
+    },
+}
+
+fn hive(node: &str, cfg: &Config, reg: &Registry) -> Result<Client, Failure> {
+    hive_of(node, cfg, reg).map(|(c, _)| c)
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+/// Runs a `workers` command.
+pub fn workers(cmd: WorkersCommand, cfg: &Config, reg: &Registry) -> Result<(), Failure> {
+    match cmd {
+        WorkersCommand::List { node, json } => {
+            let nodes: Vec<String> = match node {
+                Some(n) => vec![n],
+                None => std::iter::once("localhost".to_owned())
+                    .chain(
+                        reg.list()
+                            .map_err(|e| Failure::new("rbee-keeper", e.to_string()))?
+                            .into_iter()
+                            .map(|n| n.node_name),
+                    )
+                    .collect(),
+            };
+            let single = nodes.len() == 1;
+            let mut rows = Vec::new();
+            let mut all = Vec::new();
+            for n in &nodes {
+                let h = hive(n, cfg, reg)?;
+                match h.call("GET", "/v1/workers/list", None) {
+                    Ok(Answer::Ok(_, v)) => {
+                        for w in v["workers"].as_array().into_iter().flatten() {
+                            rows.push(vec![
+                                n.clone(),
+                                s(&w["id"]),
+                                s(&w["model_ref"]),
+                                format!("{}:{}", s(&w["backend"]), s(&w["device"])),
+                                s(&w["state"]),
+                                format!("{}/{}", s(&w["slots_busy"]), s(&w["slots"])),
+                                s(&w["url"]),
+                            ]);
+                            let mut w = w.clone();
+                            w["node"] = json!(n);
+                            if let Some(o) = w.as_object_mut() {
+                                o.remove("api_key");
+                            }
+                            all.push(w);
+                        }
+                    }
+                    Ok(Answer::Err(_, e)) => {
+                        if single {
+                            return Err(h.failure(&e));
+                        }
+                        eprintln!("[rbee-keeper] ⚠️  {n}: {}", e.error.message);
+                    }
+                    Err(f) => {
+                        if single {
+                            return Err(f);
+                        }
+                        eprintln!(
+                            "[rbee-keeper] ⚠️  {n}: its hive does not answer at {}",
+                            h.base
+                        );
+                    }
+                }
+            }
+            if json {
+                println!("{}", Value::Array(all));
+            } else if rows.is_empty() {
+                eprintln!("[rbee-keeper] no workers running");
+            } else {
+                print!(
+                    "{}",
+                    table(
+                        &["NODE", "ID", "MODEL", "BACKEND", "STATE", "SLOTS", "URL"],
+                        &rows
+                    )
+                );
+            }
+            Ok(())
+        }
+        WorkersCommand::Health { node } => {
+            let h = hive(&node, cfg, reg)?;
+            let (_, health) = h.json("GET", "/v1/health", None)?;
+            let (_, list) = h.json("GET", "/v1/workers/list", None)?;
+            let workers = list["workers"].as_array().cloned().unwrap_or_default();
+            println!(
+                "{node}: rbee-hive {} ({}), {} worker(s)",
+                s(&health["version"]),
+                s(&health["supervisor"]),
+                workers.len()
+            );
+            for w in &workers {
+                println!(
+                    "  {} {} {}/{} slots busy",
+                    s(&w["id"]),
+                    s(&w["state"]),
+                    s(&w["slots_busy"]),
+                    s(&w["slots"])
+                );
+            }
+            Ok(())
+        }
+        WorkersCommand::Shutdown { node, id } => {
+            let h = hive(&node, cfg, reg)?;
+            h.json(
+                "POST",
+                &format!("/v1/workers/{id}/shutdown"),
+                Some(&json!({})),
+            )?;
+            eprintln!("[rbee-keeper] ✅ worker {id} on {node} stopped");
+            Ok(())
+        }
+    }
+}
+
+/// Runs a `models` command.
+pub fn models(cmd: ModelsCommand, cfg: &Config, reg: &Registry) -> Result<(), Failure> {
+    match cmd {
+        ModelsCommand::List { node } => {
+            let (_, v) = hive(&node, cfg, reg)?.json("GET", "/v1/models", None)?;
+            let rows: Vec<Vec<String>> = v["models"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|m| {
+                    vec![
+                        s(&m["id"]),
+                        s(&m["reference"]),
+                        crate::progress::bytes(m["size_bytes"].as_u64().unwrap_or(0)),
+                        s(&m["quantization"]),
+                        s(&m["status"]),
+                    ]
+                })
+                .collect();
+            if rows.is_empty() {
+                eprintln!("[rbee-keeper] no models on {node}");
+            } else {
+                print!(
+                    "{}",
+                    table(&["ID", "REFERENCE", "SIZE", "QUANT", "STATUS"], &rows)
+                );
+            }
+            Ok(())
+        }
+        ModelsCommand::Download { node, model } => {
+            if let Err(e) = rbee_models::reference::ModelRef::parse(&model) {
+                return Err(Failure::new("rbee-keeper", e.error.message));
+            }
+            let h = hive(&node, cfg, reg)?;
+            let (status, v) = h.json(
+                "POST",
+                "/v1/models/download",
+                Some(&json!({"model_ref": model})),
+            )?;
+            if status == 200 {
+                eprintln!(
+                    "[rbee-keeper] ✅ {} is on {node} already",
+                    s(&v["model"]["id"])
+                );
+                return Ok(());
+            }
+            crate::infer::follow_download(&h, v["progress_url"].as_str().unwrap_or(""))
+        }
+        ModelsCommand::Rm { node, id } => {
+            hive(&node, cfg, reg)?.json("DELETE", &format!("/v1/models/{id}"), None)?;
+            eprintln!("[rbee-keeper] ✅ model {id} removed from {node}");
+            Ok(())
+        }
+    }
+}
+
+/// Runs a `hive` command.
+pub fn hive_cmd(cmd: HiveCommand, cfg: &Config, reg: &Registry) -> Result<(), Failure> {
+    match cmd {
+        HiveCommand::Status { node } => {
+            let h = hive(&node, cfg, reg)?;
+            let (_, health) = h.json("GET", "/v1/health", None)?;
+            let (_, res) = h.json("GET", "/v1/resources", None)?;
+            println!("node:        {node} ({})", h.base);
+            println!("version:     rbee-hive {}", s(&health["version"]));
+            println!("supervisor:  {}", s(&health["supervisor"]));
+            println!(
+                "memory:      {} available of {}",
+                crate::progress::bytes(res["memory"]["available_bytes"].as_u64().unwrap_or(0)),
+                crate::progress::bytes(res["memory"]["total_bytes"].as_u64().unwrap_or(0))
+            );
+            Ok(())
+        }
+    }
+}
+
+/// `logs --node --worker [--follow] [--lines]`: a worker's log through its hive.
+pub fn logs(
+    node: &str,
+    worker: &str,
+    follow: bool,
+    lines: usize,
+    cfg: &Config,
+    reg: &Registry,
+) -> Result<(), Failure> {
+    let h = hive(node, cfg, reg)?;
+    let path = format!("/v1/workers/{worker}/logs?lines={lines}");
+    if !follow {
+        print!("{}", h.text(&path)?);
+        return Ok(());
+    }
+    let mut events = h
+        .stream(&format!("{path}&follow=true"), None)
+        .map_err(|_| {
+            Failure::new(
+                "rbee-keeper",
+                format!("cannot follow the log of {worker} on {node}"),
+            )
+        })?;
+    while let Some(e) = events.next_json() {
+        if let Some(l) = e["line"].as_str() {
+            println!("{l}");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,123 @@
+//! A keeper, a hive (or two) whose workers run under a private systemd user manager, the
+//! real worker and model, and the test Hugging Face hub.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use rbee_test_support::hub::Hub;
+use rbee_test_support::model::{model_and_worker, worker_binary, TempDir};
+use rbee_test_support::process::{free_port, wait_for_port, ChildGuard};
+use rbee_test_support::systemd::{user_manager_or_skip, UserManager};
+
+/// A hive on a free port, its hub, and a keeper configured for it as `localhost`.
+pub struct Env {
+    pub manager: UserManager,
+    pub hub: Hub,
+    pub hive_port: u16,
+    pub dir: TempDir,
+    pub hive: Option<ChildGuard>,
+    pub model: PathBuf,
+}
+
+fn hive_binary() -> PathBuf {
+    worker_binary().with_file_name("rbee-hive")
+}
+
+impl Env {
+    /// Everything but the hive (see [`Env::start_hive`]).
+    pub fn new() -> Option<Env> {
+        let model = model_and_worker()?;
+        rbee_test_support::skip_unless!(
+            hive_binary().is_file(),
+            "rbee-hive not built (cargo build --release)"
+        );
+        let manager = user_manager_or_skip()?;
+        let hub = Hub::start();
+        hub.add_repo("org/smol", "c0ffee", &[("smol.Q4_1.gguf", &model)]);
+        let dir = TempDir::new("keeper-e2e");
+        let hive_port = free_port();
+        std::fs::write(
+            dir.join("config.toml"),
+            format!("[nodes.localhost]\nhive_url = \"http://127.0.0.1:{hive_port}\"\n"),
+        )
+        .unwrap();
+        Some(Env {
+            manager,
+            hub,
+            hive_port,
+            dir,
+            hive: None,
+            model,
+        })
+    }
+
+    pub fn env(&self, cmd: &mut Command) {
+        for (k, v) in self.manager.env() {
+            cmd.env(k, v);
+        }
+        cmd.env("HF_ENDPOINT", self.hub.endpoint())
+            .env("XDG_STATE_HOME", self.dir.join("state"))
+            .env("XDG_DATA_HOME", self.dir.join("data"))
+            .env("RBEE_CONFIG", self.dir.join("config.toml"));
+    }
+
+    /// Starts the local node's hive.
+    pub fn start_hive(&mut self) {
+        self.hive = Some(self.hive_at(self.hive_port, "hive-state"));
+    }
+
+    /// Starts a hive on `port` with its state in `name` under the test's directory.
+    pub fn hive_at(&self, port: u16, name: &str) -> ChildGuard {
+        let ports = free_port().max(20_000);
+        let config = self.dir.join(&format!("{name}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "port = {port}\nstate_dir = {:?}\nsupervisor = \"systemd-user\"\nworker_ports = \"{ports}-{}\"\nworker_logs = \"file\"\n",
+                self.dir.join(name).display().to_string(),
+                ports + 20
+            ),
+        )
+        .unwrap();
+        let mut cmd = Command::new(hive_binary());
+        cmd.arg("--config").arg(&config);
+        self.env(&mut cmd);
+        let hive = ChildGuard::spawn(&mut cmd);
+        assert!(
+            wait_for_port(port, Duration::from_secs(20)),
+            "the hive did not listen on {port}"
+        );
+        hive
+    }
+
+    pub fn keeper(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_rbee-keeper"));
+        cmd.args(args);
+        self.env(&mut cmd);
+        cmd
+    }
+
+    pub fn infer(&self, model: &str, prompt: &str, extra: &[&str]) -> Output {
+        let mut args = vec!["infer", "--model", model, "--prompt", prompt];
+        args.extend(extra);
+        self.keeper(&args).output().unwrap()
+    }
+
+    pub fn file_ref(&self) -> String {
+        format!("file://{}", self.model.display())
+    }
+
+    pub fn workers(&self) -> Vec<serde_json::Value> {
+        let r = rbee_test_support::http::get(&format!(
+            "http://127.0.0.1:{}/v1/workers/list",
+            self.hive_port
+        ));
+        r.json()["workers"].as_array().cloned().unwrap_or_default()
+    }
+}
+
+/// Bytes as text.
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}

@@ -1,0 +1,126 @@
+//! `workers`, `models`, `logs`, `hive` across two hives on one machine (two state dirs, two
+//! ports): the local one and one registered as a node over real SSH.
+
+use rbee_test_support::process::free_port;
+use rbee_test_support::sshd::Sshd;
+use serde_json::Value;
+
+use crate::common::{text, Env};
+
+fn ok(env: &Env, args: &[&str]) -> (String, String) {
+    let out = env.keeper(args).output().unwrap();
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+    (stdout, stderr)
+}
+
+#[test]
+fn workers_models_and_logs_across_two_hives() {
+    let Some(mut env) = Env::new() else { return };
+    let Some(sshd) = Sshd::start_or_skip() else {
+        return;
+    };
+    env.start_hive();
+    let second_port = free_port();
+    let second = env.hive_at(second_port, "second-state");
+    // The second hive is a registered node (its SSH checked for real).
+    std::fs::write(
+        env.dir.join("config.toml"),
+        format!(
+            "[ssh]\noptions = [\"UserKnownHostsFile={}\", \"StrictHostKeyChecking=yes\"]\n[nodes.localhost]\nhive_url = \"http://127.0.0.1:{}\"\n",
+            sshd.known_hosts.display(),
+            env.hive_port
+        ),
+    )
+    .unwrap();
+    ok(
+        &env,
+        &[
+            "setup",
+            "add-node",
+            "--name",
+            "second",
+            "--ssh-host",
+            "127.0.0.1",
+            "--ssh-port",
+            &sshd.port.to_string(),
+            "--ssh-user",
+            &sshd.user(),
+            "--ssh-key",
+            sshd.client_key.to_str().unwrap(),
+            "--hive-port",
+            &second_port.to_string(),
+        ],
+    );
+    let m = env.file_ref();
+    for node in ["localhost", "second"] {
+        let out = env.infer(&m, "Bees", &["--node", node, "--max-tokens", "4"]);
+        assert_eq!(out.status.code(), Some(0), "{node}: {}", text(&out.stderr));
+    }
+    // Every node at once: a table a person reads, and JSON without keys.
+    let (table, _) = ok(&env, &["workers", "list"]);
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(
+        lines[0].starts_with("NODE") && lines[0].contains("STATE"),
+        "{table}"
+    );
+    assert_eq!(lines.len(), 3, "{table}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("localhost ") && l.contains("idle")),
+        "{table}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("second ") && l.contains("cpu:0")),
+        "{table}"
+    );
+    let (json, _) = ok(&env, &["workers", "list", "--json"]);
+    let all: Vec<Value> = serde_json::from_str(&json).unwrap();
+    assert_eq!(all.len(), 2);
+    assert!(all.iter().all(|w| w.get("api_key").is_none()), "{json}");
+    let (one, _) = ok(&env, &["workers", "list", "--node", "second"]);
+    assert_eq!(one.lines().count(), 2, "{one}");
+    // Models and logs of the local node.
+    let (models, _) = ok(&env, &["models", "list"]);
+    assert!(
+        models.contains("SmolLM2-135M-Instruct.Q4_1") || models.contains("smollm2"),
+        "{models}"
+    );
+    let id = all.iter().find(|w| w["node"] == "localhost").unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (log, _) = ok(&env, &["logs", "--worker", &id, "--lines", "20"]);
+    assert!(!log.trim().is_empty(), "the worker's log");
+    let (status, _) = ok(&env, &["hive", "status", "--node", "second"]);
+    assert!(
+        status.contains(&format!("rbee-hive {}", env!("CARGO_PKG_VERSION"))),
+        "{status}"
+    );
+    // One hive gone: the other is still listed, and the missing one is named.
+    drop(second);
+    let (table, warn) = ok(&env, &["workers", "list"]);
+    assert!(warn.contains("second: its hive does not answer"), "{warn}");
+    assert_eq!(table.lines().count(), 2, "{table}");
+    // Stop the local worker.
+    ok(&env, &["workers", "shutdown", "--id", &id]);
+    assert!(env.workers().is_empty());
+    let out = env
+        .keeper(&["workers", "shutdown", "--id", &id])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("[rbee-hive] ❌ Error: no worker"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(
+        text(&out.stderr).contains("code: WORKER_NOT_FOUND"),
+        "{}",
+        text(&out.stderr)
+    );
+}
