@@ -270,3 +270,45 @@ fn a_hive_of_another_version_is_refused_naming_both() {
     assert!(stderr.contains("rbee-hive 9.4.0 on localhost"), "{stderr}");
     t.join().unwrap();
 }
+
+#[test]
+fn a_busy_worker_is_retried_until_its_slot_frees() {
+    let Some(mut env) = Env::new() else { return };
+    env.start_hive();
+    // A worker with one slot, ready.
+    let warm = env.infer(&env.file_ref(), "Bees", &["--max-tokens", "2"]);
+    assert_eq!(warm.status.code(), Some(0), "{}", text(&warm.stderr));
+    let w = env.workers()[0].clone();
+    assert_eq!(w["slots"], 1);
+    // Someone else holds the slot for about a second.
+    let url = format!("{}/v1/inference", w["url"].as_str().unwrap());
+    let key = w["api_key"].as_str().unwrap().to_owned();
+    let holder = std::thread::spawn(move || {
+        rbee_test_support::http::send(
+            "POST",
+            &url,
+            Some(&key),
+            Some(br#"{"prompt": "1, 2, 3, 4, 5, 6, 7, 8,", "max_tokens": 150, "temperature": 0, "stream": false}"#),
+        )
+    });
+    // The worker's own health (the hive's list is only as fresh as its health checks).
+    let health = format!("{}/v1/health", w["url"].as_str().unwrap());
+    let t0 = Instant::now();
+    while rbee_test_support::http::get(&health).json()["slots_busy"] != 1 {
+        assert!(!holder.is_finished(), "the holding request ended early");
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the slot never got busy"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let out = env.infer(&env.file_ref(), "Bees", &["--max-tokens", "4"]);
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("every slot of the worker is busy; retry 1/3 in 1 s"),
+        "{stderr}"
+    );
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!text(&out.stdout).trim().is_empty());
+    assert_eq!(holder.join().unwrap().status, 200);
+}
