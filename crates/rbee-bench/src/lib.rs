@@ -176,6 +176,8 @@ pub fn batched_tok_s(
     unreachable!("the timed pass returns")
 }
 
+pub mod harness;
+
 /// Order statistics for the benchmarks' figures.
 pub mod stats {
     /// The median (sorts `v`).

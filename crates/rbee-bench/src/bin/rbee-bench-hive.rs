@@ -10,18 +10,15 @@
 //!    hard links to the test model, 16-token contexts), against `GET /v1/health` on the
 //!    same hive as the floor of the HTTP path; interleaved, p50 and p99.
 
-use std::os::unix::net::UnixDatagram;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Parser;
+use rbee_bench::harness::{direct_start, ms, sibling, Hive};
 use rbee_bench::stats::{median, percentile as pct};
-use rbee_test_support::model::TempDir;
-use rbee_test_support::process::{free_port, wait_for_port};
 use rbee_test_support::systemd::UserManager;
-use serde_json::{json, Value};
+use serde_json::json;
 
 /// Measures rbee-hive's spawn overhead, idle RSS and list latency.
 #[derive(Parser)]
@@ -38,181 +35,6 @@ struct Args {
     /// Requests per endpoint in the list benchmark.
     #[arg(long, default_value_t = 2000)]
     requests: usize,
-}
-
-fn sibling(name: &str) -> anyhow::Result<PathBuf> {
-    let p = std::env::current_exe()?
-        .parent()
-        .context("no parent dir")?
-        .join(name);
-    if !p.is_file() {
-        bail!("{} not built (cargo build --release)", p.display());
-    }
-    Ok(p)
-}
-
-struct Hive {
-    child: Child,
-    url: String,
-    agent: ureq::Agent,
-    _state: TempDir,
-}
-
-impl Hive {
-    fn start(supervisor: &str, env: &[(&'static str, String)]) -> anyhow::Result<Hive> {
-        let state = TempDir::new("bench-hive");
-        let port = free_port();
-        let ports = free_port().max(20_000);
-        let config = state.join("hive.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "port = {port}\nstate_dir = {:?}\nsupervisor = {supervisor:?}\nworker_binary = {:?}\nworker_ports = \"{ports}-{}\"\nhealth_interval_secs = 30\n",
-                state.0.display().to_string(),
-                sibling("llm-worker-rbee")?.display().to_string(),
-                ports + 300
-            ),
-        )?;
-        let child = Command::new(sibling("rbee-hive")?)
-            .arg("--config")
-            .arg(&config)
-            .envs(env.iter().cloned())
-            .env("RBEE_LOG", "warn")
-            .stdin(Stdio::null())
-            .spawn()?;
-        if !wait_for_port(port, Duration::from_secs(20)) {
-            bail!("the hive did not start");
-        }
-        Ok(Hive {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-            agent: ureq::AgentBuilder::new()
-                .timeout(Duration::from_secs(60))
-                .build(),
-            _state: state,
-        })
-    }
-
-    fn get(&self, path: &str) -> anyhow::Result<Value> {
-        Ok(self
-            .agent
-            .get(&format!("{}{path}", self.url))
-            .call()?
-            .into_json()?)
-    }
-
-    fn get_text(&self, path: &str) -> anyhow::Result<String> {
-        Ok(self
-            .agent
-            .get(&format!("{}{path}", self.url))
-            .call()?
-            .into_string()?)
-    }
-
-    fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
-        let r = self
-            .agent
-            .post(&format!("{}{path}", self.url))
-            .send_json(body.clone());
-        match r {
-            Ok(r) => Ok(r.into_json()?),
-            Err(ureq::Error::Status(_, r)) => bail!("{}", r.into_string()?),
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    /// Spawns and waits for `idle`; returns (elapsed, id).
-    fn timed_spawn(&self, body: &Value) -> anyhow::Result<(Duration, String)> {
-        let t0 = Instant::now();
-        let r = self.post("/v1/workers/spawn", body)?;
-        let id = r["worker"]["id"].as_str().context("no id")?.to_owned();
-        loop {
-            let w = self.get(&format!("/v1/workers/{id}"))?;
-            if w["worker"]["state"] == "idle" {
-                return Ok((t0.elapsed(), id));
-            }
-            if t0.elapsed() > Duration::from_secs(120) {
-                bail!("worker {id} not ready after 120 s");
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        }
-    }
-
-    fn stop_worker(&self, id: &str) -> anyhow::Result<()> {
-        self.post(&format!("/v1/workers/{id}/shutdown"), &json!({}))?;
-        Ok(())
-    }
-
-    fn rss_kib(&self) -> u64 {
-        rss_kib(self.child.id())
-    }
-}
-
-impl Drop for Hive {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) on our own child; SIGTERM makes it stop its workers first.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let until = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < until {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-/// The worker started directly, exec → `READY=1` on our own notify socket.
-fn direct_start(worker: &Path, model: &Path) -> anyhow::Result<Duration> {
-    let dir = TempDir::new("bench-notify");
-    let sock_path = dir.join("n.sock");
-    let sock = UnixDatagram::bind(&sock_path)?;
-    sock.set_read_timeout(Some(Duration::from_secs(120)))?;
-    let t0 = Instant::now();
-    let mut child = Command::new(worker)
-        .args([
-            "--model",
-            &model.display().to_string(),
-            "--port",
-            &free_port().to_string(),
-            "--slots",
-            "1",
-        ])
-        .env("NOTIFY_SOCKET", &sock_path)
-        .env("RBEE_LOG", "warn")
-        .stdin(Stdio::null())
-        .spawn()?;
-    let mut buf = [0u8; 4096];
-    let elapsed = loop {
-        let n = sock.recv(&mut buf)?;
-        if String::from_utf8_lossy(&buf[..n])
-            .lines()
-            .any(|l| l == "READY=1")
-        {
-            break t0.elapsed();
-        }
-    };
-    // SAFETY: kill(2) on our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    child.wait()?;
-    Ok(elapsed)
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
 }
 
 fn main() -> anyhow::Result<()> {
