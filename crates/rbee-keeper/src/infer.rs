@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 
 use crate::client::{Answer, Client};
 use crate::config::Config;
+use crate::node::Conn;
 use crate::progress::Bar;
 use crate::registry::Registry;
 use crate::report::Failure;
@@ -95,26 +96,6 @@ pub fn validate(a: &InferArgs) -> Result<(), Failure> {
         ));
     }
     Ok(())
-}
-
-/// The hive of a node: its URL and key.
-pub fn hive_of(node: &str, cfg: &Config, reg: &Registry) -> Result<(Client, bool), Failure> {
-    let node_cfg = cfg.nodes.get(node);
-    let key = node_cfg.and_then(|n| n.api_key.clone());
-    if node == "localhost" {
-        let url = node_cfg
-            .and_then(|n| n.hive_url.clone())
-            .unwrap_or_else(|| "http://127.0.0.1:9200".into());
-        return Ok((Client::new(&url, key, "rbee-hive"), true));
-    }
-    let n = reg
-        .get(node)
-        .map_err(|e| keeper(e.to_string()))?
-        .ok_or_else(|| crate::setup::not_registered(node))?;
-    let url = node_cfg
-        .and_then(|c| c.hive_url.clone())
-        .unwrap_or_else(|| format!("http://{}:{}", n.ssh_host, n.hive_port));
-    Ok((Client::new(&url, key, "rbee-hive"), false))
 }
 
 /// `major.minor` of a version.
@@ -361,15 +342,15 @@ enum Msg {
 /// Runs `infer`; the exit status.
 pub fn run(a: &InferArgs, cfg: &Config, reg: &Registry) -> Result<u8, Failure> {
     validate(a)?;
-    let (hive, local) = hive_of(&a.node, cfg, reg)?;
-    check_hive(&hive, &a.node, local)?;
-    let worker = worker_for(&hive, a)?;
-    let wclient = Client::new(
+    let conn = Conn::open(&a.node, cfg, reg)?;
+    let hive = &conn.hive;
+    check_hive(hive, &a.node, conn.local)?;
+    let worker = worker_for(hive, a)?;
+    let wclient = conn.worker(
         worker["url"].as_str().unwrap_or(""),
         worker["api_key"].as_str().map(str::to_owned),
-        "llm-worker-rbee",
-    );
-    wait_loaded(&hive, &wclient, &worker, a)?;
+    )?;
+    wait_loaded(hive, &wclient, &worker, a)?;
     let body = json!({"prompt": a.prompt, "max_tokens": a.max_tokens, "temperature": a.temperature, "stream": true});
     // Busy: three retries, after 1, 2 and 4 s.
     let mut events = None;

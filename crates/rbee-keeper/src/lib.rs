@@ -10,15 +10,18 @@
 //! - [`infer`]: one-command inference; [`client`]: HTTP to hives and workers;
 //!   [`local`]: starting the local hive; [`progress`]: bars on stderr.
 //! - [`manage`]: `workers`, `models`, `hive` and `logs`, thin over the hive's API.
+//! - [`node`]: reaching a node's hive and workers; [`tunnel`]: SSH port forwards.
 
 pub mod client;
 pub mod config;
 pub mod infer;
 pub mod local;
 pub mod manage;
+pub mod node;
 pub mod paths;
 pub mod progress;
 pub mod registry;
 pub mod report;
 pub mod setup;
 pub mod ssh;
+pub mod tunnel;

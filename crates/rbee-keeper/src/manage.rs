@@ -5,9 +5,9 @@
 use clap::Subcommand;
 use serde_json::{json, Value};
 
-use crate::client::{Answer, Client};
+use crate::client::Answer;
 use crate::config::Config;
-use crate::infer::hive_of;
+use crate::node::Conn;
 use crate::registry::Registry;
 use crate::report::{table, Failure};
 
@@ -81,8 +81,8 @@ pub enum HiveCommand {
     },
 }
 
-fn hive(node: &str, cfg: &Config, reg: &Registry) -> Result<Client, Failure> {
-    hive_of(node, cfg, reg).map(|(c, _)| c)
+fn hive(node: &str, cfg: &Config, reg: &Registry) -> Result<Conn, Failure> {
+    Conn::open(node, cfg, reg)
 }
 
 fn s(v: &Value) -> String {
@@ -112,7 +112,14 @@ pub fn workers(cmd: WorkersCommand, cfg: &Config, reg: &Registry) -> Result<(), 
             let mut rows = Vec::new();
             let mut all = Vec::new();
             for n in &nodes {
-                let h = hive(n, cfg, reg)?;
+                let h = match hive(n, cfg, reg) {
+                    Ok(h) => h,
+                    Err(f) if single => return Err(f),
+                    Err(f) => {
+                        eprintln!("[rbee-keeper] ⚠️  {n}: {}", f.message);
+                        continue;
+                    }
+                };
                 match h.call("GET", "/v1/workers/list", None) {
                     Ok(Answer::Ok(_, v)) => {
                         for w in v["workers"].as_array().into_iter().flatten() {

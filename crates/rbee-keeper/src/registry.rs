@@ -31,11 +31,15 @@ pub struct Node {
     pub last_connected_unix: Option<u64>,
     /// `reachable` or `unreachable` (as of the last check).
     pub status: String,
+    /// How the keeper reaches the node's hive: `ssh` (a port forward to its loopback, the
+    /// default) or `direct` (HTTP to `ssh_host:hive_port`).
+    pub hive_access: String,
 }
 
 const WHAT: &str = "node registry";
 
-const MIGRATIONS: &[&str] = &["CREATE TABLE beehives (
+const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE beehives (
         node_name TEXT PRIMARY KEY,
         ssh_host TEXT NOT NULL,
         ssh_port INTEGER NOT NULL,
@@ -47,10 +51,12 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE beehives (
         hive_port INTEGER NOT NULL,
         last_connected_unix INTEGER,
         status TEXT NOT NULL
-    );"];
+    );",
+    "ALTER TABLE beehives ADD COLUMN hive_access TEXT NOT NULL DEFAULT 'ssh';",
+];
 
 const COLUMNS: &str = "node_name, ssh_host, ssh_port, ssh_user, ssh_key_path, git_repo_url, \
-     git_branch, install_path, hive_port, last_connected_unix, status";
+     git_branch, install_path, hive_port, last_connected_unix, status, hive_access";
 
 fn from_row(r: &Row<'_>) -> rusqlite::Result<Node> {
     Ok(Node {
@@ -65,6 +71,7 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<Node> {
         hive_port: r.get::<_, i64>(8)? as u16,
         last_connected_unix: r.get::<_, Option<i64>>(9)?.map(|v| v as u64),
         status: r.get(10)?,
+        hive_access: r.get(11)?,
     })
 }
 
@@ -75,7 +82,7 @@ pub struct Registry {
 
 impl Node {
     /// The row's values, in [`COLUMNS`] order.
-    fn values(&self) -> [Box<dyn ToSql + '_>; 11] {
+    fn values(&self) -> [Box<dyn ToSql + '_>; 12] {
         [
             Box::new(&self.node_name),
             Box::new(&self.ssh_host),
@@ -88,6 +95,7 @@ impl Node {
             Box::new(self.hive_port as i64),
             Box::new(self.last_connected_unix.map(|v| v as i64)),
             Box::new(&self.status),
+            Box::new(&self.hive_access),
         ]
     }
 }
@@ -107,7 +115,7 @@ impl Registry {
             .execute(
                 &format!(
                     "INSERT OR IGNORE INTO beehives ({COLUMNS}) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
                 ),
                 rusqlite::params_from_iter(n.values()),
             )
@@ -122,7 +130,8 @@ impl Registry {
             .execute(
                 "UPDATE beehives SET ssh_host = ?2, ssh_port = ?3, ssh_user = ?4, \
                  ssh_key_path = ?5, git_repo_url = ?6, git_branch = ?7, install_path = ?8, \
-                 hive_port = ?9, last_connected_unix = ?10, status = ?11 WHERE node_name = ?1",
+                 hive_port = ?9, last_connected_unix = ?10, status = ?11, hive_access = ?12 \
+                 WHERE node_name = ?1",
                 rusqlite::params_from_iter(n.values()),
             )
             .map(|rows| rows == 1)

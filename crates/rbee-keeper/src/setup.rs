@@ -61,6 +61,11 @@ pub struct NodeArgs {
     /// The hive's port on the node.
     #[arg(long, default_value_t = 9200)]
     pub hive_port: u16,
+    /// How to reach the hive: `ssh` (a port forward to the node's loopback, where the hive
+    /// listens by default) or `direct` (HTTP to ssh-host:hive-port; needs an API key or a
+    /// trusted network).
+    #[arg(long, default_value = "ssh", value_parser = ["ssh", "direct"])]
+    pub hive_access: String,
 }
 
 /// What to change on a node.
@@ -93,6 +98,9 @@ pub struct UpdateArgs {
     /// New hive port.
     #[arg(long)]
     pub hive_port: Option<u16>,
+    /// New hive access (`ssh` or `direct`).
+    #[arg(long, value_parser = ["ssh", "direct"])]
+    pub hive_access: Option<String>,
 }
 
 fn keeper(msg: impl Into<String>) -> Failure {
@@ -141,7 +149,8 @@ fn check_names(name: &str, host: &str, user: &str) -> Result<(), Failure> {
     Ok(())
 }
 
-fn target(n: &Node) -> Target {
+/// How to SSH to a node.
+pub fn target(n: &Node) -> Target {
     Target {
         host: n.ssh_host.clone(),
         port: n.ssh_port,
@@ -216,6 +225,7 @@ pub fn run(cmd: SetupCommand, reg: &mut Registry, ssh: &Ssh) -> Result<(), Failu
                 hive_port: a.hive_port,
                 last_connected_unix: None,
                 status: "unknown".into(),
+                hive_access: a.hive_access,
             };
             check_ssh(ssh, &node)?;
             node.last_connected_unix = Some(now_unix());
@@ -245,6 +255,7 @@ pub fn run(cmd: SetupCommand, reg: &mut Registry, ssh: &Ssh) -> Result<(), Failu
             n.git_branch = u.git_branch.unwrap_or(n.git_branch);
             n.install_path = u.install_path.unwrap_or(n.install_path);
             n.hive_port = u.hive_port.unwrap_or(n.hive_port);
+            n.hive_access = u.hive_access.unwrap_or(n.hive_access);
             check_names(&n.node_name, &n.ssh_host, &n.ssh_user)?;
             if reconnect {
                 check_ssh(ssh, &n)?;

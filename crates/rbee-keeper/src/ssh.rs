@@ -134,6 +134,26 @@ pub struct Ssh {
 impl Ssh {
     /// `ssh … user@host -- <remote>`.
     pub fn command(&self, t: &Target, remote: &str) -> Command {
+        self.build(t, &[], Some(remote))
+    }
+
+    /// `ssh -N -L 127.0.0.1:<local>:127.0.0.1:<remote_port> … user@host`: a port forward to
+    /// the node's loopback, and nothing else.
+    pub fn forward(&self, t: &Target, local: u16, remote_port: u16) -> Command {
+        let spec = format!("127.0.0.1:{local}:127.0.0.1:{remote_port}");
+        let extra = [
+            "-N",
+            "-o",
+            "ExitOnForwardFailure=yes",
+            "-o",
+            "ServerAliveInterval=15",
+            "-L",
+            &spec,
+        ];
+        self.build(t, &extra, None)
+    }
+
+    fn build(&self, t: &Target, extra: &[&str], remote: Option<&str>) -> Command {
         let mut c = Command::new("ssh");
         c.args(["-o", "BatchMode=yes"])
             .args(["-o", &format!("ConnectTimeout={CONNECT_TIMEOUT_SECS}")])
@@ -144,9 +164,10 @@ impl Ssh {
         for o in &self.options {
             c.args(["-o", o]);
         }
-        c.arg(format!("{}@{}", t.user, t.host))
-            .arg("--")
-            .arg(remote);
+        c.args(extra).arg(format!("{}@{}", t.user, t.host));
+        if let Some(r) = remote {
+            c.arg("--").arg(r);
+        }
         c
     }
 

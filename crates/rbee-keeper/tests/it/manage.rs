@@ -95,9 +95,28 @@ fn workers_models_and_logs_across_two_hives() {
         .to_owned();
     let (log, _) = ok(&env, &["logs", "--worker", &id, "--lines", "20"]);
     assert!(!log.trim().is_empty(), "the worker's log");
+    // Reached through an SSH port forward (the default): not at the hive's own port.
     let (status, _) = ok(&env, &["hive", "status", "--node", "second"]);
     assert!(
         status.contains(&format!("rbee-hive {}", env!("CARGO_PKG_VERSION"))),
+        "{status}"
+    );
+    assert!(!status.contains(&format!(":{second_port})")), "{status}");
+    // Direct HTTP when asked for.
+    ok(
+        &env,
+        &[
+            "setup",
+            "update-node",
+            "--name",
+            "second",
+            "--hive-access",
+            "direct",
+        ],
+    );
+    let (status, _) = ok(&env, &["hive", "status", "--node", "second"]);
+    assert!(
+        status.contains(&format!("(http://127.0.0.1:{second_port})")),
         "{status}"
     );
     // One hive gone: the other is still listed, and the missing one is named.
