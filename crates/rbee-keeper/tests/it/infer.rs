@@ -312,3 +312,36 @@ fn a_busy_worker_is_retried_until_its_slot_frees() {
     assert!(!text(&out.stdout).trim().is_empty());
     assert_eq!(holder.join().unwrap().status, 200);
 }
+
+#[test]
+fn in_a_terminal_the_progress_bar_redraws_in_place() {
+    let Some(mut env) = Env::new() else { return };
+    env.start_hive();
+    // util-linux `script` gives the keeper a pseudo-terminal for stdout and stderr.
+    let log = env.dir.join("typescript");
+    let line = format!(
+        "{} infer --model hf:org/smol --prompt Bees --max-tokens 5 --temperature 0",
+        env!("CARGO_BIN_EXE_rbee-keeper")
+    );
+    let mut cmd = std::process::Command::new("script");
+    cmd.args(["-qec", &line]).arg(&log);
+    env.env(&mut cmd);
+    let out = cmd.output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    let screen = std::fs::read_to_string(&log).unwrap();
+    // Redrawn in place (carriage return, clear line), not one line per update.
+    assert!(
+        screen.contains("\r\x1b[2K[rbee-keeper] downloading ["),
+        "{screen:?}"
+    );
+    assert!(
+        screen.contains("\r\x1b[2K[rbee-keeper] ✅ model downloaded"),
+        "{screen:?}"
+    );
+    assert_eq!(
+        screen.matches("\n[rbee-keeper] downloading [").count(),
+        0,
+        "{screen:?}"
+    );
+    assert!(screen.contains("✅ 5 tokens in"), "{screen:?}");
+}
