@@ -10,11 +10,13 @@
 //! - [`infer`]: one-command inference; [`client`]: HTTP to hives and workers;
 //!   [`local`]: starting the local hive; [`progress`]: bars on stderr.
 //! - [`manage`]: `workers`, `models`, `hive` and `logs`, thin over the hive's API.
+//! - [`install`]: the binaries, configs and units in place.
 //! - [`node`]: reaching a node's hive and workers; [`tunnel`]: SSH port forwards.
 
 pub mod client;
 pub mod config;
 pub mod infer;
+pub mod install;
 pub mod local;
 pub mod manage;
 pub mod node;

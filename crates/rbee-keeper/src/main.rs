@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use rbee_keeper::config::Config;
 use rbee_keeper::infer::{self, InferArgs};
+use rbee_keeper::install::{self, InstallArgs};
 use rbee_keeper::manage::{self, HiveCommand, ModelsCommand, WorkersCommand};
 use rbee_keeper::paths;
 use rbee_keeper::registry::Registry;
@@ -62,6 +63,9 @@ enum Command {
         #[arg(long, default_value_t = 100)]
         lines: usize,
     },
+    /// Install the three binaries (~/.local/bin, or /usr/local/bin with --system), the
+    /// config and data directories, and with --system the systemd units.
+    Install(InstallArgs),
     /// Print a shell completion script (bash, zsh, fish, …) to stdout.
     Completions {
         /// The shell.
@@ -127,6 +131,7 @@ fn run(cli: Cli) -> Result<u8, Failure> {
             follow,
             lines,
         } => manage::logs(&node, &worker, follow, lines, &config, &reg).map(|()| 0),
+        Command::Install(args) => install::run(&args).map(|()| 0),
         Command::Completions { .. } => unreachable!("handled before the config is read"),
     }
 }

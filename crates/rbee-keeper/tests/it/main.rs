@@ -2,5 +2,6 @@
 
 mod common;
 mod infer;
+mod install;
 mod manage;
 mod setup;
