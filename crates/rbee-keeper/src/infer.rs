@@ -47,6 +47,10 @@ pub struct InferArgs {
     /// One JSON document on stdout instead of the streamed text.
     #[arg(long)]
     pub json: bool,
+    /// Send the prompt as raw text to continue, instead of as a chat message rendered with
+    /// the model's own template (the default, what instruct models expect).
+    #[arg(long)]
+    pub raw: bool,
     /// Seconds the model may take to load.
     #[arg(long, default_value_t = 300)]
     pub loading_timeout_secs: u64,
@@ -351,7 +355,13 @@ pub fn run(a: &InferArgs, cfg: &Config, reg: &Registry) -> Result<u8, Failure> {
         worker["api_key"].as_str().map(str::to_owned),
     )?;
     wait_loaded(hive, &wclient, &worker, a)?;
-    let body = json!({"prompt": a.prompt, "max_tokens": a.max_tokens, "temperature": a.temperature, "stream": true});
+    let mut body =
+        json!({"max_tokens": a.max_tokens, "temperature": a.temperature, "stream": true});
+    if a.raw {
+        body["prompt"] = json!(a.prompt);
+    } else {
+        body["messages"] = json!([{"role": "user", "content": a.prompt}]);
+    }
     // Busy: three retries, after 1, 2 and 4 s.
     let mut events = None;
     for (i, wait) in [0u64, 1, 2, 4].iter().enumerate() {

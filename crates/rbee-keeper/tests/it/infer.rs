@@ -77,6 +77,8 @@ fn started_answer(
             "3000",
             "--temperature",
             "0",
+            // Raw text to continue: counting goes on for long.
+            "--raw",
         ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
