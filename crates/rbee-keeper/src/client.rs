@@ -43,6 +43,15 @@ impl Client {
         }
     }
 
+    /// The same client, with every call bounded by `t` in all (a cancel must not hang on a
+    /// worker that stopped answering).
+    pub fn with_timeout(&self, t: Duration) -> Client {
+        Client {
+            agent: ureq::AgentBuilder::new().timeout(t).build(),
+            ..self.clone()
+        }
+    }
+
     fn request(&self, method: &str, path: &str) -> ureq::Request {
         let mut r = self.agent.request(method, &format!("{}{path}", self.base));
         if let Some(k) = &self.key {

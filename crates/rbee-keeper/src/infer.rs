@@ -416,10 +416,15 @@ pub fn run(a: &InferArgs, cfg: &Config, reg: &Registry) -> Result<u8, Failure> {
             let timed_out = last.elapsed() > Duration::from_secs(a.token_timeout_secs);
             if INTERRUPTED.load(Ordering::SeqCst) || timed_out {
                 why_cancelled = if timed_out { "timeout" } else { "interrupt" };
-                if let Some(id) = &request_id {
-                    let _ = wclient.call("DELETE", &format!("/v1/inference/{id}"), None);
-                }
+                // Both the cancel and the end of the stream within 5 s of starting it.
                 cancel_sent = Some(Instant::now());
+                if let Some(id) = &request_id {
+                    let _ = wclient.with_timeout(Duration::from_secs(5)).call(
+                        "DELETE",
+                        &format!("/v1/inference/{id}"),
+                        None,
+                    );
+                }
             }
         } else if cancel_sent.is_some_and(|t| t.elapsed() > Duration::from_secs(5)) {
             break;

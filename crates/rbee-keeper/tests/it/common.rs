@@ -69,12 +69,17 @@ impl Env {
 
     /// Starts a hive on `port` with its state in `name` under the test's directory.
     pub fn hive_at(&self, port: u16, name: &str) -> ChildGuard {
+        self.hive_with(port, name, "")
+    }
+
+    /// The same, with more top-level TOML for its config.
+    pub fn hive_with(&self, port: u16, name: &str, extra: &str) -> ChildGuard {
         let ports = free_port().max(20_000);
         let config = self.dir.join(&format!("{name}.toml"));
         std::fs::write(
             &config,
             format!(
-                "port = {port}\nstate_dir = {:?}\nsupervisor = \"systemd-user\"\nworker_ports = \"{ports}-{}\"\nworker_logs = \"file\"\n",
+                "{extra}port = {port}\nstate_dir = {:?}\nsupervisor = \"systemd-user\"\nworker_ports = \"{ports}-{}\"\nworker_logs = \"file\"\n",
                 self.dir.join(name).display().to_string(),
                 ports + 20
             ),

@@ -65,21 +65,25 @@ fn a_cold_start_downloads_starts_a_worker_and_streams_then_a_warm_one_reuses_it(
 fn started_answer(
     env: &Env,
     prompt: &str,
+    extra: &[&str],
 ) -> (std::process::Child, std::thread::JoinHandle<String>) {
+    let model = env.file_ref();
+    let mut args = vec![
+        "infer",
+        "--model",
+        &model,
+        "--prompt",
+        prompt,
+        "--max-tokens",
+        "3000",
+        "--temperature",
+        "0",
+        // Raw text to continue: counting goes on for long.
+        "--raw",
+    ];
+    args.extend(extra);
     let mut child = env
-        .keeper(&[
-            "infer",
-            "--model",
-            &env.file_ref(),
-            "--prompt",
-            prompt,
-            "--max-tokens",
-            "3000",
-            "--temperature",
-            "0",
-            // Raw text to continue: counting goes on for long.
-            "--raw",
-        ])
+        .keeper(&args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -126,7 +130,7 @@ fn finished(child: &mut std::process::Child, timeout: Duration) -> (i32, String)
 fn ctrl_c_mid_stream_cancels_on_the_worker_and_exits_130() {
     let Some(mut env) = Env::new() else { return };
     env.start_hive();
-    let (mut child, reader) = started_answer(&env, "1, 2, 3, 4, 5, 6, 7, 8,");
+    let (mut child, reader) = started_answer(&env, "1, 2, 3, 4, 5, 6, 7, 8,", &[]);
     // SAFETY: a signal to the keeper this test started.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let (code, stderr) = finished(&mut child, Duration::from_secs(10));
@@ -145,7 +149,7 @@ fn ctrl_c_mid_stream_cancels_on_the_worker_and_exits_130() {
 fn a_worker_killed_mid_stream_keeps_the_partial_answer() {
     let Some(mut env) = Env::new() else { return };
     env.start_hive();
-    let (mut child, reader) = started_answer(&env, "1, 2, 3, 4, 5, 6, 7, 8,");
+    let (mut child, reader) = started_answer(&env, "1, 2, 3, 4, 5, 6, 7, 8,", &[]);
     let pid = env.workers()[0]["pid"].as_u64().unwrap();
     // SAFETY: the worker the test's hive started.
     unsafe { libc::kill(pid as i32, libc::SIGKILL) };
@@ -346,4 +350,57 @@ fn in_a_terminal_the_progress_bar_redraws_in_place() {
         "{screen:?}"
     );
     assert!(screen.contains("✅ 5 tokens in"), "{screen:?}");
+}
+
+#[test]
+fn a_worker_that_stops_sending_tokens_is_cancelled_after_the_token_timeout() {
+    let Some(mut env) = Env::new() else { return };
+    env.start_hive();
+    let (mut child, _reader) = started_answer(
+        &env,
+        "1, 2, 3, 4, 5, 6, 7, 8,",
+        &["--token-timeout-secs", "2"],
+    );
+    let pid = env.workers()[0]["pid"].as_u64().unwrap() as i32;
+    // SAFETY: the worker the test's hive started; continued below.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let t0 = Instant::now();
+    let (code, stderr) = finished(&mut child, Duration::from_secs(20));
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("no token for 2 s; the request was cancelled"),
+        "{stderr}"
+    );
+    // The token timeout, plus at most 5 s for a cancel the stopped worker cannot answer.
+    assert!(t0.elapsed() < Duration::from_secs(12), "{:?}", t0.elapsed());
+}
+
+#[test]
+fn a_model_that_never_finishes_loading_is_a_loading_timeout_with_what_to_read() {
+    let Some(mut env) = Env::new() else { return };
+    // A stand-in worker that answers --version like the real one, then never gets ready.
+    let stuck = env.dir.join("stuck-worker.sh");
+    std::fs::write(
+        &stuck,
+        "#!/bin/sh\nif [ \"$1\" = --version ]; then echo 'llm-worker-rbee 0.1.0 (backends: cpu)'; exit 0; fi\nexec sleep 60\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&stuck, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    env.hive = Some(env.hive_with(
+        env.hive_port,
+        "hive-state",
+        &format!("worker_binary = {:?}\n", stuck.display().to_string()),
+    ));
+    let t0 = Instant::now();
+    let out = env.infer(&env.file_ref(), "Bees", &["--loading-timeout-secs", "2"]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("LOADING_TIMEOUT: the model is still loading after 2 s"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("/logs"), "{stderr}");
+    assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
 }
