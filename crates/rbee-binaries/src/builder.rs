@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
-use rbee_types::{ApiError, ErrorBody, ErrorCode};
+use rbee_types::{now_unix, ApiError, ErrorBody, ErrorCode};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -572,10 +572,4 @@ fn short_hash(s: &str) -> String {
         .take(6)
         .map(|b| format!("{b:02x}"))
         .collect()
-}
-
-fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }

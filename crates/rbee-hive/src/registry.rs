@@ -7,7 +7,6 @@ use std::net::IpAddr;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
@@ -194,12 +193,7 @@ pub struct Registry {
     inner: Mutex<Inner>,
 }
 
-/// Seconds since the epoch.
-pub fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
+pub use rbee_types::now_unix;
 
 impl Registry {
     fn lock(&self) -> MutexGuard<'_, Inner> {

@@ -2,9 +2,9 @@
 //! after an SSH round trip to it worked.
 
 use std::path::PathBuf;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Subcommand};
+use rbee_types::now_unix;
 
 use crate::registry::{Node, Registry};
 use crate::report::{table, Failure};
@@ -185,12 +185,6 @@ pub fn ssh_failure(node: &str, t: &Target, e: &SshError) -> Failure {
     Failure::new(what, format!("cannot reach node {node}: {e}"))
         .detail(format!("{}@{}:{}", t.user, t.host, t.port))
         .suggest(e.suggestions(t))
-}
-
-fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// Runs one `setup` command.

@@ -86,9 +86,7 @@ impl Model {
             local_path,
             size_bytes,
             sha256: None,
-            downloaded_at_unix: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
+            downloaded_at_unix: rbee_types::now_unix(),
             architecture: h.and_then(|h| h.architecture().map(str::to_owned)),
             parameter_count: h.map(|h| h.parameters),
             quantization: h.and_then(|h| h.quantization()),

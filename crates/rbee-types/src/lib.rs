@@ -11,3 +11,11 @@ pub use error::{ApiError, ErrorBody, ErrorCode};
 
 /// The HTTP API version every rbee component serves under `/v1`.
 pub const API_VERSION: &str = "v1";
+
+/// Seconds since the Unix epoch (0 if the clock is before it): the timestamps in records,
+/// catalogues and registries.
+pub fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
