@@ -145,6 +145,7 @@ fn handle(hive: &Hive, request: Request) {
                 "version": env!("CARGO_PKG_VERSION"),
                 "api_version": API_VERSION,
                 "supervisor": hive.supervisor.name(),
+                "pid": std::process::id(),
             }),
         ),
         Route::Backends => {

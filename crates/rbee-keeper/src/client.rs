@@ -115,6 +115,7 @@ impl Client {
     /// A server error as a person reads it: its message, code and details.
     pub fn failure(&self, e: &ApiError) -> Failure {
         let mut f = Failure::new(self.component, e.error.message.clone())
+            .code(e.error.code.as_str())
             .detail(format!("code: {}", e.error.code.as_str()));
         for (k, v) in &e.error.details {
             f = f.detail(format!("{k}: {v}"));

@@ -13,6 +13,28 @@ pub struct Config {
     pub ssh: SshConfig,
     /// Per node: `[nodes.<name>] api_key = "…"`.
     pub nodes: BTreeMap<String, NodeConfig>,
+    /// Where `setup install` puts rbee on nodes.
+    pub remote: RemoteConfig,
+}
+
+/// `[remote]`: paths on nodes (`~/` is the SSH user's home there).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RemoteConfig {
+    /// Where `setup install` installs the binaries (default `~/.local/bin`).
+    pub binary_path: String,
+    /// The checkout a node gets when `add-node` is not given `--install-path` (default
+    /// `~/.local/share/rbee/src`).
+    pub git_repo_dir: String,
+}
+
+impl Default for RemoteConfig {
+    fn default() -> Self {
+        RemoteConfig {
+            binary_path: "~/.local/bin".into(),
+            git_repo_dir: "~/.local/share/rbee/src".into(),
+        }
+    }
 }
 
 /// `[ssh]`.

@@ -140,6 +140,7 @@ fn check_hive(hive: &Client, node: &str, local: bool) -> Result<(), Failure> {
         return Err(keeper(format!(
             "VERSION_MISMATCH: rbee-keeper {ours} and rbee-hive {theirs} on {node} differ in major.minor"
         ))
+        .code("VERSION_MISMATCH")
         .suggest([format!("install the same rbee version on both (rbee-hive on {node}, or this rbee-keeper)")]));
     }
     Ok(())
@@ -309,7 +310,11 @@ fn wait_loaded(hive: &Client, w: &Client, worker: &Value, a: &InferArgs) -> Resu
                 "LOADING_TIMEOUT: the model is still loading after {} s, at layer {} of {}",
                 a.loading_timeout_secs, layers.0, layers.1
             ))
-            .suggest([format!("read the worker's log: GET /v1/workers/{id}/logs on the hive, or journalctl on the node")]));
+            .code("LOADING_TIMEOUT")
+            .suggest([format!(
+                "read the worker's log: rbee-keeper logs --node {} --worker {id}",
+                a.node
+            )]));
         }
         // The worker's own stream, while it lasts (it ends when the model is loaded).
         if let Ok(mut events) = w.stream("/v1/loading/progress", None) {
@@ -386,6 +391,7 @@ pub fn run(a: &InferArgs, cfg: &Config, reg: &Registry) -> Result<u8, Failure> {
             "llm-worker-rbee",
             "every slot of the worker stayed busy (retried after 1, 2 and 4 s)",
         )
+        .code("ALL_SLOTS_BUSY")
         .suggest([
             "try again in a moment".to_string(),
             "or start the worker with more slots (POST /v1/workers/spawn with \"slots\")"
@@ -466,6 +472,7 @@ pub fn run(a: &InferArgs, cfg: &Config, reg: &Registry) -> Result<u8, Failure> {
             Ok(EXIT_INTERRUPTED)
         }
         ("timeout", _) => Err(Failure::new("llm-worker-rbee", format!("no token for {} s; the request was cancelled", a.token_timeout_secs))
+            .code("TOKEN_TIMEOUT")
             .detail(format!("{tokens} tokens received before"))
             .suggest(["see the worker's health on the hive: rbee-keeper workers list (or GET /v1/workers/list)".to_string()])),
         (_, Some(d)) => {
@@ -488,6 +495,7 @@ pub fn run(a: &InferArgs, cfg: &Config, reg: &Registry) -> Result<u8, Failure> {
         _ => {
             let saved = save_partial(&text);
             Err(Failure::new("llm-worker-rbee", format!("the answer stopped after {tokens} tokens: the connection to the worker ended (did it crash?)"))
+                .code("STREAM_ENDED")
                 .detail(match saved {
                     Some(p) => format!("what arrived is saved in {}", p.display()),
                     None => "what arrived could not be saved".into(),

@@ -19,6 +19,19 @@ pub struct InstallArgs {
     /// Stage everything under this directory instead of `/` (packaging, tests).
     #[arg(long, value_name = "DIR")]
     pub root: Option<PathBuf>,
+    /// Where the three binaries are taken from [default: the directory of this rbee-keeper].
+    #[arg(long, value_name = "DIR")]
+    pub from: Option<PathBuf>,
+    /// Where the binaries go [default: ~/.local/bin, or /usr/local/bin with --system]; the
+    /// units installed start the hive from there.
+    #[arg(long, value_name = "DIR")]
+    pub bin_dir: Option<PathBuf>,
+    /// Report what was done, not the next steps (`setup install` runs it on a node).
+    #[arg(long, hide = true)]
+    pub no_next_steps: bool,
+    /// The port a newly written hive config gives the hive (an existing config is kept).
+    #[arg(long, default_value_t = 9200, value_name = "PORT")]
+    pub hive_port: u16,
 }
 
 /// The binaries installed.
@@ -59,12 +72,14 @@ const DEFAULT_KEEPER_CONFIG: &str = "\
 # api_key = \"…\"
 ";
 
-const DEFAULT_HIVE_CONFIG: &str = "\
-# rbee-hive's configuration: `rbee-hive --help` lists every option, and
-# `rbee-hive check-config /etc/rbee/hive.toml` checks this file.
-host = \"127.0.0.1\"
-port = 9200
-";
+/// A hive config listening on loopback at `port`.
+fn default_hive_config(port: u16, path: &str) -> String {
+    format!(
+        "# rbee-hive's configuration: `rbee-hive --help` lists every option, and\n\
+         # `rbee-hive check-config {path}` checks this file.\n\
+         host = \"127.0.0.1\"\nport = {port}\n"
+    )
+}
 
 fn fail(what: &Path, e: std::io::Error) -> Failure {
     let hint = if e.kind() == std::io::ErrorKind::PermissionDenied {
@@ -106,15 +121,37 @@ fn put_once(path: &Path, content: &str, done: &mut Vec<String>) -> Result<(), Fa
 /// Runs `install`.
 pub fn run(a: &InstallArgs) -> Result<(), Failure> {
     let root = a.root.clone().unwrap_or_else(|| PathBuf::from("/"));
-    let here = std::env::current_exe()
-        .ok()
-        .and_then(|e| e.parent().map(Path::to_path_buf))
-        .ok_or_else(|| Failure::new("rbee-keeper", "cannot tell where rbee-keeper runs from"))?;
+    let here = match &a.from {
+        Some(d) => d.clone(),
+        None => std::env::current_exe()
+            .ok()
+            .and_then(|e| e.parent().map(Path::to_path_buf))
+            .ok_or_else(|| {
+                Failure::new("rbee-keeper", "cannot tell where rbee-keeper runs from")
+            })?,
+    };
     let home = PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()));
-    let bin_dir = if a.system {
-        under(&root, Path::new("/usr/local/bin"))
+    let default_bin = if a.system {
+        PathBuf::from("/usr/local/bin")
     } else {
-        under(&root, &home.join(".local/bin"))
+        home.join(".local/bin")
+    };
+    let chosen_bin = a.bin_dir.clone().unwrap_or_else(|| default_bin.clone());
+    if !chosen_bin.is_absolute() {
+        return Err(Failure::new(
+            "rbee-keeper",
+            format!("--bin-dir {} is not an absolute path", chosen_bin.display()),
+        ));
+    }
+    let bin_dir = under(&root, &chosen_bin);
+    // The units name the binaries by path: point them at where they went.
+    let unit_text = |text: &str| -> String {
+        if chosen_bin == default_bin {
+            return text.to_owned();
+        }
+        let dir = format!("{}/", chosen_bin.display());
+        text.replace("%h/.local/bin/", &dir)
+            .replace("/usr/local/bin/", &dir)
     };
     // All three read before anything is written: a missing one leaves nothing half-done.
     let mut binaries = Vec::new();
@@ -137,12 +174,12 @@ pub fn run(a: &InstallArgs) -> Result<(), Failure> {
     if a.system {
         for (path, content) in SYSTEM_FILES {
             let dest = root.join(path);
-            put(&dest, content.as_bytes(), 0o644)?;
+            put(&dest, unit_text(content).as_bytes(), 0o644)?;
             done.push(format!("wrote   {}", dest.display()));
         }
         put_once(
             &root.join("etc/rbee/hive.toml"),
-            DEFAULT_HIVE_CONFIG,
+            &default_hive_config(a.hive_port, "/etc/rbee/hive.toml"),
             &mut done,
         )?;
     } else {
@@ -155,15 +192,34 @@ pub fn run(a: &InstallArgs) -> Result<(), Failure> {
             DEFAULT_KEEPER_CONFIG,
             &mut done,
         )?;
+        let hive_config = config_home.join("rbee/hive.toml");
+        put_once(
+            &under(&root, &hive_config),
+            &default_hive_config(a.hive_port, &hive_config.display().to_string()),
+            &mut done,
+        )?;
         let unit = under(&root, &config_home.join("systemd/user/rbee-hive.service"));
-        put(&unit, USER_UNIT.as_bytes(), 0o644)?;
+        put(&unit, unit_text(USER_UNIT).as_bytes(), 0o644)?;
         done.push(format!("wrote   {}", unit.display()));
+        if a.root.is_none() && crate::local::user_manager_reachable() {
+            let reloaded = std::process::Command::new("systemctl")
+                .args(["--user", "daemon-reload"])
+                .stdin(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if reloaded {
+                done.push("reloaded your systemd user manager".into());
+            }
+        }
         let data = under(&root, &crate::paths::data_dir());
         std::fs::create_dir_all(&data).map_err(|e| fail(&data, e))?;
         done.push(format!("created {}", data.display()));
     }
     for d in &done {
         eprintln!("[rbee-keeper] {d}");
+    }
+    if a.no_next_steps {
+        return Ok(());
     }
     eprintln!("[rbee-keeper] ✅ installed. Next:");
     if a.system {

@@ -6,7 +6,10 @@
 //! - [`registry`]: `beehives.db`, the registered nodes.
 //! - [`ssh`]: the system's OpenSSH client, with retries and explained failures.
 //! - [`report`]: errors as a person reads them (`[rbee-keeper] ❌ Error: …`) and tables.
-//! - [`setup`]: the `setup` commands (add, update, list, remove nodes).
+//! - [`setup`]: the `setup` commands (add, update, list, remove nodes);
+//!   [`deploy`]: `setup install`, building rbee on a node.
+//! - [`shell`]: scripts run on a node (here or over SSH), output streamed;
+//!   [`service`]: the hive as a unit on its node (`hive start|stop`, its journal).
 //! - [`infer`]: one-command inference; [`client`]: HTTP to hives and workers;
 //!   [`local`]: starting the local hive; [`progress`]: bars on stderr.
 //! - [`manage`]: `workers`, `models`, `hive` and `logs`, thin over the hive's API.
@@ -15,6 +18,7 @@
 
 pub mod client;
 pub mod config;
+pub mod deploy;
 pub mod infer;
 pub mod install;
 pub mod local;
@@ -24,6 +28,8 @@ pub mod paths;
 pub mod progress;
 pub mod registry;
 pub mod report;
+pub mod service;
 pub mod setup;
+pub mod shell;
 pub mod ssh;
 pub mod tunnel;

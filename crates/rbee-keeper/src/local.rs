@@ -40,7 +40,8 @@ fn passed_env() -> Vec<String> {
     .collect()
 }
 
-fn user_manager_reachable() -> bool {
+/// Whether `systemctl --user` reaches a manager.
+pub fn user_manager_reachable() -> bool {
     Command::new("systemctl")
         .args(["--user", "show", "--property=Version"])
         .stdin(Stdio::null())

@@ -48,14 +48,15 @@ enum Command {
     /// A node's hive.
     #[command(subcommand)]
     Hive(HiveCommand),
-    /// A worker's log, through its hive (`--follow` until it stops, or Ctrl+C).
+    /// A worker's log through its hive, or without --worker the hive's own journal on its
+    /// node (`--follow` until it stops, or Ctrl+C).
     Logs {
         /// The node.
         #[arg(long, default_value = "localhost")]
         node: String,
-        /// The worker's id (from `workers list`).
+        /// The worker's id (from `workers list`); without it, the hive's log.
         #[arg(long)]
-        worker: String,
+        worker: Option<String>,
         /// Keep printing new lines.
         #[arg(long)]
         follow: bool,
@@ -71,6 +72,19 @@ enum Command {
         /// The shell.
         shell: clap_complete::Shell,
     },
+}
+
+impl Command {
+    /// Whether the command was asked for machine-readable output (its errors then go to
+    /// stdout as JSON too).
+    fn wants_json(&self) -> bool {
+        match self {
+            Command::Infer(a) => a.json,
+            Command::Workers(WorkersCommand::List { json, .. }) => *json,
+            Command::Setup(SetupCommand::ListNodes { json }) => *json,
+            _ => false,
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -89,10 +103,14 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let json = cli.command.wants_json();
     match run(cli) {
         Ok(code) => ExitCode::from(code),
         Err(f) => {
             eprint!("{f}");
+            if json {
+                println!("{}", f.to_json());
+            }
             ExitCode::from(1)
         }
     }
@@ -121,7 +139,7 @@ fn run(cli: Cli) -> Result<u8, Failure> {
     })?;
     match cli.command {
         Command::Infer(args) => infer::run(&args, &config, &reg),
-        Command::Setup(cmd) => setup::run(cmd, &mut reg, &ssh).map(|()| 0),
+        Command::Setup(cmd) => setup::run(cmd, &config, &mut reg, &ssh).map(|()| 0),
         Command::Workers(cmd) => manage::workers(cmd, &config, &reg).map(|()| 0),
         Command::Models(cmd) => manage::models(cmd, &config, &reg).map(|()| 0),
         Command::Hive(cmd) => manage::hive_cmd(cmd, &config, &reg).map(|()| 0),
@@ -130,7 +148,7 @@ fn run(cli: Cli) -> Result<u8, Failure> {
             worker,
             follow,
             lines,
-        } => manage::logs(&node, &worker, follow, lines, &config, &reg).map(|()| 0),
+        } => manage::logs(&node, worker.as_deref(), follow, lines, &config, &reg).map(|()| 0),
         Command::Install(args) => install::run(&args).map(|()| 0),
         Command::Completions { .. } => unreachable!("handled before the config is read"),
     }

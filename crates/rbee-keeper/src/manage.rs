@@ -79,6 +79,20 @@ pub enum HiveCommand {
         #[arg(long, default_value = "localhost")]
         node: String,
     },
+    /// Start a node's hive: `systemctl start` of its unit (the user's rbee-hive.service,
+    /// else the system's), then wait until it answers. On this machine without a unit, as
+    /// `infer` does: a transient user unit, else a background process.
+    Start {
+        /// The node.
+        #[arg(long, default_value = "localhost")]
+        node: String,
+    },
+    /// Stop a node's hive (`systemctl stop` of its unit) and with it its workers.
+    Stop {
+        /// The node.
+        #[arg(long, default_value = "localhost")]
+        node: String,
+    },
 }
 
 fn hive(node: &str, cfg: &Config, reg: &Registry) -> Result<Conn, Failure> {
@@ -280,18 +294,24 @@ pub fn hive_cmd(cmd: HiveCommand, cfg: &Config, reg: &Registry) -> Result<(), Fa
             );
             Ok(())
         }
+        HiveCommand::Start { node } => crate::service::start(&node, cfg, reg),
+        HiveCommand::Stop { node } => crate::service::stop(&node, cfg, reg),
     }
 }
 
-/// `logs --node --worker [--follow] [--lines]`: a worker's log through its hive.
+/// `logs --node [--worker] [--follow] [--lines]`: a worker's log through its hive, or
+/// the hive's own journal on its node.
 pub fn logs(
     node: &str,
-    worker: &str,
+    worker: Option<&str>,
     follow: bool,
     lines: usize,
     cfg: &Config,
     reg: &Registry,
 ) -> Result<(), Failure> {
+    let Some(worker) = worker else {
+        return crate::service::journal(node, lines, follow, cfg, reg);
+    };
     let h = hive(node, cfg, reg)?;
     let path = format!("/v1/workers/{worker}/logs?lines={lines}");
     if !follow {

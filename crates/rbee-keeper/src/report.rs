@@ -14,6 +14,8 @@ pub struct Failure {
     pub details: Vec<String>,
     /// What to do.
     pub suggestions: Vec<String>,
+    /// The error code (`INSUFFICIENT_RAM`, `LOADING_TIMEOUT`, …), when there is one.
+    pub code: Option<String>,
 }
 
 impl Failure {
@@ -24,7 +26,26 @@ impl Failure {
             message: message.into(),
             details: vec![],
             suggestions: vec![],
+            code: None,
         }
+    }
+
+    /// Sets the error code.
+    pub fn code(mut self, code: impl Into<String>) -> Failure {
+        self.code = Some(code.into());
+        self
+    }
+
+    /// The failure for `--json`: `{"error": {"component", "code", "message", "details",
+    /// "suggestions"}}`.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({"error": {
+            "component": self.component,
+            "code": self.code,
+            "message": self.message,
+            "details": self.details,
+            "suggestions": self.suggestions,
+        }})
     }
 
     /// Adds a detail line.

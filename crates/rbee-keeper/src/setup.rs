@@ -29,6 +29,10 @@ pub enum SetupCommand {
         #[arg(long)]
         name: String,
     },
+    /// Build and install rbee on a registered node over SSH: clone (or fetch) its
+    /// repository and branch into its install path, `cargo build --release` there, install
+    /// the binaries and the hive's user unit; the node's output is streamed.
+    Install(crate::deploy::InstallNodeArgs),
 }
 
 /// How to reach a node.
@@ -55,9 +59,10 @@ pub struct NodeArgs {
     /// Which branch.
     #[arg(long, default_value = "main")]
     pub git_branch: String,
-    /// Where rbee lives on the node.
-    #[arg(long, default_value = "~/.local/share/rbee/src")]
-    pub install_path: String,
+    /// Where rbee's checkout lives on the node [default: `[remote] git_repo_dir` of the
+    /// config, else ~/.local/share/rbee/src].
+    #[arg(long)]
+    pub install_path: Option<String>,
     /// The hive's port on the node.
     #[arg(long, default_value_t = 9200)]
     pub hive_port: u16,
@@ -188,7 +193,12 @@ pub fn ssh_failure(node: &str, t: &Target, e: &SshError) -> Failure {
 }
 
 /// Runs one `setup` command.
-pub fn run(cmd: SetupCommand, reg: &mut Registry, ssh: &Ssh) -> Result<(), Failure> {
+pub fn run(
+    cmd: SetupCommand,
+    cfg: &crate::config::Config,
+    reg: &mut Registry,
+    ssh: &Ssh,
+) -> Result<(), Failure> {
     let db = |e: rbee_sqlite::DbError| keeper(e.to_string());
     match cmd {
         SetupCommand::AddNode(a) => {
@@ -215,7 +225,9 @@ pub fn run(cmd: SetupCommand, reg: &mut Registry, ssh: &Ssh) -> Result<(), Failu
                 ssh_key_path: absolute(a.ssh_key),
                 git_repo_url: a.git_repo,
                 git_branch: a.git_branch,
-                install_path: a.install_path,
+                install_path: a
+                    .install_path
+                    .unwrap_or_else(|| cfg.remote.git_repo_dir.clone()),
                 hive_port: a.hive_port,
                 last_connected_unix: None,
                 status: "unknown".into(),
@@ -296,6 +308,7 @@ pub fn run(cmd: SetupCommand, reg: &mut Registry, ssh: &Ssh) -> Result<(), Failu
             );
             Ok(())
         }
+        SetupCommand::Install(a) => crate::deploy::run(&a, cfg, reg),
         SetupCommand::RemoveNode { name } => {
             if !reg.remove(&name).map_err(db)? {
                 return Err(not_registered(&name));

@@ -75,7 +75,8 @@ impl Sshd {
             format!(
                 "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nPidFile {}\nAuthorizedKeysFile {}\n\
                  PasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\n\
-                 PermitRootLogin prohibit-password\nUsePAM no\nStrictModes no\nLogLevel VERBOSE\n",
+                 PermitRootLogin prohibit-password\nUsePAM no\nStrictModes no\nLogLevel VERBOSE\n\
+                 PermitUserEnvironment yes\n",
                 host_key.display(),
                 dir.join("sshd.pid").display(),
                 authorized.display(),
@@ -110,6 +111,27 @@ impl Sshd {
     /// The user tests log in as (the one running them).
     pub fn user(&self) -> String {
         std::env::var("USER").unwrap_or_else(|_| "root".into())
+    }
+
+    /// Sets the environment of the next logins with the accepted key (an `environment=`
+    /// option on its `authorized_keys` line, which sshd reads at each login): what a login
+    /// on a real node gets from its profile and `pam_systemd` — `HOME`, `PATH`,
+    /// `XDG_RUNTIME_DIR`.
+    pub fn login_env(&self, vars: &[(&str, String)]) {
+        let key = std::fs::read_to_string(self.client_key.with_extension("pub")).unwrap();
+        let options: Vec<String> = vars
+            .iter()
+            .map(|(k, v)| {
+                assert!(!v.contains('"'), "{k}={v}: no quotes in login variables");
+                format!("environment=\"{k}={v}\"")
+            })
+            .collect();
+        let line = if options.is_empty() {
+            key
+        } else {
+            format!("{} {key}", options.join(","))
+        };
+        std::fs::write(self.dir.join("authorized_keys"), line).unwrap();
     }
 
     /// What the server logged.

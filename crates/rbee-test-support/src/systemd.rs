@@ -35,6 +35,16 @@ pub fn user_manager_or_skip() -> Option<UserManager> {
 impl UserManager {
     /// Starts a manager, or says why it cannot run here.
     pub fn start() -> Result<UserManager, String> {
+        UserManager::start_in(None)
+    }
+
+    /// Starts a manager whose user's home is `home` (`%h`, `~/.config/systemd/user`,
+    /// `%S`): a test's own node without touching the machine's real home.
+    pub fn start_with_home(home: &Path) -> Result<UserManager, String> {
+        UserManager::start_in(Some(home))
+    }
+
+    fn start_in(home: Option<&Path>) -> Result<UserManager, String> {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
             return Err("a private systemd manager needs root (mount namespace, cgroups)".into());
@@ -62,6 +72,17 @@ impl UserManager {
         let mut cmd = Command::new("sh");
         cmd.env("XDG_RUNTIME_DIR", &runtime_dir.0)
             .env_remove("DBUS_SESSION_BUS_ADDRESS");
+        if let Some(home) = home {
+            cmd.env("HOME", home);
+            for k in [
+                "XDG_CONFIG_HOME",
+                "XDG_STATE_HOME",
+                "XDG_DATA_HOME",
+                "XDG_CACHE_HOME",
+            ] {
+                cmd.env_remove(k);
+            }
+        }
         let (child, cgroups) = spawn_confined(&mut cmd, &format!("{SYSTEMD} --user"))
             .map_err(|e| format!("cannot start the user manager: {e}"))?;
         let mut m = UserManager {

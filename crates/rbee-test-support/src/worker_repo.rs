@@ -16,10 +16,17 @@ pub enum Variant {
         /// Makes each commit's binary (and version) distinct.
         mark: u32,
     },
-    /// Does not compile (a type error).
+    /// Does not compile (a type error in the worker; `rbee-hive` and `rbee-keeper` as in
+    /// `AllBinaries`).
     Broken,
     /// Builds, but `--version` exits 1.
     BadVersion,
+    /// Builds like `Working`, plus `rbee-hive` and `rbee-keeper` binaries that `exec` the
+    /// real release ones: a stand-in for this repository on a node (`setup install`).
+    AllBinaries {
+        /// Mark, as for `Working`.
+        mark: u32,
+    },
     /// Builds like `Working`, but its build script waits while `flag` exists (at most
     /// 60 s), so a test can hold a build in progress.
     Slow {
@@ -103,7 +110,9 @@ impl WorkerRepo {
             )
         };
         let (main, build) = match v {
-            Variant::Working { mark } => (main_rs(&working(*mark), &real), None),
+            Variant::Working { mark } | Variant::AllBinaries { mark } => {
+                (main_rs(&working(*mark), &real), None)
+            }
             Variant::Broken => (
                 "fn main() {\n    let x: u8 = \"not a number\";\n    println!(\"{x}\");\n}\n".to_owned(),
                 None,
@@ -128,6 +137,15 @@ impl WorkerRepo {
             Some(b) => std::fs::write(root.join("build.rs"), b).unwrap(),
             None => {
                 let _ = std::fs::remove_file(root.join("build.rs"));
+            }
+        }
+        let bins = root.join("src/bin");
+        let _ = std::fs::remove_dir_all(&bins);
+        if let Variant::AllBinaries { .. } | Variant::Broken = v {
+            std::fs::create_dir_all(&bins).unwrap();
+            for name in ["rbee-hive", "rbee-keeper"] {
+                let real = real.with_file_name(name);
+                std::fs::write(bins.join(format!("{name}.rs")), main_rs("", &real)).unwrap();
             }
         }
         let mut index = self.repo.index().unwrap();

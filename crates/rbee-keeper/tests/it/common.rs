@@ -1,7 +1,7 @@
 //! A keeper, a hive (or two) whose workers run under a private systemd user manager, the
 //! real worker and model, and the test Hugging Face hub.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
@@ -125,4 +125,82 @@ impl Env {
 /// Bytes as text.
 pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
+}
+
+/// The keeper with a data directory and config of its own.
+pub struct Keeper {
+    pub dir: TempDir,
+}
+
+pub struct Out {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Keeper {
+    /// Trusts `known_hosts` only (never the user's real one).
+    pub fn new(known_hosts: &Path) -> Keeper {
+        let dir = TempDir::new("keeper");
+        std::fs::write(
+            dir.join("config.toml"),
+            format!(
+                "[ssh]\noptions = [\"UserKnownHostsFile={}\", \"StrictHostKeyChecking=yes\"]\n",
+                known_hosts.display()
+            ),
+        )
+        .unwrap();
+        Keeper { dir }
+    }
+
+    pub fn run(&self, args: &[&str]) -> Out {
+        let out = Command::new(env!("CARGO_BIN_EXE_rbee-keeper"))
+            .args(args)
+            .env("XDG_DATA_HOME", self.dir.join("data"))
+            .env("RBEE_CONFIG", self.dir.join("config.toml"))
+            .env_remove("SSH_AUTH_SOCK")
+            .output()
+            .unwrap();
+        Out {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    pub fn add(&self, name: &str, port: u16, user: &str, key: &Path) -> Out {
+        self.add_with(name, port, user, key, &[])
+    }
+
+    /// `add-node` with more arguments.
+    pub fn add_with(&self, name: &str, port: u16, user: &str, key: &Path, extra: &[&str]) -> Out {
+        let port = port.to_string();
+        let mut args = vec![
+            "setup",
+            "add-node",
+            "--name",
+            name,
+            "--ssh-host",
+            "127.0.0.1",
+            "--ssh-port",
+            &port,
+            "--ssh-user",
+            user,
+            "--ssh-key",
+            key.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        self.run(&args)
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        let out = self.run(&["setup", "list-nodes", "--json"]);
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["node_name"].as_str().unwrap().to_owned())
+            .collect()
+    }
 }

@@ -198,6 +198,78 @@ fn the_keeper_starts_the_local_hive_when_none_runs() {
         "{}",
         text(&again.stderr)
     );
+    // `hive stop` finds that unit and stops it, its worker with it; `hive start` brings
+    // one back the same way.
+    let unit = format!("rbee-hive-{}.service", env.hive_port);
+    let stop = env.keeper(&["hive", "stop"]).output().unwrap();
+    assert_eq!(stop.status.code(), Some(0), "{}", text(&stop.stderr));
+    assert!(
+        text(&stop.stderr).contains(&format!("systemctl --user stop {unit}")),
+        "{}",
+        text(&stop.stderr)
+    );
+    assert!(!env.manager.systemctl(&["is-active", &unit]).0);
+    let (_, workers) = env
+        .manager
+        .systemctl(&["list-units", "--no-legend", "rbee-worker@*"]);
+    assert!(!workers.contains("rbee-worker@"), "{workers}");
+    let start = env.keeper(&["hive", "start"]).output().unwrap();
+    assert_eq!(start.status.code(), Some(0), "{}", text(&start.stderr));
+    assert!(env.manager.systemctl(&["is-active", &unit]).0);
+}
+
+/// Whether `pid` has exited (gone, or a zombie its new parent has not reaped yet).
+fn gone_within(pid: i32, limit: Duration) -> bool {
+    let t0 = std::time::Instant::now();
+    loop {
+        let gone = match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => true,
+            Ok(stat) => stat
+                .rsplit(')')
+                .next()
+                .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+        };
+        if gone || t0.elapsed() > limit {
+            return gone;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn without_a_user_manager_hive_start_and_stop_use_a_background_process() {
+    let Some(env) = Env::new() else { return };
+    let keeper = |args: &[&str]| {
+        let mut cmd = env.keeper(args);
+        cmd.env_remove("XDG_RUNTIME_DIR")
+            .env_remove("DBUS_SESSION_BUS_ADDRESS");
+        cmd.output().unwrap()
+    };
+    let start = keeper(&["hive", "start"]);
+    let stderr = text(&start.stderr);
+    assert_eq!(start.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("as a background process (pid"), "{stderr}");
+    let health =
+        rbee_test_support::http::get(&format!("http://127.0.0.1:{}/v1/health", env.hive_port))
+            .json();
+    let pid = health["pid"].as_i64().expect("the hive says its pid") as i32;
+    let stop = keeper(&["hive", "stop"]);
+    let stderr = text(&stop.stderr);
+    // Whatever happened, the hive this test started does not outlive it.
+    let alive = !gone_within(pid, Duration::from_secs(10));
+    if alive {
+        // SAFETY: SIGKILL to the hive this test started.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    assert_eq!(stop.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains(&format!("SIGTERM to pid {pid}")),
+        "{stderr}"
+    );
+    assert!(!alive, "the hive (pid {pid}) still runs after hive stop");
+    let again = keeper(&["hive", "stop"]);
+    assert_eq!(again.status.code(), Some(0));
+    assert!(text(&again.stderr).contains("no hive runs on localhost"));
 }
 
 #[test]
@@ -394,13 +466,27 @@ fn a_model_that_never_finishes_loading_is_a_loading_timeout_with_what_to_read() 
         &format!("worker_binary = {:?}\n", stuck.display().to_string()),
     ));
     let t0 = Instant::now();
-    let out = env.infer(&env.file_ref(), "Bees", &["--loading-timeout-secs", "2"]);
+    let out = env.infer(
+        &env.file_ref(),
+        "Bees",
+        &["--loading-timeout-secs", "2", "--json"],
+    );
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
         stderr.contains("LOADING_TIMEOUT: the model is still loading after 2 s"),
         "{stderr}"
     );
-    assert!(stderr.contains("/logs"), "{stderr}");
+    assert!(
+        stderr.contains("rbee-keeper logs --node localhost --worker "),
+        "{stderr}"
+    );
+    // With --json, the same error on stdout for a program to read.
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    assert_eq!(v["error"]["code"], "LOADING_TIMEOUT", "{v}");
+    assert_eq!(v["error"]["component"], "rbee-keeper", "{v}");
+    assert!(v["error"]["suggestions"][0]
+        .as_str()
+        .is_some_and(|s| s.contains("rbee-keeper logs")));
     assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
 }

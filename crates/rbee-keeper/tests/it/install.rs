@@ -60,7 +60,17 @@ fn a_user_install_puts_binaries_config_and_unit_in_place_and_keeps_edits() {
     }
     let unit =
         std::fs::read_to_string(home.join(".config/systemd/user/rbee-hive.service")).unwrap();
-    assert!(unit.contains("ExecStart=%h/.local/bin/rbee-hive"), "{unit}");
+    assert!(
+        unit.contains("ExecStart=%h/.local/bin/rbee-hive --config %E/rbee/hive.toml"),
+        "{unit}"
+    );
+    // The hive's own config, which its own check accepts.
+    let check = Command::new(keeper().with_file_name("rbee-hive"))
+        .arg("check-config")
+        .arg(home.join(".config/rbee/hive.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(check.status.code(), Some(0), "{}", text(&check.stderr));
     assert!(home.join(".local/share/rbee").is_dir());
     let config = home.join(".config/rbee/config.toml");
     assert!(std::fs::read_to_string(&config)
@@ -125,6 +135,65 @@ fn a_system_install_stages_units_polkit_sysusers_and_a_valid_hive_config() {
     assert!(text(&out.stderr).contains("systemd-sysusers"));
     // Nothing went to the user's home.
     assert!(!home.join(".local/bin").exists());
+}
+
+#[test]
+fn another_bin_dir_and_port_reach_the_units_and_the_hive_config() {
+    rbee_test_support::skip_unless!(
+        siblings_built(),
+        "rbee-hive and llm-worker-rbee not built (cargo build --release)"
+    );
+    let home = TempDir::new("install-home");
+    let out = install(
+        &keeper(),
+        &home.0,
+        &[
+            "--bin-dir",
+            "/opt/rbee/bin",
+            "--hive-port",
+            "9444",
+            "--root",
+            home.0.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let staged_home = home.0.join(home.0.strip_prefix("/").unwrap());
+    assert!(home.join("opt/rbee/bin/rbee-hive").is_file());
+    let unit = std::fs::read_to_string(staged_home.join(".config/systemd/user/rbee-hive.service"))
+        .unwrap();
+    assert!(
+        unit.contains("ExecStart=/opt/rbee/bin/rbee-hive "),
+        "{unit}"
+    );
+    let config = std::fs::read_to_string(staged_home.join(".config/rbee/hive.toml")).unwrap();
+    assert!(config.contains("port = 9444"), "{config}");
+    let system_root = TempDir::new("install-root");
+    let out = install(
+        &keeper(),
+        &home.0,
+        &[
+            "--system",
+            "--bin-dir",
+            "/opt/rbee/bin",
+            "--root",
+            system_root.0.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let unit =
+        std::fs::read_to_string(system_root.join("etc/systemd/system/rbee-hive.service")).unwrap();
+    assert!(unit.contains("ExecStart=/opt/rbee/bin/rbee-hive"), "{unit}");
+    assert!(!unit.contains("/usr/local/bin/"), "{unit}");
+    // A relative directory is refused before anything is written.
+    let empty = TempDir::new("install-root");
+    let out = install(
+        &keeper(),
+        &home.0,
+        &["--bin-dir", "bin", "--root", empty.0.to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("--bin-dir bin is not an absolute path"));
+    assert_eq!(std::fs::read_dir(&empty.0).unwrap().count(), 0);
 }
 
 #[test]

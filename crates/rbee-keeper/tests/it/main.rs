@@ -4,4 +4,5 @@ mod common;
 mod infer;
 mod install;
 mod manage;
+mod node;
 mod setup;

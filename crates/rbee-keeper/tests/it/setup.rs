@@ -2,81 +2,12 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use rbee_test_support::model::TempDir;
 use rbee_test_support::process::free_port;
 use rbee_test_support::sshd::Sshd;
 
-/// The keeper with a data directory and config of its own.
-struct Keeper {
-    dir: TempDir,
-}
-
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Keeper {
-    /// Trusts `known_hosts` only (never the user's real one).
-    fn new(known_hosts: &Path) -> Keeper {
-        let dir = TempDir::new("keeper");
-        std::fs::write(
-            dir.join("config.toml"),
-            format!(
-                "[ssh]\noptions = [\"UserKnownHostsFile={}\", \"StrictHostKeyChecking=yes\"]\n",
-                known_hosts.display()
-            ),
-        )
-        .unwrap();
-        Keeper { dir }
-    }
-
-    fn run(&self, args: &[&str]) -> Out {
-        let out = Command::new(env!("CARGO_BIN_EXE_rbee-keeper"))
-            .args(args)
-            .env("XDG_DATA_HOME", self.dir.join("data"))
-            .env("RBEE_CONFIG", self.dir.join("config.toml"))
-            .env_remove("SSH_AUTH_SOCK")
-            .output()
-            .unwrap();
-        Out {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
-    }
-
-    fn add(&self, name: &str, port: u16, user: &str, key: &Path) -> Out {
-        self.run(&[
-            "setup",
-            "add-node",
-            "--name",
-            name,
-            "--ssh-host",
-            "127.0.0.1",
-            "--ssh-port",
-            &port.to_string(),
-            "--ssh-user",
-            user,
-            "--ssh-key",
-            key.to_str().unwrap(),
-        ])
-    }
-
-    fn names(&self) -> Vec<String> {
-        let out = self.run(&["setup", "list-nodes", "--json"]);
-        assert_eq!(out.code, 0, "{}", out.stderr);
-        let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
-        v.as_array()
-            .unwrap()
-            .iter()
-            .map(|n| n["node_name"].as_str().unwrap().to_owned())
-            .collect()
-    }
-}
+use crate::common::Keeper;
 
 /// A real sshd and a keeper that trusts it, or `None` after saying why the test skips.
 fn sshd_and_keeper() -> Option<(Sshd, Keeper)> {
