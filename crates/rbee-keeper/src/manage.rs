@@ -309,6 +309,9 @@ pub fn logs(
     cfg: &Config,
     reg: &Registry,
 ) -> Result<(), Failure> {
+    if follow {
+        end_follow_on_ctrl_c();
+    }
     let Some(worker) = worker else {
         return crate::service::journal(node, lines, follow, cfg, reg);
     };
@@ -332,4 +335,20 @@ pub fn logs(
         }
     }
     Ok(())
+}
+
+extern "C" fn exit_interrupted(_: libc::c_int) {
+    // SAFETY: _exit is async-signal-safe; every printed line is already written.
+    unsafe { libc::_exit(i32::from(crate::infer::EXIT_INTERRUPTED)) }
+}
+
+/// A follow ends with Ctrl+C: exit 130 at once (what was printed is complete lines).
+pub(crate) fn end_follow_on_ctrl_c() {
+    // SAFETY: the handler only calls _exit.
+    unsafe {
+        libc::signal(
+            libc::SIGINT,
+            exit_interrupted as *const () as libc::sighandler_t,
+        );
+    }
 }

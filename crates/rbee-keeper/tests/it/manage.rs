@@ -1,7 +1,7 @@
 //! `workers`, `models`, `logs`, `hive` across two hives on one machine (two state dirs, two
 //! ports): the local one and one registered as a node over real SSH.
 
-use rbee_test_support::process::free_port;
+use rbee_test_support::process::{free_port, ChildGuard};
 use rbee_test_support::sshd::Sshd;
 use serde_json::Value;
 
@@ -95,6 +95,25 @@ fn workers_models_and_logs_across_two_hives() {
         .to_owned();
     let (log, _) = ok(&env, &["logs", "--worker", &id, "--lines", "20"]);
     assert!(!log.trim().is_empty(), "the worker's log");
+    // Following it: lines come, and Ctrl+C ends it with 130.
+    let mut follow = ChildGuard::spawn(
+        env.keeper(&["logs", "--worker", &id, "--lines", "5", "--follow"])
+            .stdout(std::process::Stdio::piped()),
+    );
+    let mut first = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(follow.child.stdout.take().unwrap()),
+        &mut first,
+    )
+    .unwrap();
+    assert!(!first.trim().is_empty(), "a line of the followed log");
+    follow.signal(libc::SIGINT);
+    let ended = follow.wait_timeout(std::time::Duration::from_secs(5));
+    assert_eq!(
+        ended.and_then(|s| s.code()),
+        Some(130),
+        "Ctrl+C ends a follow with 130"
+    );
     // Reached through an SSH port forward (the default): not at the hive's own port.
     let (status, _) = ok(&env, &["hive", "status", "--node", "second"]);
     assert!(
