@@ -15,6 +15,18 @@ pub struct Config {
     pub nodes: BTreeMap<String, NodeConfig>,
     /// Where `setup install` puts rbee on nodes.
     pub remote: RemoteConfig,
+    /// What commands use when not told.
+    pub defaults: Defaults,
+}
+
+/// `[defaults]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Defaults {
+    /// The node of commands given no `--node` (else `localhost`).
+    pub node: Option<String>,
+    /// The backend of `infer` given no `--backend` (else `cpu`).
+    pub backend: Option<String>,
 }
 
 /// `[remote]`: paths on nodes (`~/` is the SSH user's home there).
@@ -58,6 +70,13 @@ pub struct NodeConfig {
 }
 
 impl Config {
+    /// `--node`, else `[defaults] node`, else `localhost`.
+    pub fn node_or_default(&self, given: Option<String>) -> String {
+        given
+            .or_else(|| self.defaults.node.clone())
+            .unwrap_or_else(|| "localhost".into())
+    }
+
     /// Reads the config file, if there is one.
     pub fn load(path: Option<&Path>) -> anyhow::Result<Config> {
         let Some(path) = path else {

@@ -19,17 +19,18 @@ pub struct InstallNodeArgs {
     /// The registered node.
     #[arg(long)]
     pub node: String,
-    /// Which worker to build: `cpu`, or `cuda` (needs the CUDA toolkit on the node).
-    #[arg(long, default_value = "cpu", value_parser = ["cpu", "cuda"])]
-    pub backend: String,
+    /// Which worker to build: `cpu`, `cuda` (needs the CUDA toolkit on the node) or `metal`
+    /// (macOS) [default: the config's `[defaults] backend`, else cpu].
+    #[arg(long, value_parser = ["cpu", "cuda", "metal"])]
+    pub backend: Option<String>,
 }
 
 /// The script, with the node's values in it.
 fn script(n: &Node, bin_dir: &str, backend: &str) -> String {
-    let features = if backend == "cuda" {
-        "--features llm-worker-rbee/cuda"
-    } else {
-        ""
+    let features = match backend {
+        "cuda" => "--features llm-worker-rbee/cuda",
+        "metal" => "--features llm-worker-rbee/metal",
+        _ => "",
     };
     format!(
         "node={node} repo={repo} branch={branch} dir={dir} bindir={bindir} port={port} features={features} backend={backend}\n{SCRIPT}",
@@ -118,6 +119,18 @@ pub fn run(a: &InstallNodeArgs, cfg: &Config, reg: &mut Registry) -> Result<(), 
     let Some(mut n) = reg.get(&a.node).map_err(db)? else {
         return Err(crate::setup::not_registered(&a.node));
     };
+    let backend = a
+        .backend
+        .clone()
+        .or_else(|| cfg.defaults.backend.clone())
+        .unwrap_or_else(|| "cpu".into());
+    if !["cpu", "cuda", "metal"].contains(&backend.as_str()) {
+        return Err(Failure::new(
+            "rbee-keeper",
+            format!("unknown backend {backend:?} ([defaults] backend in the config)"),
+        )
+        .detail("accepted: cpu, cuda, metal"));
+    }
     let shell = NodeShell::open(&n.node_name, cfg, reg)?;
     eprintln!(
         "[rbee-keeper] 📦 installing rbee on {} from {} ({}) into {}",
@@ -126,7 +139,7 @@ pub fn run(a: &InstallNodeArgs, cfg: &Config, reg: &mut Registry) -> Result<(), 
     let commit = shell
         .run(
             &n.node_name,
-            &script(&n, &cfg.remote.binary_path, &a.backend),
+            &script(&n, &cfg.remote.binary_path, &backend),
             Output::Progress,
         )?
         .check(

@@ -23,9 +23,10 @@ pub const EXIT_INTERRUPTED: u8 = 130;
 /// `infer`'s arguments.
 #[derive(Debug, Args)]
 pub struct InferArgs {
-    /// The node (`localhost`, or a registered name).
-    #[arg(long, default_value = "localhost")]
-    pub node: String,
+    /// The node (`localhost`, or a registered name) [default: the config's `[defaults]
+    /// node`, else localhost].
+    #[arg(long)]
+    pub node: Option<String>,
     /// The model: hf:org/repo[:QUANT|/file.gguf][@revision] or file:///abs/path.gguf.
     #[arg(long)]
     pub model: String,
@@ -38,9 +39,9 @@ pub struct InferArgs {
     /// Sampling temperature (0 = greedy … 2).
     #[arg(long, default_value_t = 0.7)]
     pub temperature: f32,
-    /// cpu, cuda or metal.
-    #[arg(long, default_value = "cpu")]
-    pub backend: String,
+    /// cpu, cuda or metal [default: the config's `[defaults] backend`, else cpu].
+    #[arg(long)]
+    pub backend: Option<String>,
     /// GPU index.
     #[arg(long, default_value_t = 0)]
     pub device: u32,
@@ -59,6 +60,25 @@ pub struct InferArgs {
     pub token_timeout_secs: u64,
 }
 
+impl InferArgs {
+    /// Fills what was not given from the config's `[defaults]`.
+    pub fn with_defaults(mut self, cfg: &Config) -> InferArgs {
+        self.node = Some(cfg.node_or_default(self.node));
+        self.backend = self.backend.or_else(|| cfg.defaults.backend.clone());
+        self
+    }
+
+    /// The node.
+    pub fn node(&self) -> &str {
+        self.node.as_deref().unwrap_or("localhost")
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &str {
+        self.backend.as_deref().unwrap_or("cpu")
+    }
+}
+
 fn keeper(msg: impl Into<String>) -> Failure {
     Failure::new("rbee-keeper", msg)
 }
@@ -71,8 +91,8 @@ pub fn validate(a: &InferArgs) -> Result<(), Failure> {
             "or   --model file:///models/smollm2.gguf".to_string(),
         ]));
     }
-    if !["cpu", "cuda", "metal"].contains(&a.backend.as_str()) {
-        return Err(keeper(format!("unknown backend {:?}", a.backend))
+    if !["cpu", "cuda", "metal"].contains(&a.backend()) {
+        return Err(keeper(format!("unknown backend {:?}", a.backend()))
             .detail("accepted: cpu, cuda, metal")
             .suggest(["e.g. --backend cuda --device 0".to_string()]));
     }
@@ -217,7 +237,7 @@ fn from_error_value(c: &Client, e: &Value) -> Failure {
 
 /// Gets a worker for the model: reused or spawned, after its download or build.
 fn worker_for(hive: &Client, a: &InferArgs) -> Result<Value, Failure> {
-    let body = json!({"model_ref": a.model, "backend": a.backend, "device": a.device});
+    let body = json!({"model_ref": a.model, "backend": a.backend(), "device": a.device});
     // After a download or build the hive starts the worker itself: it is this run's.
     let mut waited = false;
     for _ in 0..4 {
@@ -277,7 +297,9 @@ fn wait_loaded(hive: &Client, w: &Client, worker: &Value, a: &InferArgs) -> Resu
                 let (_, r) = hive.json(
                     "POST",
                     "/v1/workers/spawn",
-                    Some(&json!({"model_ref": a.model, "backend": a.backend, "device": a.device})),
+                    Some(
+                        &json!({"model_ref": a.model, "backend": a.backend(), "device": a.device}),
+                    ),
                 )?;
                 let f = &r["previous_failure"];
                 let mut failure = Failure::new(
@@ -313,7 +335,7 @@ fn wait_loaded(hive: &Client, w: &Client, worker: &Value, a: &InferArgs) -> Resu
             .code("LOADING_TIMEOUT")
             .suggest([format!(
                 "read the worker's log: rbee-keeper logs --node {} --worker {id}",
-                a.node
+                a.node()
             )]));
         }
         // The worker's own stream, while it lasts (it ends when the model is loaded).
@@ -351,9 +373,9 @@ enum Msg {
 /// Runs `infer`; the exit status.
 pub fn run(a: &InferArgs, cfg: &Config, reg: &Registry) -> Result<u8, Failure> {
     validate(a)?;
-    let conn = Conn::open(&a.node, cfg, reg)?;
+    let conn = Conn::open(&a.node(), cfg, reg)?;
     let hive = &conn.hive;
-    check_hive(hive, &a.node, conn.local)?;
+    check_hive(hive, &a.node(), conn.local)?;
     let worker = worker_for(hive, a)?;
     let wclient = conn.worker(
         worker["url"].as_str().unwrap_or(""),
@@ -487,7 +509,7 @@ pub fn run(a: &InferArgs, cfg: &Config, reg: &Registry) -> Result<u8, Failure> {
                 println!(
                     "{}",
                     json!({"text": text, "tokens": tokens, "finish_reason": d["finish_reason"], "duration_ms": ms,
-                           "worker_id": worker["id"], "node": a.node, "model_ref": a.model})
+                           "worker_id": worker["id"], "node": a.node(), "model_ref": a.model})
                 );
             }
             Ok(0)

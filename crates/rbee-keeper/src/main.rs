@@ -51,9 +51,9 @@ enum Command {
     /// A worker's log through its hive, or without --worker the hive's own journal on its
     /// node (`--follow` until it stops, or Ctrl+C).
     Logs {
-        /// The node.
-        #[arg(long, default_value = "localhost")]
-        node: String,
+        /// The node [default: the config's `[defaults] node`, else localhost].
+        #[arg(long)]
+        node: Option<String>,
         /// The worker's id (from `workers list`); without it, the hive's log.
         #[arg(long)]
         worker: Option<String>,
@@ -138,7 +138,7 @@ fn run(cli: Cli) -> Result<u8, Failure> {
             .suggest([format!("check that {} is writable", db.display())])
     })?;
     match cli.command {
-        Command::Infer(args) => infer::run(&args, &config, &reg),
+        Command::Infer(args) => infer::run(&args.with_defaults(&config), &config, &reg),
         Command::Setup(cmd) => setup::run(cmd, &config, &mut reg, &ssh).map(|()| 0),
         Command::Workers(cmd) => manage::workers(cmd, &config, &reg).map(|()| 0),
         Command::Models(cmd) => manage::models(cmd, &config, &reg).map(|()| 0),
@@ -148,7 +148,15 @@ fn run(cli: Cli) -> Result<u8, Failure> {
             worker,
             follow,
             lines,
-        } => manage::logs(&node, worker.as_deref(), follow, lines, &config, &reg).map(|()| 0),
+        } => manage::logs(
+            &config.node_or_default(node),
+            worker.as_deref(),
+            follow,
+            lines,
+            &config,
+            &reg,
+        )
+        .map(|()| 0),
         Command::Install(args) => install::run(&args).map(|()| 0),
         Command::Completions { .. } => unreachable!("handled before the config is read"),
     }

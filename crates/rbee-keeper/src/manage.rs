@@ -26,15 +26,15 @@ pub enum WorkersCommand {
     },
     /// Whether a node's hive answers, its version, and its workers' states.
     Health {
-        /// The node.
-        #[arg(long, default_value = "localhost")]
-        node: String,
+        /// The node [default: the config's `[defaults] node`, else localhost].
+        #[arg(long)]
+        node: Option<String>,
     },
     /// Drain and stop one worker.
     Shutdown {
-        /// The node.
-        #[arg(long, default_value = "localhost")]
-        node: String,
+        /// The node [default: the config's `[defaults] node`, else localhost].
+        #[arg(long)]
+        node: Option<String>,
         /// The worker's id (from `workers list`).
         #[arg(long)]
         id: String,
@@ -46,24 +46,24 @@ pub enum WorkersCommand {
 pub enum ModelsCommand {
     /// The node's model catalogue.
     List {
-        /// The node.
-        #[arg(long, default_value = "localhost")]
-        node: String,
+        /// The node [default: the config's `[defaults] node`, else localhost].
+        #[arg(long)]
+        node: Option<String>,
     },
     /// Download a model to the node, with a progress bar.
     Download {
-        /// The node.
-        #[arg(long, default_value = "localhost")]
-        node: String,
+        /// The node [default: the config's `[defaults] node`, else localhost].
+        #[arg(long)]
+        node: Option<String>,
         /// The model reference.
         #[arg(long)]
         model: String,
     },
     /// Remove a model from the node's catalogue (and its file, if downloaded).
     Rm {
-        /// The node.
-        #[arg(long, default_value = "localhost")]
-        node: String,
+        /// The node [default: the config's `[defaults] node`, else localhost].
+        #[arg(long)]
+        node: Option<String>,
         /// The model's id (from `models list`).
         #[arg(long)]
         id: String,
@@ -75,23 +75,23 @@ pub enum ModelsCommand {
 pub enum HiveCommand {
     /// Version, supervisor, memory and disk of a node's hive.
     Status {
-        /// The node.
-        #[arg(long, default_value = "localhost")]
-        node: String,
+        /// The node [default: the config's `[defaults] node`, else localhost].
+        #[arg(long)]
+        node: Option<String>,
     },
     /// Start a node's hive: `systemctl start` of its unit (the user's rbee-hive.service,
     /// else the system's), then wait until it answers. On this machine without a unit, as
     /// `infer` does: a transient user unit, else a background process.
     Start {
-        /// The node.
-        #[arg(long, default_value = "localhost")]
-        node: String,
+        /// The node [default: the config's `[defaults] node`, else localhost].
+        #[arg(long)]
+        node: Option<String>,
     },
     /// Stop a node's hive (`systemctl stop` of its unit) and with it its workers.
     Stop {
-        /// The node.
-        #[arg(long, default_value = "localhost")]
-        node: String,
+        /// The node [default: the config's `[defaults] node`, else localhost].
+        #[arg(long)]
+        node: Option<String>,
     },
 }
 
@@ -187,6 +187,7 @@ pub fn workers(cmd: WorkersCommand, cfg: &Config, reg: &Registry) -> Result<(), 
             Ok(())
         }
         WorkersCommand::Health { node } => {
+            let node = cfg.node_or_default(node);
             let h = hive(&node, cfg, reg)?;
             let (_, health) = h.json("GET", "/v1/health", None)?;
             let (_, list) = h.json("GET", "/v1/workers/list", None)?;
@@ -209,6 +210,7 @@ pub fn workers(cmd: WorkersCommand, cfg: &Config, reg: &Registry) -> Result<(), 
             Ok(())
         }
         WorkersCommand::Shutdown { node, id } => {
+            let node = cfg.node_or_default(node);
             let h = hive(&node, cfg, reg)?;
             h.json(
                 "POST",
@@ -225,6 +227,7 @@ pub fn workers(cmd: WorkersCommand, cfg: &Config, reg: &Registry) -> Result<(), 
 pub fn models(cmd: ModelsCommand, cfg: &Config, reg: &Registry) -> Result<(), Failure> {
     match cmd {
         ModelsCommand::List { node } => {
+            let node = cfg.node_or_default(node);
             let (_, v) = hive(&node, cfg, reg)?.json("GET", "/v1/models", None)?;
             let rows: Vec<Vec<String>> = v["models"]
                 .as_array()
@@ -251,6 +254,7 @@ pub fn models(cmd: ModelsCommand, cfg: &Config, reg: &Registry) -> Result<(), Fa
             Ok(())
         }
         ModelsCommand::Download { node, model } => {
+            let node = cfg.node_or_default(node);
             if let Err(e) = rbee_models::reference::ModelRef::parse(&model) {
                 return Err(Failure::new("rbee-keeper", e.error.message));
             }
@@ -270,6 +274,7 @@ pub fn models(cmd: ModelsCommand, cfg: &Config, reg: &Registry) -> Result<(), Fa
             crate::infer::follow_download(&h, v["progress_url"].as_str().unwrap_or(""))
         }
         ModelsCommand::Rm { node, id } => {
+            let node = cfg.node_or_default(node);
             hive(&node, cfg, reg)?.json("DELETE", &format!("/v1/models/{id}"), None)?;
             eprintln!("[rbee-keeper] ✅ model {id} removed from {node}");
             Ok(())
@@ -281,6 +286,7 @@ pub fn models(cmd: ModelsCommand, cfg: &Config, reg: &Registry) -> Result<(), Fa
 pub fn hive_cmd(cmd: HiveCommand, cfg: &Config, reg: &Registry) -> Result<(), Failure> {
     match cmd {
         HiveCommand::Status { node } => {
+            let node = cfg.node_or_default(node);
             let h = hive(&node, cfg, reg)?;
             let (_, health) = h.json("GET", "/v1/health", None)?;
             let (_, res) = h.json("GET", "/v1/resources", None)?;
@@ -294,8 +300,8 @@ pub fn hive_cmd(cmd: HiveCommand, cfg: &Config, reg: &Registry) -> Result<(), Fa
             );
             Ok(())
         }
-        HiveCommand::Start { node } => crate::service::start(&node, cfg, reg),
-        HiveCommand::Stop { node } => crate::service::stop(&node, cfg, reg),
+        HiveCommand::Start { node } => crate::service::start(&cfg.node_or_default(node), cfg, reg),
+        HiveCommand::Stop { node } => crate::service::stop(&cfg.node_or_default(node), cfg, reg),
     }
 }
 

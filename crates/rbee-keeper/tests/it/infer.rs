@@ -490,3 +490,52 @@ fn a_model_that_never_finishes_loading_is_a_loading_timeout_with_what_to_read() 
         .is_some_and(|s| s.contains("rbee-keeper logs")));
     assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
 }
+
+#[test]
+fn the_config_chooses_node_and_backend_when_not_given_and_bad_config_is_named() {
+    let k = crate::common::Keeper::new(std::path::Path::new("/dev/null"));
+    let config = k.dir.join("config.toml");
+    std::fs::write(
+        &config,
+        "[defaults]\nnode = \"elsewhere\"\nbackend = \"rocm\"\n",
+    )
+    .unwrap();
+    let m = "file:///models/m.gguf";
+    let out = k.run(&["infer", "--model", m, "--prompt", "p"]);
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.contains("unknown backend \"rocm\""),
+        "{}",
+        out.stderr
+    );
+    let out = k.run(&["infer", "--model", m, "--prompt", "p", "--backend", "cpu"]);
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.contains("no node named elsewhere is registered"),
+        "{}",
+        out.stderr
+    );
+    let out = k.run(&["hive", "status"]);
+    assert!(
+        out.stderr.contains("no node named elsewhere is registered"),
+        "{}",
+        out.stderr
+    );
+    // The command line wins.
+    let out = k.run(&["setup", "install", "--node", "other"]);
+    assert!(
+        out.stderr.contains("no node named other is registered"),
+        "{}",
+        out.stderr
+    );
+    // A key the keeper does not know: the file and the key are named, nothing runs.
+    std::fs::write(&config, "[defaults]\nnod = \"x\"\n").unwrap();
+    let out = k.run(&["workers", "list"]);
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.contains(&config.display().to_string()),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("unknown field `nod`"), "{}", out.stderr);
+}

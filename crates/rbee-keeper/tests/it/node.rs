@@ -288,7 +288,7 @@ fn install_and_start_failures_say_what_to_do_and_change_nothing() {
     );
     node.fails(
         &["setup", "install", "--node", "gpu1", "--backend", "vulkan"],
-        &["[possible values: cpu, cuda]"],
+        &["[possible values: cpu, cuda, metal]"],
     );
 
     // No cargo on the node: said before anything is cloned.
