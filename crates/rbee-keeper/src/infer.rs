@@ -373,9 +373,9 @@ enum Msg {
 /// Runs `infer`; the exit status.
 pub fn run(a: &InferArgs, cfg: &Config, reg: &Registry) -> Result<u8, Failure> {
     validate(a)?;
-    let conn = Conn::open(&a.node(), cfg, reg)?;
+    let conn = Conn::open(a.node(), cfg, reg)?;
     let hive = &conn.hive;
-    check_hive(hive, &a.node(), conn.local)?;
+    check_hive(hive, a.node(), conn.local)?;
     let worker = worker_for(hive, a)?;
     let wclient = conn.worker(
         worker["url"].as_str().unwrap_or(""),
