@@ -60,6 +60,25 @@ const SYSTEM_FILES: [(&str, &str); 5] = [
     ),
 ];
 
+/// The polkit rule for systemd before v257, which names no unit for StartTransientUnit.
+const PRE_257_RULE: (&str, &str) = (
+    "etc/polkit-1/rules.d/49-rbee-hive-systemd-pre257.rules",
+    include_str!("../../../systemd/rbee-hive-systemd-pre257.polkit.rules"),
+);
+
+/// The version of the systemd running here (`systemctl --version`), if any.
+fn systemd_version() -> Option<u32> {
+    let out = std::process::Command::new("systemctl")
+        .arg("--version")
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
 const USER_UNIT: &str = include_str!("../../../systemd/user/rbee-hive.service");
 
 const DEFAULT_KEEPER_CONFIG: &str = "\
@@ -176,6 +195,16 @@ pub fn run(a: &InstallArgs) -> Result<(), Failure> {
             let dest = root.join(path);
             put(&dest, unit_text(content).as_bytes(), 0o644)?;
             done.push(format!("wrote   {}", dest.display()));
+        }
+        // Only a real install asks which systemd runs here; staging (--root) cannot know.
+        if let Some(v) = systemd_version().filter(|v| a.root.is_none() && *v < 257) {
+            let dest = root.join(PRE_257_RULE.0);
+            put(&dest, PRE_257_RULE.1.as_bytes(), 0o644)?;
+            done.push(format!(
+                "wrote   {} (systemd {v} names no unit to polkit for transient units: \
+                 this rule lets rbee start any transient unit; see the file)",
+                dest.display()
+            ));
         }
         put_once(
             &root.join("etc/rbee/hive.toml"),

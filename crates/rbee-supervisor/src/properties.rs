@@ -24,6 +24,8 @@ pub enum Prop {
     U64(u64),
     /// `i`
     I32(i32),
+    /// `u`
+    U32(u32),
     /// `(bas)`: an allow-list (true) or deny-list (false), e.g. RestrictAddressFamilies.
     List(bool, Vec<String>),
     /// `a(ssbt)`: BindReadOnlyPaths — source, destination, ignore-missing, flags.
@@ -67,6 +69,11 @@ pub struct WorkerUnit {
     /// manager (systemd 252 seen here) starts the unit with an empty credentials directory,
     /// so callers use a 0600 file there instead.
     pub credentials: Vec<(String, PathBuf)>,
+}
+
+/// EPERM, the errno a filtered system call returns.
+const fn libc_eperm() -> i32 {
+    1
 }
 
 /// The slice every worker runs in.
@@ -128,6 +135,28 @@ pub fn worker_properties(unit: &WorkerUnit, kind: ManagerKind) -> Vec<(&'static 
                 "SystemCallFilter",
                 Prop::List(true, vec!["@system-service".into()]),
             ),
+            // Minus what a worker never needs (the privileged calls, scheduling and
+            // resource limits); a filtered call fails with EPERM instead of killing it.
+            (
+                "SystemCallFilter",
+                Prop::List(false, vec!["@privileged".into(), "@resources".into()]),
+            ),
+            ("SystemCallErrorNumber", Prop::I32(libc_eperm())),
+            ("SystemCallArchitectures", Prop::Strs(vec!["native".into()])),
+            // No capabilities, no other users, no other processes in /proc.
+            ("CapabilityBoundingSet", Prop::U64(0)),
+            ("PrivateUsers", Prop::Bool(true)),
+            ("ProtectProc", Prop::Str("invisible".into())),
+            ("ProtectKernelModules", Prop::Bool(true)),
+            ("ProtectKernelLogs", Prop::Bool(true)),
+            ("ProtectClock", Prop::Bool(true)),
+            ("ProtectHostname", Prop::Bool(true)),
+            // No namespaces of its own (RestrictNamespaces=yes: the allowed set is empty).
+            ("RestrictNamespaces", Prop::U64(0)),
+            ("RestrictRealtime", Prop::Bool(true)),
+            ("RestrictSUIDSGID", Prop::Bool(true)),
+            ("LockPersonality", Prop::Bool(true)),
+            ("UMask", Prop::U32(0o077)),
             (
                 "BindReadOnlyPaths",
                 Prop::Binds(vec![(model.clone(), model, false, 0)]),
@@ -135,7 +164,12 @@ pub fn worker_properties(unit: &WorkerUnit, kind: ManagerKind) -> Vec<(&'static 
             // PrivateDevices=yes would hide /dev/nvidia*: an explicit allow-list instead.
             ("DevicePolicy", Prop::Str("closed".into())),
         ]);
-        if !unit.devices.is_empty() {
+        if unit.devices.is_empty() {
+            // A CPU worker: no devices at all, and no writable+executable memory. (A GPU
+            // worker keeps both: the CUDA driver JIT-compiles kernels into such memory.)
+            p.push(("PrivateDevices", Prop::Bool(true)));
+            p.push(("MemoryDenyWriteExecute", Prop::Bool(true)));
+        } else {
             let allow = unit
                 .devices
                 .iter()
@@ -205,6 +239,13 @@ mod tests {
             Some(&Prop::Devices(vec![("/dev/nvidia0".into(), "rw".into())]))
         );
         assert!(get(&sys, "PrivateDevices").is_none(), "would hide the GPU");
+        assert!(get(&sys, "MemoryDenyWriteExecute").is_none(), "CUDA JIT");
+        assert_eq!(get(&sys, "CapabilityBoundingSet"), Some(&Prop::U64(0)));
+        let mut cpu_only = unit();
+        cpu_only.devices.clear();
+        let cpu = worker_properties(&cpu_only, ManagerKind::System);
+        assert_eq!(get(&cpu, "PrivateDevices"), Some(&Prop::Bool(true)));
+        assert_eq!(get(&cpu, "MemoryDenyWriteExecute"), Some(&Prop::Bool(true)));
         let user = worker_properties(&unit(), ManagerKind::User);
         assert!(get(&user, "DynamicUser").is_none());
         assert!(get(&user, "DeviceAllow").is_none());

@@ -588,6 +588,7 @@ fn to_value(p: &Prop) -> Value<'_> {
         Prop::Bool(b) => Value::from(*b),
         Prop::U64(n) => Value::from(*n),
         Prop::I32(n) => Value::from(*n),
+        Prop::U32(n) => Value::from(*n),
         Prop::List(allow, v) => Value::from((*allow, v.clone())),
         Prop::Binds(v) => Value::from(v.clone()),
         Prop::Devices(v) => Value::from(v.clone()),

@@ -6,3 +6,4 @@ mod install;
 mod manage;
 mod node;
 mod setup;
+mod system;
