@@ -80,6 +80,34 @@ fn hive_units_pass_systemd_analyze_verify() {
     );
 }
 
+/// The overall exposure `systemd-analyze security --offline` gives the shipped hive unit
+/// (ExecStart pointed at the built binary).
+#[test]
+fn the_hive_unit_is_hardened_to_ok_by_systemd_analyze_security() {
+    skip_unless!(have("systemd-analyze"), "systemd-analyze is not installed");
+    let built = repo().join("target/release/rbee-hive");
+    skip_unless!(built.is_file(), "rbee-hive not built at {}", built.display());
+    let dir = TempDir::new("unit");
+    let unit = std::fs::read_to_string(repo().join("systemd/rbee-hive.service"))
+        .unwrap()
+        .replace("/usr/local/bin/rbee-hive", built.to_str().unwrap());
+    let path = dir.join("rbee-hive.service");
+    std::fs::write(&path, unit).unwrap();
+    // --threshold: exit status 1 above 4.0 ("OK" and better), in tenths.
+    let out = Command::new("systemd-analyze")
+        .args(["security", "--offline=true", "--no-pager", "--threshold=40"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let level: f64 = text
+        .lines()
+        .find_map(|l| l.split_once("Overall exposure level for rbee-hive.service: "))
+        .and_then(|(_, v)| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no exposure level:\n{text}"));
+    assert!(out.status.success() && level <= 4.0, "{level}:\n{text}");
+}
+
 #[test]
 fn the_polkit_rule_only_grants_worker_units_to_the_rbee_user() {
     let rule = std::fs::read_to_string(repo().join("systemd/rbee-hive.polkit.rules")).unwrap();

@@ -37,7 +37,7 @@ pub struct InstallArgs {
 /// The binaries installed.
 pub const BINARIES: [&str; 3] = ["rbee-keeper", "rbee-hive", "llm-worker-rbee"];
 
-const SYSTEM_FILES: [(&str, &str); 5] = [
+const SYSTEM_FILES: [(&str, &str); 6] = [
     (
         "etc/systemd/system/rbee-hive.service",
         include_str!("../../../systemd/rbee-hive.service"),
@@ -57,6 +57,10 @@ const SYSTEM_FILES: [(&str, &str); 5] = [
     (
         "etc/sysusers.d/rbee.conf",
         include_str!("../../../systemd/rbee.sysusers"),
+    ),
+    (
+        "etc/tmpfiles.d/rbee.conf",
+        include_str!("../../../systemd/rbee.tmpfiles"),
     ),
 ];
 
@@ -254,6 +258,7 @@ pub fn run(a: &InstallArgs) -> Result<(), Failure> {
     if a.system {
         for step in [
             "systemd-sysusers                      # creates the rbee user",
+            "systemd-tmpfiles --create rbee.conf   # /etc/rbee, /var/lib/rbee",
             "systemctl daemon-reload",
             "systemctl enable --now rbee-hive      # the hive, on 127.0.0.1:9200",
             "rbee-keeper infer --model … --prompt …",

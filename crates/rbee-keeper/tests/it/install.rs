@@ -117,6 +117,7 @@ fn a_system_install_stages_units_polkit_sysusers_and_a_valid_hive_config() {
             "rbee-hive.polkit.rules",
         ),
         ("etc/sysusers.d/rbee.conf", "rbee.sysusers"),
+        ("etc/tmpfiles.d/rbee.conf", "rbee.tmpfiles"),
     ] {
         assert_eq!(
             std::fs::read_to_string(root.join(staged)).unwrap(),

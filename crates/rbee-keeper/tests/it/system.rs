@@ -98,6 +98,11 @@ fn install_system_runs_the_hive_as_rbee_with_sandboxed_workers_polkit_and_journa
         ],
     );
     exec(&c, &["systemd-sysusers"]);
+    exec(&c, &["systemd-tmpfiles", "--create", "rbee.conf"]);
+    assert_eq!(
+        exec(&c, &["stat", "-c", "%U:%G %a", "/var/lib/rbee"]).trim(),
+        "rbee:rbee 750"
+    );
     exec(&c, &["systemctl", "daemon-reload"]);
     let (ok, out) = c.systemctl(&["start", "rbee-hive"]);
     if !ok {
