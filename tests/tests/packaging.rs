@@ -86,7 +86,11 @@ fn hive_units_pass_systemd_analyze_verify() {
 fn the_hive_unit_is_hardened_to_ok_by_systemd_analyze_security() {
     skip_unless!(have("systemd-analyze"), "systemd-analyze is not installed");
     let built = repo().join("target/release/rbee-hive");
-    skip_unless!(built.is_file(), "rbee-hive not built at {}", built.display());
+    skip_unless!(
+        built.is_file(),
+        "rbee-hive not built at {}",
+        built.display()
+    );
     let dir = TempDir::new("unit");
     let unit = std::fs::read_to_string(repo().join("systemd/rbee-hive.service"))
         .unwrap()

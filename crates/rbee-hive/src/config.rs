@@ -214,6 +214,10 @@ pub struct Config {
     /// `git_ref`, `ssh_key`, `cargo`, `max_concurrent_builds`); without it, the worker
     /// installed next to the hive runs.
     pub worker_source: Option<rbee_binaries::Source>,
+    /// Models to have at start (`provision = ["hf:org/repo:Q4_K_M", "file:///…gguf"]`):
+    /// each missing one is downloaded (or imported) in the background once the hive runs;
+    /// one that fails is logged and does not stop the hive.
+    pub provision: Vec<String>,
 }
 
 impl Default for Config {
@@ -241,6 +245,7 @@ impl Default for Config {
             download_attempts: 6,
             limits: Limits::default(),
             worker_source: None,
+            provision: vec![],
         }
     }
 }
@@ -373,6 +378,11 @@ impl Config {
         if let Some(src) = &self.worker_source {
             src.validate().map_err(ConfigError)?;
         }
+        for r in &self.provision {
+            if let Err(e) = rbee_models::reference::ModelRef::parse(r) {
+                return err(format!("provision: {}", e.error.message));
+            }
+        }
         Ok(())
     }
 
@@ -400,6 +410,20 @@ mod tests {
 
     fn parse(s: &str) -> Result<Config, ConfigError> {
         Config::parse(s, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn provisioned_models_are_references_checked_with_the_config() {
+        let c = parse("provision = [\"hf:org/repo:Q4_K_M\", \"file:///m/a.gguf\"]").unwrap();
+        assert_eq!(c.provision.len(), 2);
+        let e = parse("provision = [\"hf:../etc\"]")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("provision: "), "{e}");
+        let e = parse("provision = [\"http://x/m.gguf\"]")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("hf:org/repo"), "{e}");
     }
 
     #[test]

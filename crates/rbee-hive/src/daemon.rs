@@ -15,6 +15,7 @@ use sd_notify::NotifyState;
 use crate::config::{Config, WorkerLogs};
 use crate::hive::Hive;
 use crate::{api, monitor, supervisor};
+use rbee_models::provisioner::Ensured;
 
 /// Runs the daemon; returns the process exit code.
 pub fn run(config: Config) -> i32 {
@@ -140,6 +141,7 @@ fn run_inner(config: Config) -> anyhow::Result<()> {
         NotifyState::Status(&hive.registry.summary()),
     ]);
     tracing::info!(url = %hive_url, workers = hive.registry.all().len(), "rbee-hive ready");
+    provision(&hive);
     spawn_status_thread(Arc::clone(&hive))?;
 
     let sig = wait_for_termination();
@@ -238,4 +240,31 @@ fn spawn_status_thread(hive: Arc<Hive>) -> std::io::Result<()> {
             }
         })
         .map(|_| ())
+}
+
+/// Makes the configured `provision` models present: each missing one downloads (or is
+/// imported) in the background, its outcome logged.
+fn provision(hive: &Arc<Hive>) {
+    for reference in hive.config.provision.clone() {
+        match hive.models.ensure(&reference) {
+            Ok(Ensured::Ready(m)) => {
+                tracing::info!(%reference, id = %m.id, "provisioned model is present");
+            }
+            Ok(Ensured::Downloading(t)) => {
+                tracing::info!(%reference, download = %t.id, "provisioning model");
+                let spawned = std::thread::Builder::new()
+                    .name("provision".into())
+                    .spawn(move || match t.wait() {
+                        Ok(path) => tracing::info!(%reference, %path, "provisioned model"),
+                        Err(e) => tracing::error!(%reference, error = %e.error.message, "provisioning failed"),
+                    });
+                if let Err(e) = spawned {
+                    tracing::error!(error = %e, "cannot start a provisioning thread");
+                }
+            }
+            Err(e) => {
+                tracing::error!(%reference, error = %e.error.message, code = e.error.code.as_str(), "provisioning failed");
+            }
+        }
+    }
 }

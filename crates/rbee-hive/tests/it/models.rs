@@ -272,3 +272,60 @@ fn model_errors_are_clear_and_leave_nothing_behind() {
         .is_empty());
     assert!(hive.workers().is_empty());
 }
+
+#[test]
+fn provisioned_models_are_there_after_start_without_a_request() {
+    let Some(model) = model() else { return };
+    let hub = hub_with(&model);
+    let state = temp("hive-state");
+    let hive = Hive::start(
+        &Opts {
+            extra: format!(
+                "download_stall_secs = 5\nprovision = [\"hf:org/smol\", {:?}]\n",
+                file_ref(&model)
+            ),
+            ..opts(&hub)
+        },
+        &state.0,
+    );
+    let until = Instant::now() + Duration::from_secs(60);
+    let models = loop {
+        let models = hive.get("/v1/models").json()["models"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if models.len() == 2 || Instant::now() > until {
+            break models;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let refs: Vec<&str> = models
+        .iter()
+        .filter_map(|m| m["reference"].as_str())
+        .collect();
+    assert_eq!(models.len(), 2, "{models:?}");
+    assert!(
+        refs.iter().any(|r| r.starts_with("hf:org/smol")),
+        "{refs:?}"
+    );
+    assert_eq!(
+        hub.counters.downloads.load(Ordering::Relaxed),
+        1,
+        "the hub file was fetched once"
+    );
+    // Already there at the next start: nothing fetched again.
+    drop(hive);
+    let _again = Hive::start(
+        &Opts {
+            extra: "provision = [\"hf:org/smol\"]\n".into(),
+            ..opts(&hub)
+        },
+        &state.0,
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        hub.counters.downloads.load(Ordering::Relaxed),
+        1,
+        "a present model is not fetched again"
+    );
+}
