@@ -1,4 +1,6 @@
-# The rbee binaries (the worker llm-worker-rbee and the node daemon rbee-hive), CPU build.
+# The rbee binaries: rbee-hive (the node daemon), llm-worker-rbee (the worker; llama.cpp
+# inside) and rbee-keeper (the command line). CPU by default; `cudaSupport` builds the
+# worker with CUDA, `metalSupport` (the default on Darwin) with Metal.
 { lib
 , stdenv
 , rustPlatform
@@ -8,35 +10,52 @@
 , libssh2
 , zlib
 , llvmPackages
+, cudaPackages ? { }
+, autoAddDriverRunpath ? null
+, cudaSupport ? false
+, metalSupport ? stdenv.hostPlatform.isDarwin
 }:
 
 rustPlatform.buildRustPackage {
-  pname = "rbee";
+  pname = if cudaSupport then "rbee-cuda" else "rbee";
   version = (lib.importTOML ../Cargo.toml).workspace.package.version;
 
   src = lib.cleanSourceWith {
     src = ../.;
-    filter = path: type: !(lib.hasSuffix ".gguf" path) && baseNameOf path != "target";
+    filter = path: type:
+      !(lib.hasSuffix ".gguf" path) && baseNameOf path != "target" && baseNameOf path != "result";
   };
+  # Cargo.lock is the source of truth for every dependency.
   cargoLock.lockFile = ../Cargo.lock;
 
-  # llama-cpp-sys-2 drives cmake itself and runs bindgen on llama.h.
-  # git2 (the hive builds workers from git) links libgit2's https and ssh transports.
-  nativeBuildInputs = [ cmake pkg-config rustPlatform.bindgenHook ];
+  # llama-cpp-sys-2 drives cmake itself and runs bindgen on llama.h (the bindgen hook
+  # gives it libclang); git2 (the hive builds workers from git) links libgit2's https and
+  # ssh transports.
+  nativeBuildInputs = [ cmake pkg-config rustPlatform.bindgenHook ]
+    ++ lib.optionals cudaSupport [ cudaPackages.cuda_nvcc autoAddDriverRunpath ];
   buildInputs = [ openssl libssh2 zlib ]
-    ++ lib.optionals stdenv.cc.isClang [ llvmPackages.openmp ];
+    # llama.cpp's CPU backend uses OpenMP: libgomp with gcc, libomp with clang.
+    ++ lib.optionals stdenv.cc.isClang [ llvmPackages.openmp ]
+    ++ lib.optionals cudaSupport (with cudaPackages; [ cuda_cudart cuda_cccl libcublas ]);
   dontUseCmakeConfigure = true;
 
-  cargoBuildFlags = [ "--package" "llm-worker-rbee" "--package" "rbee-hive" ];
-  # The test suite starts the real worker on a real model, which the sandbox does not
-  # have; it runs as its own flake check once the model is provided as a fixed-output
-  # derivation (see the Nix issue).
+  cargoBuildFlags = [ "--package" "llm-worker-rbee" "--package" "rbee-hive" "--package" "rbee-keeper" ];
+  buildFeatures = lib.optionals cudaSupport [ "llm-worker-rbee/cuda" ]
+    ++ lib.optionals metalSupport [ "llm-worker-rbee/metal" ];
+
+  env = lib.optionalAttrs cudaSupport {
+    # The GPU generations nixpkgs' CUDA set is configured for (cudaCapabilities).
+    CMAKE_CUDA_ARCHITECTURES = cudaPackages.flags.cmakeCudaArchitecturesString;
+  };
+
+  # The test suite runs as its own check (nix/checks.nix) with the test model provided.
   doCheck = false;
 
   meta = {
-    description = "rbee: LLM workers (llama.cpp, token streaming over HTTP) run as systemd units by a node daemon";
+    description = "rbee: the machines you own as one pool for running open LLMs (llama.cpp workers as systemd units)";
+    homepage = "https://github.com/rbee-project/rbee";
     license = lib.licenses.gpl3Plus;
-    mainProgram = "rbee-hive";
+    mainProgram = "rbee-keeper";
     platforms = lib.platforms.linux ++ lib.platforms.darwin;
   };
 }

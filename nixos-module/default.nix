@@ -1,21 +1,305 @@
-# services.rbee — the NixOS module. For now it installs the rbee package; the hive service,
-# the worker slice and the polkit rule arrive with rbee-hive.
+# services.rbee — a node of an rbee pool: rbee-hive as a hardened system service (user
+# `rbee`) that runs each llm-worker-rbee as a sandboxed transient unit rbee-worker@<model>
+# in rbee-workers.slice, allowed by a polkit rule; rbee-keeper on the PATH.
+# The same units, for other distributions, are in ../systemd/ (this module mirrors them).
 { config, lib, pkgs, ... }:
 
 let
+  inherit (lib) mkOption mkEnableOption mkPackageOption mkIf mkDefault types literalExpression;
+
   cfg = config.services.rbee;
+  settingsFormat = pkgs.formats.toml { };
+
+  # Nix-provided files become file:// references to the store (a path literal is copied
+  # there; the hive cannot read /home); references stay as they are.
+  modelRef = m:
+    let s = if builtins.isPath m then "${m}" else toString m; in
+    if lib.hasPrefix "hf:" s || lib.hasPrefix "file://" s then s else "file://${s}";
+
+  # Secrets reach the hive as systemd credentials: readable by the service only, and the
+  # files themselves may stay root-only.
+  credentialsDir = "/run/credentials/rbee-hive.service";
+
+  rawConfig = settingsFormat.generate "rbee-hive-unchecked.toml" cfg.settings;
+  # The generated file is checked by the hive itself when the system is built: a mistake
+  # fails `nixos-rebuild`, not the service at boot. (Files it names are not opened.)
+  checkedConfig = pkgs.runCommand "rbee-hive.toml" { } ''
+    ${lib.getExe' cfg.package "rbee-hive"} check-config ${rawConfig}
+    cp ${rawConfig} $out
+  '';
+
+  stateInVarLib = lib.hasPrefix "/var/lib/" cfg.stateDir;
+  cuda = cfg.acceleration == "cuda";
 in
 {
   options.services.rbee = {
-    enable = lib.mkEnableOption "rbee, a pool of your own machines for running open LLMs";
+    enable = mkEnableOption "rbee-hive, the node daemon of an rbee pool (LLM workers as systemd units)";
 
-    package = lib.mkOption {
-      type = lib.types.package;
-      description = "The rbee package (the three binaries).";
+    package = mkPackageOption pkgs "rbee" {
+      extraDescription = ''
+        The three binaries (rbee-hive, llm-worker-rbee, rbee-keeper). The flake's module
+        picks its `rbee` or, with `acceleration = "cuda"`, its `rbee-cuda` package.
+      '';
+    };
+
+    host = mkOption {
+      type = types.str;
+      default = "127.0.0.1";
+      example = "0.0.0.0";
+      description = ''
+        Address of the hive's HTTP API. The default, loopback, is reached from other
+        machines through SSH (rbee-keeper's default). Any other address should come with
+        {option}`services.rbee.apiKeyFile`.
+      '';
+    };
+
+    port = mkOption {
+      type = types.port;
+      default = 9200;
+      description = "Port of the hive's HTTP API.";
+    };
+
+    openFirewall = mkOption {
+      type = types.bool;
+      default = false;
+      description = "Open {option}`services.rbee.port` in the firewall (TCP).";
+    };
+
+    acceleration = mkOption {
+      type = types.nullOr (types.enum [ "cpu" "cuda" ]);
+      default = null;
+      example = "cuda";
+      description = ''
+        What the workers run on. `null` and `"cpu"`: the CPU build, and the hive sees no GPU
+        device. `"cuda"`: the CUDA build of the worker (the flake's `rbee-cuda`), and the
+        hive may open /dev/nvidia* to read GPU memory through NVML (workers get their GPU
+        from the hive). The NVIDIA driver itself is configured as usual
+        (`hardware.nvidia`, `services.xserver.videoDrivers`).
+      '';
+    };
+
+    stateDir = mkOption {
+      type = types.path;
+      default = "/var/lib/rbee";
+      description = ''
+        Where the hive keeps its worker records, logs, downloaded models and catalogue
+        (models.db). Under /var/lib it is the service's StateDirectory.
+      '';
+    };
+
+    apiKeyFile = mkOption {
+      type = types.nullOr types.path;
+      default = null;
+      example = "/run/secrets/rbee-api-key";
+      description = ''
+        A file holding the API key clients must send (`Authorization: Bearer <key>`).
+        It must not be in the Nix store (which everyone can read); it is passed to the
+        service as a systemd credential, so it may be readable by root only. Default: no
+        key (fine on loopback).
+      '';
+    };
+
+    hfTokenFile = mkOption {
+      type = types.nullOr types.path;
+      default = null;
+      example = "/run/secrets/hf-token";
+      description = ''
+        A file holding a Hugging Face token, for gated or private models. Not in the Nix
+        store; passed as a systemd credential. Default: none (public models only).
+      '';
+    };
+
+    models = mkOption {
+      type = types.listOf (types.either types.str types.path);
+      default = [ ];
+      example = literalExpression ''
+        [ "hf:HuggingFaceTB/SmolLM2-135M-Instruct-GGUF:Q4_K_M" ./models/mistral.Q4_K_M.gguf ]
+      '';
+      description = ''
+        Models to have in the catalogue at start: model references (`hf:org/repo[:QUANT]`,
+        `file:///abs/path.gguf`), downloaded in the background when the hive starts, and
+        Nix-provided GGUF files (paths or derivations), recorded in place. The hive starts
+        workers for them on demand.
+      '';
+    };
+
+    idleTimeout = mkOption {
+      type = types.ints.unsigned;
+      default = 300;
+      description = "Seconds a worker may sit idle before the hive stops it; 0 never stops one.";
+    };
+
+    workers = {
+      memoryMax = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "80%";
+        description = ''
+          MemoryMax= of rbee-workers.slice: the memory all workers together may use (each
+          worker also gets its own limit from the hive's preflight). Default: no cap.
+        '';
+      };
+      cpuQuota = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "800%";
+        description = "CPUQuota= of rbee-workers.slice (100% = one CPU). Default: no cap.";
+      };
+      ports = mkOption {
+        type = types.str;
+        default = "9300-9399";
+        description = "The ports workers listen on (on loopback), `FIRST-LAST`.";
+      };
+    };
+
+    environmentVariables = mkOption {
+      type = types.attrsOf types.str;
+      default = { };
+      example = { HF_ENDPOINT = "https://hf-mirror.example.org"; RBEE_LOG = "debug"; };
+      description = ''
+        Environment of the hive: `HF_ENDPOINT` (a Hugging Face mirror), `RBEE_LOG`
+        (tracing filter), `HTTPS_PROXY`, … Not for secrets (they would land in the store):
+        use {option}`services.rbee.hfTokenFile`.
+      '';
+    };
+
+    settings = mkOption {
+      type = types.submodule { freeformType = settingsFormat.type; };
+      default = { };
+      example = { limits.ram_bytes = 17179869184; download_attempts = 3; };
+      description = ''
+        The hive's configuration file (TOML; every option `rbee-hive --help` lists, with
+        underscores). The module's own options fill it (host, port, state_dir, …); what is
+        set here wins. The file is checked with `rbee-hive check-config` when the system is
+        built.
+      '';
     };
   };
 
-  config = lib.mkIf cfg.enable {
+  config = mkIf cfg.enable {
+    assertions = [
+      {
+        assertion = cfg.apiKeyFile == null || !lib.hasPrefix builtins.storeDir (toString cfg.apiKeyFile);
+        message = "services.rbee.apiKeyFile must not be in the Nix store (everyone can read it): use a path such as /run/secrets/rbee-api-key.";
+      }
+      {
+        assertion = cfg.hfTokenFile == null || !lib.hasPrefix builtins.storeDir (toString cfg.hfTokenFile);
+        message = "services.rbee.hfTokenFile must not be in the Nix store (everyone can read it).";
+      }
+    ];
+    warnings = lib.optional (!(lib.elem cfg.host [ "127.0.0.1" "::1" "localhost" ]) && cfg.apiKeyFile == null)
+      "services.rbee.host is ${cfg.host} but no apiKeyFile is set: anyone who reaches that address can start workers.";
+
+    services.rbee.settings = lib.mapAttrs (_: mkDefault) ({
+      host = cfg.host;
+      port = cfg.port;
+      state_dir = toString cfg.stateDir;
+      supervisor = "systemd-system";
+      idle_timeout_secs = cfg.idleTimeout;
+      worker_ports = cfg.workers.ports;
+      worker_binary = lib.getExe' cfg.package "llm-worker-rbee";
+      worker_logs = "journal";
+      provision = map modelRef cfg.models;
+    } // lib.optionalAttrs (cfg.apiKeyFile != null) {
+      api_key_file = "${credentialsDir}/api-key";
+    });
+
+    users.users.rbee = {
+      isSystemUser = true;
+      group = "rbee";
+      home = cfg.stateDir;
+      description = "rbee node daemon";
+    };
+    users.groups.rbee = { };
+
+    systemd.tmpfiles.settings."10-rbee" = lib.mkIf (!stateInVarLib) {
+      ${toString cfg.stateDir}.d = { user = "rbee"; group = "rbee"; mode = "0750"; };
+    };
+
+    # Every worker runs in this slice: one place to cap them all.
+    systemd.slices.rbee-workers = {
+      description = "rbee inference workers";
+      sliceConfig = lib.filterAttrs (_: v: v != null) {
+        MemoryMax = cfg.workers.memoryMax;
+        CPUQuota = cfg.workers.cpuQuota;
+      };
+    };
+
+    systemd.services.rbee-hive = {
+      description = "rbee hive (node daemon: runs LLM workers as systemd units)";
+      documentation = [ "https://github.com/rbee-project/rbee#readme" ];
+      wantedBy = [ "multi-user.target" ];
+      after = [ "network-online.target" "dbus.service" ];
+      wants = [ "network-online.target" ];
+      environment = cfg.environmentVariables
+        // lib.optionalAttrs (cfg.hfTokenFile != null) { HF_TOKEN_PATH = "${credentialsDir}/hf-token"; };
+      # The workers are siblings (transient units), not children: restarting the hive
+      # does not kill them (the next hive adopts them); stopping it stops them (SIGTERM).
+      restartIfChanged = true;
+      serviceConfig = {
+        Type = "notify";
+        NotifyAccess = "main";
+        WatchdogSec = 60;
+        ExecStart = "${lib.getExe' cfg.package "rbee-hive"} --config ${checkedConfig}";
+        User = "rbee";
+        Group = "rbee";
+        KillSignal = "SIGTERM";
+        TimeoutStopSec = 90;
+        Restart = "on-failure";
+        RestartSec = 5;
+        # A bad config or a taken port: restarting cannot fix them.
+        RestartPreventExitStatus = "2 3";
+        LoadCredential =
+          lib.optional (cfg.apiKeyFile != null) "api-key:${toString cfg.apiKeyFile}"
+          ++ lib.optional (cfg.hfTokenFile != null) "hf-token:${toString cfg.hfTokenFile}";
+
+        # The hive parses no model weights and runs no inference: a tight sandbox.
+        NoNewPrivileges = true;
+        ProtectSystem = "strict";
+        ProtectHome = true;
+        PrivateTmp = true;
+        # Loosened: no PrivateDevices — with CUDA the hive reads GPU memory through NVML,
+        # which opens /dev/nvidiactl and /dev/nvidiaN; an allow-list instead.
+        DevicePolicy = "closed";
+        DeviceAllow = lib.optional cuda "char-nvidia-frontend rw";
+        ProtectKernelTunables = true;
+        ProtectKernelModules = true;
+        ProtectKernelLogs = true;
+        ProtectControlGroups = true;
+        ProtectClock = true;
+        ProtectHostname = true;
+        RestrictNamespaces = true;
+        RestrictRealtime = true;
+        RestrictSUIDSGID = true;
+        LockPersonality = true;
+        MemoryDenyWriteExecute = true;
+        SystemCallArchitectures = "native";
+        SystemCallFilter = [ "@system-service" ];
+        SystemCallErrorNumber = "EPERM";
+        # Loosened: AF_UNIX for the system bus (StartTransientUnit, polkit) and sd_notify.
+        RestrictAddressFamilies = [ "AF_INET" "AF_INET6" "AF_UNIX" ];
+        CapabilityBoundingSet = "";
+        UMask = "0027";
+      } // (if stateInVarLib then {
+        StateDirectory = lib.removePrefix "/var/lib/" (toString cfg.stateDir);
+        StateDirectoryMode = "0750";
+      } else {
+        ReadWritePaths = [ (toString cfg.stateDir) ];
+      });
+    };
+
+    # The rbee user may start, stop and signal rbee-worker@*.service units and nothing
+    # else (see ../systemd/rbee-hive.polkit.rules). systemd passes the unit name to polkit
+    # for transient units from v257 on; with an older systemd the second rule answers the
+    # requests that carry no unit name (root-equivalent; see its file).
+    security.polkit.enable = true;
+    security.polkit.extraConfig =
+      builtins.readFile ../systemd/rbee-hive.polkit.rules
+      + lib.optionalString (lib.versionOlder config.systemd.package.version "257")
+        (builtins.readFile ../systemd/rbee-hive-systemd-pre257.polkit.rules);
+
+    networking.firewall.allowedTCPPorts = lib.optional cfg.openFirewall cfg.port;
+
     environment.systemPackages = [ cfg.package ];
   };
 }

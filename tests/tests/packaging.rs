@@ -201,8 +201,32 @@ fn every_nix_file_parses() {
         have("nix-instantiate"),
         "nix-instantiate is not installed (apt-get install nix-bin)"
     );
-    let files = ["flake.nix", "nix/package.nix", "nixos-module/default.nix"];
-    for f in files {
+    // Every .nix file of the repository (outside build outputs).
+    let mut files = vec![];
+    let mut dirs = vec![repo()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            let name = e.file_name().to_string_lossy().into_owned();
+            if p.is_dir() && !name.starts_with('.') && name != "target" {
+                dirs.push(p);
+            } else if name.ends_with(".nix") {
+                files.push(p.strip_prefix(repo()).unwrap().to_path_buf());
+            }
+        }
+    }
+    for f in [
+        "flake.nix",
+        "nixos-module/default.nix",
+        "nix/package.nix",
+        "nix/tests/hive.nix",
+    ] {
+        assert!(
+            files.iter().any(|p| p.as_path() == Path::new(f)),
+            "{f} found"
+        );
+    }
+    for f in &files {
         let out = Command::new("nix-instantiate")
             .arg("--parse")
             .arg(repo().join(f))
@@ -210,7 +234,8 @@ fn every_nix_file_parses() {
             .unwrap();
         assert!(
             out.status.success(),
-            "{f}: {}",
+            "{}: {}",
+            f.display(),
             String::from_utf8_lossy(&out.stderr)
         );
     }
