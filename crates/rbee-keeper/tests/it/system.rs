@@ -32,6 +32,23 @@ fn keeper(c: &SystemContainer, args: &[&str]) -> (bool, String) {
     c.exec(&all)
 }
 
+/// `rbee-keeper infer` of `model` there, which must succeed with an answer.
+fn infer_there(c: &SystemContainer, model: &str, max_tokens: &str) {
+    let (ok, out) = keeper(
+        c,
+        &[
+            "infer",
+            "--model",
+            model,
+            "--prompt",
+            "Bees",
+            "--max-tokens",
+            max_tokens,
+        ],
+    );
+    assert!(ok && !out.trim().is_empty(), "{out}");
+}
+
 /// The overall exposure `systemd-analyze security` gives `unit`, and its whole report.
 fn exposure(c: &SystemContainer, unit: &str) -> (f64, String) {
     let (_, out) = c.exec(&["systemd-analyze", "security", "--no-pager", unit]);
@@ -127,19 +144,7 @@ fn install_system_runs_the_hive_as_rbee_with_sandboxed_workers_polkit_and_journa
     // allowed it — and the answer streams back.
     let name = model.file_name().unwrap().to_str().unwrap();
     let m = format!("file:///models/{name}");
-    let (ok, out) = keeper(
-        &c,
-        &[
-            "infer",
-            "--model",
-            &m,
-            "--prompt",
-            "Bees",
-            "--max-tokens",
-            "8",
-        ],
-    );
-    assert!(ok, "{out}");
+    infer_there(&c, &m, "8");
     let units = worker_units(&c);
     assert_eq!(units.len(), 1, "{units:?}");
     let unit = &units[0];
@@ -209,19 +214,7 @@ fn install_system_runs_the_hive_as_rbee_with_sandboxed_workers_polkit_and_journa
     assert!(ok && status.contains("systemd-system"), "{status}");
 
     // And by name, rbee may stop a worker unit (what the hive does on shutdown).
-    let (ok, out) = keeper(
-        &c,
-        &[
-            "infer",
-            "--model",
-            &m,
-            "--prompt",
-            "Bees",
-            "--max-tokens",
-            "4",
-        ],
-    );
-    assert!(ok, "{out}");
+    infer_there(&c, &m, "4");
     let unit = worker_units(&c).pop().expect("a worker again");
     let (ok, out) = c.exec(&["runuser", "-u", "rbee", "--", "systemctl", "stop", &unit]);
     assert!(ok, "rbee may stop {unit}: {out}");
