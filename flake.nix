@@ -43,6 +43,8 @@
             (lib.filterAttrs (f: t: t == "regular" && lib.hasSuffix ".nix" f) (builtins.readDir ./nix/tests));
         in
         { package = packages.rbee; }
+        # Built, never run: evaluation and the build need no GPU.
+        // lib.optionalAttrs (system == "x86_64-linux") { package-cuda = packages.rbee-cuda; }
         // import ./nix/checks.nix {
           inherit lib pkgs;
           inherit (packages) rbee smollm2;
