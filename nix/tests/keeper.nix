@@ -6,8 +6,8 @@
 let
   smollm2 = self.packages.${pkgs.stdenv.hostPlatform.system}.smollm2;
   rbee = self.packages.${pkgs.stdenv.hostPlatform.system}.rbee;
+  # nixpkgs' test keys (a file and its public line).
   snakeoil = import "${pkgs.path}/nixos/tests/ssh-keys.nix" pkgs;
-  privateKey = pkgs.writeText "id_snakeoil" snakeoil.snakeOilPrivateKey;
 in
 {
   name = "rbee-keeper";
@@ -19,7 +19,7 @@ in
       models = [ smollm2 ];
     };
     services.openssh.enable = true;
-    users.users.root.openssh.authorizedKeys.keys = [ snakeoil.snakeOilPublicKey ];
+    users.users.root.openssh.authorizedKeys.keys = [ snakeoil.snakeOilEd25519PublicKey ];
     virtualisation.memorySize = 2048;
   };
 
@@ -34,7 +34,7 @@ in
 
     laptop.succeed(
         "mkdir -p -m 700 /root/.ssh",
-        "cp ${privateKey} /root/.ssh/id_ed25519",
+        "cp ${snakeoil.snakeOilEd25519PrivateKey} /root/.ssh/id_ed25519",
         "chmod 600 /root/.ssh/id_ed25519",
         "ssh-keyscan node >> /root/.ssh/known_hosts",
     )
