@@ -44,8 +44,9 @@ rustPlatform.buildRustPackage {
     ++ lib.optionals metalSupport [ "llm-worker-rbee/metal" ];
 
   env = lib.optionalAttrs cudaSupport {
-    # The GPU generations nixpkgs' CUDA set is configured for (cudaCapabilities).
-    CMAKE_CUDA_ARCHITECTURES = cudaPackages.flags.cmakeCudaArchitecturesString;
+    # The GPU generations nixpkgs' CUDA set is configured for (cudaCapabilities); CMake
+    # reads CUDAARCHS for CMAKE_CUDA_ARCHITECTURES.
+    CUDAARCHS = cudaPackages.flags.cmakeCudaArchitecturesString;
   };
 
   # The test suite runs as its own check (nix/checks.nix) with the test model provided.
