@@ -31,6 +31,24 @@ struct Args {
     lookups: usize,
 }
 
+/// Runs `script` with `sh -c` (`$1` the output file, `$2` the URL), pipefail on; its wall
+/// time in seconds. The file is removed afterwards.
+fn timed_shell(script: &str, out: &std::path::Path, url: &str) -> anyhow::Result<f64> {
+    let t0 = Instant::now();
+    let st = Command::new("bash")
+        .args(["-o", "pipefail", "-c", script, "sh"])
+        .arg(out)
+        .arg(url)
+        .status()
+        .context("bash runs")?;
+    let secs = t0.elapsed().as_secs_f64();
+    if !st.success() {
+        bail!("`{script}` failed: {st}");
+    }
+    std::fs::remove_file(out)?;
+    Ok(secs)
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let model = match args.model.or_else(rbee_test_support::model::test_model) {
@@ -63,33 +81,18 @@ fn main() -> anyhow::Result<()> {
     let (mut curl, mut curl_sync, mut rbee, mut ratio, mut ratio_sync) =
         (vec![], vec![], vec![], vec![], vec![]);
     let (mut rbee_transfer, mut ratio_transfer) = (vec![], vec![]);
+    let (mut curl_hash, mut ratio_hash) = (vec![], vec![]);
+    let out = dir.join("curl.gguf");
     for round in 0..args.rounds {
-        let out = dir.join("curl.gguf");
-        let t0 = Instant::now();
-        let st = Command::new("curl")
-            .args(["-sSf", "-o"])
-            .arg(&out)
-            .arg(&url)
-            .status()
-            .context("curl runs")?;
-        let c = t0.elapsed().as_secs_f64();
-        if !st.success() {
-            bail!("curl failed: {st}");
-        }
-        std::fs::remove_file(&out)?;
+        let c = timed_shell("curl -sSf -o \"$1\" \"$2\"", &out, &url)?;
         // The same durability as rbee's download: the file fsynced before it counts.
-        let t0 = Instant::now();
-        let st = Command::new("sh")
-            .args(["-c", "curl -sSf -o \"$1\" \"$2\" && sync \"$1\"", "sh"])
-            .arg(&out)
-            .arg(&url)
-            .status()
-            .context("curl runs")?;
-        let cs = t0.elapsed().as_secs_f64();
-        if !st.success() {
-            bail!("curl + sync failed: {st}");
-        }
-        std::fs::remove_file(&out)?;
+        let cs = timed_shell("curl -sSf -o \"$1\" \"$2\" && sync \"$1\"", &out, &url)?;
+        // The same work but the fsync: written and hashed while it arrives.
+        let ch = timed_shell(
+            "curl -sSf \"$2\" | tee \"$1\" | openssl dgst -sha256 > /dev/null",
+            &out,
+            &url,
+        )?;
         let dest = dir.join("rbee.gguf");
         let t0 = Instant::now();
         let mut last_byte = None;
@@ -105,12 +108,16 @@ fn main() -> anyhow::Result<()> {
             bail!("hash mismatch");
         }
         std::fs::remove_file(&dest)?;
-        let (cm, csm, rm) = (
+        let (cm, csm, chm, rm) = (
             size as f64 / c / 1e6,
             size as f64 / cs / 1e6,
+            size as f64 / ch / 1e6,
             size as f64 / r / 1e6,
         );
-        eprintln!("round {round}: curl {cm:.0} MB/s, curl+sync {csm:.0} MB/s, rbee {rm:.0} MB/s");
+        eprintln!(
+            "round {round}: curl {cm:.0} MB/s, curl+sync {csm:.0} MB/s, curl|tee|openssl {chm:.0} MB/s, rbee {rm:.0} MB/s"
+        );
+        curl_hash.push(chm);
         curl.push(cm);
         curl_sync.push(csm);
         rbee.push(rm);
@@ -119,12 +126,18 @@ fn main() -> anyhow::Result<()> {
         let tm = size as f64 / transfer / 1e6;
         rbee_transfer.push(tm);
         ratio_transfer.push(tm / cm);
+        ratio_hash.push(tm / chm);
     }
     println!("{:<58} {:>8}", "median", "MB/s");
     println!(
         "{:<58} {:>8.0}",
         "curl -o (no hash, no fsync)",
         median(&mut curl)
+    );
+    println!(
+        "{:<58} {:>8.0}",
+        "curl | tee FILE | openssl sha256 (hashed while written)",
+        median(&mut curl_hash)
     );
     println!(
         "{:<58} {:>8.0}",
@@ -143,6 +156,10 @@ fn main() -> anyhow::Result<()> {
     println!(
         "rbee to the last byte / curl = {:.3} (the transfer with hashing, without fsync)",
         median(&mut ratio_transfer)
+    );
+    println!(
+        "rbee to the last byte / (curl | tee | openssl sha256) = {:.3} (the same work, no fsync)",
+        median(&mut ratio_hash)
     );
     println!(
         "rbee / (curl + sync) = {:.3} (the same durability)",
