@@ -27,7 +27,8 @@ pub struct Sshd {
     pub dir: TempDir,
 }
 
-fn keygen(path: &Path) {
+/// Writes a new ed25519 key pair without a passphrase: `path` and `path.pub`.
+pub fn keygen(path: &Path) {
     let st = Command::new("ssh-keygen")
         .args(["-q", "-t", "ed25519", "-N", "", "-C", "rbee-test", "-f"])
         .arg(path)

@@ -7,8 +7,12 @@
 //! logs`, and `rbee-keeper hive stop|start` drive the system unit (its workers stop with it).
 
 use rbee_test_support::container::{container_or_skip, SystemContainer};
+use rbee_test_support::model::TempDir;
 use rbee_test_support::model::{model_and_worker, worker_binary};
 use rbee_test_support::process::free_port;
+use rbee_test_support::sshd::keygen;
+
+use crate::common::Keeper;
 
 /// The highest `systemd-analyze security` exposure allowed for a worker unit.
 const WORKER_EXPOSURE_MAX: f64 = 2.0;
@@ -219,4 +223,78 @@ fn install_system_runs_the_hive_as_rbee_with_sandboxed_workers_polkit_and_journa
     let (ok, out) = c.exec(&["runuser", "-u", "rbee", "--", "systemctl", "stop", &unit]);
     assert!(ok, "rbee may stop {unit}: {out}");
     assert!(!c.systemctl(&["is-active", &unit]).0);
+
+    over_ssh(&c, port, &m);
+}
+
+/// The same system hive from this machine, as a registered node over real SSH (the
+/// container's own sshd, on a port of its own): status, a prompt, the hive's journal,
+/// `hive stop` and `hive start` — systemctl and journalctl run there.
+fn over_ssh(c: &SystemContainer, hive_port: u16, model: &str) {
+    let ssh_port = free_port();
+    let keys = TempDir::new("container-ssh");
+    let key = keys.join("id_ed25519");
+    keygen(&key);
+    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    exec(
+        c,
+        &[
+            "sh",
+            "-c",
+            &format!(
+                "mkdir -p -m 700 /root/.ssh && echo '{}' > /root/.ssh/authorized_keys && \
+                 printf 'Port {ssh_port}\\nListenAddress 127.0.0.1\\nPasswordAuthentication no\\n' \
+                 > /etc/ssh/sshd_config.d/rbee-test.conf",
+                public.trim()
+            ),
+        ],
+    );
+    exec(c, &["systemctl", "start", "ssh"]);
+    let host_key = exec(c, &["cat", "/etc/ssh/ssh_host_ed25519_key.pub"]);
+    let host_key: Vec<&str> = host_key.split_whitespace().take(2).collect();
+    let known_hosts = keys.join("known_hosts");
+    std::fs::write(
+        &known_hosts,
+        format!("[127.0.0.1]:{ssh_port} {}\n", host_key.join(" ")),
+    )
+    .unwrap();
+    let k = Keeper::new(&known_hosts);
+    let port = hive_port.to_string();
+    let out = k.add_with("box", ssh_port, "root", &key, &["--hive-port", &port]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let ok = |args: &[&str]| {
+        let out = k.run(args);
+        assert_eq!(out.code, 0, "{args:?}: {}", out.stderr);
+        out
+    };
+    let status = ok(&["hive", "status", "--node", "box"]).stdout;
+    assert!(status.contains("systemd-system"), "{status}");
+    let answer = ok(&[
+        "infer",
+        "--node",
+        "box",
+        "--model",
+        model,
+        "--prompt",
+        "Bees",
+        "--max-tokens",
+        "4",
+    ]);
+    assert!(!answer.stdout.trim().is_empty());
+    let log = ok(&["logs", "--node", "box", "--lines", "100"]).stdout;
+    assert!(
+        log.contains("rbee-hive ready"),
+        "the journal over SSH:\n{log}"
+    );
+    let stop = ok(&["hive", "stop", "--node", "box"]);
+    assert!(
+        stop.stderr
+            .contains("the hive on box stopped (systemctl --system stop rbee-hive.service)"),
+        "{}",
+        stop.stderr
+    );
+    assert!(!c.systemctl(&["is-active", "rbee-hive"]).0);
+    assert!(worker_units(c).is_empty(), "{:?}", worker_units(c));
+    ok(&["hive", "start", "--node", "box"]);
+    assert!(c.systemctl(&["is-active", "rbee-hive"]).0);
 }
