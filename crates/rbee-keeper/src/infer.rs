@@ -58,13 +58,19 @@ pub struct InferArgs {
     /// Seconds without a token before the request is cancelled.
     #[arg(long, default_value_t = 60)]
     pub token_timeout_secs: u64,
+    /// Whether the backend came from the config (for error messages).
+    #[arg(skip)]
+    pub backend_from_config: bool,
 }
 
 impl InferArgs {
     /// Fills what was not given from the config's `[defaults]`.
     pub fn with_defaults(mut self, cfg: &Config) -> InferArgs {
         self.node = Some(cfg.node_or_default(self.node));
-        self.backend = self.backend.or_else(|| cfg.defaults.backend.clone());
+        if self.backend.is_none() {
+            self.backend_from_config = cfg.defaults.backend.is_some();
+            self.backend = cfg.defaults.backend.clone();
+        }
         self
     }
 
@@ -92,7 +98,12 @@ pub fn validate(a: &InferArgs) -> Result<(), Failure> {
         ]));
     }
     if !["cpu", "cuda", "metal"].contains(&a.backend()) {
-        return Err(keeper(format!("unknown backend {:?}", a.backend()))
+        let origin = if a.backend_from_config {
+            " ([defaults] backend in the config)"
+        } else {
+            ""
+        };
+        return Err(keeper(format!("unknown backend {:?}{origin}", a.backend()))
             .detail("accepted: cpu, cuda, metal")
             .suggest(["e.g. --backend cuda --device 0".to_string()]));
     }

@@ -145,3 +145,17 @@ pub fn container_or_skip(binds: &[(&Path, &str)]) -> Option<SystemContainer> {
     }
     c.ok()
 }
+
+/// Where [`rbee_container_or_skip`] binds the release binaries and the model's directory.
+pub const BUILD_DIR: &str = "/opt/rbee";
+/// See [`BUILD_DIR`].
+pub const MODELS_DIR: &str = "/models";
+
+/// A booted container with this build's release binaries at [`BUILD_DIR`] and the
+/// directory of `model` at [`MODELS_DIR`] (both read-only), or `None` after saying why.
+pub fn rbee_container_or_skip(model: &Path) -> Option<SystemContainer> {
+    let build = crate::model::worker_binary();
+    let build = build.parent()?;
+    let models = model.parent()?;
+    container_or_skip(&[(build, BUILD_DIR), (models, MODELS_DIR)])
+}

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use rbee_test_support::container::container_or_skip;
+use rbee_test_support::container::rbee_container_or_skip;
 use rbee_test_support::process::free_port;
 use serde_json::json;
 
@@ -12,9 +12,7 @@ use crate::common::*;
 #[test]
 fn under_the_system_manager_workers_run_sandboxed_with_their_key_as_a_credential() {
     let Some(model) = model() else { return };
-    let bin_dir = worker_binary().parent().unwrap().to_path_buf();
-    let model_dir = model.parent().unwrap().to_path_buf();
-    let Some(c) = container_or_skip(&[(&bin_dir, "/opt/rbee"), (&model_dir, "/models")]) else {
+    let Some(c) = rbee_container_or_skip(&model) else {
         return;
     };
     let port = free_port();

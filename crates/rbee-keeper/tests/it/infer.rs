@@ -504,7 +504,8 @@ fn the_config_chooses_node_and_backend_when_not_given_and_bad_config_is_named() 
     let out = k.run(&["infer", "--model", m, "--prompt", "p"]);
     assert_eq!(out.code, 1);
     assert!(
-        out.stderr.contains("unknown backend \"rocm\""),
+        out.stderr
+            .contains("unknown backend \"rocm\" ([defaults] backend in the config)"),
         "{}",
         out.stderr
     );

@@ -6,9 +6,9 @@
 //! worker units and nothing else by name, the hive's journal reads back through `rbee-keeper
 //! logs`, and `rbee-keeper hive stop|start` drive the system unit (its workers stop with it).
 
-use rbee_test_support::container::{container_or_skip, SystemContainer};
+use rbee_test_support::container::{rbee_container_or_skip, SystemContainer};
+use rbee_test_support::model::model_and_worker;
 use rbee_test_support::model::TempDir;
-use rbee_test_support::model::{model_and_worker, worker_binary};
 use rbee_test_support::process::free_port;
 use rbee_test_support::sshd::keygen;
 
@@ -83,9 +83,7 @@ fn install_system_runs_the_hive_as_rbee_with_sandboxed_workers_polkit_and_journa
     let Some(model) = model_and_worker() else {
         return;
     };
-    let build = worker_binary().parent().unwrap().to_path_buf();
-    let models = model.parent().unwrap().to_path_buf();
-    let Some(c) = container_or_skip(&[(&build, "/opt/rbee-build"), (&models, "/models")]) else {
+    let Some(c) = rbee_container_or_skip(&model) else {
         return;
     };
     let port = free_port();
@@ -95,7 +93,7 @@ fn install_system_runs_the_hive_as_rbee_with_sandboxed_workers_polkit_and_journa
     let out = exec(
         &c,
         &[
-            "/opt/rbee-build/rbee-keeper",
+            "/opt/rbee/rbee-keeper",
             "install",
             "--system",
             "--hive-port",
