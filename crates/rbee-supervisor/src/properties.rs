@@ -135,11 +135,19 @@ pub fn worker_properties(unit: &WorkerUnit, kind: ManagerKind) -> Vec<(&'static 
                 "SystemCallFilter",
                 Prop::List(true, vec!["@system-service".into()]),
             ),
-            // Minus what a worker never needs (the privileged calls, scheduling and
-            // resource limits); a filtered call fails with EPERM instead of killing it.
+            // Minus what a worker never needs: the privileged calls, and for a CPU worker
+            // scheduling and memory policy too (the CUDA driver uses mbind and affinity
+            // for pinned memory). A filtered call fails with EPERM instead of killing it.
             (
                 "SystemCallFilter",
-                Prop::List(false, vec!["@privileged".into(), "@resources".into()]),
+                Prop::List(
+                    false,
+                    if unit.devices.is_empty() {
+                        vec!["@privileged".into(), "@resources".into()]
+                    } else {
+                        vec!["@privileged".into()]
+                    },
+                ),
             ),
             ("SystemCallErrorNumber", Prop::I32(libc_eperm())),
             ("SystemCallArchitectures", Prop::Strs(vec!["native".into()])),
@@ -246,6 +254,16 @@ mod tests {
         let cpu = worker_properties(&cpu_only, ManagerKind::System);
         assert_eq!(get(&cpu, "PrivateDevices"), Some(&Prop::Bool(true)));
         assert_eq!(get(&cpu, "MemoryDenyWriteExecute"), Some(&Prop::Bool(true)));
+        let denied = |p: &[(&str, Prop)]| {
+            p.iter()
+                .find_map(|(n, v)| match v {
+                    Prop::List(false, l) if *n == "SystemCallFilter" => Some(l.clone()),
+                    _ => None,
+                })
+                .unwrap_or_default()
+        };
+        assert_eq!(denied(&cpu), ["@privileged", "@resources"]);
+        assert_eq!(denied(&sys), ["@privileged"], "CUDA pins memory with mbind");
         let user = worker_properties(&unit(), ManagerKind::User);
         assert!(get(&user, "DynamicUser").is_none());
         assert!(get(&user, "DeviceAllow").is_none());
