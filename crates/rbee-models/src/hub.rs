@@ -3,7 +3,7 @@
 //! verify — a partial file never sits where a worker would load it.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -12,6 +12,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::reference::Selector;
+use crate::sink::Sink;
 
 /// Where the hub is and how patient to be with it.
 #[derive(Debug, Clone)]
@@ -348,95 +349,6 @@ fn fill(r: &mut impl Read, buf: &mut [u8]) -> (usize, std::io::Result<()>) {
     (n, Ok(()))
 }
 
-/// SHA-256 computed on its own thread. Chunk buffers go to it and come back (a small pool),
-/// so nothing is copied or allocated per chunk.
-struct BackgroundHasher {
-    tx: Option<std::sync::mpsc::SyncSender<(Vec<u8>, usize)>>,
-    pool: std::sync::mpsc::Receiver<Vec<u8>>,
-    handle: Option<std::thread::JoinHandle<Sha256>>,
-}
-
-/// Bytes per chunk.
-const CHUNK: usize = 1 << 20;
-
-impl BackgroundHasher {
-    fn new(mut hasher: Sha256) -> Self {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<(Vec<u8>, usize)>(4);
-        let (back, pool) = std::sync::mpsc::channel::<Vec<u8>>();
-        for _ in 0..4 {
-            let _ = back.send(vec![0u8; CHUNK]);
-        }
-        let handle = std::thread::Builder::new()
-            .name("sha256".into())
-            .spawn(move || {
-                for (chunk, n) in rx {
-                    hasher.update(&chunk[..n]);
-                    let _ = back.send(chunk);
-                }
-                hasher
-            })
-            .expect("spawning the hashing thread");
-        Self {
-            tx: Some(tx),
-            pool,
-            handle: Some(handle),
-        }
-    }
-
-    /// A free chunk buffer (waits for the hasher to return one).
-    fn buffer(&self) -> Vec<u8> {
-        self.pool.recv().unwrap_or_else(|_| vec![0u8; CHUNK])
-    }
-
-    /// Hashes the first `n` bytes of `buf` (which comes back to the pool).
-    fn hash(&mut self, buf: Vec<u8>, n: usize) {
-        if let Some(tx) = &self.tx {
-            let _ = tx.send((buf, n));
-        }
-    }
-
-    fn finish(mut self) -> Sha256 {
-        self.tx = None;
-        self.handle
-            .take()
-            .and_then(|h| h.join().ok())
-            .unwrap_or_default()
-    }
-}
-
-impl Drop for BackgroundHasher {
-    fn drop(&mut self) {
-        // An attempt that fails part-way: let the thread end.
-        self.tx = None;
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
-        }
-    }
-}
-
-/// Written bytes handed to the kernel's writeback this often, so the final fsync finds
-/// little left to write (it was the slowest part of a download on loopback).
-const WRITEBACK_CHUNK: u64 = 16 << 20;
-
-/// Starts writing back a range of the file without waiting (Linux; elsewhere a no-op).
-fn start_writeback(f: &File, offset: u64, len: u64) {
-    #[cfg(target_os = "linux")]
-    {
-        use std::os::fd::AsRawFd;
-        // SAFETY: a plain syscall on an open descriptor; it only schedules I/O.
-        unsafe {
-            libc::sync_file_range(
-                f.as_raw_fd(),
-                offset as libc::off64_t,
-                len as libc::off64_t,
-                libc::SYNC_FILE_RANGE_WRITE,
-            );
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = (f, offset, len);
-}
-
 /// What went wrong in one attempt.
 enum Failure {
     /// Retry (transport error, 5xx, cut connection, checksum mismatch).
@@ -631,22 +543,37 @@ fn attempt_once(
             hasher = Sha256::new();
         }
         let mut body = resp.into_reader();
-        // Hashing on another core, while this one receives and writes.
-        let mut bg = BackgroundHasher::new(std::mem::take(&mut hasher));
+        let file_for_sink = out
+            .try_clone()
+            .map_err(|e| Failure::Final(io_error(partial, &e)))?;
+        // This thread only receives; writing and hashing run on threads of their own.
+        let sink = Sink::new(file_for_sink, offset, std::mem::take(&mut hasher));
         let (mut last_tick, mut window_start, mut window_bytes) =
             (Instant::now(), Instant::now(), 0u64);
         let mut speed = 0.0;
-        let mut flushed = offset;
         progress(&Tick {
             bytes: offset,
             total: file.size,
             attempt,
             speed_mbps: 0.0,
         });
+        let write_failed = |sink: Sink, offset: u64| -> Failure {
+            let e = match sink.finish() {
+                Err(e) => e,
+                Ok(_) => std::io::Error::other("the writer stopped"),
+            };
+            if e.raw_os_error() == Some(libc::ENOSPC) {
+                Failure::Final(disk_full(partial, file.size - offset))
+            } else {
+                Failure::Final(io_error(partial, &e))
+            }
+        };
         while offset < file.size {
             // Whole 1 MiB chunks (the socket yields a few KiB per read): one write and one
             // hand-over to the hashing thread per MiB instead of per packet.
-            let mut buf = bg.buffer();
+            let Some(mut buf) = sink.buffer() else {
+                return Err(write_failed(sink, offset));
+            };
             let want = buf.len().min((file.size - offset) as usize);
             let (n, end) = fill(&mut body, &mut buf[..want]);
             if n == 0 {
@@ -671,20 +598,12 @@ fn attempt_once(
                 };
                 return Err(Failure::Retry(why, stalled));
             }
-            if let Err(e) = out.write_all(&buf[..n]) {
-                if e.raw_os_error() == Some(libc::ENOSPC) {
-                    return Err(Failure::Final(disk_full(partial, file.size - offset)));
-                }
-                return Err(Failure::Final(io_error(partial, &e)));
+            if !sink.push(buf, n) {
+                return Err(write_failed(sink, offset));
             }
-            bg.hash(buf, n);
             offset += n as u64;
             window_bytes += n as u64;
-            if offset - flushed >= WRITEBACK_CHUNK {
-                start_writeback(&out, flushed, offset - flushed);
-                flushed = offset;
-            }
-            if last_tick.elapsed() >= Duration::from_millis(200) {
+            if offset < file.size && last_tick.elapsed() >= Duration::from_millis(200) {
                 let secs = window_start.elapsed().as_secs_f64().max(1e-6);
                 speed = window_bytes as f64 / secs / 1e6;
                 if secs > 2.0 {
@@ -699,13 +618,19 @@ fn attempt_once(
                 last_tick = Instant::now();
             }
         }
+        hasher = match sink.finish() {
+            Ok(h) => h,
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => {
+                return Err(Failure::Final(disk_full(partial, file.size - offset)))
+            }
+            Err(e) => return Err(Failure::Final(io_error(partial, &e))),
+        };
         progress(&Tick {
             bytes: offset,
             total: file.size,
             attempt,
             speed_mbps: speed,
         });
-        hasher = bg.finish();
     }
     if let Err(e) = out.sync_all() {
         if e.raw_os_error() == Some(libc::ENOSPC) {

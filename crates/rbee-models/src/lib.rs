@@ -7,4 +7,5 @@ pub mod catalog;
 pub mod hub;
 pub mod provisioner;
 pub mod reference;
+mod sink;
 pub mod space;

@@ -21,7 +21,7 @@ struct Args {
     #[arg(long)]
     model: Option<PathBuf>,
     /// Download rounds.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 15)]
     rounds: usize,
     /// Catalogue rows.
     #[arg(long, default_value_t = 1000)]
@@ -32,8 +32,10 @@ struct Args {
 }
 
 /// Runs `script` with `sh -c` (`$1` the output file, `$2` the URL), pipefail on; its wall
-/// time in seconds. The file is removed afterwards.
-fn timed_shell(script: &str, out: &std::path::Path, url: &str) -> anyhow::Result<f64> {
+/// time in seconds and the machine's CPU use meanwhile. The file is removed afterwards.
+fn timed_shell(script: &str, out: &std::path::Path, url: &str) -> anyhow::Result<(f64, f64)> {
+    settle();
+    let cpu = CpuUse::start();
     let t0 = Instant::now();
     let st = Command::new("bash")
         .args(["-o", "pipefail", "-c", script, "sh"])
@@ -42,11 +44,55 @@ fn timed_shell(script: &str, out: &std::path::Path, url: &str) -> anyhow::Result
         .status()
         .context("bash runs")?;
     let secs = t0.elapsed().as_secs_f64();
+    let busy = cpu.busy();
     if !st.success() {
         bail!("`{script}` failed: {st}");
     }
     std::fs::remove_file(out)?;
-    Ok(secs)
+    Ok((secs, busy))
+}
+
+/// Every timed download starts alike: nothing left dirty by the one before (whose writeback
+/// would otherwise land in the next one's time), after a short pause.
+fn settle() {
+    // SAFETY: sync(2) takes no arguments and cannot fail.
+    unsafe { libc::sync() };
+    std::thread::sleep(Duration::from_millis(100));
+}
+
+/// The whole machine's CPU use over an interval, from `/proc/stat` (all cores; iowait
+/// counts as idle).
+struct CpuUse {
+    total: u64,
+    idle: u64,
+}
+
+impl CpuUse {
+    fn read() -> (u64, u64) {
+        let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        let v: Vec<u64> = stat
+            .lines()
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+        (v.iter().sum(), idle)
+    }
+
+    fn start() -> CpuUse {
+        let (total, idle) = Self::read();
+        CpuUse { total, idle }
+    }
+
+    /// The busy share (0–1) since `start`.
+    fn busy(&self) -> f64 {
+        let (total, idle) = Self::read();
+        let dt = total.saturating_sub(self.total).max(1) as f64;
+        1.0 - idle.saturating_sub(self.idle) as f64 / dt
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -82,18 +128,21 @@ fn main() -> anyhow::Result<()> {
         (vec![], vec![], vec![], vec![], vec![]);
     let (mut rbee_transfer, mut ratio_transfer) = (vec![], vec![]);
     let (mut curl_hash, mut ratio_hash) = (vec![], vec![]);
+    let (mut curl_busy, mut rbee_busy) = (vec![], vec![]);
     let out = dir.join("curl.gguf");
     for round in 0..args.rounds {
-        let c = timed_shell("curl -sSf -o \"$1\" \"$2\"", &out, &url)?;
+        let (c, cb) = timed_shell("curl -sSf -o \"$1\" \"$2\"", &out, &url)?;
         // The same durability as rbee's download: the file fsynced before it counts.
-        let cs = timed_shell("curl -sSf -o \"$1\" \"$2\" && sync \"$1\"", &out, &url)?;
+        let (cs, _) = timed_shell("curl -sSf -o \"$1\" \"$2\" && sync \"$1\"", &out, &url)?;
         // The same work but the fsync: written and hashed while it arrives.
-        let ch = timed_shell(
+        let (ch, _) = timed_shell(
             "curl -sSf \"$2\" | tee \"$1\" | openssl dgst -sha256 > /dev/null",
             &out,
             &url,
         )?;
         let dest = dir.join("rbee.gguf");
+        settle();
+        let cpu = CpuUse::start();
         let t0 = Instant::now();
         let mut last_byte = None;
         let got = hub::download(&cfg, "org/bench", "c0ffee", &file, &dest, "bench", |t| {
@@ -103,6 +152,8 @@ fn main() -> anyhow::Result<()> {
         })
         .map_err(|e| anyhow::anyhow!("{e}"))?;
         let r = t0.elapsed().as_secs_f64();
+        rbee_busy.push(cpu.busy() * 100.0);
+        curl_busy.push(cb * 100.0);
         let transfer = last_byte.unwrap_or(r);
         if got != sha {
             bail!("hash mismatch");
@@ -150,8 +201,10 @@ fn main() -> anyhow::Result<()> {
         median(&mut rbee_transfer)
     );
     println!(
-        "rbee / curl (median of per-round ratios) = {:.3} (target >= 0.9)",
-        median(&mut ratio)
+        "rbee / curl (median of per-round ratios) = {:.3}, quartiles {:.2}–{:.2} (target >= 0.9)",
+        median(&mut ratio),
+        pct(&mut ratio, 0.25),
+        pct(&mut ratio, 0.75)
     );
     println!(
         "rbee to the last byte / curl = {:.3} (the transfer with hashing, without fsync)",
@@ -164,6 +217,12 @@ fn main() -> anyhow::Result<()> {
     println!(
         "rbee / (curl + sync) = {:.3} (the same durability)",
         median(&mut ratio_sync)
+    );
+    println!(
+        "machine CPU busy, median: curl {:.0} %, rbee {:.0} % (of {} cores, the hub included)",
+        median(&mut curl_busy),
+        median(&mut rbee_busy),
+        std::thread::available_parallelism().map_or(1, |n| n.get())
     );
 
     println!("\n== catalogue lookups with {} models", args.models);
