@@ -3,7 +3,7 @@
 //! verify — a partial file never sits where a worker would load it.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -481,10 +481,11 @@ fn attempt_once(
     progress: &mut impl FnMut(&Tick),
     reference: &str,
 ) -> Result<String, Failure> {
-    let mut out = OpenOptions::new()
+    // For its length and the final fsync; the bytes go in through the [`Sink`].
+    let out = OpenOptions::new()
         .create(true)
-        .read(true)
-        .append(true)
+        .write(true)
+        .truncate(false)
         .open(partial)
         .map_err(|e| Failure::Final(io_error(partial, &e)))?;
     let mut offset = out.metadata().map(|m| m.len()).unwrap_or(0);
@@ -537,17 +538,13 @@ fn attempt_once(
             tracing::info!(%reference, "the server sent the whole file instead of the rest; starting over");
             out.set_len(0)
                 .map_err(|e| Failure::Final(io_error(partial, &e)))?;
-            out.seek(SeekFrom::Start(0))
-                .map_err(|e| Failure::Final(io_error(partial, &e)))?;
             offset = 0;
             hasher = Sha256::new();
         }
         let mut body = resp.into_reader();
-        let file_for_sink = out
-            .try_clone()
-            .map_err(|e| Failure::Final(io_error(partial, &e)))?;
         // This thread only receives; writing and hashing run on threads of their own.
-        let sink = Sink::new(file_for_sink, offset, std::mem::take(&mut hasher));
+        let sink = Sink::new(partial, offset, std::mem::take(&mut hasher))
+            .map_err(|e| Failure::Final(io_error(partial, &e)))?;
         let (mut last_tick, mut window_start, mut window_bytes) =
             (Instant::now(), Instant::now(), 0u64);
         let mut speed = 0.0;
@@ -570,12 +567,13 @@ fn attempt_once(
         };
         while offset < file.size {
             // Whole 1 MiB chunks (the socket yields a few KiB per read): one write and one
-            // hand-over to the hashing thread per MiB instead of per packet.
+            // hand-over to the hashing thread per MiB instead of per packet, on 4 KiB
+            // boundaries of the file (direct I/O).
             let Some(mut buf) = sink.buffer() else {
                 return Err(write_failed(sink, offset));
             };
-            let want = buf.len().min((file.size - offset) as usize);
-            let (n, end) = fill(&mut body, &mut buf[..want]);
+            let want = Sink::next_len(offset).min((file.size - offset) as usize);
+            let (n, end) = fill(&mut body, &mut buf.as_mut()[..want]);
             if n == 0 {
                 let e = match end {
                     Err(e) => e,
