@@ -1,7 +1,8 @@
 //! rbee's models: references ([`reference`]), the SQLite catalogue ([`catalog`]), the
 //! Hugging Face hub client and verified, resumable downloads ([`hub`]), and the provisioner
 //! that ties them together with shared transfers and progress ([`provisioner`]); free disk
-//! space ([`space`]).
+//! space ([`space`]). A download's bytes are written and hashed off the receiving thread
+//! (`sink`).
 
 pub mod catalog;
 pub mod hub;
