@@ -128,6 +128,40 @@ fn nothing_left(e: &Env) {
     );
 }
 
+/// The share of `path`'s pages in the page cache (mincore), or `None` where its filesystem
+/// has no direct I/O (downloads go through the page cache there).
+fn resident_share(path: &std::path::Path) -> Option<f64> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+        .ok()?;
+    let f = std::fs::File::open(path).unwrap();
+    let len = f.metadata().unwrap().len() as usize;
+    let page = 4096;
+    let mut vec = vec![0u8; len.div_ceil(page)];
+    // SAFETY: a read-only shared mapping of a file we keep open, unmapped before returning;
+    // mincore only reports on it.
+    unsafe {
+        let addr = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            f.as_raw_fd(),
+            0,
+        );
+        assert_ne!(addr, libc::MAP_FAILED);
+        assert_eq!(libc::mincore(addr, len, vec.as_mut_ptr()), 0);
+        libc::munmap(addr, len);
+    }
+    let resident = vec.iter().filter(|b| **b & 1 == 1).count();
+    eprintln!("{resident} of {} pages in the page cache", vec.len());
+    Some(resident as f64 / vec.len() as f64)
+}
+
 #[test]
 fn a_clean_download_is_verified_catalogued_and_then_served_from_the_catalogue() {
     let e = env();
@@ -141,6 +175,16 @@ fn a_clean_download_is_verified_catalogued_and_then_served_from_the_catalogue() 
         panic!("{events:?}")
     };
     assert_eq!(local_path, &final_file(&e));
+    // Written with direct I/O: the model did not go through the page cache, where it would
+    // have pushed out the pages of running workers' models.
+    match resident_share(local_path) {
+        Some(share) => assert!(
+            share < 0.5,
+            "{:.0} % of the downloaded file sits in the page cache",
+            share * 100.0
+        ),
+        None => eprintln!("SKIP (page cache check): no direct I/O on this filesystem"),
+    }
     assert_eq!(sha256_file(local_path), sha256_file(&e.src));
     assert!(!partial_path(local_path).exists());
     let row = e.prov.catalog().get(model_id).unwrap().unwrap();
