@@ -323,7 +323,7 @@ pub fn choose(info: &RepoInfo, selector: &Selector, reference: &str) -> Result<R
 /// Where a download stands (sent to progress streams).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Tick {
-    /// Bytes on disk so far.
+    /// Bytes received so far (all written and hashed when it equals `total`).
     pub bytes: u64,
     /// File size.
     pub total: u64,
@@ -335,18 +335,71 @@ pub struct Tick {
 
 /// Reads until `buf` is full, the stream ends, or an error; returns the bytes read and how
 /// it stopped (`Ok` for full or end of stream). Bytes read before an error are returned
-/// first; the error comes back on the next call.
-fn fill(r: &mut impl Read, buf: &mut [u8]) -> (usize, std::io::Result<()>) {
+/// first; the error comes back on the next call. `on_read` hears the bytes so far after
+/// every read (a chunk can take long on a slow link).
+fn fill(
+    r: &mut impl Read,
+    buf: &mut [u8],
+    mut on_read: impl FnMut(usize),
+) -> (usize, std::io::Result<()>) {
     let mut n = 0;
     while n < buf.len() {
         match r.read(&mut buf[n..]) {
             Ok(0) => break,
-            Ok(k) => n += k,
+            Ok(k) => {
+                n += k;
+                on_read(n);
+            }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return (n, if n == 0 { Err(e) } else { Ok(()) }),
         }
     }
     (n, Ok(()))
+}
+
+/// Progress ticks, at most every 200 ms, with the speed over the last few seconds.
+struct Meter {
+    total: u64,
+    attempt: u32,
+    last: Instant,
+    window: (Instant, u64),
+    speed: f64,
+}
+
+impl Meter {
+    fn new(total: u64, attempt: u32, from: u64) -> Meter {
+        let now = Instant::now();
+        Meter {
+            total,
+            attempt,
+            last: now,
+            window: (now, from),
+            speed: 0.0,
+        }
+    }
+
+    /// A tick for `bytes` received, when the last one is 200 ms old.
+    fn due(&mut self, bytes: u64) -> Option<Tick> {
+        (self.last.elapsed() >= Duration::from_millis(200)).then(|| self.tick(bytes))
+    }
+
+    /// A tick for `bytes` received, now.
+    fn tick(&mut self, bytes: u64) -> Tick {
+        let secs = self.window.0.elapsed().as_secs_f64();
+        if secs > 0.05 {
+            self.speed = bytes.saturating_sub(self.window.1) as f64 / secs / 1e6;
+        }
+        if secs > 2.0 {
+            self.window = (Instant::now(), bytes);
+        }
+        self.last = Instant::now();
+        Tick {
+            bytes,
+            total: self.total,
+            attempt: self.attempt,
+            speed_mbps: self.speed,
+        }
+    }
 }
 
 /// What went wrong in one attempt.
@@ -545,15 +598,8 @@ fn attempt_once(
         // This thread only receives; writing and hashing run on threads of their own.
         let sink = Sink::new(partial, offset, std::mem::take(&mut hasher))
             .map_err(|e| Failure::Final(io_error(partial, &e)))?;
-        let (mut last_tick, mut window_start, mut window_bytes) =
-            (Instant::now(), Instant::now(), 0u64);
-        let mut speed = 0.0;
-        progress(&Tick {
-            bytes: offset,
-            total: file.size,
-            attempt,
-            speed_mbps: 0.0,
-        });
+        let mut meter = Meter::new(file.size, attempt, offset);
+        progress(&meter.tick(offset));
         let write_failed = |sink: Sink, offset: u64| -> Failure {
             let e = match sink.finish() {
                 Err(e) => e,
@@ -573,7 +619,16 @@ fn attempt_once(
                 return Err(write_failed(sink, offset));
             };
             let want = Sink::next_len(offset).min((file.size - offset) as usize);
-            let (n, end) = fill(&mut body, &mut buf.as_mut()[..want]);
+            // Ticks while the chunk fills, short of the last byte (whose tick means written
+            // and hashed).
+            let (n, end) = fill(&mut body, &mut buf.as_mut()[..want], |got| {
+                let bytes = offset + got as u64;
+                if bytes < file.size {
+                    if let Some(t) = meter.due(bytes) {
+                        progress(&t);
+                    }
+                }
+            });
             if n == 0 {
                 let e = match end {
                     Err(e) => e,
@@ -600,21 +655,6 @@ fn attempt_once(
                 return Err(write_failed(sink, offset));
             }
             offset += n as u64;
-            window_bytes += n as u64;
-            if offset < file.size && last_tick.elapsed() >= Duration::from_millis(200) {
-                let secs = window_start.elapsed().as_secs_f64().max(1e-6);
-                speed = window_bytes as f64 / secs / 1e6;
-                if secs > 2.0 {
-                    (window_start, window_bytes) = (Instant::now(), 0);
-                }
-                progress(&Tick {
-                    bytes: offset,
-                    total: file.size,
-                    attempt,
-                    speed_mbps: speed,
-                });
-                last_tick = Instant::now();
-            }
         }
         hasher = match sink.finish() {
             Ok(h) => h,
@@ -623,12 +663,7 @@ fn attempt_once(
             }
             Err(e) => return Err(Failure::Final(io_error(partial, &e))),
         };
-        progress(&Tick {
-            bytes: offset,
-            total: file.size,
-            attempt,
-            speed_mbps: speed,
-        });
+        progress(&meter.tick(offset));
     }
     if let Err(e) = out.sync_all() {
         if e.raw_os_error() == Some(libc::ENOSPC) {

@@ -22,7 +22,7 @@ pub enum Progress {
     Resolving,
     /// Bytes arriving.
     Downloading {
-        /// On disk so far.
+        /// Received so far (written and hashed once it equals `bytes_total`).
         bytes_downloaded: u64,
         /// File size.
         bytes_total: u64,

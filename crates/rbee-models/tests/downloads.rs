@@ -373,6 +373,36 @@ fn a_slow_trickle_still_completes() {
 }
 
 #[test]
+fn progress_moves_on_a_slow_link_before_the_first_mib_is_in() {
+    let e = env();
+    // 256 KiB/s: the first 1 MiB chunk takes four seconds.
+    e.hub.set_faults(Faults {
+        trickle: Some(256 << 10),
+        ..Default::default()
+    });
+    let t = start(&e, "hf:org/smol");
+    let (mut seen, mut below_a_mib) = (0, vec![]);
+    let until = std::time::Instant::now() + Duration::from_millis(2500);
+    while std::time::Instant::now() < until {
+        let (g, p) = t.wait_newer(seen, Duration::from_millis(500));
+        seen = g;
+        if let Progress::Downloading {
+            bytes_downloaded, ..
+        } = p
+        {
+            if bytes_downloaded > 0 && bytes_downloaded < 1 << 20 {
+                below_a_mib.push(bytes_downloaded);
+            }
+        }
+    }
+    below_a_mib.dedup();
+    assert!(
+        below_a_mib.len() >= 3 && below_a_mib.windows(2).all(|w| w[0] < w[1]),
+        "the bar should move every fraction of a second, saw {below_a_mib:?}"
+    );
+}
+
+#[test]
 fn eight_concurrent_requests_share_one_transfer() {
     let e = env();
     e.hub.set_faults(Faults {
