@@ -12,6 +12,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::reference::Selector;
+pub use crate::sink::direct_io;
 use crate::sink::Sink;
 
 /// Where the hub is and how patient to be with it.

@@ -129,15 +129,12 @@ fn nothing_left(e: &Env) {
 }
 
 /// The share of `path`'s pages in the page cache (mincore), or `None` where its filesystem
-/// has no direct I/O (downloads go through the page cache there).
+/// gets no direct I/O (downloads go through the page cache there).
 fn resident_share(path: &std::path::Path) -> Option<f64> {
     use std::os::fd::AsRawFd;
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
-        .write(true)
-        .custom_flags(libc::O_DIRECT)
-        .open(path)
-        .ok()?;
+    if !rbee_models::hub::direct_io(path) {
+        return None;
+    }
     let f = std::fs::File::open(path).unwrap();
     let len = f.metadata().unwrap().len() as usize;
     let page = 4096;
