@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use rbee_test_support::model::TempDir;
-use rbee_test_support::process::{free_port, wait_for_port};
+use rbee_test_support::process::{free_port, wait_for_port, worker_ports};
 use serde_json::{json, Value};
 
 /// A binary next to this benchmark (`target/release/<name>`).
@@ -38,7 +38,7 @@ impl Hive {
     pub fn start(supervisor: &str, env: &[(&'static str, String)]) -> anyhow::Result<Hive> {
         let state = TempDir::new("bench-hive");
         let port = free_port();
-        let ports = free_port().max(20_000);
+        let ports = worker_ports(300, port);
         let config = state.join("hive.toml");
         std::fs::write(
             &config,

@@ -13,6 +13,17 @@ pub fn free_port() -> u16 {
         .expect("no free port on loopback")
 }
 
+/// The first port of `len + 1` ports for workers (`worker_ports = "start-start+len"`), at
+/// 20,000 or above and clear of the hive's own `port` (which the hive refuses to overlap).
+pub fn worker_ports(len: u16, port: u16) -> u16 {
+    loop {
+        let start = free_port().max(20_000);
+        if !(start..=start.saturating_add(len)).contains(&port) {
+            return start;
+        }
+    }
+}
+
 /// A child process that is killed and reaped on drop.
 pub struct ChildGuard {
     /// The child.

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use rbee_test_support::http::{send, Reply};
 use rbee_test_support::model::TempDir;
-use rbee_test_support::process::{free_port, wait_for_port, ChildGuard};
+use rbee_test_support::process::{free_port, wait_for_port, worker_ports, ChildGuard};
 use rbee_test_support::systemd::UserManager;
 use serde_json::{json, Value};
 
@@ -99,7 +99,7 @@ impl Hive {
     /// Starts a hive on a fresh port with its state in `state` and waits for its API.
     pub fn start(opts: &Opts, state: &Path) -> Hive {
         let port = free_port();
-        let ports_start = free_port().max(20_000);
+        let ports_start = worker_ports(40, port);
         std::fs::create_dir_all(state).unwrap();
         let mut config = format!(
             "port = {port}\nstate_dir = {:?}\nsupervisor = {:?}\nidle_timeout_secs = {}\nhealth_interval_secs = {}\nworker_binary = {:?}\nworker_ports = \"{}-{}\"\nstop_timeout_secs = 15\n",

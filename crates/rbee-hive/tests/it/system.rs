@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use rbee_test_support::container::rbee_container_or_skip;
-use rbee_test_support::process::free_port;
+use rbee_test_support::process::{free_port, worker_ports};
 use serde_json::json;
 
 use crate::common::*;
@@ -16,7 +16,7 @@ fn under_the_system_manager_workers_run_sandboxed_with_their_key_as_a_credential
         return;
     };
     let port = free_port();
-    let ports = free_port().max(20_000);
+    let ports = worker_ports(20, port);
     let (ok, out) = c.exec(&[
         "systemd-run",
         "--unit=rbee-hive",

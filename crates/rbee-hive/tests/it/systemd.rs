@@ -356,7 +356,7 @@ fn the_hive_is_a_notify_service_with_a_status_line_and_stops_its_workers_with_it
         return;
     };
     let port = rbee_test_support::process::free_port();
-    let ports = rbee_test_support::process::free_port().max(20_000);
+    let ports = rbee_test_support::process::worker_ports(20, port);
     let config = state.join("hive.toml");
     std::fs::write(
         &config,

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use rbee_test_support::hub::Hub;
 use rbee_test_support::model::{model_and_worker, worker_binary, TempDir};
-use rbee_test_support::process::{free_port, wait_for_port, ChildGuard};
+use rbee_test_support::process::{free_port, wait_for_port, worker_ports, ChildGuard};
 use rbee_test_support::systemd::{user_manager_or_skip, UserManager};
 
 /// A hive on a free port, its hub, and a keeper configured for it as `localhost`.
@@ -74,7 +74,7 @@ impl Env {
 
     /// The same, with more top-level TOML for its config.
     pub fn hive_with(&self, port: u16, name: &str, extra: &str) -> ChildGuard {
-        let ports = free_port().max(20_000);
+        let ports = worker_ports(20, port);
         let config = self.dir.join(&format!("{name}.toml"));
         std::fs::write(
             &config,

@@ -9,7 +9,7 @@
 use rbee_test_support::container::{rbee_container_or_skip, SystemContainer};
 use rbee_test_support::model::model_and_worker;
 use rbee_test_support::model::TempDir;
-use rbee_test_support::process::free_port;
+use rbee_test_support::process::{free_port, worker_ports};
 use rbee_test_support::sshd::keygen;
 
 use crate::common::Keeper;
@@ -87,7 +87,7 @@ fn install_system_runs_the_hive_as_rbee_with_sandboxed_workers_polkit_and_journa
         return;
     };
     let port = free_port();
-    let ports = free_port().max(20_000);
+    let ports = worker_ports(20, port);
 
     // What a Debian user does.
     let out = exec(
