@@ -403,6 +403,15 @@ impl Meter {
     }
 }
 
+/// A failed write to the partial file: a full disk says how much more room it needs.
+fn write_failure(partial: &Path, e: &std::io::Error, left: u64) -> Failure {
+    if e.raw_os_error() == Some(libc::ENOSPC) {
+        Failure::Final(disk_full(partial, left))
+    } else {
+        Failure::Final(io_error(partial, e))
+    }
+}
+
 /// What went wrong in one attempt.
 enum Failure {
     /// Retry (transport error, 5xx, cut connection, checksum mismatch).
@@ -601,16 +610,13 @@ fn attempt_once(
             .map_err(|e| Failure::Final(io_error(partial, &e)))?;
         let mut meter = Meter::new(file.size, attempt, offset);
         progress(&meter.tick(offset));
-        let write_failed = |sink: Sink, offset: u64| -> Failure {
-            let e = match sink.finish() {
-                Err(e) => e,
-                Ok(_) => std::io::Error::other("the writer stopped"),
-            };
-            if e.raw_os_error() == Some(libc::ENOSPC) {
-                Failure::Final(disk_full(partial, file.size - offset))
-            } else {
-                Failure::Final(io_error(partial, &e))
-            }
+        // The writer stopped on an error: finish hands it back.
+        let write_failed = |sink: Sink, offset: u64| {
+            let e = sink
+                .finish()
+                .err()
+                .unwrap_or_else(|| std::io::Error::other("the writer stopped"));
+            write_failure(partial, &e, file.size - offset)
         };
         while offset < file.size {
             // Whole 1 MiB chunks (the socket yields a few KiB per read): one write and one
@@ -657,21 +663,13 @@ fn attempt_once(
             }
             offset += n as u64;
         }
-        hasher = match sink.finish() {
-            Ok(h) => h,
-            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => {
-                return Err(Failure::Final(disk_full(partial, file.size - offset)))
-            }
-            Err(e) => return Err(Failure::Final(io_error(partial, &e))),
-        };
+        hasher = sink
+            .finish()
+            .map_err(|e| write_failure(partial, &e, file.size - offset))?;
         progress(&meter.tick(offset));
     }
-    if let Err(e) = out.sync_all() {
-        if e.raw_os_error() == Some(libc::ENOSPC) {
-            return Err(Failure::Final(disk_full(partial, file.size)));
-        }
-        return Err(Failure::Final(io_error(partial, &e)));
-    }
+    out.sync_all()
+        .map_err(|e| write_failure(partial, &e, file.size))?;
     let sha: String = hasher
         .finalize()
         .iter()

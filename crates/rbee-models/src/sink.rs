@@ -80,30 +80,39 @@ impl Writer {
     }
 
     fn write(&mut self, data: &[u8]) -> io::Result<()> {
-        let aligned = self.end % ALIGN as u64 == 0 && data.len() % ALIGN == 0;
-        let direct = match (&self.direct, aligned) {
-            (Some(d), true) => match d.write_all_at(data, self.end) {
-                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                    // The device wants a larger alignment: the page cache from here on.
-                    tracing::debug!("direct I/O refused ({e}); writing through the page cache");
-                    self.direct = None;
-                    false
-                }
-                other => other.map(|()| true)?,
-            },
-            _ => false,
-        };
-        if !direct {
+        let end = self.end + data.len() as u64;
+        if self.write_direct(data)? {
+            self.flushed = end;
+        } else {
             self.buffered.write_all_at(data, self.end)?;
+            if end - self.flushed >= WRITEBACK_CHUNK {
+                start_writeback(&self.buffered, self.flushed, end - self.flushed);
+                self.flushed = end;
+            }
         }
-        self.end += data.len() as u64;
-        if direct {
-            self.flushed = self.end;
-        } else if self.end - self.flushed >= WRITEBACK_CHUNK {
-            start_writeback(&self.buffered, self.flushed, self.end - self.flushed);
-            self.flushed = self.end;
-        }
+        self.end = end;
         Ok(())
+    }
+
+    /// Writes `data` with direct I/O if it can; `false` when it must go through the page
+    /// cache (no direct I/O here, or not on 4 KiB boundaries).
+    fn write_direct(&mut self, data: &[u8]) -> io::Result<bool> {
+        let Some(d) = &self.direct else {
+            return Ok(false);
+        };
+        if self.end % ALIGN as u64 != 0 || data.len() % ALIGN != 0 {
+            return Ok(false);
+        }
+        match d.write_all_at(data, self.end) {
+            Ok(()) => Ok(true),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                // The device wants a larger alignment: the page cache from here on.
+                tracing::debug!("direct I/O refused ({e}); writing through the page cache");
+                self.direct = None;
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
     }
 }
 
