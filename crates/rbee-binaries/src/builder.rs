@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
-use rbee_types::{now_unix, ApiError, ErrorBody, ErrorCode};
-use serde::Serialize;
+pub use rbee_types::hive::BuildEvent;
+use rbee_types::{now_unix, ApiError, Backend, ErrorCode};
 use sha2::{Digest, Sha256};
 
 use crate::cargo::{self, WORKER};
@@ -50,44 +50,6 @@ impl BuilderConfig {
     pub fn bin_dir(&self) -> PathBuf {
         self.state_dir.join("worker-bin")
     }
-}
-
-/// One step of a build, as the progress stream sends it.
-#[derive(Debug, Clone, Serialize)]
-#[serde(tag = "stage", rename_all = "snake_case")]
-pub enum BuildEvent {
-    /// Waiting for another build to finish.
-    Queued {
-        /// Why.
-        message: String,
-    },
-    /// Cloning or fetching, checking out.
-    Fetching {
-        /// What happens.
-        message: String,
-    },
-    /// One line of cargo's output.
-    Building {
-        /// The line.
-        line: String,
-    },
-    /// Checking and recording the result.
-    Verifying {
-        /// What happens.
-        message: String,
-    },
-    /// Done: the recorded binary.
-    Complete {
-        /// The binary.
-        binary: Box<Binary>,
-        /// The commit had been built before; nothing was built.
-        already_built: bool,
-    },
-    /// Failed; the catalogue is as it was.
-    Error {
-        /// The error.
-        error: ErrorBody,
-    },
 }
 
 /// A running (or finished) build.
@@ -136,7 +98,7 @@ impl Build {
     /// Kills the running cargo and everything it started.
     pub fn cancel(&self) {
         if let Some(pid) = self.pid() {
-            rbee_supervisor::child::signal_group(pid, libc::SIGKILL);
+            crate::child::signal_group(pid, libc::SIGKILL);
         }
     }
 }
@@ -243,8 +205,8 @@ impl Builder {
 
     /// The binary a worker of `backend` runs: the newest one built for its feature set,
     /// else a build (with a source), else the installed worker (without one).
-    pub fn resolve(self: &Arc<Self>, backend: &str) -> Result<Resolved, ApiError> {
-        let features = features::for_backend(backend)?;
+    pub fn resolve(self: &Arc<Self>, backend: Backend) -> Result<Resolved, ApiError> {
+        let features = features::for_backend(backend);
         if self.cfg.source.is_none() {
             return self
                 .installed(backend)
@@ -271,7 +233,7 @@ impl Builder {
     }
 
     /// The installed worker, verified (again only when the file changed) and recorded.
-    fn installed(&self, backend: &str) -> Result<Binary, ApiError> {
+    fn installed(&self, backend: Backend) -> Result<Binary, ApiError> {
         let Some(path) = &self.cfg.installed else {
             return Err(ApiError::new(
                 ErrorCode::SpawnFailed,
@@ -324,9 +286,9 @@ impl Builder {
             }
         };
         drop(cache);
-        if backend != "cpu"
+        if backend.is_gpu()
             && install::backends(&binary.version).is_some()
-            && !binary.features.iter().any(|f| f == backend)
+            && !binary.features.iter().any(|f| f == backend.as_str())
         {
             return Err(ApiError::new(
                 ErrorCode::BackendUnavailable,
@@ -336,7 +298,7 @@ impl Builder {
                     binary.version
                 ),
             )
-            .detail("backend", backend));
+            .detail("backend", backend.as_str()));
         }
         Ok(binary)
     }

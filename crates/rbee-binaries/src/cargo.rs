@@ -134,7 +134,7 @@ pub fn build(
     if !job.features.is_empty() {
         cmd.args(["--features", &job.features.join(",")]);
     }
-    rbee_supervisor::child::die_with_parent(&mut cmd);
+    crate::child::die_with_parent(&mut cmd);
     let _ = writeln!(
         log,
         "$ cargo build --release --locked --bin {WORKER} {}",

@@ -7,49 +7,8 @@ use std::path::{Path, PathBuf};
 
 use rbee_sqlite::{Db, DbError};
 use rusqlite::{params, Row};
-use serde::{Deserialize, Serialize};
 
-/// How a recorded binary came to be.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Origin {
-    /// Built by the hive from its `[worker_source]`.
-    Git,
-    /// The worker installed next to the hive (or configured as `worker_binary`).
-    Installed,
-}
-
-/// One recorded worker binary.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Binary {
-    /// `llm-worker-rbee-cuda-1a2b3c4d5e6f` (feature set and commit), or
-    /// `llm-worker-rbee-installed`.
-    pub id: String,
-    /// The worker kind (`llm-worker-rbee`).
-    pub worker_type: String,
-    /// Where the executable is.
-    pub binary_path: PathBuf,
-    /// The cargo features it was built with (empty: CPU only).
-    pub features: Vec<String>,
-    /// Built or installed.
-    pub origin: Origin,
-    /// The repository it was built from.
-    pub git_url: Option<String>,
-    /// The ref asked for (branch, tag or commit).
-    pub git_ref: Option<String>,
-    /// The commit it was built from (full sha).
-    pub git_commit: Option<String>,
-    /// `rustc --version` of the toolchain that built it.
-    pub rust_version: Option<String>,
-    /// What `--version` printed.
-    pub version: String,
-    /// When it was recorded.
-    pub built_at_unix: u64,
-    /// How long the build took.
-    pub build_secs: Option<f64>,
-    /// SHA-256 of the executable (hex).
-    pub sha256: String,
-}
+pub use rbee_types::hive::{Binary, Origin};
 
 /// Names the database in errors.
 const WHAT: &str = "worker binaries catalogue";

@@ -1,20 +1,15 @@
 //! Backends and the cargo features that build them.
 
-use rbee_types::{ApiError, ErrorCode};
+use rbee_types::{ApiError, Backend, ErrorCode};
 
 /// The worker's optional cargo features (CPU is always built in).
 pub const KNOWN: &[&str] = &["cuda", "metal"];
 
-/// The features for a backend name (`cpu` → none).
-pub fn for_backend(backend: &str) -> Result<Vec<String>, ApiError> {
+/// The features for a backend (`cpu` → none; the others are their own feature).
+pub fn for_backend(backend: Backend) -> Vec<String> {
     match backend {
-        "cpu" => Ok(vec![]),
-        "cuda" | "metal" => Ok(vec![backend.to_owned()]),
-        other => Err(ApiError::new(
-            ErrorCode::InvalidRequest,
-            format!("unknown backend {other:?}; use cpu, cuda or metal"),
-        )
-        .detail("field", "backend")),
+        Backend::Cpu => vec![],
+        gpu => vec![gpu.to_string()],
     }
 }
 
@@ -75,7 +70,7 @@ mod tests {
             "{}",
             e.error.message
         );
-        assert_eq!(for_backend("cuda").unwrap(), v(&["cuda"]));
-        assert!(for_backend("vulkan").is_err());
+        assert_eq!(for_backend(Backend::Cuda), v(&["cuda"]));
+        assert!(for_backend(Backend::Cpu).is_empty());
     }
 }

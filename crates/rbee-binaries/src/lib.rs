@@ -7,10 +7,13 @@
 //! `workers.db`. [`builder::Builder`] ties these together: shared builds, a limit on
 //! concurrent builds, a progress feed per build, and old binaries removed once unused.
 //! Without a source, the worker installed next to the hive is recorded and used.
+//! [`child`]: child processes that die with the hive (builds, and the hive's process
+//! supervisor).
 
 pub mod builder;
 pub mod cargo;
 pub mod catalog;
+pub mod child;
 pub mod features;
 pub mod feed;
 pub mod install;

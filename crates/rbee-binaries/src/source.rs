@@ -5,79 +5,38 @@ use std::path::{Path, PathBuf};
 
 use git2::{build::CheckoutBuilder, Cred, CredentialType, FetchOptions, Oid, RemoteCallbacks};
 use rbee_types::{ApiError, ErrorCode};
-use serde::{Deserialize, Serialize};
 
 /// Where workers are built from (`[worker_source]` in the hive's config).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Source {
-    /// `https://…`, `ssh://…`, `git@host:org/repo.git`, a local path or `file://…`.
-    pub git_url: String,
-    /// A branch, a tag, or a full 40-hex commit (which pins the build).
-    #[serde(default = "default_ref")]
-    pub git_ref: String,
-    /// The private key for SSH URLs (else the SSH agent is asked).
-    #[serde(default)]
-    pub ssh_key: Option<PathBuf>,
-    /// cargo to build with (default: on PATH, in `$CARGO_HOME/bin` or `~/.cargo/bin`).
-    #[serde(default)]
-    pub cargo: Option<PathBuf>,
-    /// Builds (of different feature sets) running at once; they are CPU-heavy.
-    #[serde(default = "one")]
-    pub max_concurrent_builds: usize,
-}
+pub use rbee_types::hive::WorkerSource as Source;
 
-fn default_ref() -> String {
-    "main".into()
-}
-
-fn one() -> usize {
-    1
-}
-
-impl Source {
-    /// A source at `git_url`, ref `git_ref`, with the defaults for everything else.
-    pub fn new(git_url: impl Into<String>, git_ref: impl Into<String>) -> Source {
-        Source {
-            git_url: git_url.into(),
-            git_ref: git_ref.into(),
-            ssh_key: None,
-            cargo: None,
-            max_concurrent_builds: 1,
-        }
+/// Checks values of a source that parse but cannot work (the hive's `check-config` runs
+/// this).
+pub fn validate(src: &Source) -> Result<(), String> {
+    let url = src.git_url.trim();
+    if url.is_empty() || url.starts_with('-') || url.contains(char::is_control) {
+        return Err(format!(
+            "[worker_source] git_url {:?} is not a repository URL (https://…, ssh://…, git@host:org/repo.git, /abs/path or file:///abs/path)",
+            src.git_url
+        ));
     }
-}
-
-impl Source {
-    /// Checks values that parse but cannot work (the hive's `check-config` runs this).
-    pub fn validate(&self) -> Result<(), String> {
-        let url = self.git_url.trim();
-        if url.is_empty() || url.starts_with('-') || url.contains(char::is_control) {
-            return Err(format!(
-                "[worker_source] git_url {:?} is not a repository URL (https://…, ssh://…, git@host:org/repo.git, /abs/path or file:///abs/path)",
-                self.git_url
-            ));
-        }
-        check_ref(&self.git_ref)
-            .map_err(|e| format!("[worker_source] git_ref: {}", e.error.message))?;
-        for (name, path) in [("ssh_key", &self.ssh_key), ("cargo", &self.cargo)] {
-            if let Some(p) = path {
-                if !p.is_absolute() {
-                    return Err(format!(
-                        "[worker_source] {name} must be an absolute path, not {}",
-                        p.display()
-                    ));
-                }
+    check_ref(&src.git_ref).map_err(|e| format!("[worker_source] git_ref: {}", e.error.message))?;
+    for (name, path) in [("ssh_key", &src.ssh_key), ("cargo", &src.cargo)] {
+        if let Some(p) = path {
+            if !p.is_absolute() {
+                return Err(format!(
+                    "[worker_source] {name} must be an absolute path, not {}",
+                    p.display()
+                ));
             }
         }
-        if !(1..=16).contains(&self.max_concurrent_builds) {
-            return Err(format!(
-                "[worker_source] max_concurrent_builds must be between 1 and 16, not {}",
-                self.max_concurrent_builds
-            ));
-        }
-        Ok(())
     }
+    if !(1..=16).contains(&src.max_concurrent_builds) {
+        return Err(format!(
+            "[worker_source] max_concurrent_builds must be between 1 and 16, not {}",
+            src.max_concurrent_builds
+        ));
+    }
+    Ok(())
 }
 
 /// A checked-out commit.

@@ -11,7 +11,7 @@ use rbee_binaries::catalog::Origin;
 use rbee_binaries::Source;
 use rbee_test_support::model::TempDir;
 use rbee_test_support::worker_repo::{Variant, WorkerRepo};
-use rbee_types::ErrorCode;
+use rbee_types::{Backend, ErrorCode};
 
 fn builder(state: &TempDir, source: Option<Source>) -> Arc<Builder> {
     Builder::open(BuilderConfig {
@@ -132,7 +132,7 @@ fn a_build_is_cloned_built_verified_and_recorded_with_its_provenance() {
     drop(b);
     let b = builder(&state, Some(Source::new(repo.url(), "main")));
     assert_eq!(b.list().unwrap(), vec![bin.clone()]);
-    match b.resolve("cpu").unwrap() {
+    match b.resolve(Backend::Cpu).unwrap() {
         Resolved::Ready(r) => assert_eq!(*r, bin),
         Resolved::Building(_) => panic!("a recorded binary is used, not rebuilt"),
     }
@@ -163,7 +163,7 @@ fn a_new_commit_builds_a_new_binary_and_the_old_one_stays_until_unused() {
         "the old one is kept while used"
     );
     assert!(old.binary_path.is_file());
-    match b.resolve("cpu").unwrap() {
+    match b.resolve(Backend::Cpu).unwrap() {
         Resolved::Ready(r) => assert_eq!(r.id, new.id, "new workers get the new binary"),
         Resolved::Building(_) => panic!("no build expected"),
     }
@@ -198,7 +198,7 @@ fn a_pinned_commit_or_tag_builds_exactly_that_commit() {
     assert!(head.version.contains("fake.8"), "{}", head.version);
     // Newer, but the configuration pins the first commit: new workers still get that one,
     // and neither is thrown away.
-    match b.resolve("cpu").unwrap() {
+    match b.resolve(Backend::Cpu).unwrap() {
         Resolved::Ready(r) => assert_eq!(r.id, pinned.id),
         Resolved::Building(_) => panic!("the pinned build is recorded"),
     }
@@ -395,7 +395,7 @@ fn without_a_source_the_installed_worker_is_verified_and_recorded() {
         installed: Some(installed.clone()),
     })
     .unwrap();
-    let Resolved::Ready(bin) = b.resolve("cpu").unwrap() else {
+    let Resolved::Ready(bin) = b.resolve(Backend::Cpu).unwrap() else {
         panic!("the installed worker is ready")
     };
     assert_eq!(bin.origin, Origin::Installed);
@@ -409,7 +409,7 @@ fn without_a_source_the_installed_worker_is_verified_and_recorded() {
     assert_eq!(b.list().unwrap().len(), 1);
     // A CPU-only build asked for CUDA: said before any worker starts.
     if !bin.features.iter().any(|f| f == "cuda") {
-        let e = b.resolve("cuda").err().unwrap();
+        let e = b.resolve(Backend::Cuda).err().unwrap();
         assert_eq!(e.error.code, ErrorCode::BackendUnavailable);
         assert!(
             e.error.message.contains("[worker_source]"),
@@ -439,7 +439,7 @@ fn an_installed_worker_that_is_not_executable_is_refused() {
         installed: Some(fake.clone()),
     })
     .unwrap();
-    let e = b.resolve("cpu").err().unwrap();
+    let e = b.resolve(Backend::Cpu).err().unwrap();
     assert_eq!(e.error.code, ErrorCode::BinaryVerificationFailed);
     assert!(
         e.error.message.contains("not executable"),
@@ -448,7 +448,10 @@ fn an_installed_worker_that_is_not_executable_is_refused() {
     );
     // Fixed on disk: picked up without a restart.
     std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
-    assert!(matches!(b.resolve("cpu").unwrap(), Resolved::Ready(_)));
+    assert!(matches!(
+        b.resolve(Backend::Cpu).unwrap(),
+        Resolved::Ready(_)
+    ));
 }
 
 #[test]
@@ -469,7 +472,10 @@ fn reopening_tidies_what_a_crash_left() {
         "the row of a vanished file is gone"
     );
     // And the next spawn builds again.
-    assert!(matches!(b.resolve("cpu").unwrap(), Resolved::Building(_)));
+    assert!(matches!(
+        b.resolve(Backend::Cpu).unwrap(),
+        Resolved::Building(_)
+    ));
 }
 
 #[test]

@@ -7,12 +7,14 @@ use std::sync::Arc;
 use rbee_http::{
     check_bearer, check_route, constant_time_eq, read_json, respond_error, respond_json,
 };
-use rbee_types::worker::ReadyCallback;
+use rbee_types::hive::{
+    BackendList, DiskAt, HiveHealth, Resources, SpawnRequest, Stopped, WorkerAnswer, WorkerList,
+};
+use rbee_types::worker::{ReadyAck, ReadyCallback};
 use rbee_types::{ApiError, ErrorCode, API_VERSION};
-use serde_json::json;
 use tiny_http::{Method, Request};
 
-use crate::hive::{worker_not_found, Hive, SpawnRequest};
+use crate::hive::{worker_not_found, Hive};
 use crate::{binaries, logs, models, resources};
 
 /// Requests handled at once before new ones get 503 `OVERLOADED`.
@@ -140,47 +142,46 @@ fn handle(hive: &Hive, request: Request) {
         Route::Health => respond_json(
             request,
             200,
-            &json!({
-                "status": "alive",
-                "version": env!("CARGO_PKG_VERSION"),
-                "api_version": API_VERSION,
-                "supervisor": hive.supervisor.name(),
-                "pid": std::process::id(),
-            }),
+            &HiveHealth {
+                status: "alive".into(),
+                version: env!("CARGO_PKG_VERSION").into(),
+                api_version: API_VERSION.into(),
+                supervisor: hive.supervisor.name().into(),
+                pid: std::process::id(),
+            },
         ),
-        Route::Backends => {
-            respond_json(request, 200, &json!({ "backends": resources::backends() }))
-        }
+        Route::Backends => respond_json(
+            request,
+            200,
+            &BackendList {
+                backends: resources::backends(),
+            },
+        ),
         Route::Resources => {
             let dir = &hive.config.state_dir;
-            respond_json(
-                request,
-                200,
-                &json!({
-                    "memory": resources::memory(),
-                    "disk": { "path": dir, "space": resources::disk(dir) },
-                }),
-            )
+            let res = Resources {
+                memory: resources::memory(),
+                disk: DiskAt {
+                    path: dir.clone(),
+                    space: resources::disk(dir),
+                },
+            };
+            respond_json(request, 200, &res)
         }
         Route::List => {
-            // Serialised straight from the views (no intermediate JSON tree).
-            #[derive(serde::Serialize)]
-            struct List {
-                workers: Vec<crate::registry::WorkerView>,
-            }
-            let list = List {
+            let list = WorkerList {
                 workers: hive.registry.views(),
             };
             respond_json(request, 200, &list)
         }
         Route::Get(id) => match hive.registry.get(&id) {
-            Some(w) => respond_json(request, 200, &json!({ "worker": w.view() })),
+            Some(w) => respond_json(request, 200, &WorkerAnswer { worker: w.view() }),
             None => respond_error(request, &worker_not_found(&id)),
         },
         Route::Spawn => {
             let req: SpawnRequest = match read_json(&mut request, MAX_BODY) {
                 Ok(r) => r,
-                Err(e) => return respond_error(request, &e),
+                Err(e) => return respond_error(request, &with_available_backends(e)),
             };
             match hive.spawn(&req) {
                 Ok((status, resp)) => respond_json(request, status, &resp),
@@ -189,7 +190,7 @@ fn handle(hive: &Hive, request: Request) {
         }
         Route::Ready => ready_callback(hive, request),
         Route::Shutdown(id) => match hive.stop_worker(&id, "requested through the API") {
-            Ok(()) => respond_json(request, 200, &json!({ "stopped": id })),
+            Ok(()) => respond_json(request, 200, &Stopped { stopped: id }),
             Err(e) => respond_error(request, &e),
         },
         Route::Models => models::list(hive, request),
@@ -218,6 +219,23 @@ fn handle(hive: &Hive, request: Request) {
     }
 }
 
+/// An unknown backend's error lists the backends available here, as preflight's does.
+fn with_available_backends(e: ApiError) -> ApiError {
+    if e.error.code != ErrorCode::BackendUnavailable {
+        return e;
+    }
+    let available: Vec<&str> = resources::backends()
+        .iter()
+        .filter(|b| b.available)
+        .map(|b| b.name.as_str())
+        .collect();
+    let message = format!("{}; available here: {}", e.error.message, available.join(", "));
+    ApiError {
+        error: rbee_types::ErrorBody { message, ..e.error },
+    }
+    .detail("available", available)
+}
+
 fn ready_callback(hive: &Hive, mut request: Request) {
     let cb: ReadyCallback = match read_json(&mut request, MAX_BODY) {
         Ok(c) => c,
@@ -240,7 +258,7 @@ fn ready_callback(hive: &Hive, mut request: Request) {
         return respond_error(request, &e);
     }
     tracing::info!(id = %w.spec.id, url = %cb.url, "worker listening");
-    respond_json(request, 200, &json!({ "ok": true }));
+    respond_json(request, 200, &ReadyAck { ok: true });
 }
 
 #[cfg(test)]

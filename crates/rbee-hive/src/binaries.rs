@@ -1,43 +1,25 @@
 //! The hive's worker-binary routes: the catalogue, builds and their progress streams.
 
 use rbee_http::{read_json, respond_error, respond_json};
+use rbee_types::hive::{BinaryList, BuildRequest, BuildStarted, Origin, Removed};
 use rbee_types::{ApiError, ErrorCode};
-use serde::Deserialize;
-use serde_json::json;
 use tiny_http::Request;
 
 use crate::hive::Hive;
 
-/// `POST /v1/worker-binaries/build`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BuildRequest {
-    /// Cargo features (`[]` or `["cpu"]`: the CPU worker; `["cuda"]`, `["metal"]`).
-    #[serde(default)]
-    features: Vec<String>,
-    /// Branch, tag or commit (default: the configured `git_ref`).
-    #[serde(default, rename = "ref")]
-    git_ref: Option<String>,
-}
-
 /// `GET /v1/worker-binaries`.
 pub fn list(hive: &Hive, request: Request) {
     match hive.binaries.list() {
-        Ok(b) => respond_json(
+        Ok(binaries) => respond_json(
             request,
             200,
-            &json!({ "binaries": b, "source": hive.binaries.config().source }),
+            &BinaryList {
+                binaries,
+                source: hive.binaries.config().source.clone(),
+            },
         ),
         Err(e) => respond_error(request, &e),
     }
-}
-
-/// The answer that points at a build's progress stream.
-pub fn build_ref(id: &str) -> serde_json::Value {
-    json!({
-        "build_id": id,
-        "progress_url": format!("/v1/worker-binaries/build/progress?id={id}"),
-    })
 }
 
 /// `POST /v1/worker-binaries/build` {features, ref?}: 202 with the (new or joined) build.
@@ -47,7 +29,7 @@ pub fn build(hive: &Hive, mut request: Request, max_body: usize) {
         Err(e) => return respond_error(request, &e),
     };
     match hive.binaries.build(&req.features, req.git_ref.as_deref()) {
-        Ok(b) => respond_json(request, 202, &build_ref(&b.id)),
+        Ok(b) => respond_json(request, 202, &BuildStarted::new(&b.id)),
         Err(e) => respond_error(request, &e),
     }
 }
@@ -77,7 +59,10 @@ pub fn delete(hive: &Hive, request: Request, id: &str) {
         Ok(b) => respond_json(
             request,
             200,
-            &json!({ "removed": b.id, "file_deleted": b.origin == rbee_binaries::catalog::Origin::Git }),
+            &Removed {
+                file_deleted: b.origin == Origin::Git,
+                removed: b.id,
+            },
         ),
         Err(e) => respond_error(request, &e),
     }

@@ -217,7 +217,7 @@ pub struct Config {
     /// Models to have at start (`provision = ["hf:org/repo:Q4_K_M", "file:///…gguf"]`):
     /// each missing one is downloaded (or imported) in the background once the hive runs;
     /// one that fails is logged and does not stop the hive.
-    pub provision: Vec<String>,
+    pub provision: Vec<rbee_types::ModelRef>,
 }
 
 impl Default for Config {
@@ -376,12 +376,7 @@ impl Config {
             }
         }
         if let Some(src) = &self.worker_source {
-            src.validate().map_err(ConfigError)?;
-        }
-        for r in &self.provision {
-            if let Err(e) = rbee_models::reference::ModelRef::parse(r) {
-                return err(format!("provision: {}", e.error.message));
-            }
+            rbee_binaries::source::validate(src).map_err(ConfigError)?;
         }
         Ok(())
     }
@@ -419,7 +414,7 @@ mod tests {
         let e = parse("provision = [\"hf:../etc\"]")
             .unwrap_err()
             .to_string();
-        assert!(e.starts_with("provision: "), "{e}");
+        assert!(e.contains("provision = ") && e.contains("invalid model reference"), "{e}");
         let e = parse("provision = [\"http://x/m.gguf\"]")
             .unwrap_err()
             .to_string();

@@ -8,16 +8,18 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rbee_supervisor::unit_name::worker_unit;
-use rbee_types::{exit, ApiError, ErrorCode};
-use serde::{Deserialize, Serialize};
+use rbee_types::hive::{
+    build_progress_path, download_progress_path, BuildRef, DownloadRef, Failure, SpawnRequest,
+    SpawnResponse, WorkerState,
+};
+use rbee_types::worker::WorkerArgs;
+use rbee_types::{exit, ApiError, Backend, ErrorCode};
 
 use crate::config::Config;
 use crate::logs;
 use crate::naming::slug;
 use crate::preflight::{self, Need, Snapshot};
-use crate::registry::{
-    now_unix, store, Failure, Registry, Worker, WorkerSpec, WorkerState, WorkerView,
-};
+use crate::registry::{now_unix, store, Registry, Worker, WorkerSpec};
 use crate::resources;
 use crate::supervisor::{Event, Launch, StartError, Supervisor};
 use rbee_models::provisioner::{Ensured, Provisioner, Transfer};
@@ -25,73 +27,46 @@ use rbee_models::provisioner::{Ensured, Provisioner, Transfer};
 /// Port tries for one worker before the spawn is given up.
 pub const MAX_PORT_ATTEMPTS: u32 = 5;
 
-/// `POST /v1/workers/spawn`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SpawnRequest {
-    /// `file:///abs/path.gguf`.
-    pub model_ref: String,
-    /// `cpu` (default), `cuda`, `metal`.
-    #[serde(default = "default_backend")]
-    pub backend: String,
-    /// Device index (default 0).
-    #[serde(default)]
-    pub device: u32,
-    /// Concurrent requests (1–64, default 1).
-    #[serde(default)]
-    pub slots: Option<u32>,
-    /// Context tokens per slot.
-    #[serde(default)]
-    pub ctx_size: Option<u32>,
-}
-
-fn default_backend() -> String {
-    "cpu".into()
-}
-
-/// The answer to a spawn.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SpawnResponse {
-    /// The worker (state `loading` when new); `None` while its model downloads.
-    pub worker: Option<WorkerView>,
-    /// Whether an existing worker was reused.
-    pub reused: bool,
-    /// The download the worker waits for (its model was not here yet); the worker is
-    /// started when it completes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub download: Option<DownloadRef>,
-    /// The build of the worker binary the worker waits for (none was built for its
-    /// backend yet); the worker is started when it completes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub build: Option<BuildRef>,
-    /// How the previous worker of this model ended, if it failed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub previous_failure: Option<Failure>,
-}
-
-/// A download a spawn waits for.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct DownloadRef {
-    /// Transfer id.
-    pub id: String,
-    /// `GET` this for the SSE progress stream.
-    pub progress_url: String,
-}
-
-/// A worker-binary build a spawn waits for.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct BuildRef {
-    /// Build id.
-    pub id: String,
-    /// `GET` this for the SSE progress stream (every line of the build).
-    pub progress_url: String,
-}
-
 /// A model resolved to a local file.
 struct LocalModel {
     path: PathBuf,
+    /// The file name without `.gguf`: the base of unit names and worker ids.
     model_id: String,
     bytes: u64,
+}
+
+impl From<rbee_models::catalog::Model> for LocalModel {
+    fn from(m: rbee_models::catalog::Model) -> Self {
+        LocalModel {
+            model_id: m
+                .file_name
+                .strip_suffix(".gguf")
+                .unwrap_or(&m.file_name)
+                .to_owned(),
+            path: m.local_path,
+            bytes: m.size_bytes,
+        }
+    }
+}
+
+/// Slots and context size within what a worker accepts; the slots (default 1).
+fn check_sizes(req: &SpawnRequest) -> Result<u32, ApiError> {
+    let slots = req.slots.unwrap_or(1);
+    if !(1..=64).contains(&slots) {
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!("slots must be between 1 and 64, not {slots}"),
+        )
+        .detail("field", "slots"));
+    }
+    if let Some(c) = req.ctx_size.filter(|&c| c < 16) {
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!("ctx_size must be at least 16, not {c}"),
+        )
+        .detail("field", "ctx_size"));
+    }
+    Ok(slots)
 }
 
 /// Everything the hive's threads share.
@@ -156,35 +131,12 @@ impl Hive {
 
     /// Reuses a live worker of the same model, backend and device, or runs preflight and
     /// starts a new one (returned in state `loading`). Spawns are serialised, so two
-    /// concurrent requests for one model get one worker.
+    /// concurrent requests for one model get one worker. A model still to download or a
+    /// worker binary still to build is answered with what the worker waits for.
     pub fn spawn(&self, req: &SpawnRequest) -> Result<(u16, SpawnResponse), ApiError> {
-        let slots = req.slots.unwrap_or(1);
-        if !(1..=64).contains(&slots) {
-            return Err(ApiError::new(
-                ErrorCode::InvalidRequest,
-                format!("slots must be between 1 and 64, not {slots}"),
-            )
-            .detail("field", "slots"));
-        }
-        if let Some(c) = req.ctx_size {
-            if c < 16 {
-                return Err(ApiError::new(
-                    ErrorCode::InvalidRequest,
-                    format!("ctx_size must be at least 16, not {c}"),
-                )
-                .detail("field", "ctx_size"));
-            }
-        }
+        let slots = check_sizes(req)?;
         let model = match self.models.ensure(&req.model_ref)? {
-            Ensured::Ready(m) => LocalModel {
-                model_id: m
-                    .file_name
-                    .strip_suffix(".gguf")
-                    .unwrap_or(&m.file_name)
-                    .to_owned(),
-                path: m.local_path,
-                bytes: m.size_bytes,
-            },
+            Ensured::Ready(m) => LocalModel::from(*m),
             Ensured::Downloading(t) => return Ok((202, self.spawn_after(t, req))),
         };
         let _serial = self.spawn_lock.lock().unwrap_or_else(|e| e.into_inner());
@@ -194,28 +146,39 @@ impl Hive {
                 "the hive is shutting down and starts no workers",
             ));
         }
-        if let Some(w) = self
-            .registry
-            .reusable(&model.path, &req.backend, req.device)
-        {
+        if let Some(w) = self.registry.reusable(&model.path, req.backend, req.device) {
             tracing::info!(id = %w.spec.id, model = %req.model_ref, "reusing worker");
-            return Ok((
-                200,
-                SpawnResponse {
-                    worker: Some(w.view()),
-                    reused: true,
-                    download: None,
-                    build: None,
-                    previous_failure: None,
-                },
-            ));
+            return Ok((200, SpawnResponse::reused(w.view())));
         }
+        let snapshot = self.preflight(req, &model)?;
+        let binary = match self.binaries.resolve(req.backend)? {
+            rbee_binaries::Resolved::Ready(b) => b.binary_path,
+            rbee_binaries::Resolved::Building(b) => {
+                let build = BuildRef {
+                    id: b.id.clone(),
+                    progress_url: build_progress_path(&b.id),
+                };
+                tracing::info!(model = %req.model_ref, build = %b.id, "no worker binary for {} yet; the worker starts once it is built", req.backend);
+                self.spawn_when(req, move || b.wait().map(|_| ()), "worker binary build");
+                let previous = self.registry.take_failure(&req.model_ref);
+                return Ok((202, SpawnResponse::waiting_for_build(build, previous)));
+            }
+        };
+        let devices = gpu_device_nodes(&snapshot.backends, req.backend, req.device);
+        let previous = self.registry.take_failure(&req.model_ref);
+        let w = self.start_new(req, slots, &model, binary, devices)?;
+        Ok((202, SpawnResponse::started(w.view(), previous)))
+    }
+
+    /// The model file is a GGUF model and the machine has room for it (backend, device,
+    /// RAM or VRAM, disk); the snapshot the checks ran on.
+    fn preflight(&self, req: &SpawnRequest, model: &LocalModel) -> Result<Snapshot, ApiError> {
         if let Err(e) = rbee_gguf::read_header(&model.path) {
             return Err(ApiError::new(
                 ErrorCode::ModelInvalid,
                 format!("{} is not a usable GGUF model: {e}", model.path.display()),
             )
-            .detail("model_ref", req.model_ref.as_str()));
+            .detail("model_ref", req.model_ref.to_string()));
         }
         let snapshot = Snapshot {
             memory: resources::memory(),
@@ -224,36 +187,26 @@ impl Hive {
             ram_in_use_by_workers: self.registry.cpu_model_bytes(),
         };
         let need = Need {
-            backend: &req.backend,
+            backend: req.backend,
             device: req.device,
             model_bytes: model.bytes,
         };
         preflight::check(&need, &snapshot, &self.config.limits).inspect_err(|e| {
             tracing::warn!(model = %req.model_ref, code = %e.error.code.as_str(), "preflight: {}", e.error.message);
         })?;
-        let binary = match self.binaries.resolve(&req.backend)? {
-            rbee_binaries::Resolved::Ready(b) => b.binary_path,
-            rbee_binaries::Resolved::Building(b) => {
-                let build = BuildRef {
-                    id: b.id.clone(),
-                    progress_url: format!("/v1/worker-binaries/build/progress?id={}", b.id),
-                };
-                tracing::info!(model = %req.model_ref, build = %b.id, "no worker binary for {} yet; the worker starts once it is built", req.backend);
-                self.spawn_when(req, move || b.wait().map(|_| ()), "worker binary build");
-                return Ok((
-                    202,
-                    SpawnResponse {
-                        worker: None,
-                        reused: false,
-                        download: None,
-                        build: Some(build),
-                        previous_failure: self.registry.take_failure(&req.model_ref),
-                    },
-                ));
-            }
-        };
-        let devices = gpu_device_nodes(&snapshot.backends, &req.backend, req.device);
-        let previous_failure = self.registry.take_failure(&req.model_ref);
+        Ok(snapshot)
+    }
+
+    /// Starts a new worker: a free port, the first unit name and id not taken (by this
+    /// hive's workers or by units it does not track), then [`Hive::launch`].
+    fn start_new(
+        &self,
+        req: &SpawnRequest,
+        slots: u32,
+        model: &LocalModel,
+        binary: PathBuf,
+        devices: Vec<String>,
+    ) -> Result<Worker, ApiError> {
         let port = self.pick_port(None).ok_or_else(|| {
             spawn_failed(format!(
                 "no free port in the worker range {}; stop idle workers or widen worker_ports",
@@ -277,7 +230,7 @@ impl Hive {
                 model_ref: req.model_ref.clone(),
                 model_path: model.path.clone(),
                 model_bytes: model.bytes,
-                backend: req.backend.clone(),
+                backend: req.backend,
                 device: req.device,
                 slots,
                 ctx_size: req.ctx_size,
@@ -291,18 +244,7 @@ impl Hive {
                 binary: Some(binary.clone()),
             };
             match self.launch(spec, 1) {
-                Ok(w) => {
-                    return Ok((
-                        202,
-                        SpawnResponse {
-                            worker: Some(w.view()),
-                            reused: false,
-                            download: None,
-                            build: None,
-                            previous_failure,
-                        },
-                    ))
-                }
+                Ok(w) => return Ok(w),
                 Err(StartError::Exists(unit)) => {
                     tracing::info!(%unit, "unit name taken by a unit this hive does not track; trying the next instance");
                 }
@@ -322,17 +264,11 @@ impl Hive {
     fn spawn_after(&self, t: Arc<Transfer>, req: &SpawnRequest) -> SpawnResponse {
         let download = DownloadRef {
             id: t.id.clone(),
-            progress_url: format!("/v1/models/download/progress?id={}", t.id),
+            progress_url: download_progress_path(&t.id),
         };
         tracing::info!(model = %req.model_ref, download = %t.id, "model not here yet; the worker starts once it is downloaded");
         self.spawn_when(req, move || t.wait().map(|_| ()), "model's download");
-        SpawnResponse {
-            worker: None,
-            reused: false,
-            download: Some(download),
-            build: None,
-            previous_failure: self.registry.take_failure(&req.model_ref),
-        }
+        SpawnResponse::waiting_for_download(download, self.registry.take_failure(&req.model_ref))
     }
 
     /// Spawns `req` again once `wait` returns (a download, a build); its failure is
@@ -381,35 +317,20 @@ impl Hive {
             None => store::random_key().map_err(other)?,
         };
         let key_path = store::save(&dir, &spec, &key).map_err(other)?;
-        let mut args: Vec<String> = vec![
-            "--model".into(),
-            spec.model_path.display().to_string(),
-            "--backend".into(),
-            spec.backend.clone(),
-            "--device".into(),
-            spec.device.to_string(),
-            "--host".into(),
-            spec.host.to_string(),
-            "--port".into(),
-            spec.port.to_string(),
-            "--slots".into(),
-            spec.slots.to_string(),
-            "--worker-id".into(),
-            spec.id.clone(),
-            "--model-ref".into(),
-            spec.model_ref.clone(),
-            "--hive-url".into(),
-            self.hive_url.clone(),
-            "--drain-timeout".into(),
-            self.config
-                .stop_timeout_secs
-                .saturating_sub(5)
-                .max(1)
-                .to_string(),
-        ];
-        if let Some(c) = spec.ctx_size {
-            args.extend(["--ctx-size".into(), c.to_string()]);
+        let args = WorkerArgs {
+            model: spec.model_path.clone(),
+            backend: spec.backend,
+            device: spec.device,
+            host: spec.host,
+            port: spec.port,
+            slots: spec.slots,
+            ctx_size: spec.ctx_size,
+            worker_id: spec.id.clone(),
+            model_ref: spec.model_ref.clone(),
+            hive_url: self.hive_url.clone(),
+            drain_timeout_secs: self.config.stop_timeout_secs.saturating_sub(5).max(1),
         }
+        .to_args();
         let worker = Worker {
             spec: spec.clone(),
             api_key: key,
@@ -690,8 +611,12 @@ fn memory_max(model_bytes: u64) -> Option<u64> {
 
 /// The device nodes a CUDA worker needs (`DeviceAllow=`): the control and UVM nodes and
 /// the one GPU it was given.
-fn gpu_device_nodes(backends: &[resources::Backend], backend: &str, device: u32) -> Vec<String> {
-    if backend != "cuda" {
+fn gpu_device_nodes(
+    backends: &[resources::BackendStatus],
+    backend: Backend,
+    device: u32,
+) -> Vec<String> {
+    if backend != Backend::Cuda {
         return vec![];
     }
     let mut nodes: Vec<String> = ["/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools"]
@@ -700,7 +625,7 @@ fn gpu_device_nodes(backends: &[resources::Backend], backend: &str, device: u32)
         .collect();
     if let Some(node) = backends
         .iter()
-        .find(|b| b.name == "cuda")
+        .find(|b| b.name == Backend::Cuda)
         .and_then(|b| b.devices.iter().find(|d| d.index == device))
         .and_then(|d| d.device_node.clone())
     {

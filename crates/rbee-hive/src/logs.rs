@@ -138,7 +138,9 @@ fn respond_text(request: Request, lines: &[String]) {
 }
 
 fn send_line(sse: &mut SseWriter, line: &str) -> std::io::Result<()> {
-    sse.json(&serde_json::json!({ "line": line }))
+    sse.json(&rbee_types::hive::LogLine {
+        line: line.to_owned(),
+    })
 }
 
 fn follow_file(hive: &Hive, request: Request, id: &str, path: &Path, lines: usize) {

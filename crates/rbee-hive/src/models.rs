@@ -1,25 +1,19 @@
 //! The hive's model routes: the catalogue, downloads and their progress streams.
 
 use rbee_http::{read_json, respond_error, respond_json};
-use rbee_models::provisioner::{Ensured, Progress};
+use rbee_models::provisioner::Ensured;
+use rbee_types::hive::{
+    download_progress_path, DownloadRequest, DownloadStarted, ModelAnswer, ModelList, Removed,
+};
 use rbee_types::{ApiError, ErrorCode};
-use serde::Deserialize;
-use serde_json::json;
 use tiny_http::Request;
 
 use crate::hive::Hive;
 
-/// `POST /v1/models/download`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct DownloadRequest {
-    model_ref: String,
-}
-
 /// `GET /v1/models`.
 pub fn list(hive: &Hive, request: Request) {
     match hive.models.catalog().list() {
-        Ok(models) => respond_json(request, 200, &json!({ "models": models })),
+        Ok(models) => respond_json(request, 200, &ModelList { models }),
         Err(e) => respond_error(request, &ApiError::new(ErrorCode::Internal, e.to_string())),
     }
 }
@@ -32,14 +26,14 @@ pub fn download(hive: &Hive, mut request: Request, max_body: usize) {
         Err(e) => return respond_error(request, &e),
     };
     match hive.models.ensure(&req.model_ref) {
-        Ok(Ensured::Ready(m)) => respond_json(request, 200, &json!({ "model": m })),
+        Ok(Ensured::Ready(m)) => respond_json(request, 200, &ModelAnswer { model: *m }),
         Ok(Ensured::Downloading(t)) => respond_json(
             request,
             202,
-            &json!({
-                "download_id": t.id,
-                "progress_url": format!("/v1/models/download/progress?id={}", t.id),
-            }),
+            &DownloadStarted {
+                download_id: t.id.clone(),
+                progress_url: download_progress_path(&t.id),
+            },
         ),
         Err(e) => respond_error(request, &e),
     }
@@ -63,7 +57,7 @@ pub fn progress(hive: &Hive, request: Request, id: Option<&str>) {
             return (vec![], false);
         }
         seen = g;
-        let end = matches!(p, Progress::Complete { .. } | Progress::Error { .. });
+        let end = p.is_final();
         (vec![p], end)
     });
 }
@@ -107,7 +101,10 @@ pub fn delete(hive: &Hive, request: Request, id: &str) {
         Ok(m) => respond_json(
             request,
             200,
-            &json!({ "removed": m.id, "file_deleted": m.provider == "hf" }),
+            &Removed {
+                file_deleted: m.provider == "hf",
+                removed: m.id,
+            },
         ),
         Err(e) => respond_error(request, &e),
     }

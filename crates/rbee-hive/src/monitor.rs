@@ -9,7 +9,9 @@ use std::time::Duration;
 use rbee_types::worker::WorkerHealth;
 
 use crate::hive::Hive;
-use crate::registry::{now_unix, WorkerState};
+use rbee_types::hive::WorkerState;
+
+use crate::registry::now_unix;
 
 /// Health checks a worker may miss in a row.
 pub const MAX_MISSES: u32 = 3;

@@ -2,10 +2,10 @@
 //! `details` and what to do in the message. Pure functions of a snapshot of the machine, so
 //! every branch is unit-tested; the daemon takes the snapshot.
 
-use rbee_types::{ApiError, ErrorCode};
+use rbee_types::{ApiError, Backend, ErrorCode};
 
 use crate::config::Limits;
-use crate::resources::{Backend, Disk, Memory};
+use crate::resources::{BackendStatus, Disk, Memory};
 
 /// Memory a model needs beyond its file size (KV cache, buffers): file × 1.2.
 pub const MODEL_OVERHEAD: f64 = 1.2;
@@ -14,9 +14,9 @@ pub const DEFAULT_MIN_FREE_DISK: u64 = 100 << 20;
 
 /// What the new worker needs.
 #[derive(Debug, Clone)]
-pub struct Need<'a> {
-    /// `cpu`, `cuda`, `metal`.
-    pub backend: &'a str,
+pub struct Need {
+    /// Where the layers would run.
+    pub backend: Backend,
     /// Device index.
     pub device: u32,
     /// Model file size.
@@ -31,7 +31,7 @@ pub struct Snapshot {
     /// The state directory's filesystem.
     pub disk: Disk,
     /// Backends.
-    pub backends: Vec<Backend>,
+    pub backends: Vec<BackendStatus>,
     /// Model bytes of the CPU workers already running (counted against `limits.ram_bytes`).
     pub ram_in_use_by_workers: u64,
 }
@@ -41,7 +41,7 @@ fn gib(b: u64) -> String {
 }
 
 /// Runs every check in order: backend, device, memory, disk.
-pub fn check(need: &Need<'_>, snap: &Snapshot, limits: &Limits) -> Result<(), ApiError> {
+pub fn check(need: &Need, snap: &Snapshot, limits: &Limits) -> Result<(), ApiError> {
     let available: Vec<&str> = snap
         .backends
         .iter()
@@ -63,7 +63,7 @@ pub fn check(need: &Need<'_>, snap: &Snapshot, limits: &Limits) -> Result<(), Ap
                     available.join(", ")
                 ),
             )
-            .detail("backend", need.backend)
+            .detail("backend", need.backend.as_str())
             .detail("available", available));
         }
     };
@@ -76,13 +76,13 @@ pub fn check(need: &Need<'_>, snap: &Snapshot, limits: &Limits) -> Result<(), Ap
                 need.backend, need.device
             ),
         )
-        .detail("backend", need.backend)
+        .detail("backend", need.backend.as_str())
         .detail("device", need.device)
         .detail("valid_devices", valid));
     };
     let required = (need.model_bytes as f64 * MODEL_OVERHEAD) as u64;
     match need.backend {
-        "cuda" => {
+        Backend::Cuda => {
             let free = limits.vram_bytes.map_or(device.memory_free_bytes, |l| {
                 l.min(device.memory_free_bytes)
             });
@@ -170,14 +170,14 @@ mod tests {
                 available_bytes: 50 << 30,
             },
             backends: vec![
-                Backend {
-                    name: "cpu".into(),
+                BackendStatus {
+                    name: Backend::Cpu,
                     available: true,
                     reason: None,
                     devices: vec![dev(0, 8 << 30)],
                 },
-                Backend {
-                    name: "cuda".into(),
+                BackendStatus {
+                    name: Backend::Cuda,
                     available: cuda,
                     reason: (!cuda).then(|| "NVIDIA driver not found".into()),
                     devices: if cuda {
@@ -191,7 +191,7 @@ mod tests {
         }
     }
 
-    fn need(backend: &str, device: u32, model_bytes: u64) -> Need<'_> {
+    fn need(backend: Backend, device: u32, model_bytes: u64) -> Need {
         Need {
             backend,
             device,
@@ -205,16 +205,21 @@ mod tests {
 
     #[test]
     fn a_small_model_on_the_cpu_passes() {
-        check(&need("cpu", 0, 100 << 20), &snap(false), &Limits::default()).unwrap();
+        check(
+            &need(Backend::Cpu, 0, 100 << 20),
+            &snap(false),
+            &Limits::default(),
+        )
+        .unwrap();
     }
 
     #[test]
     fn an_unavailable_backend_lists_the_available_ones() {
-        let e = check(&need("cuda", 0, 1), &snap(false), &Limits::default()).unwrap_err();
+        let e = check(&need(Backend::Cuda, 0, 1), &snap(false), &Limits::default()).unwrap_err();
         assert_eq!(e.error.code, ErrorCode::BackendUnavailable);
         assert!(e.error.message.contains("NVIDIA driver not found"));
         assert_eq!(e.error.details["available"], serde_json::json!(["cpu"]));
-        let e = check(&need("rocm", 0, 1), &snap(true), &Limits::default()).unwrap_err();
+        let e = check(&need(Backend::Metal, 0, 1), &snap(true), &Limits::default()).unwrap_err();
         assert_eq!(
             e.error.details["available"],
             serde_json::json!(["cpu", "cuda"])
@@ -223,11 +228,15 @@ mod tests {
 
     #[test]
     fn a_device_out_of_range_lists_the_valid_ones() {
-        let e = check(&need("cuda", 2, 1), &snap(true), &Limits::default()).unwrap_err();
+        let e = check(&need(Backend::Cuda, 2, 1), &snap(true), &Limits::default()).unwrap_err();
         assert_eq!(e.error.code, ErrorCode::DeviceNotFound);
         assert_eq!(e.error.details["valid_devices"], serde_json::json!([0, 1]));
         assert_eq!(
-            code(check(&need("cpu", 1, 1), &snap(true), &Limits::default())),
+            code(check(
+                &need(Backend::Cpu, 1, 1),
+                &snap(true),
+                &Limits::default()
+            )),
             ErrorCode::DeviceNotFound
         );
     }
@@ -235,12 +244,22 @@ mod tests {
     #[test]
     fn ram_needs_the_model_size_times_one_point_two() {
         // 7 GiB × 1.2 = 8.4 GiB > 8 GiB available.
-        let e = check(&need("cpu", 0, 7 << 30), &snap(false), &Limits::default()).unwrap_err();
+        let e = check(
+            &need(Backend::Cpu, 0, 7 << 30),
+            &snap(false),
+            &Limits::default(),
+        )
+        .unwrap_err();
         assert_eq!(e.error.code, ErrorCode::InsufficientRam);
         assert_eq!(e.error.details["available_bytes"], 8u64 << 30);
         assert!(e.error.details["required_bytes"].as_u64().unwrap() > 8 << 30);
         // 6 GiB × 1.2 = 7.2 GiB fits.
-        check(&need("cpu", 0, 6 << 30), &snap(false), &Limits::default()).unwrap();
+        check(
+            &need(Backend::Cpu, 0, 6 << 30),
+            &snap(false),
+            &Limits::default(),
+        )
+        .unwrap();
     }
 
     #[test]
@@ -250,10 +269,10 @@ mod tests {
             ..Default::default()
         };
         let mut s = snap(false);
-        check(&need("cpu", 0, 1 << 30), &s, &limits).unwrap();
+        check(&need(Backend::Cpu, 0, 1 << 30), &s, &limits).unwrap();
         s.ram_in_use_by_workers = 1 << 30;
         assert_eq!(
-            code(check(&need("cpu", 0, 1 << 30), &s, &limits)),
+            code(check(&need(Backend::Cpu, 0, 1 << 30), &s, &limits)),
             ErrorCode::InsufficientRam
         );
     }
@@ -261,8 +280,18 @@ mod tests {
     #[test]
     fn vram_is_checked_on_the_chosen_device_only() {
         // 2 GiB fits device 0 (4 GiB free), not device 1 (1 GiB free).
-        check(&need("cuda", 0, 2 << 30), &snap(true), &Limits::default()).unwrap();
-        let e = check(&need("cuda", 1, 2 << 30), &snap(true), &Limits::default()).unwrap_err();
+        check(
+            &need(Backend::Cuda, 0, 2 << 30),
+            &snap(true),
+            &Limits::default(),
+        )
+        .unwrap();
+        let e = check(
+            &need(Backend::Cuda, 1, 2 << 30),
+            &snap(true),
+            &Limits::default(),
+        )
+        .unwrap_err();
         assert_eq!(e.error.code, ErrorCode::InsufficientVram);
         assert_eq!(e.error.details["device"], 1);
         let limits = Limits {
@@ -270,7 +299,11 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            code(check(&need("cuda", 0, 2 << 30), &snap(true), &limits)),
+            code(check(
+                &need(Backend::Cuda, 0, 2 << 30),
+                &snap(true),
+                &limits
+            )),
             ErrorCode::InsufficientVram
         );
     }
@@ -281,7 +314,7 @@ mod tests {
             min_free_disk_bytes: Some(60 << 30),
             ..Default::default()
         };
-        let e = check(&need("cpu", 0, 1), &snap(false), &limits).unwrap_err();
+        let e = check(&need(Backend::Cpu, 0, 1), &snap(false), &limits).unwrap_err();
         assert_eq!(e.error.code, ErrorCode::InsufficientDisk);
         assert_eq!(e.error.details["required_bytes"], 60u64 << 30);
     }

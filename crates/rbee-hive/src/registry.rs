@@ -8,32 +8,9 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
+use rbee_types::hive::{Failure, WorkerState, WorkerView};
+use rbee_types::{Backend, ModelRef};
 use serde::{Deserialize, Serialize};
-
-/// Where a worker is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum WorkerState {
-    /// Started, model still loading.
-    Loading,
-    /// Ready, no request running.
-    Idle,
-    /// Ready, at least one slot busy.
-    Busy,
-    /// Being stopped.
-    Draining,
-    /// Missed health checks; about to be stopped.
-    Unhealthy,
-    /// Ended unexpectedly.
-    Failed,
-}
-
-impl WorkerState {
-    /// Whether a spawn request for the same model may reuse the worker.
-    pub fn reusable(self) -> bool {
-        matches!(self, Self::Loading | Self::Idle | Self::Busy)
-    }
-}
 
 /// What the hive decided when it started a worker; persisted as
 /// `<state-dir>/workers/<id>.json`.
@@ -44,13 +21,13 @@ pub struct WorkerSpec {
     /// `rbee-worker@….service` (systemd) or the same name for a process.
     pub unit: String,
     /// The reference the client asked for.
-    pub model_ref: String,
+    pub model_ref: ModelRef,
     /// The model file.
     pub model_path: PathBuf,
     /// Its size, for the RAM budget.
     pub model_bytes: u64,
-    /// `cpu`, `cuda` or `metal`.
-    pub backend: String,
+    /// Where the layers run.
+    pub backend: Backend,
     /// Device index.
     pub device: u32,
     /// Concurrent requests.
@@ -108,41 +85,6 @@ pub struct Worker {
     pub port_attempts: u32,
 }
 
-/// A worker as the API shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct WorkerView {
-    /// Id.
-    pub id: String,
-    /// systemd unit (or process name).
-    pub unit: String,
-    /// Base URL of its API.
-    pub url: String,
-    /// Model reference.
-    pub model_ref: String,
-    /// `cpu`, `cuda`, `metal`.
-    pub backend: String,
-    /// Device index.
-    pub device: u32,
-    /// State.
-    pub state: WorkerState,
-    /// Slots.
-    pub slots: u32,
-    /// Busy slots (last health check).
-    pub slots_busy: u32,
-    /// Last activity.
-    pub last_activity_unix: u64,
-    /// Start time.
-    pub started_at_unix: u64,
-    /// Main PID.
-    pub pid: Option<u32>,
-    /// `systemd-system`, `systemd-user`, `process`.
-    pub supervisor: String,
-    /// The key to send to the worker as `Authorization: Bearer …`.
-    pub api_key: String,
-    /// The executable it runs.
-    pub binary: Option<PathBuf>,
-}
-
 impl Worker {
     /// The API's view.
     pub fn view(&self) -> WorkerView {
@@ -151,7 +93,7 @@ impl Worker {
             unit: self.spec.unit.clone(),
             url: self.spec.url(),
             model_ref: self.spec.model_ref.clone(),
-            backend: self.spec.backend.clone(),
+            backend: self.spec.backend,
             device: self.spec.device,
             state: self.state,
             slots: self.spec.slots,
@@ -166,25 +108,10 @@ impl Worker {
     }
 }
 
-/// Why a worker ended, kept for the next request for its model.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Failure {
-    /// The worker.
-    pub worker_id: String,
-    /// Its unit.
-    pub unit: String,
-    /// `killed by signal 9 (signal)`, `exited with status 4 (exit-code)`, …
-    pub exit: String,
-    /// The end of its log.
-    pub last_log_lines: Vec<String>,
-    /// When.
-    pub at_unix: u64,
-}
-
 #[derive(Default)]
 struct Inner {
     workers: BTreeMap<String, Worker>,
-    failures: BTreeMap<String, Failure>,
+    failures: BTreeMap<ModelRef, Failure>,
 }
 
 /// The workers, behind one lock held only for short, non-blocking sections.
@@ -246,7 +173,7 @@ impl Registry {
     }
 
     /// A worker serving `model_path` on that backend and device that a spawn may reuse.
-    pub fn reusable(&self, model_path: &Path, backend: &str, device: u32) -> Option<Worker> {
+    pub fn reusable(&self, model_path: &Path, backend: Backend, device: u32) -> Option<Worker> {
         self.lock()
             .workers
             .values()
@@ -277,7 +204,7 @@ impl Registry {
         self.lock()
             .workers
             .values()
-            .filter(|w| w.spec.backend == "cpu")
+            .filter(|w| w.spec.backend == Backend::Cpu)
             .map(|w| w.spec.model_bytes)
             .sum()
     }
@@ -291,12 +218,12 @@ impl Registry {
     }
 
     /// Remembers why a worker of `model_ref` ended.
-    pub fn record_failure(&self, model_ref: &str, f: Failure) {
-        self.lock().failures.insert(model_ref.to_owned(), f);
+    pub fn record_failure(&self, model_ref: &ModelRef, f: Failure) {
+        self.lock().failures.insert(model_ref.clone(), f);
     }
 
     /// Hands out (once) the last failure of a model's worker.
-    pub fn take_failure(&self, model_ref: &str) -> Option<Failure> {
+    pub fn take_failure(&self, model_ref: &ModelRef) -> Option<Failure> {
         self.lock().failures.remove(model_ref)
     }
 
@@ -411,10 +338,10 @@ mod tests {
         WorkerSpec {
             id: id.into(),
             unit: format!("rbee-worker@{id}.service"),
-            model_ref: format!("file:///m/{id}.gguf"),
+            model_ref: format!("file:///m/{id}.gguf").parse().unwrap(),
             model_path: format!("/m/{id}.gguf").into(),
             model_bytes: 100,
-            backend: "cpu".into(),
+            backend: Backend::Cpu,
             device: 0,
             slots: 2,
             ctx_size: None,
@@ -455,11 +382,19 @@ mod tests {
     fn only_live_workers_of_the_same_model_backend_and_device_are_reused() {
         let r = Registry::default();
         r.insert(worker("a", 1, WorkerState::Draining));
-        assert!(r.reusable(Path::new("/m/a.gguf"), "cpu", 0).is_none());
+        assert!(r
+            .reusable(Path::new("/m/a.gguf"), Backend::Cpu, 0)
+            .is_none());
         r.insert(worker("a", 1, WorkerState::Loading));
-        assert!(r.reusable(Path::new("/m/a.gguf"), "cpu", 0).is_some());
-        assert!(r.reusable(Path::new("/m/a.gguf"), "cpu", 1).is_none());
-        assert!(r.reusable(Path::new("/m/a.gguf"), "cuda", 0).is_none());
+        assert!(r
+            .reusable(Path::new("/m/a.gguf"), Backend::Cpu, 0)
+            .is_some());
+        assert!(r
+            .reusable(Path::new("/m/a.gguf"), Backend::Cpu, 1)
+            .is_none());
+        assert!(r
+            .reusable(Path::new("/m/a.gguf"), Backend::Cuda, 0)
+            .is_none());
     }
 
     #[test]

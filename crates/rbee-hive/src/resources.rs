@@ -5,55 +5,8 @@
 use std::path::Path;
 use std::sync::{Mutex, OnceLock};
 
-use serde::{Deserialize, Serialize};
-
-/// RAM, bytes.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Memory {
-    /// Installed.
-    pub total_bytes: u64,
-    /// Available for new work (the kernel's `MemAvailable`).
-    pub available_bytes: u64,
-}
-
-/// Space of one filesystem, bytes.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Disk {
-    /// Size.
-    pub total_bytes: u64,
-    /// Free for unprivileged users.
-    pub available_bytes: u64,
-}
-
-/// One device of a backend.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Device {
-    /// Index to pass as `device`.
-    pub index: u32,
-    /// Product name.
-    pub name: String,
-    /// Memory on the device (RAM for the CPU), bytes.
-    pub memory_total_bytes: u64,
-    /// Free memory, bytes.
-    pub memory_free_bytes: u64,
-    /// `/dev/nvidia<minor>` for CUDA devices.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub device_node: Option<String>,
-}
-
-/// One backend and whether workers can use it here.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Backend {
-    /// `cpu`, `cuda` or `metal`.
-    pub name: String,
-    /// Whether it can run workers here.
-    pub available: bool,
-    /// Why not, when unavailable.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-    /// Its devices.
-    pub devices: Vec<Device>,
-}
+pub use rbee_types::hive::{BackendStatus, Device, Disk, Memory};
+use rbee_types::Backend;
 
 /// The kernel's view of RAM (`/proc/meminfo`).
 pub fn memory() -> Memory {
@@ -97,9 +50,9 @@ fn nvml() -> &'static Mutex<Result<nvml_wrapper::Nvml, String>> {
 }
 
 /// CUDA devices through NVML, or why there are none.
-fn cuda() -> Backend {
-    let unavailable = |reason: String| Backend {
-        name: "cuda".into(),
+fn cuda() -> BackendStatus {
+    let unavailable = |reason: String| BackendStatus {
+        name: Backend::Cuda,
         available: false,
         reason: Some(reason),
         devices: vec![],
@@ -130,8 +83,8 @@ fn cuda() -> Backend {
     if devices.is_empty() {
         return unavailable("the NVIDIA driver reports no GPU".into());
     }
-    Backend {
-        name: "cuda".into(),
+    BackendStatus {
+        name: Backend::Cuda,
         available: true,
         reason: None,
         devices,
@@ -139,10 +92,10 @@ fn cuda() -> Backend {
 }
 
 /// Every backend, available or not (CPU first).
-pub fn backends() -> Vec<Backend> {
+pub fn backends() -> Vec<BackendStatus> {
     let mem = memory();
-    let cpu = Backend {
-        name: "cpu".into(),
+    let cpu = BackendStatus {
+        name: Backend::Cpu,
         available: true,
         reason: None,
         devices: vec![Device {
@@ -154,8 +107,8 @@ pub fn backends() -> Vec<Backend> {
         }],
     };
     let metal = if cfg!(target_os = "macos") {
-        Backend {
-            name: "metal".into(),
+        BackendStatus {
+            name: Backend::Metal,
             available: true,
             reason: None,
             devices: vec![Device {
@@ -167,8 +120,8 @@ pub fn backends() -> Vec<Backend> {
             }],
         }
     } else {
-        Backend {
-            name: "metal".into(),
+        BackendStatus {
+            name: Backend::Metal,
             available: false,
             reason: Some("Metal exists on macOS only".into()),
             devices: vec![],
@@ -191,11 +144,11 @@ mod tests {
         let d = disk(Path::new("/nonexistent/dir/below/root"));
         assert!(d.total_bytes > 0, "falls back to an existing ancestor");
         let b = backends();
-        assert_eq!(b[0].name, "cpu");
+        assert_eq!(b[0].name, Backend::Cpu);
         assert!(b[0].available);
         assert_eq!(b[0].devices.len(), 1);
-        let names: Vec<_> = b.iter().map(|b| b.name.as_str()).collect();
-        assert_eq!(names, ["cpu", "cuda", "metal"]);
+        let names: Vec<_> = b.iter().map(|b| b.name).collect();
+        assert_eq!(names, Backend::ALL);
     }
 
     #[test]

@@ -85,11 +85,14 @@ pub fn read_json<T: serde::de::DeserializeOwned>(
     serde_json::from_str(&body).map_err(|e| json_error(&e))
 }
 
-/// The error for a body serde could not take: `UNKNOWN_FIELD` naming the field, or
+/// The error for a body serde could not take: `UNKNOWN_FIELD` naming the field, the code of
+/// a typed field that did not parse (`INVALID_MODEL_REF`, `BACKEND_UNAVAILABLE`), or
 /// `INVALID_JSON` with the line and column.
 pub fn json_error(e: &serde_json::Error) -> ApiError {
     let msg = e.to_string();
-    if msg.starts_with("unknown field") {
+    if let Some(code) = rbee_types::error::code_of_parse_error(&msg) {
+        ApiError::new(code, msg)
+    } else if msg.starts_with("unknown field") {
         ApiError::new(
             ErrorCode::UnknownField,
             format!("invalid request body: {msg}"),

@@ -7,93 +7,43 @@
 use std::path::{Path, PathBuf};
 
 use rusqlite::{params, Row, TransactionBehavior};
-use serde::{Deserialize, Serialize};
 
 /// Catalogue failures.
 pub type CatalogError = rbee_sqlite::DbError;
 
-/// Whether a catalogued model's file is there.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Status {
-    /// File present.
-    Ready,
-    /// File vanished (found on reconciliation).
-    Missing,
-}
+pub use rbee_types::hive::{Model, ModelStatus};
 
-/// One catalogued model.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Model {
-    /// Short id for the API (`org--repo--file`).
-    pub id: String,
-    /// `hf` or `file`.
-    pub provider: String,
-    /// The canonical reference (`hf:org/repo/file.gguf@revision`, `file:///path`).
-    pub reference: String,
-    /// `org/repo` (hf).
-    pub repo: Option<String>,
-    /// The revision asked for (hf).
-    pub revision: Option<String>,
-    /// The commit it resolved to (hf).
-    pub commit_sha: Option<String>,
-    /// File name.
-    pub file_name: String,
-    /// Where it is.
-    pub local_path: PathBuf,
-    /// Size.
-    pub size_bytes: u64,
-    /// SHA-256 (hex) when known.
-    pub sha256: Option<String>,
-    /// When it was recorded.
-    pub downloaded_at_unix: u64,
-    /// GGUF `general.architecture`.
-    pub architecture: Option<String>,
-    /// Parameter count.
-    pub parameter_count: Option<u64>,
-    /// Quantization.
-    pub quantization: Option<String>,
-    /// Training context length.
-    pub context_length: Option<u64>,
-    /// Vocabulary size.
-    pub vocab_size: Option<u64>,
-    /// Present or missing.
-    pub status: Status,
-}
-
-impl Model {
-    /// A ready row for a file recorded now, with the GGUF metadata (architecture, parameter
-    /// count, quantization, context length, vocabulary size) read from its header when it
-    /// has one.
-    pub fn for_file(
-        id: String,
-        provider: &str,
-        reference: String,
-        file_name: String,
-        local_path: PathBuf,
-        size_bytes: u64,
-    ) -> Model {
-        let header = rbee_gguf::read_header(&local_path).ok();
-        let h = header.as_ref();
-        Model {
-            id,
-            provider: provider.to_owned(),
-            reference,
-            repo: None,
-            revision: None,
-            commit_sha: None,
-            file_name,
-            local_path,
-            size_bytes,
-            sha256: None,
-            downloaded_at_unix: rbee_types::now_unix(),
-            architecture: h.and_then(|h| h.architecture().map(str::to_owned)),
-            parameter_count: h.map(|h| h.parameters),
-            quantization: h.and_then(|h| h.quantization()),
-            context_length: h.and_then(|h| h.context_length()),
-            vocab_size: h.and_then(|h| h.vocab_size()),
-            status: Status::Ready,
-        }
+/// A ready row for a file recorded now, with the GGUF metadata (architecture, parameter
+/// count, quantization, context length, vocabulary size) read from its header when it has
+/// one.
+pub fn model_for_file(
+    id: String,
+    provider: &str,
+    reference: String,
+    file_name: String,
+    local_path: PathBuf,
+    size_bytes: u64,
+) -> Model {
+    let header = rbee_gguf::read_header(&local_path).ok();
+    let h = header.as_ref();
+    Model {
+        id,
+        provider: provider.to_owned(),
+        reference,
+        repo: None,
+        revision: None,
+        commit_sha: None,
+        file_name,
+        local_path,
+        size_bytes,
+        sha256: None,
+        downloaded_at_unix: rbee_types::now_unix(),
+        architecture: h.and_then(|h| h.architecture().map(str::to_owned)),
+        parameter_count: h.map(|h| h.parameters),
+        quantization: h.and_then(|h| h.quantization()),
+        context_length: h.and_then(|h| h.context_length()),
+        vocab_size: h.and_then(|h| h.vocab_size()),
+        status: ModelStatus::Ready,
     }
 }
 
@@ -154,9 +104,9 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<Model> {
         context_length: r.get::<_, Option<i64>>(14)?.map(|v| v as u64),
         vocab_size: r.get::<_, Option<i64>>(15)?.map(|v| v as u64),
         status: if status == "missing" {
-            Status::Missing
+            ModelStatus::Missing
         } else {
-            Status::Ready
+            ModelStatus::Ready
         },
     })
 }
@@ -203,8 +153,8 @@ impl Catalog {
                         m.context_length.map(|v| v as i64),
                         m.vocab_size.map(|v| v as i64),
                         match m.status {
-                            Status::Ready => "ready",
-                            Status::Missing => "missing",
+                            ModelStatus::Ready => "ready",
+                            ModelStatus::Missing => "missing",
                         },
                     ],
                 )
@@ -308,7 +258,7 @@ mod tests {
             quantization: Some("Q4_1".into()),
             context_length: Some(8192),
             vocab_size: Some(49152),
-            status: Status::Ready,
+            status: ModelStatus::Ready,
         }
     }
 
@@ -359,10 +309,10 @@ mod tests {
         c.insert(&model("a", &f)).unwrap();
         std::fs::remove_file(&f).unwrap();
         assert_eq!(c.reconcile().unwrap(), ["a"]);
-        assert_eq!(c.get("a").unwrap().unwrap().status, Status::Missing);
+        assert_eq!(c.get("a").unwrap().unwrap().status, ModelStatus::Missing);
         std::fs::write(&f, b"abc").unwrap();
         assert!(c.reconcile().unwrap().is_empty());
-        assert_eq!(c.get("a").unwrap().unwrap().status, Status::Ready);
+        assert_eq!(c.get("a").unwrap().unwrap().status, ModelStatus::Ready);
         assert!(c.remove("a").unwrap().is_some());
         assert!(c.get("a").unwrap().is_none());
         std::fs::remove_dir_all(d).unwrap();

@@ -11,9 +11,9 @@ use rbee_types::{ApiError, ErrorCode};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use crate::reference::Selector;
 pub use crate::sink::direct_io;
 use crate::sink::Sink;
+use rbee_types::model_ref::Selector;
 
 /// Where the hub is and how patient to be with it.
 #[derive(Debug, Clone)]

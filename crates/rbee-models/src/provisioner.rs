@@ -8,49 +8,11 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use rbee_types::{ApiError, ErrorCode};
-use serde::Serialize;
 
-use crate::catalog::{Catalog, Model, Status};
+use crate::catalog::{model_for_file, Catalog, Model, ModelStatus};
 use crate::hub::{self, HubConfig};
-use crate::reference::{ModelRef, Selector};
-
-/// One progress event of a download.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(tag = "stage", rename_all = "lowercase")]
-pub enum Progress {
-    /// Asking the hub for the file list.
-    Resolving,
-    /// Bytes arriving.
-    Downloading {
-        /// Received so far (written and hashed once it equals `bytes_total`).
-        bytes_downloaded: u64,
-        /// File size.
-        bytes_total: u64,
-        /// Recent speed.
-        speed_mbps: f64,
-        /// Attempt (1-based).
-        attempt: u32,
-    },
-    /// Verified and catalogued.
-    Complete {
-        /// Where the file is.
-        local_path: PathBuf,
-        /// Its catalogue id.
-        model_id: String,
-    },
-    /// Failed for good.
-    Error {
-        /// The error envelope's body.
-        error: rbee_types::ErrorBody,
-    },
-}
-
-impl Progress {
-    /// Whether this ends the stream.
-    pub fn is_final(&self) -> bool {
-        matches!(self, Progress::Complete { .. } | Progress::Error { .. })
-    }
-}
+use rbee_types::hive::DownloadProgress;
+use rbee_types::model_ref::{url_safe, ModelRef, Selector};
 
 /// A download in flight (or finished), shared by everyone who asked for it.
 pub struct Transfer {
@@ -58,12 +20,12 @@ pub struct Transfer {
     pub id: String,
     /// The reference it was started for.
     pub reference: String,
-    state: Mutex<(u64, Progress)>,
+    state: Mutex<(u64, DownloadProgress)>,
     changed: Condvar,
 }
 
 impl Transfer {
-    fn set(&self, p: Progress) {
+    fn set(&self, p: DownloadProgress) {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         s.0 += 1;
         s.1 = p;
@@ -72,12 +34,12 @@ impl Transfer {
     }
 
     /// The latest progress and its generation.
-    pub fn current(&self) -> (u64, Progress) {
+    pub fn current(&self) -> (u64, DownloadProgress) {
         self.state.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Waits (at most `timeout`) for progress newer than generation `seen`.
-    pub fn wait_newer(&self, seen: u64, timeout: Duration) -> (u64, Progress) {
+    pub fn wait_newer(&self, seen: u64, timeout: Duration) -> (u64, DownloadProgress) {
         let guard = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let (guard, _) = self
             .changed
@@ -93,8 +55,8 @@ impl Transfer {
             let (g, p) = self.wait_newer(seen, Duration::from_secs(3600));
             seen = g;
             match p {
-                Progress::Complete { model_id, .. } => return Ok(model_id),
-                Progress::Error { error } => return Err(ApiError { error }),
+                DownloadProgress::Complete { model_id, .. } => return Ok(model_id),
+                DownloadProgress::Error { error } => return Err(ApiError { error }),
                 _ => {}
             }
         }
@@ -120,7 +82,7 @@ pub struct Provisioner {
 
 /// A catalogue id from a name (`org--repo--file`).
 fn slug(s: &str) -> String {
-    crate::reference::url_safe(s)
+    url_safe(s)
         .trim_matches(['-', '.'])
         .chars()
         .take(120)
@@ -171,8 +133,9 @@ impl Provisioner {
 
     /// The model a reference names: from the catalogue, imported (file), or a download
     /// started — or joined, when one for the same reference runs.
-    pub fn ensure(self: &Arc<Self>, reference: &str) -> Result<Ensured, ApiError> {
-        match ModelRef::parse(reference)? {
+    pub fn ensure(self: &Arc<Self>, model_ref: &ModelRef) -> Result<Ensured, ApiError> {
+        let reference = &model_ref.to_string();
+        match model_ref.clone() {
             ModelRef::File { path } => self
                 .import(reference, &path)
                 .map(|m| Ensured::Ready(Box::new(m))),
@@ -194,7 +157,7 @@ impl Provisioner {
                 let t = Arc::new(Transfer {
                     id: format!("dl-{}", self.next.fetch_add(1, Ordering::Relaxed)),
                     reference: reference.to_owned(),
-                    state: Mutex::new((1, Progress::Resolving)),
+                    state: Mutex::new((1, DownloadProgress::Resolving)),
                     changed: Condvar::new(),
                 });
                 transfers.insert(key, Arc::clone(&t));
@@ -208,14 +171,14 @@ impl Provisioner {
                         t2.set(match result {
                             Ok(m) => {
                                 tracing::info!(model = %m.id, path = %m.local_path.display(), "model downloaded and verified");
-                                Progress::Complete {
+                                DownloadProgress::Complete {
                                     local_path: m.local_path,
                                     model_id: m.id,
                                 }
                             }
                             Err(e) => {
                                 tracing::error!(%reference, code = %e.error.code.as_str(), "download failed: {}", e.error.message);
-                                Progress::Error { error: e.error }
+                                DownloadProgress::Error { error: e.error }
                             }
                         });
                     })
@@ -231,7 +194,7 @@ impl Provisioner {
         let mut m: Vec<Model> = all
             .into_iter()
             .filter(|m| {
-                m.status == Status::Ready
+                m.status == ModelStatus::Ready
                     && m.repo.as_deref() == Some(repo)
                     && (m.revision.as_deref() == Some(revision)
                         || m.commit_sha.as_deref() == Some(revision))
@@ -286,7 +249,7 @@ impl Provisioner {
             &dest,
             reference,
             |tick| {
-                t.set(Progress::Downloading {
+                t.set(DownloadProgress::Downloading {
                     bytes_downloaded: tick.bytes,
                     bytes_total: tick.total,
                     speed_mbps: (tick.speed_mbps * 100.0).round() / 100.0,
@@ -305,7 +268,7 @@ impl Provisioner {
             revision: Some(revision.to_owned()),
             commit_sha: Some(info.commit.clone()),
             sha256: Some(sha),
-            ..Model::for_file(id, "hf", canonical, name, dest, file.size)
+            ..model_for_file(id, "hf", canonical, name, dest, file.size)
         };
         self.catalog()
             .insert(&model)
@@ -344,7 +307,7 @@ impl Provisioner {
             name.trim_end_matches(".gguf"),
             fnv32(reference)
         ));
-        let model = Model::for_file(id, "file", reference.to_owned(), name, real, meta.len());
+        let model = model_for_file(id, "file", reference.to_owned(), name, real, meta.len());
         let mut cat = self.catalog();
         let existing = cat.by_reference(reference).ok().flatten();
         match existing {

@@ -6,10 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rbee_models::hub::{partial_path, HubConfig};
-use rbee_models::provisioner::{Ensured, Progress, Provisioner, Transfer};
+use rbee_models::provisioner::{Ensured, Provisioner, Transfer};
 use rbee_test_support::disk::SmallDisk;
 use rbee_test_support::hub::{sha256_file, Faults, Hub};
 use rbee_test_support::model::TempDir;
+use rbee_types::hive::DownloadProgress as Progress;
 use rbee_types::ErrorCode;
 
 const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
@@ -74,7 +75,7 @@ fn follow(t: &Transfer) -> Vec<Progress> {
 }
 
 fn start(e: &Env, reference: &str) -> Arc<Transfer> {
-    match e.prov.ensure(reference).unwrap() {
+    match e.prov.ensure(&reference.parse().unwrap()).unwrap() {
         Ensured::Downloading(t) => t,
         Ensured::Ready(m) => panic!("unexpectedly cached: {m:?}"),
     }
@@ -195,7 +196,10 @@ fn a_clean_download_is_verified_catalogued_and_then_served_from_the_catalogue() 
         "hf:org/smol/smol-Q4_1.gguf",
     ] {
         assert!(
-            matches!(e.prov.ensure(r).unwrap(), Ensured::Ready(_)),
+            matches!(
+                e.prov.ensure(&r.parse().unwrap()).unwrap(),
+                Ensured::Ready(_)
+            ),
             "{r}"
         );
     }

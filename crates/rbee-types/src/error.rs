@@ -204,6 +204,30 @@ impl std::fmt::Display for ApiError {
 
 impl std::error::Error for ApiError {}
 
+impl From<crate::model_ref::ModelRefError> for ApiError {
+    fn from(e: crate::model_ref::ModelRefError) -> Self {
+        ApiError::new(ErrorCode::InvalidModelRef, e.to_string()).detail("model_ref", e.reference)
+    }
+}
+
+impl From<crate::backend::BackendError> for ApiError {
+    fn from(e: crate::backend::BackendError) -> Self {
+        ApiError::new(ErrorCode::BackendUnavailable, e.to_string()).detail("backend", e.name)
+    }
+}
+
+/// The code of a typed field that failed to parse inside a request body (serde keeps only
+/// the message of a `FromStr` error): a model reference or a backend; `None` for others.
+pub fn code_of_parse_error(message: &str) -> Option<ErrorCode> {
+    if message.starts_with(crate::model_ref::MODEL_REF_ERROR_PREFIX) {
+        Some(ErrorCode::InvalidModelRef)
+    } else if message.starts_with(crate::backend::BACKEND_ERROR_PREFIX) {
+        Some(ErrorCode::BackendUnavailable)
+    } else {
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

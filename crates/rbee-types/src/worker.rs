@@ -1,7 +1,12 @@
 //! The worker's HTTP API: request and response bodies, and the SSE events of the token
 //! stream and of the loading progress.
 
+use std::net::IpAddr;
+use std::path::PathBuf;
+
 use serde::{Deserialize, Serialize};
+
+use crate::{ApiError, Backend, ModelRef};
 
 /// One chat message; the worker renders a list of them with the model's own chat template.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -231,6 +236,80 @@ pub struct ReadyCallback {
     pub device: u32,
 }
 
+/// One event of the token stream of `POST /v1/inference`, as a client reads it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum StreamEvent {
+    /// The first event: the request's id.
+    Start(StartEvent),
+    /// A generated token.
+    Token(TokenEvent),
+    /// The last event before `[DONE]`.
+    Done(DoneEvent),
+    /// Generation failed after the stream began.
+    Error(ApiError),
+}
+
+/// The command line of a worker the hive starts: built from validated values, turned into
+/// arguments only here, and parsed back by the worker's own command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerArgs {
+    /// The GGUF file.
+    pub model: PathBuf,
+    /// Where the layers run.
+    pub backend: Backend,
+    /// GPU index.
+    pub device: u32,
+    /// Listen address.
+    pub host: IpAddr,
+    /// Listen port.
+    pub port: u16,
+    /// Concurrent requests.
+    pub slots: u32,
+    /// Context tokens per slot (`None`: the model's, capped).
+    pub ctx_size: Option<u32>,
+    /// Id reported to the hive.
+    pub worker_id: String,
+    /// The reference the model was asked for as.
+    pub model_ref: ModelRef,
+    /// Where to call back when listening.
+    pub hive_url: String,
+    /// Seconds active requests get to finish on shutdown.
+    pub drain_timeout_secs: u64,
+}
+
+impl WorkerArgs {
+    /// The arguments (without the program name), in the worker's `--flag value` form.
+    pub fn to_args(&self) -> Vec<String> {
+        let mut args: Vec<String> = [
+            ("--model", self.model.display().to_string()),
+            ("--backend", self.backend.to_string()),
+            ("--device", self.device.to_string()),
+            ("--host", self.host.to_string()),
+            ("--port", self.port.to_string()),
+            ("--slots", self.slots.to_string()),
+            ("--worker-id", self.worker_id.clone()),
+            ("--model-ref", self.model_ref.to_string()),
+            ("--hive-url", self.hive_url.clone()),
+            ("--drain-timeout", self.drain_timeout_secs.to_string()),
+        ]
+        .into_iter()
+        .flat_map(|(flag, value)| [flag.to_owned(), value])
+        .collect();
+        if let Some(c) = self.ctx_size {
+            args.extend(["--ctx-size".to_owned(), c.to_string()]);
+        }
+        args
+    }
+}
+
+/// The hive's answer to a [`ReadyCallback`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadyAck {
+    /// Always true (a refused callback gets an error envelope).
+    pub ok: bool,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -250,5 +329,60 @@ mod tests {
         })
         .unwrap();
         assert_eq!(s, r#"{"token":"Once","index":0}"#);
+    }
+
+    #[test]
+    fn stream_events_are_told_apart() {
+        let lines = [
+            r#"{"request_id":"req-1"}"#,
+            r#"{"token":"B","index":0}"#,
+            r#"{"done":true,"total_tokens":1,"duration_ms":3,"prompt_tokens":2,"time_to_first_token_ms":1,"finish_reason":"stop"}"#,
+            r#"{"error":{"code":"INFERENCE_FAILED","message":"x"}}"#,
+        ];
+        let events: Vec<StreamEvent> = lines
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert!(matches!(&events[0], StreamEvent::Start(s) if s.request_id == "req-1"));
+        assert!(matches!(&events[1], StreamEvent::Token(t) if t.token == "B"));
+        assert!(
+            matches!(&events[2], StreamEvent::Done(d) if d.finish_reason == FinishReason::Stop)
+        );
+        assert!(matches!(&events[3], StreamEvent::Error(e) if e.error.message == "x"));
+        for (e, line) in events.iter().zip(lines) {
+            assert_eq!(serde_json::to_string(e).unwrap(), line);
+        }
+    }
+
+    #[test]
+    fn worker_args_name_every_flag_once() {
+        let a = WorkerArgs {
+            model: "/m/x.gguf".into(),
+            backend: Backend::Cuda,
+            device: 1,
+            host: "127.0.0.1".parse().unwrap(),
+            port: 9300,
+            slots: 4,
+            ctx_size: Some(512),
+            worker_id: "x".into(),
+            model_ref: "file:///m/x.gguf".parse().unwrap(),
+            hive_url: "http://127.0.0.1:9200".into(),
+            drain_timeout_secs: 25,
+        };
+        let args = a.to_args();
+        let flag = |f: &str| {
+            let i = args.iter().position(|x| x == f).unwrap();
+            args[i + 1].clone()
+        };
+        assert_eq!(flag("--backend"), "cuda");
+        assert_eq!(flag("--ctx-size"), "512");
+        assert_eq!(flag("--model-ref"), "file:///m/x.gguf");
+        assert_eq!(args.len(), 22);
+        let without = WorkerArgs {
+            ctx_size: None,
+            ..a
+        }
+        .to_args();
+        assert!(!without.contains(&"--ctx-size".to_owned()));
     }
 }

@@ -232,7 +232,7 @@ fn main() -> anyhow::Result<()> {
         cat.insert(&Model {
             repo: Some(format!("org/repo{i}")),
             revision: Some("main".into()),
-            ..Model::for_file(
+            ..rbee_models::catalog::model_for_file(
                 format!("org--repo{i}--m"),
                 "hf",
                 format!("hf:org/repo{i}/m.gguf@main"),

@@ -89,7 +89,7 @@ impl ProcessSupervisor {
             .stdin(Stdio::null())
             .stdout(log.try_clone().map_err(|e| other("log file", e))?)
             .stderr(log);
-        rbee_supervisor::child::die_with_parent(&mut cmd);
+        rbee_binaries::child::die_with_parent(&mut cmd);
         let (tx, rx) = mpsc::channel();
         self.spawner
             .lock()

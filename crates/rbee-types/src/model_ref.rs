@@ -6,9 +6,10 @@
 //! - any of these with `@revision` (branch, tag or commit; default `main`);
 //! - `file:///absolute/path.gguf` — a local file, recorded in place.
 
+use std::fmt;
 use std::path::PathBuf;
+use std::str::FromStr;
 
-use rbee_types::{ApiError, ErrorCode};
 
 /// Longest reference accepted.
 pub const MAX_REF_LEN: usize = 1024;
@@ -19,7 +20,7 @@ pub const FORMATS: &str = "accepted: hf:org/repo, hf:org/repo:QUANT (e.g. \
      optional @revision, or file:///absolute/path/model.gguf";
 
 /// Which GGUF file of a repository.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Selector {
     /// The only GGUF file (an error lists them when there are several).
     Only,
@@ -30,7 +31,7 @@ pub enum Selector {
 }
 
 /// A parsed reference.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ModelRef {
     /// A file of a Hugging Face repository.
     Hf {
@@ -48,12 +49,25 @@ pub enum ModelRef {
     },
 }
 
-fn invalid(reference: &str, why: &str) -> ApiError {
-    ApiError::new(
-        ErrorCode::InvalidModelRef,
-        format!("invalid model reference: {why}; {FORMATS}"),
-    )
-    .detail("model_ref", reference.chars().take(200).collect::<String>())
+/// Beginning of the message of every [`ModelRefError`]; servers map it to
+/// `INVALID_MODEL_REF` (see [`crate::error::code_of_parse_error`]).
+pub const MODEL_REF_ERROR_PREFIX: &str = "invalid model reference";
+
+/// A reference that does not parse: why, and the accepted formats.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{MODEL_REF_ERROR_PREFIX}: {why}; {FORMATS}")]
+pub struct ModelRefError {
+    /// The reference (at most 200 characters of it).
+    pub reference: String,
+    /// What is wrong with it.
+    pub why: String,
+}
+
+fn invalid(reference: &str, why: &str) -> ModelRefError {
+    ModelRefError {
+        reference: reference.chars().take(200).collect(),
+        why: why.to_owned(),
+    }
 }
 
 /// One name of `org/repo` or a path segment: letters, digits, `.`, `_`, `-`; not `.`/`..`,
@@ -68,8 +82,8 @@ fn valid_name(s: &str, max: usize) -> bool {
 }
 
 impl ModelRef {
-    /// Parses and checks a reference.
-    pub fn parse(reference: &str) -> Result<ModelRef, ApiError> {
+    /// Parses and checks a reference (the same as `str::parse`).
+    pub fn parse(reference: &str) -> Result<ModelRef, ModelRefError> {
         let r = reference;
         if r.is_empty() {
             return Err(invalid(r, "it is empty"));
@@ -175,7 +189,7 @@ pub fn url_safe(s: &str) -> String {
         .collect()
 }
 
-fn parse_file(r: &str, path: &str) -> Result<ModelRef, ApiError> {
+fn parse_file(r: &str, path: &str) -> Result<ModelRef, ModelRefError> {
     let p = std::path::Path::new(path);
     if !p.is_absolute() {
         return Err(invalid(r, "the path must be absolute"));
@@ -191,6 +205,52 @@ fn parse_file(r: &str, path: &str) -> Result<ModelRef, ApiError> {
         path: p.to_path_buf(),
     })
 }
+
+impl ModelRef {
+    /// `hf` or `file`: the catalogue's provider column.
+    pub fn provider(&self) -> &'static str {
+        match self {
+            ModelRef::Hf { .. } => "hf",
+            ModelRef::File { .. } => "file",
+        }
+    }
+}
+
+impl FromStr for ModelRef {
+    type Err = ModelRefError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        ModelRef::parse(s)
+    }
+}
+
+/// The reference in its shortest form: `@main` is left out, everything else is kept, so
+/// that parsing what is displayed gives the same reference.
+impl fmt::Display for ModelRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ModelRef::File { path } => write!(f, "file://{}", path.display()),
+            ModelRef::Hf {
+                repo,
+                selector,
+                revision,
+            } => {
+                write!(f, "hf:{repo}")?;
+                match selector {
+                    Selector::Only => {}
+                    Selector::Quant(q) => write!(f, ":{q}")?,
+                    Selector::File(file) => write!(f, "/{file}")?,
+                }
+                if revision != "main" {
+                    write!(f, "@{revision}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+crate::serde_via_str!(ModelRef);
 
 #[cfg(test)]
 mod tests {
@@ -261,13 +321,34 @@ mod tests {
             ("file://relative.gguf", "absolute"),
             ("file:///a/../b.gguf", "`..`"),
         ] {
-            let e = ModelRef::parse(r).expect_err(r);
-            assert_eq!(e.error.code, ErrorCode::InvalidModelRef, "{r:?}");
-            assert!(e.error.message.contains(says), "{r:?}: {}", e.error.message);
-            assert!(
-                e.error.message.contains("hf:org/repo:QUANT"),
-                "lists the formats"
-            );
+            let e = r.parse::<ModelRef>().expect_err(r).to_string();
+            assert!(e.starts_with(MODEL_REF_ERROR_PREFIX), "{r:?}: {e}");
+            assert!(e.contains(says), "{r:?}: {e}");
+            assert!(e.contains("hf:org/repo:QUANT"), "lists the formats");
+            let json = serde_json::to_string(r).unwrap();
+            let e = serde_json::from_str::<ModelRef>(&json).expect_err(r);
+            assert!(e.to_string().contains(says), "through serde {r:?}: {e}");
         }
+    }
+
+    #[test]
+    fn references_round_trip_through_display_and_serde() {
+        for r in [
+            "hf:org/repo",
+            "hf:org/repo:Q4_K_M",
+            "hf:org/repo/sub/model-Q4_1.gguf@v1.0",
+            "hf:org/repo:Q8_0@refs/pr/1",
+            "file:///models/m.gguf",
+        ] {
+            let parsed: ModelRef = r.parse().unwrap();
+            assert_eq!(parsed.to_string(), r);
+            let json = serde_json::to_string(&parsed).unwrap();
+            assert_eq!(json, format!("\"{r}\""));
+            assert_eq!(serde_json::from_str::<ModelRef>(&json).unwrap(), parsed);
+        }
+        // `@main` is the default, so it is left out and parses back the same.
+        let main: ModelRef = "hf:org/repo:Q4_0@main".parse().unwrap();
+        assert_eq!(main.to_string(), "hf:org/repo:Q4_0");
+        assert_eq!(main.to_string().parse::<ModelRef>().unwrap(), main);
     }
 }
