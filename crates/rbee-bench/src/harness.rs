@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use rbee_test_support::model::TempDir;
 use rbee_test_support::process::{free_port, wait_for_port, worker_ports};
-use serde_json::{json, Value};
+use rbee_client::HiveClient;
+use rbee_types::hive::{SpawnRequest, WorkerState};
 
 /// A binary next to this benchmark (`target/release/<name>`).
 pub fn sibling(name: &str) -> anyhow::Result<PathBuf> {
@@ -23,12 +24,19 @@ pub fn sibling(name: &str) -> anyhow::Result<PathBuf> {
     Ok(p)
 }
 
+/// `file://<p>` as a model reference.
+pub fn file_ref(p: &Path) -> anyhow::Result<rbee_types::ModelRef> {
+    Ok(format!("file://{}", p.display()).parse()?)
+}
+
 /// A hive started by a benchmark; stopped (SIGTERM, its workers with it) on drop.
 pub struct Hive {
     /// The process.
     pub child: Child,
     /// Its base URL.
     pub url: String,
+    /// A client of its API.
+    pub client: HiveClient,
     agent: ureq::Agent,
     _state: TempDir,
 }
@@ -59,9 +67,11 @@ impl Hive {
         if !wait_for_port(port, Duration::from_secs(20)) {
             bail!("the hive did not start");
         }
+        let url = format!("http://127.0.0.1:{port}");
         Ok(Hive {
             child,
-            url: format!("http://127.0.0.1:{port}"),
+            client: HiveClient::new(&url, None).with_timeout(Duration::from_secs(60)),
+            url,
             agent: ureq::AgentBuilder::new()
                 .timeout(Duration::from_secs(60))
                 .build(),
@@ -69,16 +79,7 @@ impl Hive {
         })
     }
 
-    /// GET JSON.
-    pub fn get(&self, path: &str) -> anyhow::Result<Value> {
-        Ok(self
-            .agent
-            .get(&format!("{}{path}", self.url))
-            .call()?
-            .into_json()?)
-    }
-
-    /// GET text.
+    /// GET text, unparsed (timed to the last byte of the body).
     pub fn get_text(&self, path: &str) -> anyhow::Result<String> {
         Ok(self
             .agent
@@ -87,39 +88,34 @@ impl Hive {
             .into_string()?)
     }
 
-    /// POST JSON.
-    pub fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
-        let r = self
-            .agent
-            .post(&format!("{}{path}", self.url))
-            .send_json(body.clone());
-        match r {
-            Ok(r) => Ok(r.into_json()?),
-            Err(ureq::Error::Status(_, r)) => bail!("{}", r.into_string()?),
-            Err(e) => Err(e.into()),
-        }
+    /// Spawns and waits for `idle`; returns (elapsed, id).
+    pub fn timed_spawn(&self, req: &SpawnRequest) -> anyhow::Result<(Duration, String)> {
+        let t0 = Instant::now();
+        let id = self.spawn(req)?;
+        self.wait_idle(&id, t0, Duration::from_millis(2))?;
+        Ok((t0.elapsed(), id))
     }
 
-    /// Spawns and waits for `idle`; returns (elapsed, id).
-    pub fn timed_spawn(&self, body: &Value) -> anyhow::Result<(Duration, String)> {
-        let t0 = Instant::now();
-        let r = self.post("/v1/workers/spawn", body)?;
-        let id = r["worker"]["id"].as_str().context("no id")?.to_owned();
-        loop {
-            let w = self.get(&format!("/v1/workers/{id}"))?;
-            if w["worker"]["state"] == "idle" {
-                return Ok((t0.elapsed(), id));
-            }
+    /// Asks for a worker; its id.
+    pub fn spawn(&self, req: &SpawnRequest) -> anyhow::Result<String> {
+        let (_, r) = self.client.spawn(req)?;
+        Ok(r.worker.context("the spawn answered without a worker")?.id)
+    }
+
+    /// Polls worker `id` every `every` until it is idle (at most 120 s after `t0`).
+    pub fn wait_idle(&self, id: &str, t0: Instant, every: Duration) -> anyhow::Result<()> {
+        while self.client.worker(id)?.state != WorkerState::Idle {
             if t0.elapsed() > Duration::from_secs(120) {
                 bail!("worker {id} not ready after 120 s");
             }
-            std::thread::sleep(Duration::from_millis(2));
+            std::thread::sleep(every);
         }
+        Ok(())
     }
 
     /// Drains and stops a worker.
     pub fn stop_worker(&self, id: &str) -> anyhow::Result<()> {
-        self.post(&format!("/v1/workers/{id}/shutdown"), &json!({}))?;
+        self.client.stop_worker(id)?;
         Ok(())
     }
 

@@ -15,10 +15,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use rbee_bench::harness::{direct_start, ms, sibling, Hive};
+use rbee_bench::harness::{direct_start, file_ref, ms, sibling, Hive};
 use rbee_bench::stats::{median, percentile as pct};
 use rbee_test_support::systemd::UserManager;
-use serde_json::json;
+use rbee_types::hive::SpawnRequest;
+use rbee_types::Backend;
 
 /// Measures rbee-hive's spawn overhead, idle RSS and list latency.
 #[derive(Parser)]
@@ -64,7 +65,7 @@ fn main() -> anyhow::Result<()> {
     let idle_rss_sd = sd_hive.as_ref().map(Hive::rss_kib);
 
     println!("== spawn → READY ({} rounds, interleaved)", args.rounds);
-    let body = json!({ "model_ref": format!("file://{}", model.display()) });
+    let body = SpawnRequest::new(file_ref(&model)?, Backend::Cpu, 0);
     let (mut direct, mut proc_t, mut sd_t) = (vec![], vec![], vec![]);
     let (mut proc_over, mut sd_over) = (vec![], vec![]);
     for round in 0..args.rounds {
@@ -135,27 +136,18 @@ fn main() -> anyhow::Result<()> {
             .map(|i| -> anyhow::Result<String> {
                 let p = link_dir.join(format!("m{i:03}.gguf"));
                 std::fs::hard_link(&model, &p)?;
-                let r = proc_hive.post(
-                    "/v1/workers/spawn",
-                    &json!({ "model_ref": format!("file://{}", p.display()), "ctx_size": 16 }),
-                )?;
-                Ok(r["worker"]["id"].as_str().unwrap_or_default().to_owned())
+                proc_hive.spawn(&SpawnRequest {
+                    ctx_size: Some(16),
+                    ..SpawnRequest::new(file_ref(&p)?, Backend::Cpu, 0)
+                })
             })
             .collect::<anyhow::Result<_>>()?;
         for id in &batch {
-            let t0 = Instant::now();
-            while proc_hive.get(&format!("/v1/workers/{id}"))?["worker"]["state"] != "idle" {
-                if t0.elapsed() > Duration::from_secs(120) {
-                    bail!("worker {id} not ready");
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            proc_hive.wait_idle(id, Instant::now(), Duration::from_millis(20))?;
         }
         started += batch.len();
     }
-    let listed = proc_hive.get("/v1/workers/list")?["workers"]
-        .as_array()
-        .map_or(0, Vec::len);
+    let listed = proc_hive.client.workers()?.len();
     let (mut health, mut list) = (vec![], vec![]);
     for _ in 0..args.requests {
         // Timed to the last byte of the body; parsing it is the client's business.

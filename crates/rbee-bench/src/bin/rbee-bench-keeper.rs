@@ -18,7 +18,7 @@ use clap::Parser;
 use rbee_bench::harness::{direct_start, ms, sibling, Hive};
 use rbee_bench::stats::median;
 use rbee_test_support::model::TempDir;
-use serde_json::json;
+use rbee_types::worker::InferenceRequest;
 
 /// Measures rbee-keeper infer against curl to the worker, warm and cold.
 #[derive(Parser)]
@@ -73,7 +73,13 @@ impl Keeper {
 }
 
 fn curl(url: &str, key: &str) -> anyhow::Result<Duration> {
-    let body = json!({"prompt": PROMPT, "max_tokens": TOKENS, "temperature": 0.0, "stream": true});
+    let body = InferenceRequest {
+        prompt: Some(PROMPT.into()),
+        max_tokens: Some(TOKENS.into()),
+        temperature: Some(0.0),
+        stream: Some(true),
+        ..InferenceRequest::default()
+    };
     let t0 = Instant::now();
     let out = Command::new("curl")
         .args([
@@ -87,7 +93,7 @@ fn curl(url: &str, key: &str) -> anyhow::Result<Duration> {
             "-H",
             "Content-Type: application/json",
             "-d",
-            &body.to_string(),
+            &serde_json::to_string(&body)?,
         ])
         .arg(format!("{url}/v1/inference"))
         .output()?;
@@ -116,12 +122,13 @@ fn main() -> anyhow::Result<()> {
         model_ref: format!("file://{}", model.display()),
     };
     keeper.infer().context("the first (warming) run")?;
-    let workers = hive.get("/v1/workers/list")?;
-    let w = &workers["workers"][0];
-    let (url, key) = (
-        w["url"].as_str().context("worker url")?.to_owned(),
-        w["api_key"].as_str().context("worker key")?.to_owned(),
-    );
+    let w = hive
+        .client
+        .workers()?
+        .into_iter()
+        .next()
+        .context("no worker after the first run")?;
+    let (url, key) = (w.url, w.api_key);
     println!(
         "== warm: rbee-keeper infer vs curl to the worker ({} rounds, interleaved; {TOKENS} tokens, greedy)",
         args.rounds
@@ -177,15 +184,11 @@ fn main() -> anyhow::Result<()> {
 
 /// Stops every worker of the hive and waits until none is listed.
 fn stop_all(hive: &Hive) -> anyhow::Result<()> {
-    let list = hive.get("/v1/workers/list")?;
-    for w in list["workers"].as_array().into_iter().flatten() {
-        hive.stop_worker(w["id"].as_str().unwrap_or(""))?;
+    for w in hive.client.workers()? {
+        hive.stop_worker(&w.id)?;
     }
     let t0 = Instant::now();
-    while !hive.get("/v1/workers/list")?["workers"]
-        .as_array()
-        .is_none_or(|a| a.is_empty())
-    {
+    while !hive.client.workers()?.is_empty() {
         if t0.elapsed() > Duration::from_secs(30) {
             bail!("workers still listed after 30 s");
         }
