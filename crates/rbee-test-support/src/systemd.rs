@@ -1,6 +1,6 @@
 //! A private systemd *user* manager for tests, on machines whose PID 1 is not systemd.
 //!
-//! How (see DESIGN.md): the manager runs in a private mount namespace with a tmpfs on
+//! How (see docs/testing.md): the manager runs in a private mount namespace with a tmpfs on
 //! `/run/systemd` (it refuses to start without `/run/systemd/system`), and — first of all —
 //! inside its own cgroup subtree: a user manager started in the root cgroup would move every
 //! process of the machine, PID 1 included, into its own scope. The subtree is a child of
@@ -157,7 +157,7 @@ impl Drop for UserManager {
     }
 }
 
-/// Starts `inner` (a shell command line without single quotes) confined the way DESIGN.md
+/// Starts `inner` (a shell command line without single quotes) confined the way docs/testing.md
 /// says: in a new cgroup subtree of every hierarchy (the shell moves itself there first, so
 /// what it becomes starts inside), in a private mount namespace with a tmpfs on
 /// `/run/systemd`. Returns the child and the subtree to remove once it has gone.
