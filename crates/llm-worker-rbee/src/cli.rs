@@ -3,7 +3,7 @@
 use std::net::IpAddr;
 use std::path::PathBuf;
 
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 
 #[cfg(feature = "cuda")]
 macro_rules! cuda {
@@ -40,34 +40,15 @@ pub const VERSION: &str = concat!(
     ")"
 );
 
-/// Where the model's layers run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Backend {
-    /// CPU only (always available).
-    Cpu,
-    /// NVIDIA GPU through CUDA (needs a build with the `cuda` feature).
-    Cuda,
-    /// Apple GPU through Metal (needs a build with the `metal` feature).
-    Metal,
-}
+pub use rbee_types::Backend;
+use rbee_types::ModelRef;
 
-impl Backend {
-    /// The name used on the wire and in unit names.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Backend::Cpu => "cpu",
-            Backend::Cuda => "cuda",
-            Backend::Metal => "metal",
-        }
-    }
-
-    /// Whether this binary was built with support for the backend.
-    pub fn compiled_in(self) -> bool {
-        match self {
-            Backend::Cpu => true,
-            Backend::Cuda => cfg!(feature = "cuda"),
-            Backend::Metal => cfg!(feature = "metal"),
-        }
+/// Whether this binary was built with support for `backend`.
+pub fn compiled_in(backend: Backend) -> bool {
+    match backend {
+        Backend::Cpu => true,
+        Backend::Cuda => cfg!(feature = "cuda"),
+        Backend::Metal => cfg!(feature = "metal"),
     }
 }
 
@@ -95,7 +76,7 @@ pub struct Args {
 
     /// Where the layers run: cpu, cuda or metal. cuda and metal need a worker built with
     /// that cargo feature.
-    #[arg(long, value_enum, default_value_t = Backend::Cpu)]
+    #[arg(long, default_value_t = Backend::Cpu)]
     pub backend: Backend,
 
     /// Index of the GPU to use (ignored for cpu).
@@ -144,7 +125,7 @@ pub struct Args {
     /// The catalogue reference of the model (e.g. hf:org/repo:Q4_1), reported back in
     /// /v1/info and to the hive.
     #[arg(long, value_name = "REF")]
-    pub model_ref: Option<String>,
+    pub model_ref: Option<ModelRef>,
 
     /// Seconds active requests may take to finish after SIGTERM or /v1/admin/shutdown
     /// before they are cancelled.
@@ -182,4 +163,61 @@ pub fn physical_cores() -> u32 {
     }
     // Containers may see fewer CPUs than the package has cores.
     (cores.len() as u32).clamp(1, logical.max(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rbee_types::worker::WorkerArgs;
+
+    /// The hive builds the command line from `WorkerArgs`; this parser must read every
+    /// value back as it was meant.
+    #[test]
+    fn the_hives_worker_args_parse_back_to_the_same_values() {
+        let w = WorkerArgs {
+            model: "/var/lib/rbee/models/m.gguf".into(),
+            backend: Backend::Cuda,
+            device: 1,
+            host: "::1".parse().unwrap(),
+            port: 9301,
+            slots: 4,
+            ctx_size: Some(512),
+            worker_id: "m-2".into(),
+            model_ref: "hf:org/repo:Q4_K_M@v1".parse().unwrap(),
+            hive_url: "http://127.0.0.1:9200".into(),
+            drain_timeout_secs: 25,
+        };
+        let args =
+            Args::try_parse_from(std::iter::once("llm-worker-rbee".to_owned()).chain(w.to_args()))
+                .unwrap();
+        assert_eq!(args.model, w.model);
+        assert_eq!(args.backend, w.backend);
+        assert_eq!(args.device, w.device);
+        assert_eq!(args.host, w.host);
+        assert_eq!(args.port, w.port);
+        assert_eq!(args.slots, w.slots);
+        assert_eq!(args.ctx_size, w.ctx_size);
+        assert_eq!(args.worker_id.as_deref(), Some(w.worker_id.as_str()));
+        assert_eq!(args.model_ref.as_ref(), Some(&w.model_ref));
+        assert_eq!(args.hive_url.as_deref(), Some(w.hive_url.as_str()));
+        assert_eq!(args.drain_timeout, w.drain_timeout_secs);
+        let without = WorkerArgs {
+            ctx_size: None,
+            ..w
+        };
+        let args = Args::try_parse_from(
+            std::iter::once("llm-worker-rbee".to_owned()).chain(without.to_args()),
+        )
+        .unwrap();
+        assert_eq!(args.ctx_size, None);
+    }
+
+    #[test]
+    fn an_unknown_backend_or_reference_is_a_usage_error() {
+        for bad in [["--backend", "rocm"], ["--model-ref", "smol.gguf"]] {
+            let e = Args::try_parse_from(["llm-worker-rbee", "--model", "/m.gguf", bad[0], bad[1]])
+                .unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{e}");
+        }
+    }
 }

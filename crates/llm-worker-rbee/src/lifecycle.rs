@@ -14,7 +14,7 @@ use rbee_types::exit;
 use rbee_types::worker::{ReadyCallback, WorkerInfo};
 use sd_notify::NotifyState;
 
-use crate::cli::{physical_cores, Args, Backend};
+use crate::cli::{compiled_in, physical_cores, Args, Backend};
 use crate::engine::{metadata_from_header, Engine, EngineConfig};
 use crate::http::{serve, App, ShutdownCause};
 use crate::state::{Phase, Shared};
@@ -56,7 +56,7 @@ fn run_inner(args: Args) -> anyhow::Result<i32> {
     block_termination_signals();
     let api_key = load_api_key(&args)?;
 
-    if !args.backend.compiled_in() {
+    if !compiled_in(args.backend) {
         return Ok(fatal(
             exit::BACKEND_UNAVAILABLE,
             format!(
@@ -116,7 +116,7 @@ fn run_inner(args: Args) -> anyhow::Result<i32> {
         id: worker_id.clone(),
         model_ref: args.model_ref.clone(),
         model_file,
-        backend: args.backend.as_str().into(),
+        backend: args.backend,
         device: args.device,
         slots: args.slots,
         ctx_size: args.ctx_size.unwrap_or(0),
@@ -152,7 +152,7 @@ fn run_inner(args: Args) -> anyhow::Result<i32> {
             worker_id,
             url: base_url,
             model_ref: args.model_ref.clone(),
-            backend: args.backend.as_str().into(),
+            backend: args.backend,
             device: args.device,
         };
         let key = api_key.clone();

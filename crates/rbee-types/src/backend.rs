@@ -3,7 +3,6 @@
 use std::fmt;
 use std::str::FromStr;
 
-
 /// A compute backend. On the wire, on command lines and in configs it is its lower-case
 /// name.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -10,7 +10,6 @@ use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
-
 /// Longest reference accepted.
 pub const MAX_REF_LEN: usize = 1024;
 

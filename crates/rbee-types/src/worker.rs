@@ -122,12 +122,12 @@ pub struct WorkerInfo {
     /// The worker id given by the hive (or generated).
     pub id: String,
     /// The catalogue reference it serves (`hf:org/repo:Q4_1`), if given.
-    pub model_ref: Option<String>,
+    pub model_ref: Option<ModelRef>,
     /// File name of the model (never the absolute path: error bodies and info are safe
     /// to show to API clients).
     pub model_file: String,
-    /// `cpu`, `cuda` or `metal`.
-    pub backend: String,
+    /// Where the layers run.
+    pub backend: Backend,
     /// Device index.
     pub device: u32,
     /// Number of slots.
@@ -229,9 +229,9 @@ pub struct ReadyCallback {
     /// Base URL of the worker's API.
     pub url: String,
     /// The catalogue reference it serves.
-    pub model_ref: Option<String>,
-    /// `cpu`, `cuda` or `metal`.
-    pub backend: String,
+    pub model_ref: Option<ModelRef>,
+    /// Where the layers run.
+    pub backend: Backend,
     /// Device index.
     pub device: u32,
 }
