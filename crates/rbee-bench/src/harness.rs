@@ -7,9 +7,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use rbee_client::HiveClient;
 use rbee_test_support::model::TempDir;
 use rbee_test_support::process::{free_port, wait_for_port, worker_ports};
-use rbee_client::HiveClient;
 use rbee_types::hive::{SpawnRequest, WorkerState};
 
 /// A binary next to this benchmark (`target/release/<name>`).

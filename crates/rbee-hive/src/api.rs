@@ -229,7 +229,11 @@ fn with_available_backends(e: ApiError) -> ApiError {
         .filter(|b| b.available)
         .map(|b| b.name.as_str())
         .collect();
-    let message = format!("{}; available here: {}", e.error.message, available.join(", "));
+    let message = format!(
+        "{}; available here: {}",
+        e.error.message,
+        available.join(", ")
+    );
     ApiError {
         error: rbee_types::ErrorBody { message, ..e.error },
     }

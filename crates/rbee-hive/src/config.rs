@@ -414,7 +414,10 @@ mod tests {
         let e = parse("provision = [\"hf:../etc\"]")
             .unwrap_err()
             .to_string();
-        assert!(e.contains("provision = ") && e.contains("invalid model reference"), "{e}");
+        assert!(
+            e.contains("provision = ") && e.contains("invalid model reference"),
+            "{e}"
+        );
         let e = parse("provision = [\"http://x/m.gguf\"]")
             .unwrap_err()
             .to_string();
