@@ -2,7 +2,8 @@
 //! rbee binary. Nothing here does I/O: it is the vocabulary the keeper, the hive and the
 //! worker speak to each other, parsed once where it enters a program.
 //!
-//! - [`hive`], [`worker`]: every request and answer of the two HTTP APIs.
+//! - [`hive`], [`worker`]: every request and answer of rbee's two HTTP APIs;
+//!   [`openai`]: the OpenAI-compatible routes both serve.
 //! - [`ModelRef`], [`Backend`]: values that cross every boundary, with `FromStr`,
 //!   `Display` and serde going through them.
 //! - [`error`]: the error envelope and its codes; [`exit`]: exit codes; [`env`]: variables.
@@ -13,6 +14,7 @@ pub mod error;
 pub mod exit;
 pub mod hive;
 pub mod model_ref;
+pub mod openai;
 pub mod worker;
 
 pub use backend::Backend;

@@ -1,0 +1,390 @@
+//! OpenAI's wire format, as far as rbee serves it: `GET /v1/models`,
+//! `POST /v1/chat/completions` and `POST /v1/completions` (streamed as SSE `data:` chunks
+//! ending with `data: [DONE]`, or one document), and OpenAI's error envelope. The contract
+//! is what the official `openai` client reads; the tests check it with that client.
+//!
+//! Requests keep parameters rbee does not implement (`n`, `tools`, `logprobs`, …) and any
+//! unknown field, so that validation can refuse them by name instead of ignoring them.
+//! (serde's `flatten` does not combine with `deny_unknown_fields`, hence `other`.)
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// A string or a list of strings (`stop`, `prompt`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    /// One string.
+    One(String),
+    /// Several.
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    /// The strings, in order.
+    pub fn into_vec(self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v,
+        }
+    }
+}
+
+/// `stream_options`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StreamOptions {
+    /// Send a last chunk with `usage` (and `"usage": null` on the others).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub include_usage: Option<bool>,
+}
+
+/// One part of a message's content given as a list.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContentPart {
+    /// `text` (images, audio and files are refused by name).
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The text of a `text` part.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    /// Anything else the part carries (`image_url`, …).
+    #[serde(flatten)]
+    pub other: Map<String, Value>,
+}
+
+/// A message's content: a string, or a list of parts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Content {
+    /// Plain text.
+    Text(String),
+    /// Parts (only `text` parts are accepted).
+    Parts(Vec<ContentPart>),
+}
+
+/// One message of a chat request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RequestMessage {
+    /// `system`, `developer`, `user` or `assistant`.
+    pub role: String,
+    /// The text (required; `null` only appears with tool calls, which rbee refuses).
+    #[serde(default)]
+    pub content: Option<Content>,
+    /// A participant's name (accepted, not used by chat templates).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Anything else (`tool_calls`, `audio`, …), refused by name.
+    #[serde(flatten)]
+    pub other: Map<String, Value>,
+}
+
+/// The sampling and length parameters both completion routes share. A value of the wrong
+/// type is reported with its parameter's name by the server (which parses with
+/// `serde_path_to_error`); ranges are checked after parsing.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Sampling {
+    /// The model to use (an id from `/v1/models`, an alias or a reference).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Most tokens to generate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<i64>,
+    /// The same, newer name (chat).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_completion_tokens: Option<i64>,
+    /// 0 ..= 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
+    /// (0, 1].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f64>,
+    /// Sampler seed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<i64>,
+    /// Strings that end generation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop: Option<OneOrMany>,
+    /// SSE chunks (default false, as in OpenAI's API).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<bool>,
+    /// `include_usage`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_options: Option<StreamOptions>,
+    /// -2 ..= 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub presence_penalty: Option<f64>,
+    /// -2 ..= 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frequency_penalty: Option<f64>,
+    /// The end user (accepted, ignored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+}
+
+/// `POST /v1/chat/completions`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatCompletionRequest {
+    /// The conversation.
+    pub messages: Vec<RequestMessage>,
+    /// Model, lengths, sampling, streaming.
+    #[serde(flatten)]
+    pub params: Sampling,
+    /// Everything else: parameters rbee does not implement and unknown fields, refused by
+    /// name unless they ask for what rbee does anyway (`n: 1`, `logprobs: false`, …).
+    #[serde(flatten)]
+    pub other: Map<String, Value>,
+}
+
+/// `POST /v1/completions`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CompletionRequest {
+    /// The text to continue: a string or a list of one string.
+    pub prompt: OneOrMany,
+    /// Model, lengths, sampling, streaming.
+    #[serde(flatten)]
+    pub params: Sampling,
+    /// Everything else, as for chat.
+    #[serde(flatten)]
+    pub other: Map<String, Value>,
+}
+
+/// Token counts of one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    /// Tokens in the prompt (after the chat template).
+    pub prompt_tokens: u32,
+    /// Tokens generated.
+    pub completion_tokens: u32,
+    /// The sum.
+    pub total_tokens: u32,
+}
+
+impl Usage {
+    /// Counts with their sum.
+    pub fn new(prompt_tokens: u32, completion_tokens: u32) -> Self {
+        Usage {
+            prompt_tokens,
+            completion_tokens,
+            total_tokens: prompt_tokens + completion_tokens,
+        }
+    }
+}
+
+/// An assistant's message in a non-streamed chat answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AnswerMessage {
+    /// Always `assistant`.
+    pub role: String,
+    /// The generated text.
+    pub content: String,
+}
+
+/// One choice of a non-streamed chat answer (rbee always answers one).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatChoice {
+    /// 0.
+    pub index: u32,
+    /// The answer.
+    pub message: AnswerMessage,
+    /// Always `null` (log probabilities are not offered).
+    pub logprobs: Option<Value>,
+    /// `stop` or `length`.
+    pub finish_reason: Option<String>,
+}
+
+/// The answer to a non-streamed chat request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatCompletion {
+    /// `chatcmpl-…`.
+    pub id: String,
+    /// `chat.completion`.
+    pub object: String,
+    /// Unix seconds.
+    pub created: u64,
+    /// The model's id.
+    pub model: String,
+    /// One choice.
+    pub choices: Vec<ChatChoice>,
+    /// Token counts.
+    pub usage: Usage,
+}
+
+/// What a chunk adds to the message.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Delta {
+    /// `assistant`, on the first chunk only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    /// New text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+}
+
+/// One choice of a chunk.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChunkChoice {
+    /// 0.
+    pub index: u32,
+    /// The new text.
+    pub delta: Delta,
+    /// Always `null`.
+    pub logprobs: Option<Value>,
+    /// Set on the last chunk with text: `stop` or `length`.
+    pub finish_reason: Option<String>,
+}
+
+/// One SSE event of a streamed chat answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatCompletionChunk {
+    /// The same id on every chunk of a stream.
+    pub id: String,
+    /// `chat.completion.chunk`.
+    pub object: String,
+    /// Unix seconds.
+    pub created: u64,
+    /// The model's id.
+    pub model: String,
+    /// One choice, or none on the usage chunk.
+    pub choices: Vec<ChunkChoice>,
+    /// With `include_usage`: `null` on every chunk but the last, which has no choices.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Option<Usage>>,
+}
+
+/// One choice of a text completion (streamed or not).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TextChoice {
+    /// The generated text (new text, when streamed).
+    pub text: String,
+    /// 0.
+    pub index: u32,
+    /// Always `null`.
+    pub logprobs: Option<Value>,
+    /// `stop` or `length` (on the last chunk when streamed).
+    pub finish_reason: Option<String>,
+}
+
+/// The answer to `POST /v1/completions`, and each chunk of its stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TextCompletion {
+    /// `cmpl-…`.
+    pub id: String,
+    /// `text_completion`.
+    pub object: String,
+    /// Unix seconds.
+    pub created: u64,
+    /// The model's id.
+    pub model: String,
+    /// One choice, or none on the usage chunk.
+    pub choices: Vec<TextChoice>,
+    /// Token counts (non-streamed; streamed only with `include_usage`, see
+    /// [`ChatCompletionChunk::usage`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Option<Usage>>,
+}
+
+/// One model of `GET /v1/models`, and `GET /v1/models/{id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelObject {
+    /// What to put in a request's `model`.
+    pub id: String,
+    /// `model`.
+    pub object: String,
+    /// Unix seconds (when it was downloaded or loaded).
+    pub created: u64,
+    /// `rbee`, or the Hugging Face organisation.
+    pub owned_by: String,
+}
+
+/// `GET /v1/models`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelObjectList {
+    /// `list`.
+    pub object: String,
+    /// The models.
+    pub data: Vec<ModelObject>,
+}
+
+/// The inner object of OpenAI's error envelope.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenAiErrorBody {
+    /// For a person: what went wrong and what to do.
+    pub message: String,
+    /// `invalid_request_error`, `authentication_error`, `not_found_error`,
+    /// `rate_limit_error`, `server_error`, …
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The request parameter at fault, if one is.
+    pub param: Option<String>,
+    /// A machine-readable code (`model_not_found`, `context_length_exceeded`, rbee's own
+    /// codes in lower case).
+    pub code: Option<String>,
+}
+
+/// `{"error": {"message", "type", "param", "code"}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenAiError {
+    /// The error.
+    pub error: OpenAiErrorBody,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_parameters_are_typed_and_the_rest_kept_by_name() {
+        let r: ChatCompletionRequest = serde_json::from_str(
+            r#"{"model":"smollm2","messages":[{"role":"user","content":[{"type":"text","text":"hi"}]}],
+                "temperature":0,"stop":"\n","stream":true,"stream_options":{"include_usage":true},
+                "n":1,"tools":[],"frobnicate":true}"#,
+        )
+        .unwrap();
+        assert_eq!(r.params.model.as_deref(), Some("smollm2"));
+        assert_eq!(r.params.temperature, Some(0.0));
+        assert_eq!(r.params.stop, Some(OneOrMany::One("\n".into())));
+        assert_eq!(
+            r.params.stream_options.and_then(|o| o.include_usage),
+            Some(true)
+        );
+        let mut rest: Vec<&str> = r.other.keys().map(String::as_str).collect();
+        rest.sort_unstable();
+        assert_eq!(rest, ["frobnicate", "n", "tools"]);
+        assert!(
+            matches!(&r.messages[0].content, Some(Content::Parts(p)) if p[0].text.as_deref() == Some("hi"))
+        );
+    }
+
+    #[test]
+    fn answers_have_openais_shape() {
+        let chunk = ChatCompletionChunk {
+            id: "chatcmpl-1".into(),
+            object: "chat.completion.chunk".into(),
+            created: 1,
+            model: "m".into(),
+            choices: vec![],
+            usage: Some(Some(Usage::new(3, 2))),
+        };
+        let v = serde_json::to_value(&chunk).unwrap();
+        assert_eq!(v["usage"]["total_tokens"], 5);
+        let no_usage = ChatCompletionChunk {
+            usage: Some(None),
+            ..chunk.clone()
+        };
+        assert!(serde_json::to_value(&no_usage).unwrap()["usage"].is_null());
+        let back: ChatCompletionChunk =
+            serde_json::from_value(serde_json::to_value(&chunk).unwrap()).unwrap();
+        assert_eq!(back, chunk);
+        let e = OpenAiError {
+            error: OpenAiErrorBody {
+                message: "no".into(),
+                kind: "invalid_request_error".into(),
+                param: Some("n".into()),
+                code: None,
+            },
+        };
+        let v = serde_json::to_value(&e).unwrap();
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+        assert!(v["error"]["code"].is_null());
+    }
+}
