@@ -10,6 +10,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::{ApiError, ErrorCode};
+
 /// A string or a list of strings (`stop`, `prompt`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
@@ -78,11 +80,18 @@ pub struct RequestMessage {
     pub other: Map<String, Value>,
 }
 
-/// The sampling and length parameters both completion routes share. A value of the wrong
-/// type is reported with its parameter's name by the server (which parses with
-/// `serde_path_to_error`); ranges are checked after parsing.
+/// `POST /v1/chat/completions` (with `messages`) and `POST /v1/completions` (with `prompt`):
+/// one type, so both routes share every parameter; each route refuses the other's input.
+/// Parameters are fields of their own (not flattened), so a server parsing with
+/// `serde_path_to_error` names the one with a wrong type; ranges are checked after parsing.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Sampling {
+pub struct CompletionRequest {
+    /// The conversation (chat).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub messages: Option<Vec<RequestMessage>>,
+    /// The text to continue (completions): a string or a list of one string.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<OneOrMany>,
     /// The model to use (an id from `/v1/models`, an alias or a reference).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
@@ -98,6 +107,9 @@ pub struct Sampling {
     /// (0, 1].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub top_p: Option<f64>,
+    /// llama.cpp's extension, as llama-server takes it; 0 disables.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_k: Option<i64>,
     /// Sampler seed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed: Option<i64>,
@@ -119,31 +131,8 @@ pub struct Sampling {
     /// The end user (accepted, ignored).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
-}
-
-/// `POST /v1/chat/completions`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ChatCompletionRequest {
-    /// The conversation.
-    pub messages: Vec<RequestMessage>,
-    /// Model, lengths, sampling, streaming.
-    #[serde(flatten)]
-    pub params: Sampling,
     /// Everything else: parameters rbee does not implement and unknown fields, refused by
     /// name unless they ask for what rbee does anyway (`n: 1`, `logprobs: false`, …).
-    #[serde(flatten)]
-    pub other: Map<String, Value>,
-}
-
-/// `POST /v1/completions`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CompletionRequest {
-    /// The text to continue: a string or a list of one string.
-    pub prompt: OneOrMany,
-    /// Model, lengths, sampling, streaming.
-    #[serde(flatten)]
-    pub params: Sampling,
-    /// Everything else, as for chat.
     #[serde(flatten)]
     pub other: Map<String, Value>,
 }
@@ -328,30 +317,65 @@ pub struct OpenAiError {
     pub error: OpenAiErrorBody,
 }
 
+impl OpenAiError {
+    /// rbee's error in OpenAI's shape, with the HTTP status the official clients map to
+    /// their exception classes (400 `BadRequestError`, 401 `AuthenticationError`, 404
+    /// `NotFoundError`, 429 `RateLimitError`, 5xx `InternalServerError`). The parameter at
+    /// fault comes from the `field` detail; the code is rbee's, in lower case
+    /// (`context_length_exceeded` for a prompt too long, as OpenAI names it).
+    pub fn from_api(e: &ApiError) -> (u16, OpenAiError) {
+        let status = e.http_status();
+        let kind = match status {
+            400 | 413 | 422 => "invalid_request_error",
+            401 => "authentication_error",
+            403 => "permission_error",
+            404 => "not_found_error",
+            429 => "rate_limit_error",
+            _ => "server_error",
+        };
+        let code = match e.error.code {
+            ErrorCode::PromptTooLong => "context_length_exceeded".to_owned(),
+            ErrorCode::InvalidApiKey | ErrorCode::MissingApiKey => "invalid_api_key".to_owned(),
+            c => c.as_str().to_ascii_lowercase(),
+        };
+        let param = e
+            .error
+            .details
+            .get("field")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        let body = OpenAiErrorBody {
+            message: e.error.message.clone(),
+            kind: kind.into(),
+            param,
+            code: Some(code),
+        };
+        (status, OpenAiError { error: body })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn known_parameters_are_typed_and_the_rest_kept_by_name() {
-        let r: ChatCompletionRequest = serde_json::from_str(
+        let r: CompletionRequest = serde_json::from_str(
             r#"{"model":"smollm2","messages":[{"role":"user","content":[{"type":"text","text":"hi"}]}],
                 "temperature":0,"stop":"\n","stream":true,"stream_options":{"include_usage":true},
                 "n":1,"tools":[],"frobnicate":true}"#,
         )
         .unwrap();
-        assert_eq!(r.params.model.as_deref(), Some("smollm2"));
-        assert_eq!(r.params.temperature, Some(0.0));
-        assert_eq!(r.params.stop, Some(OneOrMany::One("\n".into())));
-        assert_eq!(
-            r.params.stream_options.and_then(|o| o.include_usage),
-            Some(true)
-        );
+        assert_eq!(r.model.as_deref(), Some("smollm2"));
+        assert_eq!(r.temperature, Some(0.0));
+        assert_eq!(r.stop, Some(OneOrMany::One("\n".into())));
+        assert_eq!(r.stream_options.and_then(|o| o.include_usage), Some(true));
         let mut rest: Vec<&str> = r.other.keys().map(String::as_str).collect();
         rest.sort_unstable();
         assert_eq!(rest, ["frobnicate", "n", "tools"]);
+        let messages = r.messages.unwrap();
         assert!(
-            matches!(&r.messages[0].content, Some(Content::Parts(p)) if p[0].text.as_deref() == Some("hi"))
+            matches!(&messages[0].content, Some(Content::Parts(p)) if p[0].text.as_deref() == Some("hi"))
         );
     }
 
@@ -386,5 +410,26 @@ mod tests {
         let v = serde_json::to_value(&e).unwrap();
         assert_eq!(v["error"]["type"], "invalid_request_error");
         assert!(v["error"]["code"].is_null());
+    }
+
+    #[test]
+    fn rbee_errors_map_to_the_statuses_the_sdk_knows() {
+        let e = ApiError::new(ErrorCode::InvalidRequest, "`temperature` must be …")
+            .detail("field", "temperature");
+        let (status, o) = OpenAiError::from_api(&e);
+        assert_eq!(status, 400);
+        assert_eq!(o.error.kind, "invalid_request_error");
+        assert_eq!(o.error.param.as_deref(), Some("temperature"));
+        for (code, status, kind) in [
+            (ErrorCode::InvalidApiKey, 401, "authentication_error"),
+            (ErrorCode::ModelNotFound, 404, "not_found_error"),
+            (ErrorCode::AllSlotsBusy, 503, "server_error"),
+            (ErrorCode::Internal, 500, "server_error"),
+        ] {
+            let (s, o) = OpenAiError::from_api(&ApiError::new(code, "x"));
+            assert_eq!((s, o.error.kind.as_str()), (status, kind), "{code:?}");
+        }
+        let (_, o) = OpenAiError::from_api(&ApiError::new(ErrorCode::PromptTooLong, "x"));
+        assert_eq!(o.error.code.as_deref(), Some("context_length_exceeded"));
     }
 }
