@@ -15,7 +15,10 @@ use rbee_types::{ApiError, ErrorCode, API_VERSION};
 use serde_json::json;
 use tiny_http::{Method, Request, Response};
 
-use crate::engine::{Engine, Event, Job, RequestGuard};
+use llama_cpp_2::token::LlamaToken;
+
+use crate::engine::{Engine, Event, Job, Prepared, RequestGuard};
+use crate::openai;
 use crate::state::{lock, Phase, Shared};
 use crate::validate::{validate, Valid};
 use rbee_http::{
@@ -86,6 +89,19 @@ enum Route {
     Inference,
     Cancel(String),
     Shutdown,
+    Models(Option<String>),
+    ChatCompletions,
+    Completions,
+}
+
+impl Route {
+    /// Routes whose answers and errors are in OpenAI's shapes.
+    fn is_openai(&self) -> bool {
+        matches!(
+            self,
+            Route::Models(_) | Route::ChatCompletions | Route::Completions
+        )
+    }
 }
 
 fn route(path: &str) -> Option<(Route, Method)> {
@@ -96,6 +112,16 @@ fn route(path: &str) -> Option<(Route, Method)> {
         "/v1/loading/progress" => (Route::Progress, Method::Get),
         "/v1/inference" => (Route::Inference, Method::Post),
         "/v1/admin/shutdown" => (Route::Shutdown, Method::Post),
+        "/v1/models" => (Route::Models(None), Method::Get),
+        "/v1/chat/completions" => (Route::ChatCompletions, Method::Post),
+        "/v1/completions" => (Route::Completions, Method::Post),
+        p if p.starts_with("/v1/models/") => {
+            let id = p.strip_prefix("/v1/models/")?;
+            if id.is_empty() {
+                return None;
+            }
+            (Route::Models(Some(id.to_owned())), Method::Get)
+        }
         p => {
             let id = p.strip_prefix("/v1/inference/")?;
             if id.is_empty() || id.contains('/') {
@@ -113,7 +139,11 @@ fn handle(app: &App, request: Request) {
     };
     if !matches!(route, Route::Health) {
         if let Err(e) = check_auth(&app.shared, &request) {
-            return respond_error(request, &e);
+            return if route.is_openai() {
+                openai::respond_error(request, &e)
+            } else {
+                respond_error(request, &e)
+            };
         }
     }
     match route {
@@ -134,6 +164,9 @@ fn handle(app: &App, request: Request) {
             let _ = app.shutdown.send(ShutdownCause::AdminRequest);
             respond_json(request, 202, &json!({"state": "draining"}));
         }
+        Route::Models(id) => openai::models(app, request, id.as_deref()),
+        Route::ChatCompletions => openai::completion(app, request, openai::Kind::Chat),
+        Route::Completions => openai::completion(app, request, openai::Kind::Text),
     }
 }
 
@@ -213,73 +246,104 @@ fn progress(app: &App, request: Request) {
 /// `POST /v1/inference`.
 fn inference(app: &App, mut request: Request) {
     let received = Instant::now();
+    let admitted = serving(app).and_then(|prepared| {
+        let body = read_body(&mut request, app.shared.max_body_bytes)?;
+        let req: InferenceRequest = serde_json::from_str(&body).map_err(|e| json_error(&e))?;
+        let v = validate(&req, prepared.ctx_size)?;
+        let tokens = tokens_for(prepared, &v)?;
+        let stream = v.stream;
+        Ok((start(app, v, tokens, received)?, stream))
+    });
+    match admitted {
+        Ok((started, true)) => stream(request, &started),
+        Ok((started, false)) => complete(request, &started),
+        Err(e) => respond_error(request, &e),
+    }
+}
+
+/// A request that passed every check and holds a slot; the engine sends its events.
+pub(crate) struct Started {
+    /// `req-…`.
+    pub(crate) request_id: String,
+    /// Tokens, then `Done` or `Error`.
+    pub(crate) events: mpsc::Receiver<Event>,
+    /// Set to stop generation (the client left).
+    pub(crate) cancel: Arc<AtomicBool>,
+}
+
+impl Started {
+    /// Stops generation because the client went away (`why`: where that was noticed).
+    pub(crate) fn client_gone(&self, why: &str) {
+        self.cancel.store(true, Ordering::Release);
+        tracing::info!(request_id = %self.request_id, why, "client disconnected; generation cancelled");
+    }
+}
+
+/// The loaded model, when the worker takes requests now.
+pub(crate) fn serving(app: &App) -> Result<&Prepared, ApiError> {
     match app.shared.phase() {
         Phase::Ready => {}
         Phase::Loading => {
-            let e = ApiError::new(ErrorCode::ModelLoading, "the model is still loading; follow /v1/loading/progress and retry when it is ready");
-            return respond_error(request, &e);
+            return Err(ApiError::new(ErrorCode::ModelLoading, "the model is still loading; follow /v1/loading/progress and retry when it is ready"));
         }
         Phase::Draining | Phase::Failed => {
-            let e = ApiError::new(
+            return Err(ApiError::new(
                 ErrorCode::Draining,
                 "the worker is shutting down and takes no new requests",
-            );
-            return respond_error(request, &e);
+            ));
         }
     }
-    let body = match read_body(&mut request, app.shared.max_body_bytes) {
-        Ok(b) => b,
-        Err(e) => return respond_error(request, &e),
-    };
-    let Some(prepared) = app.engine.prepared() else {
-        return respond_error(
-            request,
-            &ApiError::new(ErrorCode::ModelLoading, "the model is not loaded"),
-        );
-    };
-    let req: InferenceRequest = match serde_json::from_str(&body) {
-        Ok(r) => r,
-        Err(e) => return respond_error(request, &json_error(&e)),
-    };
-    let valid = match validate(&req, prepared.ctx_size).and_then(|v| {
-        let text = match &v.messages {
-            Some(m) => prepared.render_chat(m)?,
-            None => v.prompt.clone().unwrap_or_default(),
-        };
-        let tokens = prepared.tokenize(&text);
-        if tokens.is_empty() {
-            return Err(ApiError::new(ErrorCode::InvalidRequest, "the prompt is empty"));
-        }
-        if tokens.len() >= prepared.ctx_size as usize {
-            return Err(ApiError::new(
-                ErrorCode::PromptTooLong,
-                format!(
-                    "the prompt has {} tokens but a slot's context holds {}: shorten it or start the worker with a larger --ctx-size",
-                    tokens.len(),
-                    prepared.ctx_size
-                ),
-            )
-            .detail("prompt_tokens", tokens.len())
-            .detail("ctx_size", prepared.ctx_size));
-        }
-        Ok((v, tokens))
-    }) {
-        Ok(v) => v,
-        Err(e) => return respond_error(request, &e),
-    };
-    let (v, tokens): (Valid, _) = valid;
+    app.engine
+        .prepared()
+        .ok_or_else(|| ApiError::new(ErrorCode::ModelLoading, "the model is not loaded"))
+}
 
+/// The prompt's tokens (chat messages rendered with the model's template first); refused
+/// when empty or when it leaves no room in a slot's context.
+pub(crate) fn tokens_for(prepared: &Prepared, v: &Valid) -> Result<Vec<LlamaToken>, ApiError> {
+    let text = match &v.messages {
+        Some(m) => prepared.render_chat(m)?,
+        None => v.prompt.clone().unwrap_or_default(),
+    };
+    let tokens = prepared.tokenize(&text);
+    if tokens.is_empty() {
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            "the prompt is empty",
+        ));
+    }
+    if tokens.len() >= prepared.ctx_size as usize {
+        return Err(ApiError::new(
+            ErrorCode::PromptTooLong,
+            format!(
+                "the prompt has {} tokens but a slot's context holds {}: shorten it or start the worker with a larger --ctx-size",
+                tokens.len(),
+                prepared.ctx_size
+            ),
+        )
+        .detail("prompt_tokens", tokens.len())
+        .detail("ctx_size", prepared.ctx_size));
+    }
+    Ok(tokens)
+}
+
+/// Takes a slot (or answers `ALL_SLOTS_BUSY` at once) and hands the job to the engine.
+pub(crate) fn start(
+    app: &App,
+    v: Valid,
+    tokens: Vec<LlamaToken>,
+    received: Instant,
+) -> Result<Started, ApiError> {
     if app.shared.slots.try_acquire().is_none() {
         let total = app.shared.slots.total();
-        let e = ApiError::new(
+        return Err(ApiError::new(
             ErrorCode::AllSlotsBusy,
             format!(
                 "all {total} slots are busy; retry shortly or start a worker with more --slots"
             ),
         )
         .field("slots_total", total)
-        .field("slots_busy", total);
-        return respond_error(request, &e);
+        .field("slots_busy", total));
     }
     let request_id = app.shared.new_request_id();
     let cancel = Arc::new(AtomicBool::new(false));
@@ -299,22 +363,18 @@ fn inference(app: &App, mut request: Request) {
         received,
         guard,
     };
-    if let Err(e) = app.engine.submit(job) {
-        return respond_error(request, &e);
-    }
+    app.engine.submit(job)?;
     tracing::debug!(%request_id, stream = v.stream, "inference started");
-    if v.stream {
-        stream(request, &request_id, &rx, &cancel);
-    } else {
-        complete(request, &request_id, &rx);
-    }
+    Ok(Started {
+        request_id,
+        events: rx,
+        cancel,
+    })
 }
 
-fn stream(request: Request, request_id: &str, rx: &mpsc::Receiver<Event>, cancel: &AtomicBool) {
-    let gone = |why: &str| {
-        cancel.store(true, Ordering::Release);
-        tracing::info!(%request_id, why, "client disconnected; generation cancelled");
-    };
+fn stream(request: Request, started: &Started) {
+    let (request_id, rx) = (started.request_id.as_str(), &started.events);
+    let gone = |why: &str| started.client_gone(why);
     let Ok(mut sse) = SseWriter::start(request, &[("X-Request-Id", request_id)]) else {
         return gone("head");
     };
@@ -356,7 +416,8 @@ fn stream(request: Request, request_id: &str, rx: &mpsc::Receiver<Event>, cancel
     }
 }
 
-fn complete(request: Request, request_id: &str, rx: &mpsc::Receiver<Event>) {
+fn complete(request: Request, started: &Started) {
+    let (request_id, rx) = (started.request_id.as_str(), &started.events);
     let mut text = String::new();
     loop {
         match rx.recv() {

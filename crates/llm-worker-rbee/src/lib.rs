@@ -3,7 +3,8 @@
 //!
 //! - [`cli`]: command-line arguments.
 //! - [`engine`]: the llama.cpp thread that decodes every slot in one batch.
-//! - [`http`]: the API (tiny_http), one thread per request.
+//! - [`http`]: the API (tiny_http), one thread per request; [`openai`]: OpenAI's routes
+//!   on the same engine.
 //! - [`validate`]: range checks of inference requests.
 //! - [`output`]: UTF-8 joining and stop strings.
 //! - [`lifecycle`]: startup, sd-notify, signals, the hive callback and draining.
@@ -13,6 +14,7 @@ pub mod cli;
 pub mod engine;
 pub mod http;
 pub mod lifecycle;
+pub mod openai;
 pub mod output;
 pub mod state;
 pub mod validate;

@@ -7,6 +7,7 @@ pub mod disk;
 pub mod http;
 pub mod hub;
 pub mod model;
+pub mod openai_client;
 pub mod process;
 pub mod sshd;
 pub mod systemd;

@@ -12,11 +12,16 @@ pub fn test_model() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("RBEE_TEST_MODEL") {
         return Some(PathBuf::from(p)).filter(|p| p.is_file());
     }
-    let cache = std::env::var_os("RBEE_CACHE_DIR")
+    Some(cache_dir()?.join("models/SmolLM2-135M-Instruct.Q4_1.gguf")).filter(|p| p.is_file())
+}
+
+/// rbee's cache directory as the scripts choose it: `$RBEE_CACHE_DIR`, else
+/// `$XDG_CACHE_HOME/rbee`, else `~/.cache/rbee`.
+pub fn cache_dir() -> Option<PathBuf> {
+    std::env::var_os("RBEE_CACHE_DIR")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|c| PathBuf::from(c).join("rbee")))
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/rbee")))?;
-    Some(cache.join("models/SmolLM2-135M-Instruct.Q4_1.gguf")).filter(|p| p.is_file())
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/rbee")))
 }
 
 /// The release build of the worker in this workspace (what the hive and supervisor tests

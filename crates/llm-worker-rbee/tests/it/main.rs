@@ -7,4 +7,5 @@ mod api;
 mod bad_input;
 mod haiku;
 mod lifecycle;
+mod openai;
 mod slots;
