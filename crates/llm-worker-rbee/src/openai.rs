@@ -35,17 +35,9 @@ fn now() -> u64 {
     rbee_types::now_unix()
 }
 
-/// Answers `e` in OpenAI's envelope (with `Retry-After` when retrying can help).
+/// Answers `e` in OpenAI's envelope.
 pub(crate) fn respond_error(request: Request, e: &ApiError) {
-    let (status, body) = OpenAiError::from_api(e);
-    let mut resp = json_response(status, &body);
-    if matches!(
-        e.error.code,
-        ErrorCode::AllSlotsBusy | ErrorCode::Overloaded | ErrorCode::ModelLoading
-    ) {
-        resp = resp.with_header(header("Retry-After", "1"));
-    }
-    let _ = request.respond(resp);
+    rbee_http::respond_openai_error(request, e);
 }
 
 /// The id clients put in `model`: the model file's name without `.gguf` (or the catalogue

@@ -15,7 +15,7 @@ use rbee_types::{ApiError, ErrorCode, API_VERSION};
 use tiny_http::{Method, Request};
 
 use crate::hive::{worker_not_found, Hive};
-use crate::{binaries, logs, models, resources};
+use crate::{binaries, front, logs, models, resources};
 
 /// Requests handled at once before new ones get 503 `OVERLOADED`.
 pub const MAX_IN_FLIGHT: u32 = 256;
@@ -64,14 +64,20 @@ enum Route {
     Download,
     DownloadProgress,
     DeleteModel(String),
+    RetrieveModel(String),
+    ChatCompletions,
+    Completions,
     Binaries,
     Build,
     BuildProgress,
     DeleteBinary(String),
 }
 
-fn route(path: &str) -> Option<(Route, Method)> {
+/// The route of `path`; `method` only tells apart routes that share a path.
+fn route(path: &str, method: &Method) -> Option<(Route, Method)> {
     Some(match path {
+        "/v1/chat/completions" => (Route::ChatCompletions, Method::Post),
+        "/v1/completions" => (Route::Completions, Method::Post),
         "/v1/health" => (Route::Health, Method::Get),
         "/v1/backends" => (Route::Backends, Method::Get),
         "/v1/resources" => (Route::Resources, Method::Get),
@@ -96,7 +102,11 @@ fn route(path: &str) -> Option<(Route, Method)> {
             if id.is_empty() || id.contains('/') {
                 return None;
             }
-            (Route::DeleteModel(id.to_owned()), Method::Delete)
+            if *method == Method::Get {
+                (Route::RetrieveModel(id.to_owned()), Method::Get)
+            } else {
+                (Route::DeleteModel(id.to_owned()), Method::Delete)
+            }
         }
         p => {
             let rest = p.strip_prefix("/v1/workers/")?;
@@ -125,16 +135,25 @@ fn query_param<'a>(url: &'a str, name: &str) -> Option<&'a str> {
 fn handle(hive: &Hive, request: Request) {
     let url = request.url().to_owned();
     let path = url.split('?').next().unwrap_or("").to_owned();
-    let Some((mut request, route)) = check_route(request, &path, route(&path)) else {
+    let found = route(&path, request.method());
+    let Some((mut request, route)) = check_route(request, &path, found) else {
         return;
     };
+    let openai = matches!(
+        route,
+        Route::RetrieveModel(_) | Route::ChatCompletions | Route::Completions
+    );
     match route {
         Route::Health => {}
         // The worker authenticates its callback with its own key.
         Route::Ready => {}
         _ => {
             if let Err(e) = check_bearer(&request, hive.api_key.as_deref(), "this hive") {
-                return respond_error(request, &e);
+                return if openai {
+                    rbee_http::respond_openai_error(request, &e)
+                } else {
+                    respond_error(request, &e)
+                };
             }
         }
     }
@@ -197,6 +216,12 @@ fn handle(hive: &Hive, request: Request) {
         Route::Download => models::download(hive, request, MAX_BODY),
         Route::DownloadProgress => models::progress(hive, request, query_param(&url, "id")),
         Route::DeleteModel(id) => models::delete(hive, request, &id),
+        Route::RetrieveModel(id) => match front::retrieve(hive, &hive.front, &id) {
+            Ok(m) => respond_json(request, 200, &m),
+            Err(e) => rbee_http::respond_openai_error(request, &e),
+        },
+        Route::ChatCompletions => front::completion(hive, &hive.front, request, front::Kind::Chat),
+        Route::Completions => front::completion(hive, &hive.front, request, front::Kind::Text),
         Route::Binaries => binaries::list(hive, request),
         Route::Build => binaries::build(hive, request, MAX_BODY),
         Route::BuildProgress => binaries::progress(hive, request, query_param(&url, "id")),
@@ -272,19 +297,19 @@ mod tests {
     #[test]
     fn routes_worker_paths_and_nothing_deeper() {
         assert!(
-            matches!(route("/v1/workers/abc"), Some((Route::Get(id), Method::Get)) if id == "abc")
+            matches!(route("/v1/workers/abc", &Method::Get), Some((Route::Get(id), Method::Get)) if id == "abc")
         );
         assert!(matches!(
-            route("/v1/workers/abc/logs"),
+            route("/v1/workers/abc/logs", &Method::Get),
             Some((Route::Logs(_), Method::Get))
         ));
         assert!(matches!(
-            route("/v1/workers/abc/shutdown"),
+            route("/v1/workers/abc/shutdown", &Method::Get),
             Some((Route::Shutdown(_), Method::Post))
         ));
-        assert!(route("/v1/workers/abc/x/y").is_none());
-        assert!(route("/v1/workers/").is_none());
-        assert!(route("/v2/health").is_none());
+        assert!(route("/v1/workers/abc/x/y", &Method::Get).is_none());
+        assert!(route("/v1/workers/", &Method::Get).is_none());
+        assert!(route("/v2/health", &Method::Get).is_none());
     }
 
     #[test]

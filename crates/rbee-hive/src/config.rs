@@ -218,6 +218,15 @@ pub struct Config {
     /// each missing one is downloaded (or imported) in the background once the hive runs;
     /// one that fails is logged and does not stop the hive.
     pub provision: Vec<rbee_types::ModelRef>,
+    /// Names for models in OpenAI requests (`[aliases]`, e.g. `chat = "hf:org/repo:Q4_K_M"`
+    /// or `chat = "smollm2-135m-instruct:q4_1"`): listed by `GET /v1/models` next to the
+    /// models' own ids.
+    pub aliases: std::collections::BTreeMap<String, String>,
+    /// Requests that may wait per model while every slot of its workers is busy; more get
+    /// 429 with `Retry-After`.
+    pub queue_max: usize,
+    /// Seconds a request may wait in its model's queue before it gets 429.
+    pub queue_timeout_secs: u64,
 }
 
 impl Default for Config {
@@ -246,6 +255,9 @@ impl Default for Config {
             limits: Limits::default(),
             worker_source: None,
             provision: vec![],
+            aliases: Default::default(),
+            queue_max: 64,
+            queue_timeout_secs: 300,
         }
     }
 }
@@ -271,6 +283,35 @@ fn default_state_dir() -> PathBuf {
         Some(x) if !x.is_empty() => PathBuf::from(x).join("rbee"),
         _ => PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into()))
             .join(".local/state/rbee"),
+    }
+}
+
+/// An alias is a plain name (not itself a reference) for a model id or a reference.
+fn check_alias(name: &str, target: &str) -> Result<(), String> {
+    let plain = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 128
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._:-/@".contains(&b))
+    };
+    if !plain(name) || name.parse::<rbee_types::ModelRef>().is_ok() {
+        return Err(
+            "an alias is letters, digits and . _ : - / @ (at most 128), and not a model reference"
+                .into(),
+        );
+    }
+    if target.starts_with("hf:") || target.starts_with("file:") {
+        return target
+            .parse::<rbee_types::ModelRef>()
+            .map(|_| ())
+            .map_err(|e| e.to_string());
+    }
+    if plain(target) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{target:?} is neither a model id (as GET /v1/models lists them) nor a reference"
+        ))
     }
 }
 
@@ -378,6 +419,16 @@ impl Config {
         if let Some(src) = &self.worker_source {
             rbee_binaries::source::validate(src).map_err(ConfigError)?;
         }
+        if !(1..=10_000).contains(&self.queue_max) || self.queue_timeout_secs == 0 {
+            return err(format!(
+                "queue_max must be between 1 and 10000 (not {}) and queue_timeout_secs at least 1",
+                self.queue_max
+            ));
+        }
+        for (name, target) in &self.aliases {
+            check_alias(name, target)
+                .map_err(|why| ConfigError(format!("[aliases] {name:?}: {why}")))?;
+        }
         Ok(())
     }
 
@@ -422,6 +473,26 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("hf:org/repo"), "{e}");
+    }
+
+    #[test]
+    fn aliases_and_queue_bounds_are_checked() {
+        let c = parse("queue_max = 8\n[aliases]\nchat = \"hf:org/repo:Q4_K_M\"\nsmall = \"smollm2-135m-instruct:q4_1\"\n").unwrap();
+        assert_eq!(c.aliases.len(), 2);
+        assert_eq!(c.queue_max, 8);
+        for (toml, says) in [
+            ("[aliases]\nchat = \"hf:../x\"\n", "invalid model reference"),
+            (
+                "[aliases]\n\"hf:org/repo\" = \"x\"\n",
+                "not a model reference",
+            ),
+            ("[aliases]\nchat = \"two words\"\n", "neither a model id"),
+            ("queue_max = 0\n", "queue_max"),
+            ("queue_timeout_secs = 0\n", "queue_timeout_secs"),
+        ] {
+            let e = parse(toml).unwrap_err().to_string();
+            assert!(e.contains(says), "{toml}: {e}");
+        }
     }
 
     #[test]

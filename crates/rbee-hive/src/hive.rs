@@ -91,6 +91,8 @@ pub struct Hive {
     pub draining: AtomicBool,
     /// The model catalogue and downloads.
     pub models: Arc<Provisioner>,
+    /// OpenAI's routes: names, queues.
+    pub(crate) front: crate::front::FrontDoor,
     spawn_lock: Mutex<()>,
     /// A handle to itself, for work that outlives a request (spawning after a download).
     pub me: std::sync::OnceLock<std::sync::Weak<Hive>>,
@@ -113,7 +115,15 @@ impl Hive {
         journal: bool,
         models: Arc<Provisioner>,
     ) -> Hive {
+        let front = crate::front::FrontDoor::new(crate::front::Settings {
+            aliases: config.aliases.clone(),
+            queue_max: config.queue_max,
+            queue_timeout: Duration::from_secs(config.queue_timeout_secs),
+            load_timeout: Duration::from_secs(config.load_timeout_secs),
+            max_body: crate::front::MAX_BODY,
+        });
         Hive {
+            front,
             config,
             api_key,
             registry: Registry::default(),

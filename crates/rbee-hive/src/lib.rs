@@ -17,6 +17,7 @@ pub mod api;
 pub mod binaries;
 pub mod config;
 pub mod daemon;
+pub mod front;
 pub mod hive;
 pub mod logs;
 pub mod models;

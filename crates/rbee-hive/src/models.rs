@@ -10,11 +10,23 @@ use tiny_http::Request;
 
 use crate::hive::Hive;
 
-/// `GET /v1/models`.
+/// `GET /v1/models`: OpenAI's list (`object`, `data`) and the catalogue (`models`).
 pub fn list(hive: &Hive, request: Request) {
-    match hive.models.catalog().list() {
-        Ok(models) => respond_json(request, 200, &ModelList { models }),
-        Err(e) => respond_error(request, &ApiError::new(ErrorCode::Internal, e.to_string())),
+    // The catalogue's lock is released before the front door takes it again.
+    let models = hive.models.catalog().list();
+    let answer = models
+        .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))
+        .and_then(|models| {
+            let openai = crate::front::list(hive, &hive.front)?;
+            Ok(ModelList {
+                object: openai.object,
+                data: openai.data,
+                models,
+            })
+        });
+    match answer {
+        Ok(list) => respond_json(request, 200, &list),
+        Err(e) => respond_error(request, &e),
     }
 }
 

@@ -222,6 +222,11 @@ impl Registry {
         self.lock().failures.insert(model_ref.clone(), f);
     }
 
+    /// How the last worker of `model_ref` ended, if it failed (left in place).
+    pub fn failure(&self, model_ref: &ModelRef) -> Option<Failure> {
+        self.lock().failures.get(model_ref).cloned()
+    }
+
     /// Hands out (once) the last failure of a model's worker.
     pub fn take_failure(&self, model_ref: &ModelRef) -> Option<Failure> {
         self.lock().failures.remove(model_ref)

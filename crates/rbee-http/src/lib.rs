@@ -9,6 +9,7 @@ use rbee_types::{ApiError, ErrorCode};
 use tiny_http::{Header, Method, Request, Response};
 
 pub mod daemon;
+pub mod peer;
 pub mod sse;
 
 pub use sse::SseWriter;
@@ -187,6 +188,24 @@ pub fn respond_error(request: Request, e: &ApiError) {
         _ => tracing::debug!(code = %e.error.code.as_str(), "{}", e.error.message),
     }
     let _ = request.respond(error_response(e));
+}
+
+/// Answers `e` in OpenAI's envelope (`{"error": {"message", "type", "param", "code"}}`),
+/// with `Retry-After` where retrying soon can help (busy, loading, queue full).
+pub fn respond_openai_error(request: Request, e: &ApiError) {
+    let (status, body) = rbee_types::openai::OpenAiError::from_api(e);
+    tracing::debug!(code = %e.error.code.as_str(), status, "{}", e.error.message);
+    let mut resp = json_response(status, &body);
+    if matches!(
+        e.error.code,
+        ErrorCode::AllSlotsBusy
+            | ErrorCode::Overloaded
+            | ErrorCode::ModelLoading
+            | ErrorCode::QueueFull
+    ) {
+        resp = resp.with_header(header("Retry-After", "1"));
+    }
+    let _ = request.respond(resp);
 }
 
 #[cfg(test)]

@@ -36,6 +36,9 @@ pub enum ErrorCode {
     Draining,
     /// Too many requests are being handled at once.
     Overloaded,
+    /// Every slot of the model's workers is busy and its queue is full, or a request
+    /// waited in it past `queue_timeout_secs` (429, with `Retry-After`).
+    QueueFull,
     /// Generation stopped because of an internal llama.cpp failure.
     InferenceFailed,
     /// The model could not be loaded.
@@ -114,6 +117,7 @@ impl ErrorCode {
             InvalidModelRef | BackendUnavailable | DeviceNotFound | ModelInvalid => 400,
             InsufficientRam | InsufficientVram | InsufficientDisk => 507,
             MethodNotAllowed => 405,
+            QueueFull => 429,
             BodyTooLarge => 413,
             AllSlotsBusy | ModelLoading | Draining | Overloaded => 503,
             VramExhausted => 507,

@@ -404,9 +404,16 @@ pub struct Model {
     pub status: ModelStatus,
 }
 
-/// `GET /v1/models`.
+/// `GET /v1/models`: one answer for two audiences. OpenAI clients read `object` and
+/// `data` (every name a request may use); rbee's own read `models`, the catalogue's rows.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelList {
+    /// `list`.
+    #[serde(default)]
+    pub object: String,
+    /// Every model id and alias, as OpenAI lists models.
+    #[serde(default)]
+    pub data: Vec<crate::openai::ModelObject>,
     /// The catalogue.
     pub models: Vec<Model>,
 }
@@ -789,6 +796,13 @@ mod tests {
         });
         round_trip(&LogLine { line: "x".into() });
         round_trip(&ModelList {
+            object: "list".into(),
+            data: vec![crate::openai::ModelObject {
+                id: "m:q4_1".into(),
+                object: "model".into(),
+                created: 1,
+                owned_by: "org".into(),
+            }],
             models: vec![model()],
         });
         round_trip(&DownloadRequest {

@@ -1,0 +1,110 @@
+//! A request forwarded to its worker and the answer passed back as it comes: each SSE
+//! event written and flushed the moment the worker sends it, nothing buffered. A client
+//! that goes away closes the connection to the worker, which cancels the generation and
+//! frees the slot.
+
+use std::io::{BufRead, BufReader};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use rbee_http::{header, SseWriter};
+use rbee_types::{ApiError, ErrorCode};
+use tiny_http::{Request, Response};
+
+use crate::registry::Worker;
+
+/// One agent for every worker call: connections are reused.
+fn agent() -> &'static ureq::Agent {
+    static AGENT: OnceLock<ureq::Agent> = OnceLock::new();
+    AGENT.get_or_init(|| {
+        ureq::AgentBuilder::new()
+            .timeout_connect(Duration::from_secs(5))
+            // A long answer arrives token by token; a worker silent for this long is stuck.
+            .timeout_read(Duration::from_secs(600))
+            .build()
+    })
+}
+
+/// Sends `body` to `path` of `worker` with the worker's key and answers `request` with what
+/// the worker answers: an SSE stream event by event (`stream`), else the one document; the
+/// worker's errors (already in OpenAI's shape) with their status.
+pub(crate) fn forward(request: Request, worker: &Worker, path: &str, body: &[u8], stream: bool) {
+    let url = format!("{}{path}", worker.spec.url());
+    let sent = agent()
+        .post(&url)
+        .set("Authorization", &format!("Bearer {}", worker.api_key))
+        .set("Content-Type", "application/json")
+        .send_bytes(body);
+    let resp = match sent {
+        Ok(r) => r,
+        Err(ureq::Error::Status(status, r)) => return pass_through(request, status, r),
+        Err(e) => {
+            let e = ApiError::new(
+                ErrorCode::Internal,
+                format!("worker {} did not answer: {e}", worker.spec.id),
+            );
+            return rbee_http::respond_openai_error(request, &e);
+        }
+    };
+    let is_sse = resp
+        .header("Content-Type")
+        .is_some_and(|c| c.starts_with("text/event-stream"));
+    if stream && is_sse {
+        relay_events(request, resp, &worker.spec.id);
+    } else {
+        pass_through(request, resp.status(), resp);
+    }
+}
+
+/// A whole answer, status and body as the worker sent them.
+fn pass_through(request: Request, status: u16, resp: ureq::Response) {
+    let request_id = resp.header("X-Request-Id").map(str::to_owned);
+    let body = resp.into_string().unwrap_or_default();
+    let mut out = Response::from_string(body)
+        .with_status_code(status)
+        .with_header(header("Content-Type", "application/json"));
+    if let Some(id) = request_id {
+        out = out.with_header(header("X-Request-Id", &id));
+    }
+    let _ = request.respond(out);
+}
+
+/// The worker's events, one flushed chunk each, until `[DONE]`, the worker's end, or the
+/// client's.
+fn relay_events(request: Request, resp: ureq::Response, worker_id: &str) {
+    let request_id = resp.header("X-Request-Id").unwrap_or("").to_owned();
+    let Ok(mut sse) = SseWriter::start(request, &[("X-Request-Id", &request_id)]) else {
+        return;
+    };
+    let mut lines = BufReader::new(resp.into_reader());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        match lines.read_line(&mut line) {
+            Ok(0) | Err(_) => {
+                tracing::warn!(
+                    worker = worker_id,
+                    "the worker's stream ended without [DONE]"
+                );
+                return;
+            }
+            Ok(_) => {}
+        }
+        let Some(data) = line.trim_end().strip_prefix("data: ") else {
+            continue;
+        };
+        if data == "[DONE]" {
+            let _ = sse.done();
+            return;
+        }
+        if sse.event(data).is_err() {
+            // Dropping the worker's response closes its connection: the worker cancels.
+            tracing::info!(
+                worker = worker_id,
+                request_id,
+                "client left; closing the worker's stream"
+            );
+            return;
+        }
+    }
+}
