@@ -124,20 +124,7 @@ pub(crate) fn completion(app: &App, mut request: Request, kind: Kind) {
 
 /// The request's body, with a wrong type named by its parameter.
 fn parse(body: &str) -> Result<CompletionRequest, ApiError> {
-    let de = &mut serde_json::Deserializer::from_str(body);
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        if inner.is_syntax() || inner.is_eof() || path == "." {
-            rbee_http::json_error(&inner)
-        } else {
-            ApiError::new(
-                ErrorCode::InvalidRequest,
-                format!("invalid value for `{path}`: {inner}"),
-            )
-            .detail("field", path)
-        }
-    })
+    rbee_http::parse_named(body)
 }
 
 /// What the answer needs from the request beyond generation.

@@ -108,6 +108,25 @@ pub fn json_error(e: &serde_json::Error) -> ApiError {
     }
 }
 
+/// Parses `body` as a `T`; a value of the wrong type is `INVALID_REQUEST` naming its field
+/// (`field` detail: `max_tokens`, `messages[0].role`), bad syntax is `INVALID_JSON`.
+pub fn parse_named<T: serde::de::DeserializeOwned>(body: &str) -> Result<T, ApiError> {
+    let de = &mut serde_json::Deserializer::from_str(body);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if inner.is_syntax() || inner.is_eof() || path == "." {
+            json_error(&inner)
+        } else {
+            ApiError::new(
+                ErrorCode::InvalidRequest,
+                format!("invalid value for `{path}`: {inner}"),
+            )
+            .detail("field", path)
+        }
+    })
+}
+
 /// The token of an `Authorization: Bearer <token>` header, if any.
 pub fn bearer_token(request: &Request) -> Option<String> {
     request

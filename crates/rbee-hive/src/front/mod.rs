@@ -135,21 +135,14 @@ fn not_found(name: &str) -> ApiError {
 /// the queue; errors in OpenAI's envelope.
 pub(crate) fn completion(hive: &Hive, front: &FrontDoor, mut request: Request, kind: Kind) {
     let parsed = rbee_http::read_body(&mut request, front.settings.max_body).and_then(|body| {
-        let req: CompletionRequest = serde_json::from_str(&body).map_err(|e| {
-            let mut e = rbee_http::json_error(&e);
-            if e.error.code == ErrorCode::InvalidJson && !e.error.message.contains("syntax") {
-                // A wrong type; the worker names the parameter, the hive only needs `model`.
-                e.error.code = ErrorCode::InvalidRequest;
-            }
-            e
-        })?;
+        let req: CompletionRequest = rbee_http::parse_named(&body)?;
         Ok((body, req))
     });
     let (body, req) = match parsed {
         Ok(p) => p,
         Err(e) => return rbee_http::respond_openai_error(request, &e),
     };
-    let Some(name) = req.model.as_deref() else {
+    let Some(name) = req.model.as_deref().filter(|m| !m.trim().is_empty()) else {
         let e = ApiError::new(
             ErrorCode::InvalidRequest,
             "`model` is required: GET /v1/models lists the models this hive serves",

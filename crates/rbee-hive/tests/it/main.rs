@@ -4,6 +4,7 @@
 mod api;
 mod binaries;
 mod common;
+mod front;
 mod models;
 mod process;
 mod system;

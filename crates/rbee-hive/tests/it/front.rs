@@ -1,0 +1,332 @@
+//! The hive's OpenAI front door, driven by the official `openai` Python client against the
+//! real hive, worker and model: names, load on demand, the queue, streaming, errors.
+
+use std::time::{Duration, Instant};
+
+use rbee_test_support::openai_client;
+use serde_json::{json, Value};
+
+use crate::common::{file_ref, model, script, temp, Hive, Opts};
+
+/// A hive (child-process workers) with `extra` config, its state dir kept alive.
+fn hive(extra: &str, key: Option<&str>) -> (Hive, rbee_test_support::model::TempDir) {
+    let state = temp("front");
+    let opts = Opts {
+        key: key.map(str::to_owned),
+        extra: extra.to_owned(),
+        ..Opts::new("process")
+    };
+    (Hive::start(&opts, &state.0), state)
+}
+
+fn run(hive: &Hive, key: &str, script: &str) -> Vec<Value> {
+    let py = openai_client::python().expect("checked by the caller");
+    openai_client::run(&py, &format!("{}/v1", hive.url), key, script)
+}
+
+#[test]
+fn the_official_client_reaches_every_model_by_name_and_loads_on_demand() {
+    let Some(model) = model() else { return };
+    if openai_client::python().is_none() {
+        return;
+    }
+    let (hive, _state) = hive(
+        "[aliases]\nsmol = \"smollm2-135m-instruct:q4_1\"\n",
+        Some("k"),
+    );
+    let reference = file_ref(&model);
+    let out = run(
+        &hive,
+        "k",
+        &format!(
+            r#"
+out(before=[m.id for m in c.models.list()])
+msgs = [{{"role": "user", "content": "Write a haiku about bees"}}]
+r = c.chat.completions.create(model="{reference}", messages=msgs, temperature=0, max_tokens=16)
+out(text=r.choices[0].message.content, usage=r.usage.model_dump(exclude_none=True), object=r.object)
+out(after=[m.id for m in c.models.list()], alias=c.models.retrieve("smol").id)
+text, usage = "", None
+for ch in c.chat.completions.create(model="smol", messages=msgs, temperature=0, max_tokens=16,
+                                     stream=True, stream_options={{"include_usage": True}}):
+    if ch.choices: text += ch.choices[0].delta.content or ""
+    if ch.usage: usage = ch.usage.model_dump(exclude_none=True)
+out(text=text, usage=usage)
+t = c.completions.create(model="smollm2-135m-instruct:q4_1", prompt="Once upon a time", temperature=0, max_tokens=8)
+out(text=t.choices[0].text, object=t.object)
+for name, call in [("unknown", lambda: c.chat.completions.create(model="gpt-4", messages=msgs)),
+                   ("no_model", lambda: c.chat.completions.create(model="", messages=msgs)),
+                   ("n", lambda: c.chat.completions.create(model="smol", messages=msgs, n=3)),
+                   ("tools", lambda: c.chat.completions.create(model="smol", messages=msgs, tools=[{{"type": "function", "function": {{"name": "f", "parameters": {{}}}}}}])),
+                   ("empty", lambda: c.chat.completions.create(model="smol", messages=[])),
+                   ("no_content", lambda: c.chat.completions.create(model="smol", messages=[{{"role": "user"}}])),
+                   ("max_tokens", lambda: c.chat.completions.create(model="smol", messages=msgs, max_tokens="9")),
+                   ("temperature", lambda: c.chat.completions.create(model="smol", messages=msgs, temperature=9)),
+                   ("too_long", lambda: c.chat.completions.create(model="smol", messages=[{{"role": "user", "content": "bees " * 5000}}])),
+                   ("key", lambda: OpenAI(base_url=os.environ['BASE_URL'], api_key="wrong", max_retries=0).models.list())]:
+    try:
+        call()
+        out(name=name, raised=None)
+    except openai.APIStatusError as e:
+        out(name=name, raised=type(e).__name__, status=e.status_code, param=(e.body or {{}}).get("param"),
+            code=(e.body or {{}}).get("code"))
+"#
+        ),
+    );
+    assert_eq!(out[0]["before"], json!([]), "nothing catalogued yet");
+    let chat = &out[1];
+    assert_eq!(chat["object"], "chat.completion");
+    assert_eq!(chat["usage"]["completion_tokens"], 16);
+    let text = chat["text"].as_str().unwrap();
+    assert!(text.len() > 10, "{chat}");
+    assert_eq!(
+        out[2]["after"],
+        json!(["smollm2-135m-instruct:q4_1", "smol"]),
+        "the short id and the alias"
+    );
+    assert_eq!(out[2]["alias"], "smol");
+    assert_eq!(
+        out[3]["text"], text,
+        "greedy: streamed through the alias == not streamed"
+    );
+    assert_eq!(out[3]["usage"], chat["usage"]);
+    assert_eq!(out[4]["object"], "text_completion");
+    let by_name = |n: &str| out.iter().find(|o| o["name"] == n).unwrap().clone();
+    let unknown = by_name("unknown");
+    assert_eq!(unknown["raised"], "NotFoundError", "{unknown}");
+    assert_eq!(unknown["code"], "model_not_found");
+    for (name, param) in [
+        ("no_model", "model"),
+        ("n", "n"),
+        ("tools", "tools"),
+        ("empty", "messages"),
+        ("no_content", "messages[0].content"),
+        ("max_tokens", "max_tokens"),
+        ("temperature", "temperature"),
+    ] {
+        let o = by_name(name);
+        assert_eq!(o["raised"], "BadRequestError", "{name}: {o}");
+        assert_eq!(o["param"], param, "{name}: {o}");
+    }
+    assert_eq!(by_name("too_long")["code"], "context_length_exceeded");
+    assert_eq!(by_name("key")["raised"], "AuthenticationError");
+
+    // The worker stopped: the next request starts another.
+    let id = hive.workers()[0]["id"].as_str().unwrap().to_owned();
+    let r = hive.post(&format!("/v1/workers/{id}/shutdown"), &json!({}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    hive.wait_gone(&id, Duration::from_secs(30));
+    let again = run(
+        &hive,
+        "k",
+        r#"
+r = c.chat.completions.create(model="smol", messages=[{"role": "user", "content": "Write a haiku about bees"}], temperature=0, max_tokens=16)
+out(text=r.choices[0].message.content)
+"#,
+    );
+    assert_eq!(again[0]["text"], text, "loaded again on demand");
+    assert_eq!(hive.workers().len(), 1);
+}
+
+#[test]
+fn eight_streams_on_a_one_slot_model_wait_their_turn_and_all_finish() {
+    let Some(model) = model() else { return };
+    if openai_client::python().is_none() {
+        return;
+    }
+    let (hive, _state) = hive("queue_max = 16\n", None);
+    hive.ready_worker(&model);
+    let out = run(
+        &hive,
+        "none",
+        &format!(
+            r#"
+from concurrent.futures import ThreadPoolExecutor
+def one(i):
+    s = c.chat.completions.create(model="{}", messages=[{{"role": "user", "content": f"Count to {{i}}"}}],
+                                  temperature=0, max_tokens=12, stream=True)
+    return "".join(ch.choices[0].delta.content or "" for ch in s if ch.choices)
+with ThreadPoolExecutor(8) as pool:
+    texts = list(pool.map(one, range(8)))
+out(texts=texts)
+"#,
+            file_ref(&model)
+        ),
+    );
+    let texts = out[0]["texts"].as_array().unwrap();
+    assert_eq!(texts.len(), 8);
+    assert!(
+        texts
+            .iter()
+            .all(|t| t.as_str().is_some_and(|t| !t.is_empty())),
+        "every queued stream got its answer: {texts:?}"
+    );
+    assert_eq!(
+        hive.workers().len(),
+        1,
+        "one worker, one slot, eight answers"
+    );
+}
+
+#[test]
+fn a_full_queue_answers_429_and_clients_that_leave_free_their_place() {
+    let Some(model) = model() else { return };
+    if openai_client::python().is_none() {
+        return;
+    }
+    let (hive, _state) = hive("queue_max = 1\nqueue_timeout_secs = 60\n", None);
+    let w = hive.ready_worker(&model);
+    let reference = file_ref(&model);
+    let out = run(
+        &hive,
+        "none",
+        &format!(
+            r#"
+import threading, time
+long = dict(model="{reference}", messages=[{{"role": "user", "content": "Tell a very long story"}}], max_tokens=400, stream=True)
+# Counting goes on for thousands of tokens: the one slot stays busy for the whole test.
+running = c.completions.create(model="{reference}", prompt="1, 2, 3, 4, 5, 6, 7, 8,", max_tokens=3000, stream=True)
+next(iter(running))                      # holds the one slot
+def queued():
+    try:
+        c.with_options(timeout=1.5).chat.completions.create(**long)
+        out(queued="answered")
+    except openai.APITimeoutError:
+        out(queued="gave up")
+t = threading.Thread(target=queued); t.start()
+time.sleep(0.5)                          # the first waiter is in line
+try:
+    c.chat.completions.create(**long)
+    out(third="admitted")
+except openai.RateLimitError as e:
+    out(third=type(e).__name__, status=e.status_code, retry_after=e.response.headers.get("retry-after"), code=e.body.get("code"))
+t.join()
+time.sleep(2.5)                          # the hive notices the leaver within a second or two
+try:
+    c.with_options(timeout=1.5).chat.completions.create(**long)
+    out(fourth="answered")
+except openai.APITimeoutError:
+    out(fourth="queued, not refused")
+except openai.RateLimitError:
+    out(fourth="refused")
+running.close()                          # leave mid-stream
+out(closed=True)
+"#
+        ),
+    );
+    let get = |k: &str| {
+        out.iter()
+            .find_map(|o| o.get(k).cloned())
+            .unwrap_or(Value::Null)
+    };
+    assert_eq!(get("third"), "RateLimitError", "{out:?}");
+    assert_eq!(
+        out.iter().find(|o| o.get("third").is_some()).unwrap()["retry_after"],
+        "1"
+    );
+    assert_eq!(get("queued"), "gave up");
+    assert_eq!(
+        get("fourth"),
+        "queued, not refused",
+        "the client that gave up left the queue: {out:?}"
+    );
+    // The stream that was closed mid-way frees the worker's slot within a second.
+    let t0 = Instant::now();
+    loop {
+        let r = rbee_test_support::http::send(
+            "GET",
+            &format!("{}/v1/ready", w["url"].as_str().unwrap()),
+            w["api_key"].as_str(),
+            None,
+        );
+        if r.json()["state"] == "idle" {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(3),
+            "the worker is still busy after the clients left: {}",
+            r.body
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_model_that_fails_to_load_fails_every_waiting_request() {
+    let Some(model) = model() else { return };
+    if openai_client::python().is_none() {
+        return;
+    }
+    let state = temp("front-broken");
+    let broken = script(
+        &state,
+        "broken-worker.sh",
+        "sleep 1\necho 'llama: cannot load the model' >&2\nexit 4\n",
+    );
+    let opts = Opts {
+        worker_binary: broken,
+        ..Opts::new("process")
+    };
+    let hive = Hive::start(&opts, &state.0.join("hive"));
+    let t0 = Instant::now();
+    let out = run(
+        &hive,
+        "none",
+        &format!(
+            r#"
+from concurrent.futures import ThreadPoolExecutor
+def one(i):
+    try:
+        c.chat.completions.create(model="{}", messages=[{{"role": "user", "content": "hi"}}])
+        return "answered"
+    except openai.APIStatusError as e:
+        return [type(e).__name__, e.body.get("code"), e.body.get("message")]
+with ThreadPoolExecutor(3) as pool:
+    out(results=list(pool.map(one, range(3))))
+"#,
+            file_ref(&model)
+        ),
+    );
+    let results = out[0]["results"].as_array().unwrap();
+    for r in results {
+        assert_eq!(r[0], "InternalServerError", "{results:?}");
+        assert_eq!(r[1], "model_load_failed", "{results:?}");
+        assert!(
+            r[2].as_str().unwrap().contains("exited with status 4"),
+            "the reason: {r}"
+        );
+    }
+    assert!(
+        t0.elapsed() < Duration::from_secs(30),
+        "no hang: {:?}",
+        t0.elapsed()
+    );
+}
+
+#[test]
+fn raw_bad_bodies_get_openai_errors_from_the_hive() {
+    let Some(_model) = model() else { return };
+    let (hive, _state) = hive("", None);
+    let url = format!("{}/v1/chat/completions", hive.url);
+    for (body, status) in [
+        (b"{\"messages\": [".to_vec(), 400),
+        (vec![b' '; 5 << 20], 413),
+        (br#"{"model": "x", "messages": "hi"}"#.to_vec(), 400),
+    ] {
+        let r = rbee_test_support::http::send("POST", &url, None, Some(&body));
+        assert_eq!(r.status, status, "{}", r.body);
+        assert!(
+            r.json()["error"]["type"].is_string(),
+            "OpenAI's envelope: {}",
+            r.body
+        );
+    }
+    // curl shows the wire format through the hive.
+    let out = std::process::Command::new("curl")
+        .args(["-sN", "-H", "Content-Type: application/json", "-d"])
+        .arg(r#"{"model": "does-not-exist", "messages": [{"role": "user", "content": "hi"}], "stream": true}"#)
+        .arg(&url)
+        .output()
+        .expect("curl");
+    let body: Value = serde_json::from_slice(&out.stdout).expect("one JSON error document");
+    assert_eq!(body["error"]["code"], "model_not_found");
+}
