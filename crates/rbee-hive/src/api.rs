@@ -216,12 +216,22 @@ fn handle(hive: &Hive, request: Request) {
         Route::Download => models::download(hive, request, MAX_BODY),
         Route::DownloadProgress => models::progress(hive, request, query_param(&url, "id")),
         Route::DeleteModel(id) => models::delete(hive, request, &id),
-        Route::RetrieveModel(id) => match front::retrieve(hive, &hive.front, &id) {
+        Route::RetrieveModel(id) => match front::retrieve(hive, &front::FrontDoor::of(hive), &id) {
             Ok(m) => respond_json(request, 200, &m),
             Err(e) => rbee_http::respond_openai_error(request, &e),
         },
-        Route::ChatCompletions => front::completion(hive, &hive.front, request, front::Kind::Chat),
-        Route::Completions => front::completion(hive, &hive.front, request, front::Kind::Text),
+        Route::ChatCompletions => front::completion(
+            hive,
+            &front::FrontDoor::of(hive),
+            request,
+            front::Kind::Chat,
+        ),
+        Route::Completions => front::completion(
+            hive,
+            &front::FrontDoor::of(hive),
+            request,
+            front::Kind::Text,
+        ),
         Route::Binaries => binaries::list(hive, request),
         Route::Build => binaries::build(hive, request, MAX_BODY),
         Route::BuildProgress => binaries::progress(hive, request, query_param(&url, "id")),

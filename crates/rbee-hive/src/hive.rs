@@ -16,12 +16,12 @@ use rbee_types::worker::WorkerArgs;
 use rbee_types::{exit, ApiError, Backend, ErrorCode};
 
 use crate::config::Config;
-use crate::logs;
 use crate::naming::slug;
 use crate::preflight::{self, Need, Snapshot};
 use crate::registry::{now_unix, store, Registry, Worker, WorkerSpec};
 use crate::resources;
 use crate::supervisor::{Event, Launch, StartError, Supervisor};
+use crate::worker_log;
 use rbee_models::provisioner::{Ensured, Provisioner, Transfer};
 
 /// Port tries for one worker before the spawn is given up.
@@ -91,8 +91,8 @@ pub struct Hive {
     pub draining: AtomicBool,
     /// The model catalogue and downloads.
     pub models: Arc<Provisioner>,
-    /// OpenAI's routes: names, queues.
-    pub(crate) front: crate::front::FrontDoor,
+    /// The front door's queue per model.
+    pub(crate) queues: Arc<crate::queue::Queues>,
     spawn_lock: Mutex<()>,
     /// A handle to itself, for work that outlives a request (spawning after a download).
     pub me: std::sync::OnceLock<std::sync::Weak<Hive>>,
@@ -115,15 +115,8 @@ impl Hive {
         journal: bool,
         models: Arc<Provisioner>,
     ) -> Hive {
-        let front = crate::front::FrontDoor::new(crate::front::Settings {
-            aliases: config.aliases.clone(),
-            queue_max: config.queue_max,
-            queue_timeout: Duration::from_secs(config.queue_timeout_secs),
-            load_timeout: Duration::from_secs(config.load_timeout_secs),
-            max_body: crate::front::MAX_BODY,
-        });
         Hive {
-            front,
+            queues: Arc::default(),
             config,
             api_key,
             registry: Registry::default(),
@@ -400,6 +393,11 @@ impl Hive {
             .find(|&p| port_free(self.config.worker_host, p))
     }
 
+    /// Whether workers log to the user's journal (a user manager runs them).
+    pub fn user_journal(&self) -> bool {
+        matches!(&self.supervisor, Supervisor::Systemd(s) if s.kind() == rbee_supervisor::properties::ManagerKind::User)
+    }
+
     /// Stops one worker gracefully: `/v1/admin/shutdown` (it drains), then the supervisor's
     /// stop (systemd's stop timeout does the force-kill). The worker leaves the registry.
     pub fn stop_worker(&self, id: &str, reason: &str) -> Result<(), ApiError> {
@@ -422,7 +420,7 @@ impl Hive {
                     worker_id: w.spec.id.clone(),
                     unit: w.spec.unit.clone(),
                     exit: format!("stopped: {reason}"),
-                    last_log_lines: logs::last_lines(self, &w.spec, 20),
+                    last_log_lines: worker_log::last_lines(self.user_journal(), &w.spec, 20),
                     at_unix: now_unix(),
                 },
             );
@@ -552,7 +550,7 @@ impl Hive {
                     return;
                 }
                 let exit_text = exit.description;
-                let last_log_lines = logs::last_lines(self, &w.spec, 20);
+                let last_log_lines = worker_log::last_lines(self.user_journal(), &w.spec, 20);
                 tracing::error!(
                     id = %w.spec.id,
                     %unit,

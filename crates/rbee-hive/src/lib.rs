@@ -11,7 +11,10 @@
 //! - [`supervisor`]: systemd or child processes, behind one interface.
 //! - [`monitor`]: health checks and the idle timeout.
 //! - [`preflight`], [`resources`]: what the machine has and whether a worker fits.
-//! - [`naming`]: worker ids; [`logs`]: worker log lines; models come from `rbee-models`.
+//! - [`front`]: OpenAI's routes, the node's one front door (names, load on demand,
+//!   proxying); [`queue`]: admission per model.
+//! - [`naming`]: worker ids; [`worker_log`]: reading worker log lines; [`logs`]: the log
+//!   route; models come from `rbee-models`.
 
 pub mod api;
 pub mod binaries;
@@ -24,6 +27,8 @@ pub mod models;
 pub mod monitor;
 pub mod naming;
 pub mod preflight;
+pub mod queue;
 pub mod registry;
 pub mod resources;
 pub mod supervisor;
+pub mod worker_log;

@@ -1,83 +1,24 @@
-//! A worker's log lines: from its log file (process workers, and systemd workers where
-//! there is no journald), or from the journal through `journalctl`.
+//! `GET /v1/workers/{id}/logs`: a worker's log lines as text, or followed as SSE (the
+//! reading itself is [`crate::worker_log`]'s).
 
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use rbee_http::{respond_error, SseWriter};
-use rbee_supervisor::properties::ManagerKind;
 use tiny_http::Request;
 
 use crate::hive::{worker_not_found, Hive};
 use crate::registry::WorkerSpec;
+use crate::worker_log::{journalctl, last_lines, tail_file};
 
 /// Most lines a request may ask for.
 pub const MAX_LINES: usize = 10_000;
-/// How far back from the end a file is read for the last lines.
-const TAIL_WINDOW: u64 = 4 << 20;
 /// How long a journal stream goes on after its worker has gone, for its last lines.
 const JOURNAL_GRACE: Duration = Duration::from_secs(1);
 /// Keep-alive (and client-gone check) while following.
 const KEEPALIVE: Duration = Duration::from_secs(10);
-
-/// The last `n` lines of a file, and the offset where following should continue.
-pub fn tail_file(path: &Path, n: usize) -> std::io::Result<(Vec<String>, u64)> {
-    let mut f = std::fs::File::open(path)?;
-    let len = f.metadata()?.len();
-    let start = len.saturating_sub(TAIL_WINDOW);
-    f.seek(SeekFrom::Start(start))?;
-    let mut buf = Vec::new();
-    f.take(len - start).read_to_end(&mut buf)?;
-    let text = String::from_utf8_lossy(&buf);
-    let complete = text.rfind('\n').map_or("", |i| &text[..i]);
-    let mut lines: Vec<String> = complete.lines().map(str::to_owned).collect();
-    if start > 0 && !lines.is_empty() {
-        lines.remove(0); // probably cut in the middle
-    }
-    let keep = lines.len().saturating_sub(n);
-    let consumed = start + complete.len() as u64 + u64::from(!complete.is_empty());
-    Ok((lines.split_off(keep), consumed))
-}
-
-fn journalctl(hive: &Hive, spec: &WorkerSpec, n: usize, follow: bool) -> Command {
-    let mut cmd = Command::new("journalctl");
-    if matches!(&hive.supervisor, crate::supervisor::Supervisor::Systemd(s) if s.kind() == ManagerKind::User)
-    {
-        cmd.arg("--user");
-    }
-    cmd.args([
-        "--no-pager",
-        "-o",
-        "cat",
-        "-n",
-        &n.to_string(),
-        "-u",
-        &spec.unit,
-    ]);
-    if follow {
-        cmd.arg("-f");
-    }
-    cmd
-}
-
-/// The last `n` log lines of a worker (empty when there are none).
-pub fn last_lines(hive: &Hive, spec: &WorkerSpec, n: usize) -> Vec<String> {
-    match &spec.log_file {
-        Some(path) => tail_file(path, n).map(|(l, _)| l).unwrap_or_default(),
-        None => journalctl(hive, spec, n, false)
-            .stderr(Stdio::null())
-            .output()
-            .map(|o| {
-                String::from_utf8_lossy(&o.stdout)
-                    .lines()
-                    .map(str::to_owned)
-                    .collect()
-            })
-            .unwrap_or_default(),
-    }
-}
 
 /// `GET /v1/workers/{id}/logs[?lines=N][&follow=true]`: plain text, or with `follow` an
 /// SSE stream of `{"line": …}` events that ends when the worker has gone.
@@ -104,7 +45,7 @@ pub fn serve(hive: &Hive, request: Request, id: &str, lines: usize, follow: bool
             Err(e) => respond_error(request, &read_error(path, &e)),
         },
         (Some(path), true) => follow_file(hive, request, id, path, lines),
-        (None, false) => respond_text(request, &last_lines(hive, &spec, lines)),
+        (None, false) => respond_text(request, &last_lines(hive.user_journal(), &spec, lines)),
         (None, true) => follow_journal(hive, request, &spec, lines),
     }
 }
@@ -189,7 +130,7 @@ fn follow_file(hive: &Hive, request: Request, id: &str, path: &Path, lines: usiz
 }
 
 fn follow_journal(hive: &Hive, request: Request, spec: &WorkerSpec, lines: usize) {
-    let child = journalctl(hive, spec, lines, true)
+    let child = journalctl(hive.user_journal(), spec, lines, true)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn();

@@ -17,7 +17,7 @@ pub fn list(hive: &Hive, request: Request) {
     let answer = models
         .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))
         .and_then(|models| {
-            let openai = crate::front::list(hive, &hive.front)?;
+            let openai = crate::front::list(hive, &crate::front::FrontDoor::of(hive))?;
             Ok(ModelList {
                 object: openai.object,
                 data: openai.data,

@@ -84,7 +84,7 @@ pub fn check_all(hive: &Arc<Hive>, interval: Duration) {
                     };
                 });
                 // Requests queued or running through the front door are activity too.
-                let (running, queued) = hive.front.queues.load(&w.spec.model_ref.to_string());
+                let (running, queued) = hive.queues.load(&w.spec.model_ref.to_string());
                 if let Some(ms) = h.idle_ms.filter(|_| running == 0 && queued == 0) {
                     if idle_limit > 0 && ms >= idle_limit * 1000 {
                         to_stop.push((id, format!("idle for {} s", ms / 1000)));

@@ -29,6 +29,25 @@ pub struct Defaults {
     pub backend: Option<String>,
 }
 
+impl Config {
+    /// `[defaults] backend`, checked: the backend of commands given no `--backend`.
+    pub(crate) fn default_backend(
+        &self,
+    ) -> Result<Option<rbee_types::Backend>, crate::report::Failure> {
+        let Some(b) = &self.defaults.backend else {
+            return Ok(None);
+        };
+        b.parse().map(Some).map_err(|_| {
+            crate::report::Failure::new(
+                "rbee-keeper",
+                format!("unknown backend {b:?} ([defaults] backend in the config)"),
+            )
+            .detail("accepted: cpu, cuda, metal")
+            .suggest(["e.g. --backend cuda --device 0".to_string()])
+        })
+    }
+}
+
 /// `[remote]`: paths on nodes (`~/` is the SSH user's home there).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]

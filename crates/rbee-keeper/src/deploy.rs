@@ -7,6 +7,7 @@
 //! streamed, prefixed with the node's name.
 
 use clap::Args;
+use rbee_types::Backend;
 
 use crate::config::Config;
 use crate::registry::{Node, Registry};
@@ -21,12 +22,20 @@ pub struct InstallNodeArgs {
     pub node: String,
     /// Which worker to build: `cpu`, `cuda` (needs the CUDA toolkit on the node) or `metal`
     /// (macOS) [default: the config's `[defaults] backend`, else cpu].
-    #[arg(long, value_parser = ["cpu", "cuda", "metal"])]
-    pub backend: Option<String>,
+    #[arg(long, value_parser = backend_parser())]
+    pub backend: Option<Backend>,
+}
+
+/// Backends, with clap listing the possible values in its errors and `--help`.
+fn backend_parser() -> impl clap::builder::TypedValueParser<Value = Backend> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(Backend::ALL.map(Backend::as_str))
+        .map(|s| s.parse::<Backend>().expect("one of the possible values"))
 }
 
 /// The script, with the node's values in it.
-fn script(n: &Node, bin_dir: &str, backend: &str) -> String {
+fn script(n: &Node, bin_dir: &str, backend: Backend) -> String {
+    let backend = backend.as_str();
     let features = match backend {
         "cuda" => "--features llm-worker-rbee/cuda",
         "metal" => "--features llm-worker-rbee/metal",
@@ -117,20 +126,12 @@ pub fn run(a: &InstallNodeArgs, cfg: &Config, reg: &mut Registry) -> Result<(), 
         .suggest(["cargo build --release && target/release/rbee-keeper install".to_string()]));
     }
     let Some(mut n) = reg.get(&a.node).map_err(db)? else {
-        return Err(crate::setup::not_registered(&a.node));
+        return Err(crate::registry::not_registered(&a.node));
     };
-    let backend = a
-        .backend
-        .clone()
-        .or_else(|| cfg.defaults.backend.clone())
-        .unwrap_or_else(|| "cpu".into());
-    if !["cpu", "cuda", "metal"].contains(&backend.as_str()) {
-        return Err(Failure::new(
-            "rbee-keeper",
-            format!("unknown backend {backend:?} ([defaults] backend in the config)"),
-        )
-        .detail("accepted: cpu, cuda, metal"));
-    }
+    let backend = match a.backend {
+        Some(b) => b,
+        None => cfg.default_backend()?.unwrap_or_default(),
+    };
     let shell = NodeShell::open(&n.node_name, cfg, reg)?;
     eprintln!(
         "[rbee-keeper] 📦 installing rbee on {} from {} ({}) into {}",
@@ -139,7 +140,7 @@ pub fn run(a: &InstallNodeArgs, cfg: &Config, reg: &mut Registry) -> Result<(), 
     let commit = shell
         .run(
             &n.node_name,
-            &script(&n, &cfg.remote.binary_path, &backend),
+            &script(&n, &cfg.remote.binary_path, backend),
             Output::Progress,
         )?
         .check(

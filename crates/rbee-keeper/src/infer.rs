@@ -8,9 +8,13 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use serde_json::{json, Value};
+use rbee_client::{ClientError, HiveClient, WorkerClient};
+use rbee_types::hive::{BuildEvent, DownloadProgress, SpawnRequest, SpawnResponse, WorkerView};
+use rbee_types::worker::{ChatMessage, DoneEvent, FinishReason, InferenceRequest, StreamEvent};
+use rbee_types::{ApiError, Backend, ErrorCode, ModelRef};
+use serde::Serialize;
 
-use crate::client::{Answer, Client};
+use crate::client::api_failure;
 use crate::config::Config;
 use crate::node::Conn;
 use crate::progress::Bar;
@@ -29,7 +33,7 @@ pub struct InferArgs {
     pub node: Option<String>,
     /// The model: hf:org/repo[:QUANT|/file.gguf][@revision] or file:///abs/path.gguf.
     #[arg(long)]
-    pub model: String,
+    pub model: ModelRef,
     /// The prompt.
     #[arg(long)]
     pub prompt: String,
@@ -41,7 +45,7 @@ pub struct InferArgs {
     pub temperature: f32,
     /// cpu, cuda or metal [default: the config's `[defaults] backend`, else cpu].
     #[arg(long)]
-    pub backend: Option<String>,
+    pub backend: Option<Backend>,
     /// GPU index.
     #[arg(long, default_value_t = 0)]
     pub device: u32,
@@ -58,20 +62,16 @@ pub struct InferArgs {
     /// Seconds without a token before the request is cancelled.
     #[arg(long, default_value_t = 60)]
     pub token_timeout_secs: u64,
-    /// Whether the backend came from the config (for error messages).
-    #[arg(skip)]
-    pub backend_from_config: bool,
 }
 
 impl InferArgs {
     /// Fills what was not given from the config's `[defaults]`.
-    pub fn with_defaults(mut self, cfg: &Config) -> InferArgs {
+    pub fn with_defaults(mut self, cfg: &Config) -> Result<InferArgs, Failure> {
         self.node = Some(cfg.node_or_default(self.node));
         if self.backend.is_none() {
-            self.backend_from_config = cfg.defaults.backend.is_some();
-            self.backend = cfg.defaults.backend.clone();
+            self.backend = cfg.default_backend()?;
         }
-        self
+        Ok(self)
     }
 
     /// The node.
@@ -80,8 +80,8 @@ impl InferArgs {
     }
 
     /// The backend.
-    pub fn backend(&self) -> &str {
-        self.backend.as_deref().unwrap_or("cpu")
+    pub fn backend(&self) -> Backend {
+        self.backend.unwrap_or_default()
     }
 }
 
@@ -91,22 +91,6 @@ fn keeper(msg: impl Into<String>) -> Failure {
 
 /// Checks everything that needs no network.
 pub fn validate(a: &InferArgs) -> Result<(), Failure> {
-    if let Err(e) = rbee_models::reference::ModelRef::parse(&a.model) {
-        return Err(keeper(e.error.message).suggest([
-            "e.g. --model hf:HuggingFaceTB/SmolLM2-135M-Instruct-GGUF:Q4_K_M".to_string(),
-            "or   --model file:///models/smollm2.gguf".to_string(),
-        ]));
-    }
-    if !["cpu", "cuda", "metal"].contains(&a.backend()) {
-        let origin = if a.backend_from_config {
-            " ([defaults] backend in the config)"
-        } else {
-            ""
-        };
-        return Err(keeper(format!("unknown backend {:?}{origin}", a.backend()))
-            .detail("accepted: cpu, cuda, metal")
-            .suggest(["e.g. --backend cuda --device 0".to_string()]));
-    }
     if !(1..=32768).contains(&a.max_tokens) {
         return Err(keeper(format!(
             "--max-tokens must be between 1 and 32768, not {}",
@@ -142,13 +126,12 @@ fn major_minor(v: &str) -> &str {
 }
 
 /// Checks the hive answers (starting the local one when none does) and speaks our version.
-fn check_hive(hive: &Client, node: &str, local: bool) -> Result<(), Failure> {
-    let health = match hive.call("GET", "/v1/health", None) {
-        Ok(Answer::Ok(_, v)) => v,
-        Ok(Answer::Err(_, e)) => return Err(hive.failure(&e)),
-        Err(_) if local => {
+fn check_hive(hive: &HiveClient, node: &str, local: bool) -> Result<(), Failure> {
+    let health = match hive.health() {
+        Ok(h) => h,
+        Err(e) if local && crate::client::unreachable(&e) => {
             let port = hive
-                .base
+                .base()
                 .rsplit(':')
                 .next()
                 .and_then(|p| p.parse().ok())
@@ -158,43 +141,47 @@ fn check_hive(hive: &Client, node: &str, local: bool) -> Result<(), Failure> {
             eprintln!("[rbee-keeper] started rbee-hive {how}");
             return check_hive(hive, node, false);
         }
-        Err(f) => {
-            return Err(f.suggest([
+        Err(e) if crate::client::unreachable(&e) => {
+            return Err(Failure::from(e).suggest([
                 format!("is rbee-hive running on {node}? (systemctl status rbee-hive there)"),
                 "check the node's address and port: rbee-keeper setup list-nodes".to_string(),
             ]))
         }
+        Err(e) => return Err(e.into()),
     };
-    let theirs = health["version"].as_str().unwrap_or("?");
     let ours = env!("CARGO_PKG_VERSION");
-    if major_minor(theirs) != major_minor(ours) {
+    if major_minor(&health.version) != major_minor(ours) {
         return Err(keeper(format!(
-            "VERSION_MISMATCH: rbee-keeper {ours} and rbee-hive {theirs} on {node} differ in major.minor"
+            "VERSION_MISMATCH: rbee-keeper {ours} and rbee-hive {} on {node} differ in major.minor",
+            health.version
         ))
         .code("VERSION_MISMATCH")
-        .suggest([format!("install the same rbee version on both (rbee-hive on {node}, or this rbee-keeper)")]));
+        .suggest([format!(
+            "install the same rbee version on both (rbee-hive on {node}, or this rbee-keeper)"
+        )]));
     }
     Ok(())
 }
 
 /// Follows a download's progress stream with a bar; the error, if it failed.
-pub fn follow_download(hive: &Client, url: &str) -> Result<(), Failure> {
-    let mut events = hive
-        .stream(url, None)
+pub fn follow_download(hive: &HiveClient, url: &str) -> Result<(), Failure> {
+    let events = hive
+        .download_progress(url)
         .map_err(|_| keeper("the download's progress stream could not be opened"))?;
     let mut bar = Bar::new("downloading");
     let (t0, mut total) = (Instant::now(), 0);
-    while let Some(e) = events.next_json() {
-        match e["stage"].as_str() {
-            Some("downloading") => {
-                total = e["bytes_total"].as_u64().unwrap_or(0);
-                bar.bytes(
-                    e["bytes_downloaded"].as_u64().unwrap_or(0),
-                    total,
-                    e["speed_mbps"].as_f64().unwrap_or(0.0),
-                )
+    for e in events {
+        match e? {
+            DownloadProgress::Downloading {
+                bytes_downloaded,
+                bytes_total,
+                speed_mbps,
+                ..
+            } => {
+                total = bytes_total;
+                bar.bytes(bytes_downloaded, total, speed_mbps)
             }
-            Some("complete") => {
+            DownloadProgress::Complete { .. } => {
                 bar.finish(&format!(
                     "✅ model downloaded ({} in {:.1} s)",
                     crate::progress::bytes(total),
@@ -202,90 +189,79 @@ pub fn follow_download(hive: &Client, url: &str) -> Result<(), Failure> {
                 ));
                 return Ok(());
             }
-            Some("error") => {
+            DownloadProgress::Error { error } => {
                 bar.finish("❌ download failed");
-                return Err(from_error_value(hive, &e["error"]));
+                return Err(api_failure("rbee-hive", &ApiError { error }));
             }
-            _ => {}
+            DownloadProgress::Resolving => {}
         }
     }
     Err(keeper("the download's progress stream ended early"))
 }
 
 /// Follows a worker build, showing cargo's `Compiling` lines.
-fn follow_build(hive: &Client, url: &str) -> Result<(), Failure> {
-    let mut events = hive
-        .stream(url, None)
+fn follow_build(hive: &HiveClient, url: &str) -> Result<(), Failure> {
+    let events = hive
+        .build_progress(url)
         .map_err(|_| keeper("the build's progress stream could not be opened"))?;
     eprintln!("[rbee-keeper] 🔨 building the worker on the node (minutes)");
-    while let Some(e) = events.next_json() {
-        match e["stage"].as_str() {
-            Some("building") => {
-                if let Some(l) = e["line"]
-                    .as_str()
-                    .filter(|l| l.trim_start().starts_with("Compiling"))
-                {
-                    eprintln!("[rbee-keeper]   {}", l.trim());
-                }
+    for e in events {
+        match e? {
+            BuildEvent::Building { line } if line.trim_start().starts_with("Compiling") => {
+                eprintln!("[rbee-keeper]   {}", line.trim());
             }
-            Some("complete") => {
+            BuildEvent::Complete { .. } => {
                 eprintln!("[rbee-keeper] ✅ worker built");
                 return Ok(());
             }
-            Some("error") => return Err(from_error_value(hive, &e["error"])),
+            BuildEvent::Error { error } => {
+                return Err(api_failure("rbee-hive", &ApiError { error }))
+            }
             _ => {}
         }
     }
     Err(keeper("the build's progress stream ended early"))
 }
 
-fn from_error_value(c: &Client, e: &Value) -> Failure {
-    match serde_json::from_value::<rbee_types::ErrorBody>(e.clone()) {
-        Ok(body) => c.failure(&rbee_types::ApiError { error: body }),
-        Err(_) => Failure::new(c.component, e.to_string()),
-    }
+fn spawn_request(a: &InferArgs) -> SpawnRequest {
+    SpawnRequest::new(a.model.clone(), a.backend(), a.device)
 }
 
 /// Gets a worker for the model: reused or spawned, after its download or build.
-fn worker_for(hive: &Client, a: &InferArgs) -> Result<Value, Failure> {
-    let body = json!({"model_ref": a.model, "backend": a.backend(), "device": a.device});
+fn worker_for(hive: &HiveClient, a: &InferArgs) -> Result<WorkerView, Failure> {
     // After a download or build the hive starts the worker itself: it is this run's.
     let mut waited = false;
     for _ in 0..4 {
-        let (_, r) = hive.json("POST", "/v1/workers/spawn", Some(&body))?;
-        if let Some(f) = r.get("previous_failure").filter(|f| !f.is_null()) {
-            if r["worker"].is_null() && r["download"].is_null() && r["build"].is_null() {
-                return Err(Failure::new(
-                    "rbee-hive",
-                    format!(
-                        "the model's last worker failed: {}",
-                        f["exit"].as_str().unwrap_or("?")
-                    ),
-                )
-                .suggest([
-                    "see its log: the hive's /v1/workers/{id}/logs, or journalctl on the node"
-                        .to_string(),
-                ]));
-            }
+        let (_, r) = hive.spawn(&spawn_request(a))?;
+        let SpawnResponse {
+            worker,
+            reused,
+            download,
+            build,
+            previous_failure,
+        } = r;
+        if let (Some(f), None, None, None) = (&previous_failure, &worker, &download, &build) {
+            return Err(Failure::new(
+                "rbee-hive",
+                format!("the model's last worker failed: {}", f.exit),
+            )
+            .suggest([
+                "see its log: the hive's /v1/workers/{id}/logs, or journalctl on the node"
+                    .to_string(),
+            ]));
         }
-        if !r["worker"].is_null() {
-            if r["reused"] == true && !waited {
-                eprintln!(
-                    "[rbee-keeper] ♻️  reusing worker {}",
-                    r["worker"]["id"].as_str().unwrap_or("?")
-                );
+        if let Some(w) = worker {
+            if reused && !waited {
+                eprintln!("[rbee-keeper] ♻️  reusing worker {}", w.id);
             } else {
-                eprintln!(
-                    "[rbee-keeper] 🚀 started worker {}",
-                    r["worker"]["id"].as_str().unwrap_or("?")
-                );
+                eprintln!("[rbee-keeper] 🚀 started worker {}", w.id);
             }
-            return Ok(r["worker"].clone());
+            return Ok(w);
         }
-        if let Some(url) = r["download"]["progress_url"].as_str() {
-            follow_download(hive, url)?;
-        } else if let Some(url) = r["build"]["progress_url"].as_str() {
-            follow_build(hive, url)?;
+        if let Some(d) = download {
+            follow_download(hive, &d.progress_url)?;
+        } else if let Some(b) = build {
+            follow_build(hive, &b.progress_url)?;
         }
         waited = true;
     }
@@ -294,45 +270,39 @@ fn worker_for(hive: &Client, a: &InferArgs) -> Result<Value, Failure> {
 
 /// Waits until the hive reports the worker ready, showing the layers it loads (from the
 /// worker's own progress stream once it listens).
-fn wait_loaded(hive: &Client, w: &Client, worker: &Value, a: &InferArgs) -> Result<(), Failure> {
-    let id = worker["id"].as_str().unwrap_or("");
+fn wait_loaded(
+    hive: &HiveClient,
+    w: &WorkerClient,
+    worker: &WorkerView,
+    a: &InferArgs,
+) -> Result<(), Failure> {
+    let id = &worker.id;
     let mut bar = Bar::new("loading");
     let t0 = Instant::now();
     let mut layers = (0u64, 0u64);
     let mut shown = false;
     loop {
-        let state = match hive.call("GET", &format!("/v1/workers/{id}"), None)? {
-            Answer::Ok(_, v) => v["worker"]["state"].as_str().unwrap_or("").to_owned(),
-            Answer::Err(404, _) => {
+        let state = match hive.worker(id) {
+            Ok(v) => v.state,
+            Err(ClientError::Api { status: 404, .. }) => {
                 // It ended while loading: the next spawn says how.
-                let (_, r) = hive.json(
-                    "POST",
-                    "/v1/workers/spawn",
-                    Some(
-                        &json!({"model_ref": a.model, "backend": a.backend(), "device": a.device}),
-                    ),
-                )?;
-                let f = &r["previous_failure"];
+                let (_, r) = hive.spawn(&spawn_request(a))?;
+                let f = r.previous_failure;
                 let mut failure = Failure::new(
                     "llm-worker-rbee",
                     format!(
                         "worker {id} failed while loading: {}",
-                        f["exit"].as_str().unwrap_or("it is gone")
+                        f.as_ref().map_or("it is gone", |f| f.exit.as_str())
                     ),
                 );
-                for l in f["last_log_lines"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(Value::as_str)
-                {
+                for l in f.into_iter().flat_map(|f| f.last_log_lines) {
                     failure = failure.detail(l);
                 }
                 return Err(failure);
             }
-            Answer::Err(_, e) => return Err(hive.failure(&e)),
+            Err(e) => return Err(e.into()),
         };
-        if state == "idle" || state == "busy" {
+        if state.ready() {
             if shown {
                 bar.finish("✅ model loaded");
             }
@@ -350,15 +320,12 @@ fn wait_loaded(hive: &Client, w: &Client, worker: &Value, a: &InferArgs) -> Resu
             )]));
         }
         // The worker's own stream, while it lasts (it ends when the model is loaded).
-        if let Ok(mut events) = w.stream("/v1/loading/progress", None) {
-            while let Some(e) = events.next_json() {
-                if e["stage"] == "ready" {
+        if let Ok(events) = w.loading_progress() {
+            for e in events.flatten() {
+                if e.stage == "ready" {
                     break;
                 }
-                layers = (
-                    e["layers_loaded"].as_u64().unwrap_or(0),
-                    e["layers_total"].as_u64().unwrap_or(0),
-                );
+                layers = (e.layers_loaded.unwrap_or(0), e.layers_total.unwrap_or(0));
                 bar.steps(layers.0, layers.1, "layers");
                 shown = true;
                 if t0.elapsed() > Duration::from_secs(a.loading_timeout_secs) {
@@ -377,8 +344,160 @@ extern "C" fn on_sigint(_: libc::c_int) {
 }
 
 enum Msg {
-    Event(Value),
+    Event(StreamEvent),
     End,
+}
+
+/// `infer --json`'s document.
+#[derive(Serialize)]
+struct JsonAnswer<'a> {
+    text: &'a str,
+    tokens: u64,
+    finish_reason: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    duration_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    worker_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    node: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    model_ref: Option<&'a ModelRef>,
+}
+
+/// The request for the worker: the prompt as a chat message (or raw with `--raw`).
+fn inference_request(a: &InferArgs) -> InferenceRequest {
+    let (prompt, messages) = if a.raw {
+        (Some(a.prompt.clone()), None)
+    } else {
+        let m = ChatMessage {
+            role: "user".into(),
+            content: a.prompt.clone(),
+        };
+        (None, Some(vec![m]))
+    };
+    InferenceRequest {
+        prompt,
+        messages,
+        max_tokens: Some(a.max_tokens.into()),
+        temperature: Some(a.temperature.into()),
+        stream: Some(true),
+        ..InferenceRequest::default()
+    }
+}
+
+/// Opens the token stream; a busy worker is retried three times, after 1, 2 and 4 s.
+fn open_stream(
+    w: &WorkerClient,
+    req: &InferenceRequest,
+) -> Result<rbee_client::Events<StreamEvent>, Failure> {
+    for (i, wait) in [0u64, 1, 2, 4].iter().enumerate() {
+        if *wait > 0 {
+            eprintln!("[rbee-keeper] ⏳ every slot of the worker is busy; retry {i}/3 in {wait} s");
+            std::thread::sleep(Duration::from_secs(*wait));
+        }
+        match w.infer(req) {
+            Ok(events) => return Ok(events),
+            Err(e) if e.code() == Some(ErrorCode::AllSlotsBusy) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(Failure::new(
+        "llm-worker-rbee",
+        "every slot of the worker stayed busy (retried after 1, 2 and 4 s)",
+    )
+    .code("ALL_SLOTS_BUSY")
+    .suggest([
+        "try again in a moment".to_string(),
+        "or start the worker with more slots (POST /v1/workers/spawn with \"slots\")".to_string(),
+    ]))
+}
+
+/// What the stream brought.
+struct Streamed {
+    text: String,
+    tokens: u64,
+    done: Option<DoneEvent>,
+    /// `interrupt` (Ctrl+C) or `timeout` (no token for too long), when cancelled.
+    cancelled: &'static str,
+}
+
+/// Prints tokens as they arrive (unless `--json`) until the stream ends, Ctrl+C, or no
+/// token for `--token-timeout-secs`; a cancel goes to the worker in both last cases.
+fn print_stream(
+    w: &WorkerClient,
+    events: rbee_client::Events<StreamEvent>,
+    a: &InferArgs,
+) -> Result<Streamed, Failure> {
+    // SAFETY: the handler only stores to an atomic.
+    unsafe {
+        libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t);
+    }
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for e in events.flatten() {
+            if tx.send(Msg::Event(e)).is_err() {
+                return;
+            }
+        }
+        let _ = tx.send(Msg::End);
+    });
+    let mut s = Streamed {
+        text: String::new(),
+        tokens: 0,
+        done: None,
+        cancelled: "",
+    };
+    let mut request_id = None::<String>;
+    let mut last = Instant::now();
+    let mut out = std::io::stdout().lock();
+    let mut cancel_sent: Option<Instant> = None;
+    loop {
+        if cancel_sent.is_none() {
+            let timed_out = last.elapsed() > Duration::from_secs(a.token_timeout_secs);
+            if INTERRUPTED.load(Ordering::SeqCst) || timed_out {
+                s.cancelled = if timed_out { "timeout" } else { "interrupt" };
+                // Both the cancel and the end of the stream within 5 s of starting it.
+                cancel_sent = Some(Instant::now());
+                if let Some(id) = &request_id {
+                    let _ = w.with_timeout(Duration::from_secs(5)).cancel(id);
+                }
+            }
+        } else if cancel_sent.is_some_and(|t| t.elapsed() > Duration::from_secs(5)) {
+            break;
+        }
+        match rx.recv_timeout(Duration::from_millis(50)) {
+            Ok(Msg::Event(StreamEvent::Start(st))) => request_id = Some(st.request_id),
+            Ok(Msg::Event(StreamEvent::Token(t))) => {
+                s.text.push_str(&t.token);
+                s.tokens += 1;
+                last = Instant::now();
+                if !a.json {
+                    let _ = out.write_all(t.token.as_bytes());
+                    let _ = out.flush();
+                }
+            }
+            Ok(Msg::Event(StreamEvent::Done(d))) => s.done = Some(d),
+            Ok(Msg::Event(StreamEvent::Error(e))) => {
+                return Err(api_failure("llm-worker-rbee", &e));
+            }
+            Ok(Msg::End) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+        }
+    }
+    if !a.json && !s.text.is_empty() {
+        let _ = out.write_all(b"\n");
+        let _ = out.flush();
+    }
+    Ok(s)
+}
+
+fn finish_reason_name(r: FinishReason) -> &'static str {
+    match r {
+        FinishReason::Stop => "stop",
+        FinishReason::Length => "length",
+        FinishReason::ContextFull => "context_full",
+        FinishReason::Cancelled => "cancelled",
+    }
 }
 
 /// Runs `infer`; the exit status.
@@ -389,118 +508,27 @@ pub fn run(a: &InferArgs, cfg: &Config, reg: &Registry) -> Result<u8, Failure> {
     check_hive(hive, a.node(), conn.local)?;
     let worker = worker_for(hive, a)?;
     let wclient = conn.worker(
-        worker["url"].as_str().unwrap_or(""),
-        worker["api_key"].as_str().map(str::to_owned),
+        &worker.url,
+        Some(worker.api_key.clone()).filter(|k| !k.is_empty()),
     )?;
     wait_loaded(hive, &wclient, &worker, a)?;
-    let mut body =
-        json!({"max_tokens": a.max_tokens, "temperature": a.temperature, "stream": true});
-    if a.raw {
-        body["prompt"] = json!(a.prompt);
-    } else {
-        body["messages"] = json!([{"role": "user", "content": a.prompt}]);
-    }
-    // Busy: three retries, after 1, 2 and 4 s.
-    let mut events = None;
-    for (i, wait) in [0u64, 1, 2, 4].iter().enumerate() {
-        if *wait > 0 {
-            eprintln!("[rbee-keeper] ⏳ every slot of the worker is busy; retry {i}/3 in {wait} s");
-            std::thread::sleep(Duration::from_secs(*wait));
-        }
-        match wclient.stream("/v1/inference", Some(&body)) {
-            Ok(ev) => {
-                events = Some(ev);
-                break;
-            }
-            Err(Answer::Err(503, e)) if e.error.code == rbee_types::ErrorCode::AllSlotsBusy => {
-                continue
-            }
-            Err(Answer::Err(_, e)) => return Err(wclient.failure(&e)),
-            Err(Answer::Ok(..)) => unreachable!("stream errors are errors"),
-        }
-    }
-    let Some(mut events) = events else {
-        return Err(Failure::new(
-            "llm-worker-rbee",
-            "every slot of the worker stayed busy (retried after 1, 2 and 4 s)",
-        )
-        .code("ALL_SLOTS_BUSY")
-        .suggest([
-            "try again in a moment".to_string(),
-            "or start the worker with more slots (POST /v1/workers/spawn with \"slots\")"
-                .to_string(),
-        ]));
-    };
-    // SAFETY: the handler only stores to an atomic.
-    unsafe {
-        libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t);
-    }
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        while let Some(e) = events.next_json() {
-            if tx.send(Msg::Event(e)).is_err() {
-                return;
-            }
-        }
-        let _ = tx.send(Msg::End);
-    });
-    let (mut text, mut tokens, mut request_id, mut done) =
-        (String::new(), 0u64, None::<String>, None::<Value>);
-    let mut last = Instant::now();
-    let mut out = std::io::stdout().lock();
-    let mut cancel_sent: Option<Instant> = None;
-    let mut why_cancelled = "";
-    loop {
-        if cancel_sent.is_none() {
-            let timed_out = last.elapsed() > Duration::from_secs(a.token_timeout_secs);
-            if INTERRUPTED.load(Ordering::SeqCst) || timed_out {
-                why_cancelled = if timed_out { "timeout" } else { "interrupt" };
-                // Both the cancel and the end of the stream within 5 s of starting it.
-                cancel_sent = Some(Instant::now());
-                if let Some(id) = &request_id {
-                    let _ = wclient.with_timeout(Duration::from_secs(5)).call(
-                        "DELETE",
-                        &format!("/v1/inference/{id}"),
-                        None,
-                    );
-                }
-            }
-        } else if cancel_sent.is_some_and(|t| t.elapsed() > Duration::from_secs(5)) {
-            break;
-        }
-        match rx.recv_timeout(Duration::from_millis(50)) {
-            Ok(Msg::Event(e)) => {
-                if let Some(id) = e["request_id"].as_str() {
-                    request_id = Some(id.to_owned());
-                } else if let Some(t) = e["token"].as_str() {
-                    text.push_str(t);
-                    tokens += 1;
-                    last = Instant::now();
-                    if !a.json {
-                        let _ = out.write_all(t.as_bytes());
-                        let _ = out.flush();
-                    }
-                } else if e["done"] == true {
-                    done = Some(e);
-                } else if !e["error"].is_null() {
-                    drop(out);
-                    return Err(from_error_value(&wclient, &e["error"]));
-                }
-            }
-            Ok(Msg::End) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-        }
-    }
-    if !a.json && !text.is_empty() {
-        let _ = out.write_all(b"\n");
-        let _ = out.flush();
-    }
-    drop(out);
-    match (why_cancelled, &done) {
+    let events = open_stream(&wclient, &inference_request(a))?;
+    let s = print_stream(&wclient, events, a)?;
+    let tokens = s.tokens;
+    match (s.cancelled, &s.done) {
         ("interrupt", _) => {
             eprintln!("[rbee-keeper] ⏹  interrupted after {tokens} tokens; the request was cancelled on the worker");
             if a.json {
-                println!("{}", json!({"text": text, "tokens": tokens, "finish_reason": "interrupted"}));
+                let j = JsonAnswer {
+                    text: &s.text,
+                    tokens,
+                    finish_reason: "interrupted",
+                    duration_ms: None,
+                    worker_id: None,
+                    node: None,
+                    model_ref: None,
+                };
+                println!("{}", serde_json::to_string(&j).unwrap_or_default());
             }
             Ok(EXIT_INTERRUPTED)
         }
@@ -509,24 +537,28 @@ pub fn run(a: &InferArgs, cfg: &Config, reg: &Registry) -> Result<u8, Failure> {
             .detail(format!("{tokens} tokens received before"))
             .suggest(["see the worker's health on the hive: rbee-keeper workers list (or GET /v1/workers/list)".to_string()])),
         (_, Some(d)) => {
-            let ms = d["duration_ms"].as_u64().unwrap_or(0);
+            let reason = finish_reason_name(d.finish_reason);
             eprintln!(
-                "[rbee-keeper] ✅ {tokens} tokens in {:.2} s on worker {} ({})",
-                ms as f64 / 1000.0,
-                worker["id"].as_str().unwrap_or("?"),
-                d["finish_reason"].as_str().unwrap_or("?")
+                "[rbee-keeper] ✅ {tokens} tokens in {:.2} s on worker {} ({reason})",
+                d.duration_ms as f64 / 1000.0,
+                worker.id,
             );
             if a.json {
-                println!(
-                    "{}",
-                    json!({"text": text, "tokens": tokens, "finish_reason": d["finish_reason"], "duration_ms": ms,
-                           "worker_id": worker["id"], "node": a.node(), "model_ref": a.model})
-                );
+                let j = JsonAnswer {
+                    text: &s.text,
+                    tokens,
+                    finish_reason: reason,
+                    duration_ms: Some(d.duration_ms),
+                    worker_id: Some(&worker.id),
+                    node: Some(a.node()),
+                    model_ref: Some(&a.model),
+                };
+                println!("{}", serde_json::to_string(&j).unwrap_or_default());
             }
             Ok(0)
         }
         _ => {
-            let saved = save_partial(&text);
+            let saved = save_partial(&s.text);
             Err(Failure::new("llm-worker-rbee", format!("the answer stopped after {tokens} tokens: the connection to the worker ended (did it crash?)"))
                 .code("STREAM_ENDED")
                 .detail(match saved {

@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::client::{Answer, Client};
 use crate::report::Failure;
+use rbee_client::HiveClient;
 
 /// The hive binary: next to this keeper, else on PATH.
 pub fn hive_binary() -> Option<PathBuf> {
@@ -118,10 +118,10 @@ pub fn start_hive(port: u16) -> Result<String, Failure> {
             log_path.display()
         )
     };
-    let hive = Client::new(&format!("http://127.0.0.1:{port}"), None, "rbee-hive");
+    let hive = HiveClient::new(&format!("http://127.0.0.1:{port}"), None);
     let t0 = Instant::now();
     while t0.elapsed() < Duration::from_secs(20) {
-        if let Ok(Answer::Ok(200, _)) = hive.call("GET", "/v1/health", None) {
+        if hive.health().is_ok() {
             return Ok(how);
         }
         std::thread::sleep(Duration::from_millis(100));

@@ -138,7 +138,7 @@ fn run(cli: Cli) -> Result<u8, Failure> {
             .suggest([format!("check that {} is writable", db.display())])
     })?;
     match cli.command {
-        Command::Infer(args) => infer::run(&args.with_defaults(&config), &config, &reg),
+        Command::Infer(args) => infer::run(&args.with_defaults(&config)?, &config, &reg),
         Command::Setup(cmd) => setup::run(cmd, &config, &mut reg, &ssh).map(|()| 0),
         Command::Workers(cmd) => manage::workers(cmd, &config, &reg).map(|()| 0),
         Command::Models(cmd) => manage::models(cmd, &config, &reg).map(|()| 0),

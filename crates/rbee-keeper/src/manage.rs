@@ -3,9 +3,11 @@
 //! and each registered node) and says which did not answer.
 
 use clap::Subcommand;
-use serde_json::{json, Value};
+use rbee_client::Download;
+use rbee_types::hive::WorkerView;
+use rbee_types::ModelRef;
+use serde::Serialize;
 
-use crate::client::Answer;
 use crate::config::Config;
 use crate::node::Conn;
 use crate::registry::Registry;
@@ -57,7 +59,7 @@ pub enum ModelsCommand {
         node: Option<String>,
         /// The model reference.
         #[arg(long)]
-        model: String,
+        model: ModelRef,
     },
     /// Remove a model from the node's catalogue (and its file, if downloaded).
     Rm {
@@ -99,12 +101,18 @@ fn hive(node: &str, cfg: &Config, reg: &Registry) -> Result<Conn, Failure> {
     Conn::open(node, cfg, reg)
 }
 
-fn s(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        Value::Null => "-".into(),
-        other => other.to_string(),
-    }
+/// A worker as `workers list --json` prints it: the hive's view (without its key) and
+/// the node it runs on.
+#[derive(Serialize)]
+struct ListedWorker {
+    node: String,
+    #[serde(flatten)]
+    worker: WorkerView,
+}
+
+/// `-` for nothing.
+fn or_dash(v: Option<impl ToString>) -> String {
+    v.map_or_else(|| "-".into(), |v| v.to_string())
 }
 
 /// Runs a `workers` command.
@@ -134,45 +142,38 @@ pub fn workers(cmd: WorkersCommand, cfg: &Config, reg: &Registry) -> Result<(), 
                         continue;
                     }
                 };
-                match h.call("GET", "/v1/workers/list", None) {
-                    Ok(Answer::Ok(_, v)) => {
-                        for w in v["workers"].as_array().into_iter().flatten() {
+                match h.workers() {
+                    Ok(workers) => {
+                        for w in workers {
                             rows.push(vec![
                                 n.clone(),
-                                s(&w["id"]),
-                                s(&w["model_ref"]),
-                                format!("{}:{}", s(&w["backend"]), s(&w["device"])),
-                                s(&w["state"]),
-                                format!("{}/{}", s(&w["slots_busy"]), s(&w["slots"])),
-                                s(&w["url"]),
+                                w.id.clone(),
+                                w.model_ref.to_string(),
+                                format!("{}:{}", w.backend, w.device),
+                                w.state.to_string(),
+                                format!("{}/{}", w.slots_busy, w.slots),
+                                w.url.clone(),
                             ]);
-                            let mut w = w.clone();
-                            w["node"] = json!(n);
-                            if let Some(o) = w.as_object_mut() {
-                                o.remove("api_key");
-                            }
-                            all.push(w);
+                            // The keys stay with the hive.
+                            all.push(ListedWorker {
+                                node: n.clone(),
+                                worker: WorkerView {
+                                    api_key: String::new(),
+                                    ..w
+                                },
+                            });
                         }
                     }
-                    Ok(Answer::Err(_, e)) => {
-                        if single {
-                            return Err(h.failure(&e));
-                        }
-                        eprintln!("[rbee-keeper] ⚠️  {n}: {}", e.error.message);
-                    }
-                    Err(f) => {
-                        if single {
-                            return Err(f);
-                        }
-                        eprintln!(
-                            "[rbee-keeper] ⚠️  {n}: its hive does not answer at {}",
-                            h.base
-                        );
-                    }
+                    Err(e) if single => return Err(e.into()),
+                    Err(e) if crate::client::unreachable(&e) => eprintln!(
+                        "[rbee-keeper] ⚠️  {n}: its hive does not answer at {}",
+                        h.base()
+                    ),
+                    Err(e) => eprintln!("[rbee-keeper] ⚠️  {n}: {}", Failure::from(e).message),
                 }
             }
             if json {
-                println!("{}", Value::Array(all));
+                println!("{}", serde_json::to_string(&all).unwrap_or_default());
             } else if rows.is_empty() {
                 eprintln!("[rbee-keeper] no workers running");
             } else {
@@ -189,22 +190,18 @@ pub fn workers(cmd: WorkersCommand, cfg: &Config, reg: &Registry) -> Result<(), 
         WorkersCommand::Health { node } => {
             let node = cfg.node_or_default(node);
             let h = hive(&node, cfg, reg)?;
-            let (_, health) = h.json("GET", "/v1/health", None)?;
-            let (_, list) = h.json("GET", "/v1/workers/list", None)?;
-            let workers = list["workers"].as_array().cloned().unwrap_or_default();
+            let health = h.health()?;
+            let workers = h.workers()?;
             println!(
                 "{node}: rbee-hive {} ({}), {} worker(s)",
-                s(&health["version"]),
-                s(&health["supervisor"]),
+                health.version,
+                health.supervisor,
                 workers.len()
             );
             for w in &workers {
                 println!(
                     "  {} {} {}/{} slots busy",
-                    s(&w["id"]),
-                    s(&w["state"]),
-                    s(&w["slots_busy"]),
-                    s(&w["slots"])
+                    w.id, w.state, w.slots_busy, w.slots
                 );
             }
             Ok(())
@@ -212,11 +209,7 @@ pub fn workers(cmd: WorkersCommand, cfg: &Config, reg: &Registry) -> Result<(), 
         WorkersCommand::Shutdown { node, id } => {
             let node = cfg.node_or_default(node);
             let h = hive(&node, cfg, reg)?;
-            h.json(
-                "POST",
-                &format!("/v1/workers/{id}/shutdown"),
-                Some(&json!({})),
-            )?;
+            h.stop_worker(&id)?;
             eprintln!("[rbee-keeper] ✅ worker {id} on {node} stopped");
             Ok(())
         }
@@ -228,18 +221,16 @@ pub fn models(cmd: ModelsCommand, cfg: &Config, reg: &Registry) -> Result<(), Fa
     match cmd {
         ModelsCommand::List { node } => {
             let node = cfg.node_or_default(node);
-            let (_, v) = hive(&node, cfg, reg)?.json("GET", "/v1/models", None)?;
-            let rows: Vec<Vec<String>> = v["models"]
-                .as_array()
+            let models = hive(&node, cfg, reg)?.models()?;
+            let rows: Vec<Vec<String>> = models
                 .into_iter()
-                .flatten()
                 .map(|m| {
                     vec![
-                        s(&m["id"]),
-                        s(&m["reference"]),
-                        crate::progress::bytes(m["size_bytes"].as_u64().unwrap_or(0)),
-                        s(&m["quantization"]),
-                        s(&m["status"]),
+                        m.id,
+                        m.reference,
+                        crate::progress::bytes(m.size_bytes),
+                        or_dash(m.quantization),
+                        m.status.as_str().to_owned(),
                     ]
                 })
                 .collect();
@@ -255,27 +246,18 @@ pub fn models(cmd: ModelsCommand, cfg: &Config, reg: &Registry) -> Result<(), Fa
         }
         ModelsCommand::Download { node, model } => {
             let node = cfg.node_or_default(node);
-            if let Err(e) = rbee_models::reference::ModelRef::parse(&model) {
-                return Err(Failure::new("rbee-keeper", e.error.message));
-            }
             let h = hive(&node, cfg, reg)?;
-            let (status, v) = h.json(
-                "POST",
-                "/v1/models/download",
-                Some(&json!({"model_ref": model})),
-            )?;
-            if status == 200 {
-                eprintln!(
-                    "[rbee-keeper] ✅ {} is on {node} already",
-                    s(&v["model"]["id"])
-                );
-                return Ok(());
+            match h.download(&model)? {
+                Download::Ready(m) => {
+                    eprintln!("[rbee-keeper] ✅ {} is on {node} already", m.id);
+                    Ok(())
+                }
+                Download::Started(d) => crate::infer::follow_download(&h, &d.progress_url),
             }
-            crate::infer::follow_download(&h, v["progress_url"].as_str().unwrap_or(""))
         }
         ModelsCommand::Rm { node, id } => {
             let node = cfg.node_or_default(node);
-            hive(&node, cfg, reg)?.json("DELETE", &format!("/v1/models/{id}"), None)?;
+            hive(&node, cfg, reg)?.delete_model(&id)?;
             eprintln!("[rbee-keeper] ✅ model {id} removed from {node}");
             Ok(())
         }
@@ -288,15 +270,15 @@ pub fn hive_cmd(cmd: HiveCommand, cfg: &Config, reg: &Registry) -> Result<(), Fa
         HiveCommand::Status { node } => {
             let node = cfg.node_or_default(node);
             let h = hive(&node, cfg, reg)?;
-            let (_, health) = h.json("GET", "/v1/health", None)?;
-            let (_, res) = h.json("GET", "/v1/resources", None)?;
-            println!("node:        {node} ({})", h.base);
-            println!("version:     rbee-hive {}", s(&health["version"]));
-            println!("supervisor:  {}", s(&health["supervisor"]));
+            let health = h.health()?;
+            let res = h.resources()?;
+            println!("node:        {node} ({})", h.base());
+            println!("version:     rbee-hive {}", health.version);
+            println!("supervisor:  {}", health.supervisor);
             println!(
                 "memory:      {} available of {}",
-                crate::progress::bytes(res["memory"]["available_bytes"].as_u64().unwrap_or(0)),
-                crate::progress::bytes(res["memory"]["total_bytes"].as_u64().unwrap_or(0))
+                crate::progress::bytes(res.memory.available_bytes),
+                crate::progress::bytes(res.memory.total_bytes)
             );
             Ok(())
         }
@@ -322,23 +304,12 @@ pub fn logs(
         return crate::service::journal(node, lines, follow, cfg, reg);
     };
     let h = hive(node, cfg, reg)?;
-    let path = format!("/v1/workers/{worker}/logs?lines={lines}");
     if !follow {
-        print!("{}", h.text(&path)?);
+        print!("{}", h.logs(worker, lines)?);
         return Ok(());
     }
-    let mut events = h
-        .stream(&format!("{path}&follow=true"), None)
-        .map_err(|_| {
-            Failure::new(
-                "rbee-keeper",
-                format!("cannot follow the log of {worker} on {node}"),
-            )
-        })?;
-    while let Some(e) = events.next_json() {
-        if let Some(l) = e["line"].as_str() {
-            println!("{l}");
-        }
+    for line in h.follow_logs(worker, lines)? {
+        println!("{}", line?.line);
     }
     Ok(())
 }

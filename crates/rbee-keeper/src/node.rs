@@ -3,19 +3,19 @@
 
 use std::sync::Mutex;
 
-use crate::client::Client;
 use crate::config::Config;
 use crate::registry::Registry;
 use crate::report::Failure;
 use crate::ssh::{Ssh, Target};
 use crate::tunnel::Tunnel;
+use rbee_client::{HiveClient, WorkerClient};
 
 /// An open way to one node; its tunnels close when it is dropped.
 pub struct Conn {
     /// The node's name.
     pub node: String,
     /// Its hive.
-    pub hive: Client,
+    pub hive: HiveClient,
     /// Whether it is this machine (the keeper may start its hive).
     pub local: bool,
     /// SSH route, when the node is reached through forwards.
@@ -31,43 +31,35 @@ impl Conn {
         let configured_url = node_cfg.and_then(|n| n.hive_url.clone());
         if node == "localhost" {
             let url = configured_url.unwrap_or_else(|| "http://127.0.0.1:9200".into());
-            return Ok(Conn::plain(node, Client::new(&url, key, "rbee-hive"), true));
+            return Ok(Conn::plain(node, HiveClient::new(&url, key), true));
         }
         let n = reg
             .get(node)
             .map_err(|e| Failure::new("rbee-keeper", e.to_string()))?
-            .ok_or_else(|| crate::setup::not_registered(node))?;
+            .ok_or_else(|| crate::registry::not_registered(node))?;
         if let Some(url) = configured_url {
-            return Ok(Conn::plain(
-                node,
-                Client::new(&url, key, "rbee-hive"),
-                false,
-            ));
+            return Ok(Conn::plain(node, HiveClient::new(&url, key), false));
         }
         if n.hive_access == "direct" {
             let url = format!("http://{}:{}", n.ssh_host, n.hive_port);
-            return Ok(Conn::plain(
-                node,
-                Client::new(&url, key, "rbee-hive"),
-                false,
-            ));
+            return Ok(Conn::plain(node, HiveClient::new(&url, key), false));
         }
         let ssh = Ssh {
             options: cfg.ssh.options.clone(),
         };
-        let target = crate::setup::target(&n);
+        let target = n.ssh_target();
         let t = Tunnel::open(&ssh, node, &target, n.hive_port)?;
         let url = format!("http://127.0.0.1:{}", t.local_port);
         Ok(Conn {
             node: node.to_owned(),
-            hive: Client::new(&url, key, "rbee-hive"),
+            hive: HiveClient::new(&url, key),
             local: false,
             route: Some((ssh, target)),
             tunnels: Mutex::new(vec![t]),
         })
     }
 
-    fn plain(node: &str, hive: Client, local: bool) -> Conn {
+    fn plain(node: &str, hive: HiveClient, local: bool) -> Conn {
         Conn {
             node: node.to_owned(),
             hive,
@@ -79,9 +71,9 @@ impl Conn {
 
     /// A client for a worker at `url` (as its hive reports it); through its own forward
     /// when the node is reached over SSH (workers listen on the node's loopback too).
-    pub fn worker(&self, url: &str, key: Option<String>) -> Result<Client, Failure> {
+    pub fn worker(&self, url: &str, key: Option<String>) -> Result<WorkerClient, Failure> {
         let Some((ssh, target)) = &self.route else {
-            return Ok(Client::new(url, key, "llm-worker-rbee"));
+            return Ok(WorkerClient::new(url, key));
         };
         let port: u16 = url
             .rsplit(':')
@@ -99,15 +91,15 @@ impl Conn {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(t);
-        Ok(Client::new(&local, key, "llm-worker-rbee"))
+        Ok(WorkerClient::new(&local, key))
     }
 }
 
 /// A connection is used as its hive's client.
 impl std::ops::Deref for Conn {
-    type Target = Client;
+    type Target = HiveClient;
 
-    fn deref(&self) -> &Client {
+    fn deref(&self) -> &HiveClient {
         &self.hive
     }
 }

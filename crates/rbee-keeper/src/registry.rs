@@ -81,6 +81,16 @@ pub struct Registry {
 }
 
 impl Node {
+    /// Where SSH reaches the node.
+    pub fn ssh_target(&self) -> crate::ssh::Target {
+        crate::ssh::Target {
+            host: self.ssh_host.clone(),
+            port: self.ssh_port,
+            user: self.ssh_user.clone(),
+            key: Some(self.ssh_key_path.clone()),
+        }
+    }
+
     /// The row's values, in [`COLUMNS`] order.
     fn values(&self) -> [Box<dyn ToSql + '_>; 12] {
         [
@@ -174,4 +184,12 @@ impl Registry {
             .map(|n| n > 0)
             .map_err(|e| self.db.err(e))
     }
+}
+
+/// The error for a node name the registry does not have.
+pub fn not_registered(name: &str) -> crate::report::Failure {
+    crate::report::Failure::new("rbee-keeper", format!("no node named {name} is registered")).suggest([
+        "see the registered ones: rbee-keeper setup list-nodes".to_string(),
+        format!("register it: rbee-keeper setup add-node --name {name} --ssh-host HOST --ssh-user USER --ssh-key ~/.ssh/id_ed25519"),
+    ])
 }

@@ -9,7 +9,6 @@
 
 use std::time::{Duration, Instant};
 
-use crate::client::Answer;
 use crate::config::Config;
 use crate::node::Conn;
 use crate::registry::Registry;
@@ -74,7 +73,7 @@ fn port_of(conn: &Conn, cfg: &Config, reg: &Registry) -> u16 {
         .nodes
         .get(&conn.node)
         .and_then(|n| n.hive_url.clone())
-        .unwrap_or_else(|| conn.base.clone());
+        .unwrap_or_else(|| conn.base().to_owned());
     configured
         .trim_end_matches('/')
         .rsplit(':')
@@ -84,11 +83,8 @@ fn port_of(conn: &Conn, cfg: &Config, reg: &Registry) -> u16 {
 }
 
 /// The hive's `/v1/health`, if it answers.
-fn health(conn: &Conn) -> Option<serde_json::Value> {
-    match conn.call("GET", "/v1/health", None) {
-        Ok(Answer::Ok(200, v)) => Some(v),
-        _ => None,
-    }
+fn health(conn: &Conn) -> Option<rbee_types::hive::HiveHealth> {
+    conn.health().ok()
 }
 
 fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
@@ -108,8 +104,8 @@ pub fn start(node: &str, cfg: &Config, reg: &Registry) -> Result<(), Failure> {
     if let Some(h) = health(&conn) {
         eprintln!(
             "[rbee-keeper] ✅ the hive on {node} runs already (rbee-hive {}, {})",
-            h["version"].as_str().unwrap_or("?"),
-            conn.base
+            h.version,
+            conn.base()
         );
         return Ok(());
     }
@@ -127,7 +123,7 @@ pub fn start(node: &str, cfg: &Config, reg: &Registry) -> Result<(), Failure> {
             "rbee-hive",
             format!(
                 "the hive on {node} was started ({how}) but does not answer at {} after {} s",
-                conn.base,
+                conn.base(),
                 START_TIMEOUT.as_secs()
             ),
         )
@@ -135,7 +131,7 @@ pub fn start(node: &str, cfg: &Config, reg: &Registry) -> Result<(), Failure> {
     }
     eprintln!(
         "[rbee-keeper] ✅ the hive on {node} runs ({how}), at {}",
-        conn.base
+        conn.base()
     );
     Ok(())
 }
@@ -148,7 +144,7 @@ pub fn stop(node: &str, cfg: &Config, reg: &Registry) -> Result<(), Failure> {
     let script = format!("{}action=stop\n{FIND_UNIT}{CONTROL}", vars(node, port));
     let outcome = shell.run(node, &script, Output::Progress)?;
     let how = if outcome.code == Some(NO_UNIT) && conn.local {
-        let Some(pid) = health(&conn).and_then(|h| h["pid"].as_i64()) else {
+        let Some(pid) = health(&conn).map(|h| i64::from(h.pid)) else {
             eprintln!("[rbee-keeper] no hive runs on {node}");
             return Ok(());
         };
@@ -189,7 +185,7 @@ pub fn journal(
     } else {
         reg.get(node)
             .map_err(|e| Failure::new("rbee-keeper", e.to_string()))?
-            .ok_or_else(|| crate::setup::not_registered(node))?
+            .ok_or_else(|| crate::registry::not_registered(node))?
             .hive_port
     };
     let shell = NodeShell::open(node, cfg, reg)?;

@@ -8,7 +8,7 @@ use rbee_types::now_unix;
 
 use crate::registry::{Node, Registry};
 use crate::report::{table, Failure};
-use crate::ssh::{Ssh, SshError, Target, BACKOFF_MS};
+use crate::ssh::{Ssh, BACKOFF_MS};
 
 /// The `setup` commands.
 #[derive(Debug, Subcommand)]
@@ -154,19 +154,9 @@ fn check_names(name: &str, host: &str, user: &str) -> Result<(), Failure> {
     Ok(())
 }
 
-/// How to SSH to a node.
-pub fn target(n: &Node) -> Target {
-    Target {
-        host: n.ssh_host.clone(),
-        port: n.ssh_port,
-        user: n.ssh_user.clone(),
-        key: Some(n.ssh_key_path.clone()),
-    }
-}
-
 /// The SSH round trip, each attempt shown on stderr.
 fn check_ssh(ssh: &Ssh, n: &Node) -> Result<(), Failure> {
-    let t = target(n);
+    let t = n.ssh_target();
     eprintln!(
         "[rbee-keeper] 🔌 checking SSH to {}@{}:{} with {}",
         t.user,
@@ -178,18 +168,7 @@ fn check_ssh(ssh: &Ssh, n: &Node) -> Result<(), Failure> {
         Ok(()) => eprintln!("[rbee-keeper]   attempt {i}/{}: ok", BACKOFF_MS.len()),
         Err(e) => eprintln!("[rbee-keeper]   attempt {i}/{}: {e}", BACKOFF_MS.len()),
     });
-    result.map_err(|e| ssh_failure(&n.node_name, &t, &e))
-}
-
-/// An SSH error as a [`Failure`].
-pub fn ssh_failure(node: &str, t: &Target, e: &SshError) -> Failure {
-    let what = match e {
-        SshError::KeyMissing(_) | SshError::KeyPermissions { .. } => "rbee-keeper",
-        _ => "ssh",
-    };
-    Failure::new(what, format!("cannot reach node {node}: {e}"))
-        .detail(format!("{}@{}:{}", t.user, t.host, t.port))
-        .suggest(e.suggestions(t))
+    result.map_err(|e| crate::ssh::failure(&n.node_name, &t, &e))
 }
 
 /// Runs one `setup` command.
@@ -247,7 +226,7 @@ pub fn run(
         }
         SetupCommand::UpdateNode(u) => {
             let Some(mut n) = reg.get(&u.name).map_err(db)? else {
-                return Err(not_registered(&u.name));
+                return Err(crate::registry::not_registered(&u.name));
             };
             let reconnect = u.ssh_host.is_some()
                 || u.ssh_port.is_some()
@@ -311,20 +290,12 @@ pub fn run(
         SetupCommand::Install(a) => crate::deploy::run(&a, cfg, reg),
         SetupCommand::RemoveNode { name } => {
             if !reg.remove(&name).map_err(db)? {
-                return Err(not_registered(&name));
+                return Err(crate::registry::not_registered(&name));
             }
             eprintln!("[rbee-keeper] ✅ node {name} removed from the registry");
             Ok(())
         }
     }
-}
-
-/// The error for a node name the registry does not have.
-pub fn not_registered(name: &str) -> Failure {
-    keeper(format!("no node named {name} is registered")).suggest([
-        "see the registered ones: rbee-keeper setup list-nodes".to_string(),
-        format!("register it: rbee-keeper setup add-node --name {name} --ssh-host HOST --ssh-user USER --ssh-key ~/.ssh/id_ed25519"),
-    ])
 }
 
 fn absolute(p: PathBuf) -> PathBuf {

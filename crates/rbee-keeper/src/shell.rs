@@ -67,12 +67,12 @@ impl NodeShell {
         let n = reg
             .get(node)
             .map_err(|e| Failure::new("rbee-keeper", e.to_string()))?
-            .ok_or_else(|| crate::setup::not_registered(node))?;
+            .ok_or_else(|| crate::registry::not_registered(node))?;
         Ok(NodeShell::Remote {
             ssh: Ssh {
                 options: cfg.ssh.options.clone(),
             },
-            target: crate::setup::target(&n),
+            target: n.ssh_target(),
         })
     }
 
@@ -159,7 +159,7 @@ impl NodeShell {
         if let NodeShell::Remote { target, .. } = self {
             if outcome.code == Some(255) && outcome.error.is_none() {
                 let e = crate::ssh::classify(&ssh_errors);
-                return Err(crate::setup::ssh_failure(node, target, &e));
+                return Err(crate::ssh::failure(node, target, &e));
             }
         }
         Ok(outcome)

@@ -223,6 +223,17 @@ impl Ssh {
     }
 }
 
+/// An SSH error as a [`Failure`].
+pub fn failure(node: &str, t: &Target, e: &SshError) -> crate::report::Failure {
+    let what = match e {
+        SshError::KeyMissing(_) | SshError::KeyPermissions { .. } => "rbee-keeper",
+        _ => "ssh",
+    };
+    crate::report::Failure::new(what, format!("cannot reach node {node}: {e}"))
+        .detail(format!("{}@{}:{}", t.user, t.host, t.port))
+        .suggest(e.suggestions(t))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

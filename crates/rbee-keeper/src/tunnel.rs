@@ -41,7 +41,7 @@ impl Tunnel {
                     let _ = std::io::Read::read_to_string(&mut e, &mut err);
                 }
                 let e = crate::ssh::classify(&err);
-                return Err(crate::setup::ssh_failure(node, t, &e).detail(format!(
+                return Err(crate::ssh::failure(node, t, &e).detail(format!(
                     "while forwarding to port {remote_port} on the node"
                 )));
             }

@@ -41,7 +41,7 @@ impl Backend {
 
 /// A name that is not a backend.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{BACKEND_ERROR_PREFIX} {name:?}; one of: cpu, cuda, metal")]
+#[error("{BACKEND_ERROR_PREFIX} {name:?}; accepted: cpu, cuda, metal")]
 pub struct BackendError {
     /// What was given (at most 64 characters of it).
     pub name: String,

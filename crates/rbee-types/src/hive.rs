@@ -16,9 +16,12 @@ pub struct HiveHealth {
     pub version: String,
     /// `v1`.
     pub api_version: String,
-    /// `systemd-system`, `systemd-user` or `process`.
+    /// `systemd-system`, `systemd-user` or `process` (defaults: a hive of another version
+    /// may not send it, and the keeper must still read its version).
+    #[serde(default)]
     pub supervisor: String,
     /// The hive's process id (lets `hive stop` end a hive started as a plain process).
+    #[serde(default)]
     pub pid: u32,
 }
 
@@ -176,7 +179,8 @@ pub struct WorkerView {
     pub pid: Option<u32>,
     /// `systemd-system`, `systemd-user`, `process`.
     pub supervisor: String,
-    /// The key to send to the worker as `Authorization: Bearer …`.
+    /// The key to send to the worker as `Authorization: Bearer …` (left out when empty).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub api_key: String,
     /// The executable it runs.
     pub binary: Option<PathBuf>,
@@ -363,6 +367,16 @@ pub enum ModelStatus {
     Ready,
     /// File vanished (found on reconciliation).
     Missing,
+}
+
+impl ModelStatus {
+    /// The lower-case name (`ready`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ready => "ready",
+            Self::Missing => "missing",
+        }
+    }
 }
 
 /// One catalogued model.

@@ -2,12 +2,11 @@
 //! `/v1/models`, `/v1/chat/completions` and `/v1/completions`, with the hive's key only.
 //! A request names a model ([`names`]); the hive finds a worker for it or starts one (and
 //! downloads the model first when needed), admits the request through the model's queue
-//! ([`queue`]) and proxies the worker's answer as it comes ([`proxy`]). Worker URLs and
+//! ([`crate::queue`]) and proxies the worker's answer as it comes ([`proxy`]). Worker URLs and
 //! keys never leave the hive.
 
 pub(crate) mod names;
 pub(crate) mod proxy;
-pub(crate) mod queue;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -19,7 +18,7 @@ use rbee_types::{ApiError, Backend, ErrorCode, ModelRef};
 use tiny_http::Request;
 
 use crate::hive::Hive;
-use queue::{Queues, Refused};
+use crate::queue::{self, Refused};
 
 /// Largest OpenAI request body (a long conversation), bytes.
 pub(crate) const MAX_BODY: usize = 4 << 20;
@@ -39,18 +38,25 @@ pub(crate) struct Settings {
     pub(crate) max_body: usize,
 }
 
-/// The front door's state: its settings and the queues.
-pub(crate) struct FrontDoor {
+/// The front door: its settings and the hive's queues.
+pub(crate) struct FrontDoor<'a> {
     pub(crate) settings: Settings,
-    pub(crate) queues: Arc<Queues>,
+    pub(crate) queues: &'a Arc<queue::Queues>,
 }
 
-impl FrontDoor {
-    /// A front door with empty queues.
-    pub(crate) fn new(settings: Settings) -> FrontDoor {
+impl FrontDoor<'_> {
+    /// The front door of `hive`, as its config says.
+    pub(crate) fn of(hive: &Hive) -> FrontDoor<'_> {
+        let c = &hive.config;
         FrontDoor {
-            settings,
-            queues: Arc::default(),
+            settings: Settings {
+                aliases: c.aliases.clone(),
+                queue_max: c.queue_max,
+                queue_timeout: Duration::from_secs(c.queue_timeout_secs),
+                load_timeout: Duration::from_secs(c.load_timeout_secs),
+                max_body: MAX_BODY,
+            },
+            queues: &hive.queues,
         }
     }
 }
