@@ -17,7 +17,7 @@ pub enum Backend {
 }
 
 /// Beginning of the message of every [`BackendError`]; servers map it to
-/// `BACKEND_UNAVAILABLE` (see [`crate::error::code_of_parse_error`]).
+/// `BACKEND_UNAVAILABLE` (the error module's `code_of_parse_error`).
 pub const BACKEND_ERROR_PREFIX: &str = "unknown backend";
 
 impl Backend {

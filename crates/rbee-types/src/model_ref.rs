@@ -49,7 +49,7 @@ pub enum ModelRef {
 }
 
 /// Beginning of the message of every [`ModelRefError`]; servers map it to
-/// `INVALID_MODEL_REF` (see [`crate::error::code_of_parse_error`]).
+/// `INVALID_MODEL_REF` (the error module's `code_of_parse_error`).
 pub const MODEL_REF_ERROR_PREFIX: &str = "invalid model reference";
 
 /// A reference that does not parse: why, and the accepted formats.
