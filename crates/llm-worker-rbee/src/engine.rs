@@ -57,7 +57,14 @@ pub struct Sampling {
     pub top_k: i32,
     /// Sampler seed.
     pub seed: u32,
+    /// OpenAI's presence penalty over the last [`PENALTY_WINDOW`] generated tokens.
+    pub presence_penalty: f32,
+    /// OpenAI's frequency penalty over the same window.
+    pub frequency_penalty: f32,
 }
+
+/// Generated tokens the penalties look back on (llama.cpp's default).
+pub const PENALTY_WINDOW: i32 = 64;
 
 /// Something a request receives from the engine.
 #[derive(Debug)]
@@ -380,6 +387,38 @@ impl Engine {
         Ok(())
     }
 
+    /// The sampler chain of a request: penalties (when asked for) first, then greedy, or
+    /// top-k, top-p, temperature and a seeded draw.
+    fn sampler(&self, p: &Sampling) -> LlamaSampler {
+        let mut chain = Vec::new();
+        if p.presence_penalty != 0.0 || p.frequency_penalty != 0.0 {
+            if let Some(prepared) = self.prepared() {
+                chain.push(LlamaSampler::penalties(
+                    prepared.model.n_vocab(),
+                    PENALTY_WINDOW,
+                    1.0,
+                    p.frequency_penalty,
+                    p.presence_penalty,
+                ));
+            }
+        }
+        if p.temperature <= 0.0 {
+            chain.push(LlamaSampler::greedy());
+        } else {
+            if p.top_k > 0 {
+                chain.push(LlamaSampler::top_k(p.top_k));
+            }
+            chain.push(LlamaSampler::top_p(p.top_p, 1));
+            chain.push(LlamaSampler::temp(p.temperature));
+            chain.push(LlamaSampler::dist(p.seed));
+        }
+        if chain.len() == 1 {
+            chain.remove(0)
+        } else {
+            LlamaSampler::chain_simple(chain)
+        }
+    }
+
     /// Starts a job on a free sequence. Returns true for a shutdown command.
     fn admit(&self, cmd: Command, active: &mut Vec<Slot>, free: &mut Vec<i32>) -> bool {
         let job = match cmd {
@@ -394,18 +433,7 @@ impl Engine {
             )));
             return false;
         };
-        let sampler = if job.sampling.temperature <= 0.0 {
-            LlamaSampler::greedy()
-        } else {
-            let mut chain = Vec::new();
-            if job.sampling.top_k > 0 {
-                chain.push(LlamaSampler::top_k(job.sampling.top_k));
-            }
-            chain.push(LlamaSampler::top_p(job.sampling.top_p, 1));
-            chain.push(LlamaSampler::temp(job.sampling.temperature));
-            chain.push(LlamaSampler::dist(job.sampling.seed));
-            LlamaSampler::chain_simple(chain)
-        };
+        let sampler = self.sampler(&job.sampling);
         let output = OutputText::new(job.stop.clone());
         active.push(Slot {
             seq,

@@ -3,8 +3,7 @@
 //! which the accept loop answers 503 `OVERLOADED` itself, so memory stays bounded under any
 //! load.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,12 +14,12 @@ use rbee_types::{ApiError, ErrorCode, API_VERSION};
 use serde_json::json;
 use tiny_http::{Method, Request, Response};
 
-use llama_cpp_2::token::LlamaToken;
-
-use crate::engine::{Engine, Event, Job, Prepared, RequestGuard};
+use crate::app::{serving, start, tokens_for, Started};
+pub use crate::app::{App, ShutdownCause};
+use crate::engine::Event;
 use crate::openai;
 use crate::state::{lock, Phase, Shared};
-use crate::validate::{validate, Valid};
+use crate::validate::validate;
 use rbee_http::{
     check_route, header, json_error, json_response, read_body, respond_error, respond_json,
     SseWriter,
@@ -28,29 +27,6 @@ use rbee_http::{
 
 /// Requests handled at once before new ones get 503 `OVERLOADED`.
 pub const MAX_IN_FLIGHT: u32 = 256;
-
-/// Why the main thread should start draining.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ShutdownCause {
-    /// SIGTERM or SIGINT.
-    Signal,
-    /// `POST /v1/admin/shutdown`.
-    AdminRequest,
-    /// The model failed to load.
-    LoadFailed,
-}
-
-/// What every handler needs.
-pub struct App {
-    /// Shared state.
-    pub shared: Arc<Shared>,
-    /// The engine.
-    pub engine: Arc<Engine>,
-    /// Tells the main thread to drain.
-    pub shutdown: mpsc::Sender<ShutdownCause>,
-    /// Whether the backend is a GPU (for the loading stage name).
-    pub gpu: bool,
-}
 
 /// Accepts requests until the server is unblocked.
 pub fn serve(server: &tiny_http::Server, app: &Arc<App>) {
@@ -261,117 +237,6 @@ fn inference(app: &App, mut request: Request) {
     }
 }
 
-/// A request that passed every check and holds a slot; the engine sends its events.
-pub(crate) struct Started {
-    /// `req-…`.
-    pub(crate) request_id: String,
-    /// Tokens, then `Done` or `Error`.
-    pub(crate) events: mpsc::Receiver<Event>,
-    /// Set to stop generation (the client left).
-    pub(crate) cancel: Arc<AtomicBool>,
-}
-
-impl Started {
-    /// Stops generation because the client went away (`why`: where that was noticed).
-    pub(crate) fn client_gone(&self, why: &str) {
-        self.cancel.store(true, Ordering::Release);
-        tracing::info!(request_id = %self.request_id, why, "client disconnected; generation cancelled");
-    }
-}
-
-/// The loaded model, when the worker takes requests now.
-pub(crate) fn serving(app: &App) -> Result<&Prepared, ApiError> {
-    match app.shared.phase() {
-        Phase::Ready => {}
-        Phase::Loading => {
-            return Err(ApiError::new(ErrorCode::ModelLoading, "the model is still loading; follow /v1/loading/progress and retry when it is ready"));
-        }
-        Phase::Draining | Phase::Failed => {
-            return Err(ApiError::new(
-                ErrorCode::Draining,
-                "the worker is shutting down and takes no new requests",
-            ));
-        }
-    }
-    app.engine
-        .prepared()
-        .ok_or_else(|| ApiError::new(ErrorCode::ModelLoading, "the model is not loaded"))
-}
-
-/// The prompt's tokens (chat messages rendered with the model's template first); refused
-/// when empty or when it leaves no room in a slot's context.
-pub(crate) fn tokens_for(prepared: &Prepared, v: &Valid) -> Result<Vec<LlamaToken>, ApiError> {
-    let text = match &v.messages {
-        Some(m) => prepared.render_chat(m)?,
-        None => v.prompt.clone().unwrap_or_default(),
-    };
-    let tokens = prepared.tokenize(&text);
-    if tokens.is_empty() {
-        return Err(ApiError::new(
-            ErrorCode::InvalidRequest,
-            "the prompt is empty",
-        ));
-    }
-    if tokens.len() >= prepared.ctx_size as usize {
-        return Err(ApiError::new(
-            ErrorCode::PromptTooLong,
-            format!(
-                "the prompt has {} tokens but a slot's context holds {}: shorten it or start the worker with a larger --ctx-size",
-                tokens.len(),
-                prepared.ctx_size
-            ),
-        )
-        .detail("prompt_tokens", tokens.len())
-        .detail("ctx_size", prepared.ctx_size));
-    }
-    Ok(tokens)
-}
-
-/// Takes a slot (or answers `ALL_SLOTS_BUSY` at once) and hands the job to the engine.
-pub(crate) fn start(
-    app: &App,
-    v: Valid,
-    tokens: Vec<LlamaToken>,
-    received: Instant,
-) -> Result<Started, ApiError> {
-    if app.shared.slots.try_acquire().is_none() {
-        let total = app.shared.slots.total();
-        return Err(ApiError::new(
-            ErrorCode::AllSlotsBusy,
-            format!(
-                "all {total} slots are busy; retry shortly or start a worker with more --slots"
-            ),
-        )
-        .field("slots_total", total)
-        .field("slots_busy", total));
-    }
-    let request_id = app.shared.new_request_id();
-    let cancel = Arc::new(AtomicBool::new(false));
-    let guard = RequestGuard::new(
-        Arc::clone(&app.shared),
-        request_id.clone(),
-        Arc::clone(&cancel),
-    );
-    let (tx, rx) = mpsc::channel();
-    let job = Job {
-        tokens,
-        sampling: v.sampling,
-        max_tokens: v.max_tokens,
-        stop: v.stop,
-        cancel: Arc::clone(&cancel),
-        events: tx,
-        received,
-        guard,
-    };
-    app.engine.submit(job)?;
-    tracing::debug!(%request_id, stream = v.stream, "inference started");
-    Ok(Started {
-        request_id,
-        events: rx,
-        cancel,
-    })
-}
-
 fn stream(request: Request, started: &Started) {
     let (request_id, rx) = (started.request_id.as_str(), &started.events);
     let gone = |why: &str| started.client_gone(why);
@@ -417,33 +282,21 @@ fn stream(request: Request, started: &Started) {
 }
 
 fn complete(request: Request, started: &Started) {
-    let (request_id, rx) = (started.request_id.as_str(), &started.events);
-    let mut text = String::new();
-    loop {
-        match rx.recv() {
-            Ok(Event::Token(t)) => text.push_str(&t),
-            Ok(Event::Done(d)) => {
-                let body = CompletionResponse {
-                    request_id: request_id.to_owned(),
-                    text,
-                    total_tokens: d.total_tokens,
-                    prompt_tokens: d.prompt_tokens,
-                    duration_ms: d.duration_ms,
-                    finish_reason: d.finish_reason,
-                };
-                let resp =
-                    json_response(200, &body).with_header(header("X-Request-Id", request_id));
-                let _ = request.respond(resp);
-                return;
-            }
-            Ok(Event::Error(e)) => return respond_error(request, &e),
-            Err(_) => {
-                return respond_error(
-                    request,
-                    &ApiError::new(ErrorCode::Internal, "the engine stopped"),
-                )
-            }
+    let request_id = started.request_id.as_str();
+    match started.collect() {
+        Ok((text, d)) => {
+            let body = CompletionResponse {
+                request_id: request_id.to_owned(),
+                text,
+                total_tokens: d.total_tokens,
+                prompt_tokens: d.prompt_tokens,
+                duration_ms: d.duration_ms,
+                finish_reason: d.finish_reason,
+            };
+            let resp = json_response(200, &body).with_header(header("X-Request-Id", request_id));
+            let _ = request.respond(resp);
         }
+        Err(e) => respond_error(request, &e),
     }
 }
 

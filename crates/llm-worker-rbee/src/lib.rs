@@ -2,6 +2,7 @@
 //! inference over HTTP to several clients at once.
 //!
 //! - [`cli`]: command-line arguments.
+//! - [`app`]: what handlers share, and a request's way to the engine (checks, slot).
 //! - [`engine`]: the llama.cpp thread that decodes every slot in one batch.
 //! - [`http`]: the API (tiny_http), one thread per request; [`openai`]: OpenAI's routes
 //!   on the same engine.
@@ -10,6 +11,7 @@
 //! - [`lifecycle`]: startup, sd-notify, signals, the hive callback and draining.
 //! - [`state`]: what the threads share.
 
+pub mod app;
 pub mod cli;
 pub mod engine;
 pub mod http;

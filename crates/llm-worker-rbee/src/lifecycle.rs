@@ -14,9 +14,10 @@ use rbee_types::exit;
 use rbee_types::worker::{ReadyCallback, WorkerInfo};
 use sd_notify::NotifyState;
 
+use crate::app::{App, ShutdownCause};
 use crate::cli::{compiled_in, physical_cores, Args, Backend};
 use crate::engine::{metadata_from_header, Engine, EngineConfig};
-use crate::http::{serve, App, ShutdownCause};
+use crate::http::serve;
 use crate::state::{Phase, Shared};
 
 /// Runs the worker; returns the process exit code (see [`rbee_types::exit`]).

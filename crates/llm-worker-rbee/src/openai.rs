@@ -16,8 +16,8 @@ use rbee_types::{ApiError, ErrorCode};
 use serde_json::Value;
 use tiny_http::Request;
 
+use crate::app::{serving, start, tokens_for, App, Started};
 use crate::engine::Event;
-use crate::http::{serving, start, tokens_for, App, Started};
 use crate::validate::validate;
 use rbee_http::{header, json_response, read_body, SseWriter};
 
@@ -232,14 +232,6 @@ fn translate(r: CompletionRequest, kind: Kind) -> Result<InferenceRequest, ApiEr
             (Some(prompt), None)
         }
     };
-    for (name, p) in [
-        ("presence_penalty", r.presence_penalty),
-        ("frequency_penalty", r.frequency_penalty),
-    ] {
-        if p.is_some_and(|p| p != 0.0) {
-            return Err(unsupported(name, "penalties are not implemented yet"));
-        }
-    }
     let max_tokens = r.max_completion_tokens.or(r.max_tokens);
     Ok(InferenceRequest {
         prompt,
@@ -251,6 +243,8 @@ fn translate(r: CompletionRequest, kind: Kind) -> Result<InferenceRequest, ApiEr
         seed: r.seed.map(|s| s as u64),
         stop: r.stop.map(OneOrMany::into_vec),
         stream: Some(r.stream.unwrap_or(false)),
+        presence_penalty: r.presence_penalty,
+        frequency_penalty: r.frequency_penalty,
     })
 }
 
@@ -324,6 +318,28 @@ fn finish_reason(r: FinishReason) -> String {
 }
 
 impl Answer {
+    /// A `text_completion` (the whole answer, or a chunk of its stream).
+    fn text(
+        &self,
+        text: String,
+        finish: Option<String>,
+        usage: Option<Option<Usage>>,
+    ) -> TextCompletion {
+        TextCompletion {
+            id: self.id.clone(),
+            object: "text_completion".into(),
+            created: self.created,
+            model: self.model.clone(),
+            choices: vec![TextChoice {
+                text,
+                index: 0,
+                logprobs: None,
+                finish_reason: finish,
+            }],
+            usage,
+        }
+    }
+
     /// A chunk of the stream: new `text` (or the role on the first), the finish reason on
     /// the last; `usage` is `Some(None)` on every chunk when the client asked for usage.
     fn chunk(
@@ -350,19 +366,7 @@ impl Answer {
                 }],
                 usage,
             }),
-            Kind::Text => serde_json::to_value(TextCompletion {
-                id: self.id.clone(),
-                object: "text_completion".into(),
-                created: self.created,
-                model: self.model.clone(),
-                choices: vec![TextChoice {
-                    text: text.unwrap_or_default(),
-                    index: 0,
-                    logprobs: None,
-                    finish_reason: finish,
-                }],
-                usage,
-            }),
+            Kind::Text => serde_json::to_value(self.text(text.unwrap_or_default(), finish, usage)),
         };
         v.unwrap_or(Value::Null)
     }
@@ -395,19 +399,7 @@ impl Answer {
                 }],
                 usage,
             }),
-            Kind::Text => serde_json::to_value(TextCompletion {
-                id: self.id.clone(),
-                object: "text_completion".into(),
-                created: self.created,
-                model: self.model.clone(),
-                choices: vec![TextChoice {
-                    text,
-                    index: 0,
-                    logprobs: None,
-                    finish_reason: finish,
-                }],
-                usage: Some(Some(usage)),
-            }),
+            Kind::Text => serde_json::to_value(self.text(text, finish, Some(Some(usage)))),
         };
         v.unwrap_or(Value::Null)
     }
@@ -473,25 +465,14 @@ fn stream(request: Request, started: &Started, answer: &Answer, include_usage: b
 
 /// One JSON document once generation ends.
 fn complete(request: Request, started: &Started, answer: &Answer) {
-    let mut text = String::new();
-    loop {
-        match started.events.recv() {
-            Ok(Event::Token(t)) => text.push_str(&t),
-            Ok(Event::Done(done)) => {
-                let body = answer.document(text, &done);
-                let resp = json_response(200, &body)
-                    .with_header(header("X-Request-Id", &started.request_id));
-                let _ = request.respond(resp);
-                return;
-            }
-            Ok(Event::Error(e)) => return respond_error(request, &e),
-            Err(_) => {
-                return respond_error(
-                    request,
-                    &ApiError::new(ErrorCode::Internal, "the engine stopped"),
-                )
-            }
+    match started.collect() {
+        Ok((text, done)) => {
+            let body = answer.document(text, &done);
+            let resp =
+                json_response(200, &body).with_header(header("X-Request-Id", &started.request_id));
+            let _ = request.respond(resp);
         }
+        Err(e) => respond_error(request, &e),
     }
 }
 

@@ -116,6 +116,20 @@ pub fn validate(r: &InferenceRequest, ctx_size: u32) -> Result<Valid, ApiError> 
             stop.len(),
         ));
     }
+    let mut penalties = [0.0f32; 2];
+    for (i, (name, p)) in [
+        ("presence_penalty", r.presence_penalty),
+        ("frequency_penalty", r.frequency_penalty),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let p = p.unwrap_or(0.0);
+        if !(-2.0..=2.0).contains(&p) {
+            return Err(bad(name, "must be between -2 and 2".into(), p));
+        }
+        penalties[i] = p as f32;
+    }
     let seed = match r.seed {
         Some(s) => (s & 0xffff_ffff) as u32,
         None => random_seed(),
@@ -129,6 +143,8 @@ pub fn validate(r: &InferenceRequest, ctx_size: u32) -> Result<Valid, ApiError> 
             top_p: top_p as f32,
             top_k: top_k as i32,
             seed,
+            presence_penalty: penalties[0],
+            frequency_penalty: penalties[1],
         },
         stop,
         stream: r.stream.unwrap_or(true),
@@ -173,6 +189,8 @@ mod tests {
         assert!(err(req(|r| r.top_p = Some(0.0))).contains("top_p"));
         assert!(err(req(|r| r.top_p = Some(1.01))).contains("top_p"));
         assert!(err(req(|r| r.prompt = None)).contains("prompt"));
+        assert!(err(req(|r| r.presence_penalty = Some(2.5))).contains("presence_penalty"));
+        assert!(err(req(|r| r.frequency_penalty = Some(-3.0))).contains("frequency_penalty"));
     }
 
     #[test]

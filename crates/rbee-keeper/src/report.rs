@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 
 /// An error for a person.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Failure {
     /// `rbee-keeper`, `rbee-hive`, `llm-worker-rbee`, `ssh`.
     pub component: &'static str,
@@ -38,14 +38,12 @@ impl Failure {
 
     /// The failure for `--json`: `{"error": {"component", "code", "message", "details",
     /// "suggestions"}}`.
-    pub fn to_json(&self) -> serde_json::Value {
-        serde_json::json!({"error": {
-            "component": self.component,
-            "code": self.code,
-            "message": self.message,
-            "details": self.details,
-            "suggestions": self.suggestions,
-        }})
+    pub fn to_json(&self) -> String {
+        #[derive(serde::Serialize)]
+        struct Envelope<'a> {
+            error: &'a Failure,
+        }
+        serde_json::to_string(&Envelope { error: self }).unwrap_or_default()
     }
 
     /// Adds a detail line.

@@ -43,8 +43,10 @@ fn unit_for(model: &std::path::Path, model_id: &str, port: u16) -> WorkerUnit {
             model.display().to_string(),
             "--port".into(),
             port.to_string(),
+            // The worker parses its reference (a bad one is a usage error, exit 2): the
+            // model's own file reference; the hostile id goes into the unit name only.
             "--model-ref".into(),
-            model_id.into(),
+            format!("file://{}", model.display()),
         ],
         model_path: model.to_path_buf(),
         environment: vec!["RBEE_LOG=info".into()],

@@ -50,6 +50,12 @@ pub struct InferenceRequest {
     /// Stream tokens as SSE (default true) or answer with one JSON document.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream: Option<bool>,
+    /// Lowers tokens that appeared in the answer so far, once each; -2 ..= 2 (default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub presence_penalty: Option<f64>,
+    /// Lowers tokens by how often they appeared in the answer so far; -2 ..= 2 (default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frequency_penalty: Option<f64>,
 }
 
 /// First SSE event of a stream: the id to cancel it with.

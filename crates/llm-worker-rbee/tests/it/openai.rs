@@ -43,6 +43,8 @@ out(text=t.choices[0].text, object=t.object, usage=t.usage.model_dump(exclude_no
 st = "".join(ch.choices[0].text for ch in c.completions.create(model=ids[0], prompt=["Once upon a time"],
                                                                 temperature=0, max_tokens=12, stream=True) if ch.choices)
 out(text=st)
+p = c.chat.completions.create(model=ids[0], messages={HAIKU}, temperature=0, max_tokens=24, frequency_penalty=2.0, presence_penalty=1.0)
+out(text=p.choices[0].message.content)
 "#
         ),
     );
@@ -113,6 +115,7 @@ cases = [
   ("max_tokens_type", dict(messages={HAIKU}, max_tokens="9")),
   ("temperature", dict(messages={HAIKU}, temperature=9)),
   ("stop", dict(messages={HAIKU}, stop=["a"] * 20)),
+  ("presence_penalty", dict(messages={HAIKU}, presence_penalty=3)),
   ("too_long", dict(messages=[{{"role": "user", "content": "bees " * 200}}])),
 ]
 for name, kw in cases:
@@ -150,6 +153,7 @@ except openai.NotFoundError as e:
         ("max_tokens_type", "max_tokens"),
         ("temperature", "temperature"),
         ("stop", "stop"),
+        ("presence_penalty", "presence_penalty"),
     ] {
         let o = by_name(name);
         assert_eq!(o["raised"], "BadRequestError", "{o}");

@@ -79,13 +79,18 @@ impl Kind {
     }
 }
 
-fn model_objects(hive: &Hive, front: &FrontDoor) -> Result<Vec<ModelObject>, ApiError> {
+/// Every model a request can name now (catalogue and running workers).
+fn entries(hive: &Hive) -> Result<Vec<names::Entry>, ApiError> {
     let models = hive
         .models
         .catalog()
         .list()
         .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
-    let entries = names::entries(&models, &hive.registry.views());
+    Ok(names::entries(&models, &hive.registry.views()))
+}
+
+fn model_objects(hive: &Hive, front: &FrontDoor) -> Result<Vec<ModelObject>, ApiError> {
+    let entries = entries(hive)?;
     let mut out: Vec<ModelObject> = entries
         .iter()
         .map(|e| ModelObject {
@@ -188,13 +193,7 @@ pub(crate) fn completion(hive: &Hive, front: &FrontDoor, mut request: Request, k
 
 /// What `name` stands for: an alias, an id, or a reference; else 404 `model_not_found`.
 fn resolve(hive: &Hive, front: &FrontDoor, name: &str) -> Result<ModelRef, ApiError> {
-    let models = hive
-        .models
-        .catalog()
-        .list()
-        .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
-    let entries = names::entries(&models, &hive.registry.views());
-    names::resolve(name, &entries, &front.settings.aliases).ok_or_else(|| not_found(name))
+    names::resolve(name, &entries(hive)?, &front.settings.aliases).ok_or_else(|| not_found(name))
 }
 
 /// Workers of `model_ref` that take requests now.

@@ -1,0 +1,166 @@
+//! What every request handler shares (the app: state, engine, the drain channel) and the
+//! path a request takes to the engine: the worker serves, the prompt fits, a slot is free.
+//! rbee's own `/v1/inference` ([`crate::http`]) and OpenAI's routes ([`crate::openai`])
+//! both go through it, so they run on the same engine with the same checks.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::Instant;
+
+use llama_cpp_2::token::LlamaToken;
+use rbee_types::worker::DoneEvent;
+use rbee_types::{ApiError, ErrorCode};
+
+use crate::engine::{Engine, Event, Job, Prepared, RequestGuard};
+use crate::state::{Phase, Shared};
+use crate::validate::Valid;
+
+/// Why the main thread should start draining.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShutdownCause {
+    /// SIGTERM or SIGINT.
+    Signal,
+    /// `POST /v1/admin/shutdown`.
+    AdminRequest,
+    /// The model failed to load.
+    LoadFailed,
+}
+
+/// What every handler needs.
+pub struct App {
+    /// Shared state.
+    pub shared: Arc<Shared>,
+    /// The engine.
+    pub engine: Arc<Engine>,
+    /// Tells the main thread to drain.
+    pub shutdown: mpsc::Sender<ShutdownCause>,
+    /// Whether the backend is a GPU (for the loading stage name).
+    pub gpu: bool,
+}
+
+/// A request that passed every check and holds a slot; the engine sends its events.
+pub(crate) struct Started {
+    /// `req-…`.
+    pub(crate) request_id: String,
+    /// Tokens, then `Done` or `Error`.
+    pub(crate) events: mpsc::Receiver<Event>,
+    /// Set to stop generation (the client left).
+    pub(crate) cancel: Arc<AtomicBool>,
+}
+
+impl Started {
+    /// Stops generation because the client went away (`why`: where that was noticed).
+    pub(crate) fn client_gone(&self, why: &str) {
+        self.cancel.store(true, Ordering::Release);
+        tracing::info!(request_id = %self.request_id, why, "client disconnected; generation cancelled");
+    }
+}
+
+/// The loaded model, when the worker takes requests now.
+pub(crate) fn serving(app: &App) -> Result<&Prepared, ApiError> {
+    match app.shared.phase() {
+        Phase::Ready => {}
+        Phase::Loading => {
+            return Err(ApiError::new(ErrorCode::ModelLoading, "the model is still loading; follow /v1/loading/progress and retry when it is ready"));
+        }
+        Phase::Draining | Phase::Failed => {
+            return Err(ApiError::new(
+                ErrorCode::Draining,
+                "the worker is shutting down and takes no new requests",
+            ));
+        }
+    }
+    app.engine
+        .prepared()
+        .ok_or_else(|| ApiError::new(ErrorCode::ModelLoading, "the model is not loaded"))
+}
+
+/// The prompt's tokens (chat messages rendered with the model's template first); refused
+/// when empty or when it leaves no room in a slot's context.
+pub(crate) fn tokens_for(prepared: &Prepared, v: &Valid) -> Result<Vec<LlamaToken>, ApiError> {
+    let text = match &v.messages {
+        Some(m) => prepared.render_chat(m)?,
+        None => v.prompt.clone().unwrap_or_default(),
+    };
+    let tokens = prepared.tokenize(&text);
+    if tokens.is_empty() {
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            "the prompt is empty",
+        ));
+    }
+    if tokens.len() >= prepared.ctx_size as usize {
+        return Err(ApiError::new(
+            ErrorCode::PromptTooLong,
+            format!(
+                "the prompt has {} tokens but a slot's context holds {}: shorten it or start the worker with a larger --ctx-size",
+                tokens.len(),
+                prepared.ctx_size
+            ),
+        )
+        .detail("prompt_tokens", tokens.len())
+        .detail("ctx_size", prepared.ctx_size));
+    }
+    Ok(tokens)
+}
+
+/// Takes a slot (or answers `ALL_SLOTS_BUSY` at once) and hands the job to the engine.
+pub(crate) fn start(
+    app: &App,
+    v: Valid,
+    tokens: Vec<LlamaToken>,
+    received: Instant,
+) -> Result<Started, ApiError> {
+    if app.shared.slots.try_acquire().is_none() {
+        let total = app.shared.slots.total();
+        return Err(ApiError::new(
+            ErrorCode::AllSlotsBusy,
+            format!(
+                "all {total} slots are busy; retry shortly or start a worker with more --slots"
+            ),
+        )
+        .field("slots_total", total)
+        .field("slots_busy", total));
+    }
+    let request_id = app.shared.new_request_id();
+    let cancel = Arc::new(AtomicBool::new(false));
+    let guard = RequestGuard::new(
+        Arc::clone(&app.shared),
+        request_id.clone(),
+        Arc::clone(&cancel),
+    );
+    let (tx, rx) = mpsc::channel();
+    let job = Job {
+        tokens,
+        sampling: v.sampling,
+        max_tokens: v.max_tokens,
+        stop: v.stop,
+        cancel: Arc::clone(&cancel),
+        events: tx,
+        received,
+        guard,
+    };
+    app.engine.submit(job)?;
+    tracing::debug!(%request_id, stream = v.stream, "inference started");
+    Ok(Started {
+        request_id,
+        events: rx,
+        cancel,
+    })
+}
+
+impl Started {
+    /// Waits for the whole answer: its text and how it ended.
+    pub(crate) fn collect(&self) -> Result<(String, DoneEvent), ApiError> {
+        let mut text = String::new();
+        loop {
+            match self.events.recv() {
+                Ok(Event::Token(t)) => text.push_str(&t),
+                Ok(Event::Done(d)) => return Ok((text, d)),
+                Ok(Event::Error(e)) => return Err(e),
+                Err(_) => return Err(ApiError::new(ErrorCode::Internal, "the engine stopped")),
+            }
+        }
+    }
+}
