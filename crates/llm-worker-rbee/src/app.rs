@@ -1,6 +1,6 @@
 //! What every request handler shares (the app: state, engine, the drain channel) and the
 //! path a request takes to the engine: the worker serves, the prompt fits, a slot is free.
-//! rbee's own `/v1/inference` ([`crate::http`]) and OpenAI's routes ([`crate::openai`])
+//! rbee's own `/v1/inference` (the `http` module) and OpenAI's routes (the `openai` module)
 //! both go through it, so they run on the same engine with the same checks.
 
 use std::sync::atomic::{AtomicBool, Ordering};
