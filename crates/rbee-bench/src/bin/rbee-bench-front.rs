@@ -1,0 +1,190 @@
+//! `rbee-bench-front`: what the hive's OpenAI front door costs, next to its baseline in one
+//! run: the same streamed greedy chat request to the worker's own `/v1/chat/completions`
+//! (with its key) and through the hive's (which names the model, queues and proxies),
+//! interleaved round by round on one worker.
+//!
+//! 1. One stream: time to the first content chunk (TTFT) and decode speed (tokens after
+//!    the first, per second), medians and the median of per-round ratios.
+//! 2. Four concurrent streams (a 4-slot worker): aggregate tokens per second.
+//! 3. `--queue` requests at once on a 1-slot worker through the hive: all answered, and
+//!    the hive's resident memory before and at the end.
+
+use std::io::{BufRead, BufReader};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use rbee_bench::harness::{file_ref, Hive};
+use rbee_bench::stats::median;
+use rbee_types::hive::SpawnRequest;
+use rbee_types::openai::ChatCompletionChunk;
+use rbee_types::Backend;
+
+/// Measures the front door against the worker's own OpenAI route.
+#[derive(Parser)]
+struct Args {
+    /// GGUF model (default: the test model).
+    #[arg(long)]
+    model: Option<std::path::PathBuf>,
+    /// Interleaved rounds.
+    #[arg(long, default_value_t = 9)]
+    rounds: usize,
+    /// Tokens per answer.
+    #[arg(long, default_value_t = 96)]
+    tokens: u32,
+    /// Requests at once in the queue test.
+    #[arg(long, default_value_t = 64)]
+    queue: usize,
+}
+
+/// One streamed answer: TTFT and the decode rate after the first token.
+struct Run {
+    ttft_ms: f64,
+    tokens: u32,
+    decode_tok_s: f64,
+}
+
+fn stream(url: &str, key: Option<&str>, model: &str, tokens: u32) -> anyhow::Result<Run> {
+    let body = serde_json::json!({
+        "model": model,
+        "messages": [{"role": "user", "content": "Tell a long story about a bee colony."}],
+        "temperature": 0, "max_tokens": tokens, "stream": true,
+    });
+    let mut req = ureq::post(&format!("{url}/v1/chat/completions"));
+    if let Some(k) = key {
+        req = req.set("Authorization", &format!("Bearer {k}"));
+    }
+    let t0 = Instant::now();
+    let resp = req.send_string(&body.to_string())?;
+    let (mut first, mut n) = (None, 0u32);
+    for line in BufReader::new(resp.into_reader()).lines() {
+        let line = line?;
+        let Some(data) = line.strip_prefix("data: ") else {
+            continue;
+        };
+        if data == "[DONE]" {
+            break;
+        }
+        let chunk: ChatCompletionChunk = serde_json::from_str(data)?;
+        let text = chunk
+            .choices
+            .first()
+            .and_then(|c| c.delta.content.as_deref());
+        if text.is_some_and(|t| !t.is_empty()) {
+            n += 1;
+            first.get_or_insert_with(Instant::now);
+        }
+    }
+    let first = first.context("no token")?;
+    let decode = first.elapsed().as_secs_f64();
+    Ok(Run {
+        ttft_ms: (first - t0).as_secs_f64() * 1000.0,
+        tokens: n,
+        decode_tok_s: f64::from(n.saturating_sub(1)) / decode.max(1e-9),
+    })
+}
+
+/// `k` streams at once; aggregate tokens per second.
+fn concurrent(url: &str, key: Option<&str>, model: &str, tokens: u32, k: usize) -> f64 {
+    let t0 = Instant::now();
+    let total: u32 = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..k)
+            .map(|_| s.spawn(|| stream(url, key, model, tokens).map_or(0, |r| r.tokens)))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or(0)).sum()
+    });
+    f64::from(total) / t0.elapsed().as_secs_f64()
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let model = match args.model.or_else(rbee_test_support::model::test_model) {
+        Some(m) => m,
+        None => bail!("no model: pass --model or run scripts/fetch-test-model"),
+    };
+    let reference = file_ref(&model)?;
+    let hive = Hive::start("process", &[])?;
+    let id = hive.spawn(&SpawnRequest {
+        slots: Some(4),
+        ..SpawnRequest::new(reference.clone(), Backend::Cpu, 0)
+    })?;
+    hive.wait_idle(&id, Instant::now(), Duration::from_millis(20))?;
+    let w = hive.client.worker(&id)?;
+    let name = reference.to_string();
+    let (mut direct, mut front) = (vec![], vec![]);
+    for _ in 0..args.rounds {
+        direct.push(stream(&w.url, Some(&w.api_key), &name, args.tokens)?);
+        front.push(stream(&hive.url, None, &name, args.tokens)?);
+    }
+    let pick = |v: &[Run], f: fn(&Run) -> f64| median(&mut v.iter().map(f).collect::<Vec<_>>());
+    let ratio = |f: fn(&Run) -> f64| {
+        median(
+            &mut direct
+                .iter()
+                .zip(&front)
+                .map(|(d, h)| f(h) / f(d))
+                .collect::<Vec<_>>(),
+        )
+    };
+    println!(
+        "== one stream, {} rounds interleaved, {} tokens, greedy",
+        args.rounds, args.tokens
+    );
+    println!("{:<34} {:>10} {:>10} {:>8}", "", "worker", "hive", "hive/w");
+    println!(
+        "{:<34} {:>10.1} {:>10.1} {:>8.3}",
+        "TTFT ms (median)",
+        pick(&direct, |r| r.ttft_ms),
+        pick(&front, |r| r.ttft_ms),
+        ratio(|r| r.ttft_ms)
+    );
+    println!(
+        "{:<34} {:>10.1} {:>10.1} {:>8.3}",
+        "decode tok/s (median)",
+        pick(&direct, |r| r.decode_tok_s),
+        pick(&front, |r| r.decode_tok_s),
+        ratio(|r| r.decode_tok_s)
+    );
+    let (mut agg_w, mut agg_h) = (vec![], vec![]);
+    for _ in 0..3 {
+        agg_w.push(concurrent(&w.url, Some(&w.api_key), &name, args.tokens, 4));
+        agg_h.push(concurrent(&hive.url, None, &name, args.tokens, 4));
+    }
+    let (aw, ah) = (median(&mut agg_w), median(&mut agg_h));
+    println!("== four streams at once (4 slots), 3 rounds interleaved");
+    println!(
+        "{:<34} {:>10.1} {:>10.1} {:>8.3}",
+        "aggregate tok/s (median)",
+        aw,
+        ah,
+        ah / aw
+    );
+
+    // The queue: a second hive whose worker has one slot.
+    let q = Hive::start("process", &[])?;
+    let qid = q.spawn(&SpawnRequest::new(reference, Backend::Cpu, 0))?;
+    q.wait_idle(&qid, Instant::now(), Duration::from_millis(20))?;
+    let before = q.rss_kib();
+    let t0 = Instant::now();
+    let answered: usize = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..args.queue)
+            .map(|_| s.spawn(|| stream(&q.url, None, &name, 8).is_ok()))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| usize::from(h.join().unwrap_or(false)))
+            .sum()
+    });
+    println!(
+        "== {} requests at once on a 1-slot worker through the hive",
+        args.queue
+    );
+    println!(
+        "answered {answered}/{} in {:.1} s; hive RSS {} KiB before, {} KiB after",
+        args.queue,
+        t0.elapsed().as_secs_f64(),
+        before,
+        q.rss_kib()
+    );
+    Ok(())
+}
