@@ -132,7 +132,43 @@ fn query_param<'a>(url: &'a str, name: &str) -> Option<&'a str> {
         .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
 }
 
+/// Allows the request's `Origin` when `cors_origins` lists it; answers a preflight
+/// (`OPTIONS`) itself: 204 for an allowed origin, 403 otherwise. Returns the request when
+/// it is not a preflight.
+fn cors(hive: &Hive, request: Request) -> Option<Request> {
+    let origin = request
+        .headers()
+        .iter()
+        .find(|h| h.field.equiv("Origin"))
+        .map(|h| h.value.as_str().to_owned());
+    let allowed = origin
+        .as_deref()
+        .filter(|o| rbee_http::cors::matches(o, &hive.config.cors_origins));
+    rbee_http::cors::allow(allowed);
+    if *request.method() != Method::Options {
+        return Some(request);
+    }
+    if allowed.is_some() {
+        let _ = request.respond(rbee_http::cors::preflight());
+    } else {
+        let e = ApiError::new(
+            ErrorCode::MethodNotAllowed,
+            format!(
+                "cross-origin requests from {} are not allowed; list the origin in the hive's cors_origins",
+                origin.as_deref().unwrap_or("this page")
+            ),
+        )
+        .detail("origin", origin.unwrap_or_default());
+        let resp = rbee_http::error_response(&e).with_status_code(403);
+        let _ = request.respond(resp);
+    }
+    None
+}
+
 fn handle(hive: &Hive, request: Request) {
+    let Some(request) = cors(hive, request) else {
+        return;
+    };
     let url = request.url().to_owned();
     let path = url.split('?').next().unwrap_or("").to_owned();
     let found = route(&path, request.method());

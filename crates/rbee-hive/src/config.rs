@@ -227,6 +227,10 @@ pub struct Config {
     pub queue_max: usize,
     /// Seconds a request may wait in its model's queue before it gets 429.
     pub queue_timeout_secs: u64,
+    /// Origins of browser UIs allowed to call the API (`http://localhost:3000`, or `*`):
+    /// their preflights are answered and answers carry `Access-Control-Allow-Origin`.
+    /// Default none: no CORS headers, and preflights are refused.
+    pub cors_origins: Vec<String>,
 }
 
 impl Default for Config {
@@ -258,6 +262,7 @@ impl Default for Config {
             aliases: Default::default(),
             queue_max: 64,
             queue_timeout_secs: 300,
+            cors_origins: vec![],
         }
     }
 }
@@ -425,6 +430,10 @@ impl Config {
                 self.queue_max
             ));
         }
+        for o in &self.cors_origins {
+            rbee_http::cors::check_origin(o)
+                .map_err(|e| ConfigError(format!("cors_origins: {e}")))?;
+        }
         for (name, target) in &self.aliases {
             check_alias(name, target)
                 .map_err(|why| ConfigError(format!("[aliases] {name:?}: {why}")))?;
@@ -489,6 +498,7 @@ mod tests {
             ("[aliases]\nchat = \"two words\"\n", "neither a model id"),
             ("queue_max = 0\n", "queue_max"),
             ("queue_timeout_secs = 0\n", "queue_timeout_secs"),
+            ("cors_origins = [\"localhost:3000\"]\n", "cors_origins"),
         ] {
             let e = parse(toml).unwrap_err().to_string();
             assert!(e.contains(says), "{toml}: {e}");

@@ -8,6 +8,7 @@ use std::io::Read;
 use rbee_types::{ApiError, ErrorCode};
 use tiny_http::{Header, Method, Request, Response};
 
+pub mod cors;
 pub mod daemon;
 pub mod peer;
 pub mod sse;
@@ -183,9 +184,11 @@ pub fn json_response(
     body: &impl serde::Serialize,
 ) -> Response<std::io::Cursor<Vec<u8>>> {
     let data = serde_json::to_vec(body).unwrap_or_default();
-    Response::from_data(data)
-        .with_status_code(status)
-        .with_header(header("Content-Type", "application/json"))
+    cors::decorate(
+        Response::from_data(data)
+            .with_status_code(status)
+            .with_header(header("Content-Type", "application/json")),
+    )
 }
 
 /// Answers with JSON.

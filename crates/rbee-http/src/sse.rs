@@ -20,6 +20,9 @@ impl SseWriter {
         for (k, v) in extra_headers {
             head.push_str(&format!("{k}: {v}\r\n"));
         }
+        for (k, v) in crate::cors::headers() {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
         head.push_str("\r\n");
         out.write_all(head.as_bytes())?;
         out.flush()?;

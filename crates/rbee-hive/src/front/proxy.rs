@@ -66,7 +66,7 @@ fn pass_through(request: Request, status: u16, resp: ureq::Response) {
     if let Some(id) = request_id {
         out = out.with_header(header("X-Request-Id", &id));
     }
-    let _ = request.respond(out);
+    let _ = request.respond(rbee_http::cors::decorate(out));
 }
 
 /// The worker's events, one flushed chunk each, until `[DONE]`, the worker's end, or the

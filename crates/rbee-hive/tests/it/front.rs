@@ -330,3 +330,99 @@ fn raw_bad_bodies_get_openai_errors_from_the_hive() {
     let body: Value = serde_json::from_slice(&out.stdout).expect("one JSON error document");
     assert_eq!(body["error"]["code"], "model_not_found");
 }
+
+/// `curl -i` with an `Origin`: the status line and the headers, lower-cased.
+fn with_origin(url: &str, method: &str, origin: &str, body: Option<&str>) -> (u16, String) {
+    let mut cmd = std::process::Command::new("curl");
+    cmd.args(["-s", "-i", "-m", "30", "-X", method, "-H"])
+        .arg(format!("Origin: {origin}"))
+        .args(["-H", "Access-Control-Request-Method: POST"]);
+    if let Some(b) = body {
+        cmd.args(["-H", "Content-Type: application/json", "-d", b]);
+    }
+    let out = cmd.arg(url).output().expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let head = text
+        .split("\r\n\r\n")
+        .next()
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    (status, head)
+}
+
+#[test]
+fn browser_uis_get_cors_only_from_the_origins_the_config_lists() {
+    let Some(model) = model() else { return };
+    let (closed, _s1) = hive("", None);
+    let (open, _s2) = hive("cors_origins = [\"http://localhost:3000\"]\n", None);
+    let (status, head) = with_origin(
+        &format!("{}/v1/models", closed.url),
+        "OPTIONS",
+        "http://localhost:3000",
+        None,
+    );
+    assert_eq!(status, 403, "no cors_origins: preflights refused\n{head}");
+    let (status, head) = with_origin(
+        &format!("{}/v1/models", closed.url),
+        "GET",
+        "http://localhost:3000",
+        None,
+    );
+    assert_eq!(status, 200);
+    assert!(!head.contains("access-control-allow-origin"), "{head}");
+
+    let (status, head) = with_origin(
+        &format!("{}/v1/chat/completions", open.url),
+        "OPTIONS",
+        "http://localhost:3000",
+        None,
+    );
+    assert_eq!(status, 204, "{head}");
+    assert!(
+        head.contains("access-control-allow-origin: http://localhost:3000"),
+        "{head}"
+    );
+    assert!(
+        head.contains("access-control-allow-headers: authorization, content-type"),
+        "{head}"
+    );
+    assert!(head.contains("post"), "{head}");
+    let (status, head) = with_origin(
+        &format!("{}/v1/chat/completions", open.url),
+        "OPTIONS",
+        "http://evil.example",
+        None,
+    );
+    assert_eq!(status, 403, "{head}");
+    let body = format!(
+        r#"{{"model": "{}", "messages": [{{"role": "user", "content": "hi"}}], "max_tokens": 2, "stream": true}}"#,
+        file_ref(&model)
+    );
+    let (status, head) = with_origin(
+        &format!("{}/v1/chat/completions", open.url),
+        "POST",
+        "http://localhost:3000",
+        Some(&body),
+    );
+    assert_eq!(status, 200, "{head}");
+    assert!(
+        head.contains("text/event-stream")
+            && head.contains("access-control-allow-origin: http://localhost:3000"),
+        "{head}"
+    );
+    let (_, head) = with_origin(
+        &format!("{}/v1/models", open.url),
+        "GET",
+        "http://evil.example",
+        None,
+    );
+    assert!(
+        !head.contains("access-control-allow-origin"),
+        "other origins get no CORS header\n{head}"
+    );
+}
