@@ -184,7 +184,8 @@ fn a_full_queue_answers_429_and_clients_that_leave_free_their_place() {
 import threading, time
 long = dict(model="{reference}", messages=[{{"role": "user", "content": "Tell a very long story"}}], max_tokens=400, stream=True)
 # Counting goes on for thousands of tokens: the one slot stays busy for the whole test.
-running = c.completions.create(model="{reference}", prompt="1, 2, 3, 4, 5, 6, 7, 8,", max_tokens=3000, stream=True)
+running = c.completions.create(model="{reference}", prompt="1, 2, 3, 4, 5, 6, 7, 8,", max_tokens=3000,
+                               temperature=0, stream=True)
 next(iter(running))                      # holds the one slot
 def queued():
     try:
