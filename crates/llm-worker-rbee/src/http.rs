@@ -200,7 +200,7 @@ fn progress(app: &App, request: Request) {
             last = Some(ev);
         } else if last_write.elapsed() > Duration::from_secs(10) {
             // A comment line keeps proxies from closing the stream and detects a gone client.
-            if sse.event("").is_err() {
+            if sse.comment("keep-alive").is_err() {
                 return;
             }
             last_write = Instant::now();

@@ -38,7 +38,7 @@ pub struct Hive {
     /// A client of its API.
     pub client: HiveClient,
     agent: ureq::Agent,
-    _state: TempDir,
+    state: TempDir,
 }
 
 impl Hive {
@@ -75,8 +75,16 @@ impl Hive {
             agent: ureq::AgentBuilder::new()
                 .timeout(Duration::from_secs(60))
                 .build(),
-            _state: state,
+            state,
         })
+    }
+
+    /// Worker `id`'s key, from the record the hive keeps in its state directory (the API
+    /// does not hand worker keys out; a benchmark calling a worker directly reads it there).
+    pub fn worker_key(&self, id: &str) -> anyhow::Result<String> {
+        let path = self.state.join("workers").join(format!("{id}.key"));
+        let key = std::fs::read_to_string(&path).with_context(|| path.display().to_string())?;
+        Ok(key.trim().to_owned())
     }
 
     /// GET text, unparsed (timed to the last byte of the body).

@@ -7,6 +7,10 @@ use rbee_types::hive::{
     DownloadRequest, DownloadStarted, HiveHealth, LogLine, Model, ModelAnswer, ModelList, Removed,
     Resources, SpawnRequest, SpawnResponse, Stopped, WorkerAnswer, WorkerList, WorkerView,
 };
+use rbee_types::openai::{
+    ChatCompletionChunk, CompletionRequest, ModelObjectList, StreamItem, TextCompletion,
+};
+use rbee_types::worker::LoadProgress;
 use rbee_types::ModelRef;
 
 use crate::http::{ClientError, Events, Http};
@@ -157,5 +161,49 @@ impl HiveClient {
         self.http
             .json("DELETE", &format!("/v1/worker-binaries/{id}"), None::<&()>)
             .map(|(_, r)| r)
+    }
+
+    /// `GET /v1/workers/{id}/loading/progress`: the worker's loading progress, relayed by
+    /// the hive until the model is loaded (an error while the worker does not listen yet).
+    pub fn loading_progress(&self, id: &str) -> Result<Events<LoadProgress>, ClientError> {
+        let path = format!("/v1/workers/{id}/loading/progress");
+        self.http.events(&path, None::<&()>)
+    }
+
+    /// `GET /v1/models` as OpenAI's list (the front door's names for its models).
+    pub fn openai_models(&self) -> Result<ModelObjectList, ClientError> {
+        self.http.get("/v1/models")
+    }
+
+    /// `POST /v1/chat/completions` streamed through the front door: its chunks, or the
+    /// error that ended it. The answer may wait in the model's queue and for the model to
+    /// load, so reads wait up to 10 minutes.
+    pub fn chat_stream(
+        &self,
+        req: &CompletionRequest,
+    ) -> Result<Events<StreamItem<ChatCompletionChunk>>, ClientError> {
+        self.completion_events("/v1/chat/completions", req)
+    }
+
+    /// `POST /v1/completions` streamed, as [`HiveClient::chat_stream`].
+    pub fn completion_stream(
+        &self,
+        req: &CompletionRequest,
+    ) -> Result<Events<StreamItem<TextCompletion>>, ClientError> {
+        self.completion_events("/v1/completions", req)
+    }
+
+    fn completion_events<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        req: &CompletionRequest,
+    ) -> Result<Events<StreamItem<T>>, ClientError> {
+        let req = CompletionRequest {
+            stream: Some(true),
+            ..req.clone()
+        };
+        self.http
+            .with_read_timeout(Duration::from_secs(600))
+            .events(path, Some(&req))
     }
 }

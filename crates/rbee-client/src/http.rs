@@ -5,6 +5,7 @@ use std::io::{BufRead, BufReader, Read};
 use std::marker::PhantomData;
 use std::time::Duration;
 
+use rbee_types::openai::OpenAiError;
 use rbee_types::{ApiError, ErrorCode};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -93,6 +94,17 @@ impl Http {
     pub(crate) fn with_timeout(&self, t: Duration) -> Http {
         Http {
             agent: ureq::AgentBuilder::new().timeout(t).build(),
+            ..self.clone()
+        }
+    }
+
+    /// The same server with each read waiting at most `t` (connecting still 5 s).
+    pub(crate) fn with_read_timeout(&self, t: Duration) -> Http {
+        Http {
+            agent: ureq::AgentBuilder::new()
+                .timeout_connect(Duration::from_secs(5))
+                .timeout_read(t)
+                .build(),
             ..self.clone()
         }
     }
@@ -199,13 +211,18 @@ impl Http {
     }
 }
 
-/// The error envelope of a non-2xx answer, or the status and body as an `INTERNAL` one.
+/// The error envelope of a non-2xx answer (rbee's, or OpenAI's from the OpenAI routes), or
+/// the status and body as an `INTERNAL` one.
 fn envelope(status: u16, resp: ureq::Response) -> ApiError {
     let text = resp.into_string().unwrap_or_default();
-    serde_json::from_str(&text).unwrap_or_else(|_| {
-        let text: String = text.chars().take(500).collect();
-        ApiError::new(ErrorCode::Internal, format!("HTTP {status}: {text}"))
-    })
+    if let Ok(e) = serde_json::from_str::<ApiError>(&text) {
+        return e;
+    }
+    if let Ok(e) = serde_json::from_str::<OpenAiError>(&text) {
+        return e.to_api();
+    }
+    let text: String = text.chars().take(500).collect();
+    ApiError::new(ErrorCode::Internal, format!("HTTP {status}: {text}"))
 }
 
 /// A server-sent event stream being read: each `data:` line as a `T`, until `[DONE]` or

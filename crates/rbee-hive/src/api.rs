@@ -60,6 +60,7 @@ enum Route {
     Ready,
     Shutdown(String),
     Logs(String),
+    LoadingProgress(String),
     Models,
     Download,
     DownloadProgress,
@@ -119,6 +120,7 @@ fn route(path: &str, method: &Method) -> Option<(Route, Method)> {
                 "" => (Route::Get(id), Method::Get),
                 "shutdown" => (Route::Shutdown(id), Method::Post),
                 "logs" => (Route::Logs(id), Method::Get),
+                "loading/progress" => (Route::LoadingProgress(id), Method::Get),
                 _ => return None,
             }
         }
@@ -244,6 +246,10 @@ fn handle(hive: &Hive, request: Request) {
             }
         }
         Route::Ready => ready_callback(hive, request),
+        Route::LoadingProgress(id) => match hive.registry.get(&id) {
+            Some(w) => front::proxy::loading_progress(request, &w),
+            None => respond_error(request, &worker_not_found(&id)),
+        },
         Route::Shutdown(id) => match hive.stop_worker(&id, "requested through the API") {
             Ok(()) => respond_json(request, 200, &Stopped { stopped: id }),
             Err(e) => respond_error(request, &e),
@@ -352,6 +358,10 @@ mod tests {
         assert!(matches!(
             route("/v1/workers/abc/shutdown", &Method::Get),
             Some((Route::Shutdown(_), Method::Post))
+        ));
+        assert!(matches!(
+            route("/v1/workers/abc/loading/progress", &Method::Get),
+            Some((Route::LoadingProgress(id), Method::Get)) if id == "abc"
         ));
         assert!(route("/v1/workers/abc/x/y", &Method::Get).is_none());
         assert!(route("/v1/workers/", &Method::Get).is_none());

@@ -69,7 +69,7 @@ impl WorkerSpec {
 pub struct Worker {
     /// What it was started as.
     pub spec: WorkerSpec,
-    /// Its key (clients and the hive use it towards the worker).
+    /// Its key (only the hive uses it: clients come through the front door).
     pub api_key: String,
     /// Current state.
     pub state: WorkerState,
@@ -102,7 +102,6 @@ impl Worker {
             started_at_unix: self.spec.started_at_unix,
             pid: self.pid,
             supervisor: self.spec.supervisor.clone(),
-            api_key: self.api_key.clone(),
             binary: self.spec.binary.clone(),
         }
     }

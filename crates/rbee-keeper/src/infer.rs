@@ -1,6 +1,8 @@
 //! `rbee-keeper infer`: a prompt to a streamed answer on any node, starting what is
 //! missing on the way (the local hive, the model's download, the worker), with progress on
-//! stderr and nothing but the answer on stdout.
+//! stderr and nothing but the answer on stdout. Everything goes to the node's hive: the
+//! answer through its OpenAI front door (which queues the request while the model's slots
+//! are busy), so a remote node needs one tunnel, and worker keys stay on the node.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -8,9 +10,12 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use rbee_client::{ClientError, HiveClient, WorkerClient};
+use rbee_client::{ClientError, HiveClient};
 use rbee_types::hive::{BuildEvent, DownloadProgress, SpawnRequest, SpawnResponse, WorkerView};
-use rbee_types::worker::{ChatMessage, DoneEvent, FinishReason, InferenceRequest, StreamEvent};
+use rbee_types::openai::{
+    ChatCompletionChunk, CompletionRequest, Content, OneOrMany, RequestMessage, StreamItem,
+    StreamOptions, TextCompletion, Usage,
+};
 use rbee_types::{ApiError, Backend, ErrorCode, ModelRef};
 use serde::Serialize;
 
@@ -269,13 +274,8 @@ fn worker_for(hive: &HiveClient, a: &InferArgs) -> Result<WorkerView, Failure> {
 }
 
 /// Waits until the hive reports the worker ready, showing the layers it loads (from the
-/// worker's own progress stream once it listens).
-fn wait_loaded(
-    hive: &HiveClient,
-    w: &WorkerClient,
-    worker: &WorkerView,
-    a: &InferArgs,
-) -> Result<(), Failure> {
+/// worker's own progress stream, which the hive relays once the worker listens).
+fn wait_loaded(hive: &HiveClient, worker: &WorkerView, a: &InferArgs) -> Result<(), Failure> {
     let id = &worker.id;
     let mut bar = Bar::new("loading");
     let t0 = Instant::now();
@@ -319,10 +319,11 @@ fn wait_loaded(
                 a.node()
             )]));
         }
-        // The worker's own stream, while it lasts (it ends when the model is loaded).
-        if let Ok(events) = w.loading_progress() {
+        // The worker's own stream through the hive, while it lasts (it ends when the model
+        // is loaded; until the worker listens, the hive refuses it).
+        if let Ok(events) = hive.loading_progress(id) {
             for e in events.flatten() {
-                if e.stage == "ready" {
+                if e.stage == "ready" || e.stage == "failed" {
                     break;
                 }
                 layers = (e.layers_loaded.unwrap_or(0), e.layers_total.unwrap_or(0));
@@ -343,11 +344,6 @@ extern "C" fn on_sigint(_: libc::c_int) {
     INTERRUPTED.store(true, Ordering::SeqCst);
 }
 
-enum Msg {
-    Event(StreamEvent),
-    End,
-}
-
 /// `infer --json`'s document.
 #[derive(Serialize)]
 struct JsonAnswer<'a> {
@@ -364,140 +360,222 @@ struct JsonAnswer<'a> {
     model_ref: Option<&'a ModelRef>,
 }
 
-/// The request for the worker: the prompt as a chat message (or raw with `--raw`).
-fn inference_request(a: &InferArgs) -> InferenceRequest {
+/// The request for the hive's front door: the prompt as a chat message (or, with `--raw`,
+/// as text to continue), streamed with the token counts at the end.
+fn completion_request(a: &InferArgs) -> CompletionRequest {
     let (prompt, messages) = if a.raw {
-        (Some(a.prompt.clone()), None)
+        (Some(OneOrMany::One(a.prompt.clone())), None)
     } else {
-        let m = ChatMessage {
+        let m = RequestMessage {
             role: "user".into(),
-            content: a.prompt.clone(),
+            content: Some(Content::Text(a.prompt.clone())),
+            name: None,
+            other: Default::default(),
         };
         (None, Some(vec![m]))
     };
-    InferenceRequest {
+    CompletionRequest {
+        model: Some(a.model.to_string()),
         prompt,
         messages,
         max_tokens: Some(a.max_tokens.into()),
         temperature: Some(a.temperature.into()),
         stream: Some(true),
-        ..InferenceRequest::default()
+        stream_options: Some(StreamOptions {
+            include_usage: Some(true),
+        }),
+        ..CompletionRequest::default()
     }
 }
 
-/// Opens the token stream; a busy worker is retried three times, after 1, 2 and 4 s.
-fn open_stream(
-    w: &WorkerClient,
-    req: &InferenceRequest,
-) -> Result<rbee_client::Events<StreamEvent>, Failure> {
-    for (i, wait) in [0u64, 1, 2, 4].iter().enumerate() {
-        if *wait > 0 {
-            eprintln!("[rbee-keeper] ⏳ every slot of the worker is busy; retry {i}/3 in {wait} s");
-            std::thread::sleep(Duration::from_secs(*wait));
-        }
-        match w.infer(req) {
-            Ok(events) => return Ok(events),
-            Err(e) if e.code() == Some(ErrorCode::AllSlotsBusy) => continue,
-            Err(e) => return Err(e.into()),
+/// What the stream thread tells the printing loop.
+enum Msg {
+    /// The hive answered: the request has a slot.
+    Opened,
+    /// New text.
+    Text(String),
+    /// Why generation ended (`stop`, `length`).
+    Finish(String),
+    /// The token counts.
+    Usage(Usage),
+    /// The request or the stream failed.
+    Failed(Failure),
+    /// The stream ended.
+    End,
+}
+
+/// A chunk of either route, read the same way.
+trait Chunk {
+    /// Its text, finish reason and token counts.
+    fn parts(self) -> (Option<String>, Option<String>, Option<Usage>);
+}
+
+impl Chunk for ChatCompletionChunk {
+    fn parts(self) -> (Option<String>, Option<String>, Option<Usage>) {
+        let usage = self.usage.flatten();
+        match self.choices.into_iter().next() {
+            Some(c) => (c.delta.content, c.finish_reason, usage),
+            None => (None, None, usage),
         }
     }
-    Err(Failure::new(
-        "llm-worker-rbee",
-        "every slot of the worker stayed busy (retried after 1, 2 and 4 s)",
-    )
-    .code("ALL_SLOTS_BUSY")
-    .suggest([
-        "try again in a moment".to_string(),
-        "or start the worker with more slots (POST /v1/workers/spawn with \"slots\")".to_string(),
-    ]))
+}
+
+impl Chunk for TextCompletion {
+    fn parts(self) -> (Option<String>, Option<String>, Option<Usage>) {
+        let usage = self.usage.flatten();
+        match self.choices.into_iter().next() {
+            Some(c) => (Some(c.text), c.finish_reason, usage),
+            None => (None, None, usage),
+        }
+    }
+}
+
+/// Opens the stream (a full queue is retried three times, after 2, 4 and 8 s) and passes
+/// its chunks on until it ends or the receiver is gone.
+fn relay<T: Chunk + serde::de::DeserializeOwned>(
+    open: impl Fn() -> Result<rbee_client::Events<StreamItem<T>>, rbee_client::ClientError>,
+    tx: &mpsc::Sender<Msg>,
+) {
+    let mut events = None;
+    for (i, wait) in [0u64, 2, 4, 8].iter().enumerate() {
+        if *wait > 0 {
+            eprintln!(
+                "[rbee-keeper] ⏳ the model's queue on the hive is full; retry {i}/3 in {wait} s"
+            );
+            std::thread::sleep(Duration::from_secs(*wait));
+        }
+        match open() {
+            Ok(e) => {
+                events = Some(e);
+                break;
+            }
+            Err(e) if e.code() == Some(ErrorCode::QueueFull) && i < 3 => continue,
+            Err(e) => {
+                let _ = tx.send(Msg::Failed(e.into()));
+                return;
+            }
+        }
+    }
+    let Some(events) = events else { return };
+    if tx.send(Msg::Opened).is_err() {
+        return;
+    }
+    for item in events {
+        let msgs = match item {
+            Ok(StreamItem::Chunk(c)) => {
+                let (text, finish, usage) = c.parts();
+                let text = text.filter(|t| !t.is_empty()).map(Msg::Text);
+                [text, finish.map(Msg::Finish), usage.map(Msg::Usage)]
+            }
+            Ok(StreamItem::Error(e)) => [
+                Some(Msg::Failed(api_failure("llm-worker-rbee", &e.to_api()))),
+                None,
+                None,
+            ],
+            Err(e) => [Some(Msg::Failed(e.into())), None, None],
+        };
+        for m in msgs.into_iter().flatten() {
+            if tx.send(m).is_err() {
+                return;
+            }
+        }
+    }
+    let _ = tx.send(Msg::End);
 }
 
 /// What the stream brought.
+#[derive(Default)]
 struct Streamed {
     text: String,
-    tokens: u64,
-    done: Option<DoneEvent>,
-    /// `interrupt` (Ctrl+C) or `timeout` (no token for too long), when cancelled.
+    /// Pieces of text received (the token count when the counts did not come).
+    pieces: u64,
+    finish: Option<String>,
+    usage: Option<Usage>,
+    /// From the answer's start to its end.
+    duration: Duration,
+    /// `interrupt` (Ctrl+C) or `timeout` (no token for too long), when cut short.
     cancelled: &'static str,
+    /// Why the stream broke off after some of the answer had come.
+    broken: Option<Failure>,
 }
 
-/// Prints tokens as they arrive (unless `--json`) until the stream ends, Ctrl+C, or no
-/// token for `--token-timeout-secs`; a cancel goes to the worker in both last cases.
-fn print_stream(
-    w: &WorkerClient,
-    events: rbee_client::Events<StreamEvent>,
-    a: &InferArgs,
-) -> Result<Streamed, Failure> {
+impl Streamed {
+    fn tokens(&self) -> u64 {
+        self.usage
+            .as_ref()
+            .map_or(self.pieces, |u| u.completion_tokens.into())
+    }
+}
+
+/// Sends the request through the hive's front door and prints the answer as it arrives
+/// (unless `--json`) until it ends, Ctrl+C, or no token for `--token-timeout-secs`. In the
+/// last two cases the keeper leaves, which closes the connection: the hive then cancels
+/// the generation on the worker (or takes the request out of the model's queue).
+fn stream_answer(hive: &HiveClient, a: &InferArgs) -> Result<Streamed, Failure> {
     // SAFETY: the handler only stores to an atomic.
     unsafe {
         libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t);
     }
     let (tx, rx) = mpsc::channel();
+    let (hive, req, raw) = (hive.clone(), completion_request(a), a.raw);
     std::thread::spawn(move || {
-        for e in events.flatten() {
-            if tx.send(Msg::Event(e)).is_err() {
-                return;
-            }
+        if raw {
+            relay(|| hive.completion_stream(&req), &tx);
+        } else {
+            relay(|| hive.chat_stream(&req), &tx);
         }
-        let _ = tx.send(Msg::End);
     });
-    let mut s = Streamed {
-        text: String::new(),
-        tokens: 0,
-        done: None,
-        cancelled: "",
-    };
-    let mut request_id = None::<String>;
+    let mut s = Streamed::default();
+    let t0 = Instant::now();
+    let (mut opened, mut waiting_said) = (None::<Instant>, false);
     let mut last = Instant::now();
     let mut out = std::io::stdout().lock();
-    let mut cancel_sent: Option<Instant> = None;
     loop {
-        if cancel_sent.is_none() {
-            let timed_out = last.elapsed() > Duration::from_secs(a.token_timeout_secs);
-            if INTERRUPTED.load(Ordering::SeqCst) || timed_out {
-                s.cancelled = if timed_out { "timeout" } else { "interrupt" };
-                // Both the cancel and the end of the stream within 5 s of starting it.
-                cancel_sent = Some(Instant::now());
-                if let Some(id) = &request_id {
-                    let _ = w.with_timeout(Duration::from_secs(5)).cancel(id);
-                }
-            }
-        } else if cancel_sent.is_some_and(|t| t.elapsed() > Duration::from_secs(5)) {
+        if INTERRUPTED.load(Ordering::SeqCst) {
+            s.cancelled = "interrupt";
             break;
         }
+        if opened.is_some() && last.elapsed() > Duration::from_secs(a.token_timeout_secs) {
+            s.cancelled = "timeout";
+            break;
+        }
+        if opened.is_none() && !waiting_said && t0.elapsed() > Duration::from_secs(1) {
+            eprintln!(
+                "[rbee-keeper] ⏳ every slot of the model is busy; waiting in the hive's queue"
+            );
+            waiting_said = true;
+        }
         match rx.recv_timeout(Duration::from_millis(50)) {
-            Ok(Msg::Event(StreamEvent::Start(st))) => request_id = Some(st.request_id),
-            Ok(Msg::Event(StreamEvent::Token(t))) => {
-                s.text.push_str(&t.token);
-                s.tokens += 1;
+            Ok(Msg::Opened) => {
+                opened = Some(Instant::now());
+                last = Instant::now();
+            }
+            Ok(Msg::Text(t)) => {
+                s.text.push_str(&t);
+                s.pieces += 1;
                 last = Instant::now();
                 if !a.json {
-                    let _ = out.write_all(t.token.as_bytes());
+                    let _ = out.write_all(t.as_bytes());
                     let _ = out.flush();
                 }
             }
-            Ok(Msg::Event(StreamEvent::Done(d))) => s.done = Some(d),
-            Ok(Msg::Event(StreamEvent::Error(e))) => {
-                return Err(api_failure("llm-worker-rbee", &e));
+            Ok(Msg::Finish(f)) => s.finish = Some(f),
+            Ok(Msg::Usage(u)) => s.usage = Some(u),
+            Ok(Msg::Failed(f)) if !s.text.is_empty() => {
+                s.broken = Some(f);
+                break;
             }
+            Ok(Msg::Failed(f)) => return Err(f),
             Ok(Msg::End) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
             Err(mpsc::RecvTimeoutError::Timeout) => {}
         }
     }
+    s.duration = opened.map_or(Duration::ZERO, |t| t.elapsed());
     if !a.json && !s.text.is_empty() {
         let _ = out.write_all(b"\n");
         let _ = out.flush();
     }
     Ok(s)
-}
-
-fn finish_reason_name(r: FinishReason) -> &'static str {
-    match r {
-        FinishReason::Stop => "stop",
-        FinishReason::Length => "length",
-        FinishReason::ContextFull => "context_full",
-        FinishReason::Cancelled => "cancelled",
-    }
 }
 
 /// Runs `infer`; the exit status.
@@ -507,17 +585,12 @@ pub fn run(a: &InferArgs, cfg: &Config, reg: &Registry) -> Result<u8, Failure> {
     let hive = &conn.hive;
     check_hive(hive, a.node(), conn.local)?;
     let worker = worker_for(hive, a)?;
-    let wclient = conn.worker(
-        &worker.url,
-        Some(worker.api_key.clone()).filter(|k| !k.is_empty()),
-    )?;
-    wait_loaded(hive, &wclient, &worker, a)?;
-    let events = open_stream(&wclient, &inference_request(a))?;
-    let s = print_stream(&wclient, events, a)?;
-    let tokens = s.tokens;
-    match (s.cancelled, &s.done) {
+    wait_loaded(hive, &worker, a)?;
+    let s = stream_answer(hive, a)?;
+    let tokens = s.tokens();
+    match (s.cancelled, &s.finish) {
         ("interrupt", _) => {
-            eprintln!("[rbee-keeper] ⏹  interrupted after {tokens} tokens; the request was cancelled on the worker");
+            eprintln!("[rbee-keeper] ⏹  interrupted after {tokens} tokens; the request was cancelled");
             if a.json {
                 let j = JsonAnswer {
                     text: &s.text,
@@ -536,11 +609,10 @@ pub fn run(a: &InferArgs, cfg: &Config, reg: &Registry) -> Result<u8, Failure> {
             .code("TOKEN_TIMEOUT")
             .detail(format!("{tokens} tokens received before"))
             .suggest(["see the worker's health on the hive: rbee-keeper workers list (or GET /v1/workers/list)".to_string()])),
-        (_, Some(d)) => {
-            let reason = finish_reason_name(d.finish_reason);
+        (_, Some(reason)) => {
+            let secs = s.duration.as_secs_f64();
             eprintln!(
-                "[rbee-keeper] ✅ {tokens} tokens in {:.2} s on worker {} ({reason})",
-                d.duration_ms as f64 / 1000.0,
+                "[rbee-keeper] ✅ {tokens} tokens in {secs:.2} s on worker {} ({reason})",
                 worker.id,
             );
             if a.json {
@@ -548,7 +620,7 @@ pub fn run(a: &InferArgs, cfg: &Config, reg: &Registry) -> Result<u8, Failure> {
                     text: &s.text,
                     tokens,
                     finish_reason: reason,
-                    duration_ms: Some(d.duration_ms),
+                    duration_ms: Some(s.duration.as_millis() as u64),
                     worker_id: Some(&worker.id),
                     node: Some(a.node()),
                     model_ref: Some(&a.model),
@@ -559,8 +631,13 @@ pub fn run(a: &InferArgs, cfg: &Config, reg: &Registry) -> Result<u8, Failure> {
         }
         _ => {
             let saved = save_partial(&s.text);
+            let why = s.broken.map_or_else(
+                || "the stream ended without an end".to_string(),
+                |f| format!("{}: {}", f.component, f.message),
+            );
             Err(Failure::new("llm-worker-rbee", format!("the answer stopped after {tokens} tokens: the connection to the worker ended (did it crash?)"))
                 .code("STREAM_ENDED")
+                .detail(why)
                 .detail(match saved {
                     Some(p) => format!("what arrived is saved in {}", p.display()),
                     None => "what arrived could not be saved".into(),

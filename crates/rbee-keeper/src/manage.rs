@@ -154,13 +154,9 @@ pub fn workers(cmd: WorkersCommand, cfg: &Config, reg: &Registry) -> Result<(), 
                                 format!("{}/{}", w.slots_busy, w.slots),
                                 w.url.clone(),
                             ]);
-                            // The keys stay with the hive.
                             all.push(ListedWorker {
                                 node: n.clone(),
-                                worker: WorkerView {
-                                    api_key: String::new(),
-                                    ..w
-                                },
+                                worker: w,
                             });
                         }
                     }

@@ -1,14 +1,13 @@
-//! Reaching a node's hive and its workers: the local hive over loopback, a remote one over
-//! HTTP (`direct`) or through SSH port forwards to the node's loopback (`ssh`, the default).
-
-use std::sync::Mutex;
+//! Reaching a node's hive: the local one over loopback, a remote one over HTTP (`direct`)
+//! or through an SSH port forward to the node's loopback (`ssh`, the default). Workers are
+//! reached through their hive only.
 
 use crate::config::Config;
 use crate::registry::Registry;
 use crate::report::Failure;
-use crate::ssh::{Ssh, Target};
+use crate::ssh::Ssh;
 use crate::tunnel::Tunnel;
-use rbee_client::{HiveClient, WorkerClient};
+use rbee_client::HiveClient;
 
 /// An open way to one node; its tunnels close when it is dropped.
 pub struct Conn {
@@ -18,9 +17,8 @@ pub struct Conn {
     pub hive: HiveClient,
     /// Whether it is this machine (the keeper may start its hive).
     pub local: bool,
-    /// SSH route, when the node is reached through forwards.
-    route: Option<(Ssh, Target)>,
-    tunnels: Mutex<Vec<Tunnel>>,
+    /// The forward to the hive, when the node is reached over SSH (closed when dropped).
+    _tunnel: Option<Tunnel>,
 }
 
 impl Conn {
@@ -54,8 +52,7 @@ impl Conn {
             node: node.to_owned(),
             hive: HiveClient::new(&url, key),
             local: false,
-            route: Some((ssh, target)),
-            tunnels: Mutex::new(vec![t]),
+            _tunnel: Some(t),
         })
     }
 
@@ -64,34 +61,8 @@ impl Conn {
             node: node.to_owned(),
             hive,
             local,
-            route: None,
-            tunnels: Mutex::new(vec![]),
+            _tunnel: None,
         }
-    }
-
-    /// A client for a worker at `url` (as its hive reports it); through its own forward
-    /// when the node is reached over SSH (workers listen on the node's loopback too).
-    pub fn worker(&self, url: &str, key: Option<String>) -> Result<WorkerClient, Failure> {
-        let Some((ssh, target)) = &self.route else {
-            return Ok(WorkerClient::new(url, key));
-        };
-        let port: u16 = url
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.trim_end_matches('/').parse().ok())
-            .ok_or_else(|| {
-                Failure::new(
-                    "rbee-keeper",
-                    format!("the hive reported a worker URL without a port: {url}"),
-                )
-            })?;
-        let t = Tunnel::open(ssh, &self.node, target, port)?;
-        let local = format!("http://127.0.0.1:{}", t.local_port);
-        self.tunnels
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(t);
-        Ok(WorkerClient::new(&local, key))
     }
 }
 

@@ -179,9 +179,6 @@ pub struct WorkerView {
     pub pid: Option<u32>,
     /// `systemd-system`, `systemd-user`, `process`.
     pub supervisor: String,
-    /// The key to send to the worker as `Authorization: Bearer …` (left out when empty).
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub api_key: String,
     /// The executable it runs.
     pub binary: Option<PathBuf>,
 }
@@ -698,7 +695,6 @@ mod tests {
             started_at_unix: 5,
             pid: Some(42),
             supervisor: "systemd-user".into(),
-            api_key: "k".into(),
             binary: Some("/usr/bin/llm-worker-rbee".into()),
         }
     }

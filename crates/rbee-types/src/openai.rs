@@ -352,6 +352,34 @@ impl OpenAiError {
         };
         (status, OpenAiError { error: body })
     }
+
+    /// The error as rbee's own: the code parsed back (`context_length_exceeded` and
+    /// `invalid_api_key` included; an unknown code is `INTERNAL`), the message, and the
+    /// parameter at fault as the `field` detail.
+    pub fn to_api(&self) -> ApiError {
+        let code = match self.error.code.as_deref() {
+            Some("context_length_exceeded") => ErrorCode::PromptTooLong,
+            Some("invalid_api_key") => ErrorCode::InvalidApiKey,
+            Some(c) => serde_json::from_value(Value::String(c.to_ascii_uppercase()))
+                .unwrap_or(ErrorCode::Internal),
+            None => ErrorCode::Internal,
+        };
+        let e = ApiError::new(code, self.error.message.clone());
+        match &self.error.param {
+            Some(p) => e.detail("field", p.as_str()),
+            None => e,
+        }
+    }
+}
+
+/// One `data:` event of a streamed answer: a chunk, or the error that ended the stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum StreamItem<T> {
+    /// The error (sent in place of a chunk, then `[DONE]`).
+    Error(OpenAiError),
+    /// A chunk.
+    Chunk(T),
 }
 
 #[cfg(test)]
@@ -431,5 +459,38 @@ mod tests {
         }
         let (_, o) = OpenAiError::from_api(&ApiError::new(ErrorCode::PromptTooLong, "x"));
         assert_eq!(o.error.code.as_deref(), Some("context_length_exceeded"));
+    }
+
+    #[test]
+    fn openai_errors_read_back_as_rbees_own_and_end_a_stream() {
+        for code in [
+            ErrorCode::PromptTooLong,
+            ErrorCode::InvalidApiKey,
+            ErrorCode::QueueFull,
+            ErrorCode::ModelLoadFailed,
+        ] {
+            let e = ApiError::new(code, "why").detail("field", "max_tokens");
+            let back = OpenAiError::from_api(&e).1.to_api();
+            assert_eq!(back.error.code, code);
+            assert_eq!(back.error.message, "why");
+            assert_eq!(back.error.details["field"], "max_tokens");
+        }
+        let strange: OpenAiError = serde_json::from_str(
+            r#"{"error":{"message":"m","type":"server_error","param":null,"code":"whatever"}}"#,
+        )
+        .unwrap();
+        assert_eq!(strange.to_api().error.code, ErrorCode::Internal);
+        let item: StreamItem<ChatCompletionChunk> = serde_json::from_str(
+            r#"{"error":{"message":"m","type":"server_error","param":null,"code":"inference_failed"}}"#,
+        )
+        .unwrap();
+        assert!(
+            matches!(item, StreamItem::Error(e) if e.to_api().error.code == ErrorCode::InferenceFailed)
+        );
+        let item: StreamItem<ChatCompletionChunk> = serde_json::from_str(
+            r#"{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[]}"#,
+        )
+        .unwrap();
+        assert!(matches!(item, StreamItem::Chunk(c) if c.id == "c"));
     }
 }

@@ -110,10 +110,11 @@ fn main() -> anyhow::Result<()> {
     })?;
     hive.wait_idle(&id, Instant::now(), Duration::from_millis(20))?;
     let w = hive.client.worker(&id)?;
+    let key = hive.worker_key(&id)?;
     let name = reference.to_string();
     let (mut direct, mut front) = (vec![], vec![]);
     for _ in 0..args.rounds {
-        direct.push(stream(&w.url, Some(&w.api_key), &name, args.tokens)?);
+        direct.push(stream(&w.url, Some(&key), &name, args.tokens)?);
         front.push(stream(&hive.url, None, &name, args.tokens)?);
     }
     let pick = |v: &[Run], f: fn(&Run) -> f64| median(&mut v.iter().map(f).collect::<Vec<_>>());
@@ -147,7 +148,7 @@ fn main() -> anyhow::Result<()> {
     );
     let (mut agg_w, mut agg_h) = (vec![], vec![]);
     for _ in 0..3 {
-        agg_w.push(concurrent(&w.url, Some(&w.api_key), &name, args.tokens, 4));
+        agg_w.push(concurrent(&w.url, Some(&key), &name, args.tokens, 4));
         agg_h.push(concurrent(&hive.url, None, &name, args.tokens, 4));
     }
     let (aw, ah) = (median(&mut agg_w), median(&mut agg_h));

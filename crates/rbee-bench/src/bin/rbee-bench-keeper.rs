@@ -128,7 +128,8 @@ fn main() -> anyhow::Result<()> {
         .into_iter()
         .next()
         .context("no worker after the first run")?;
-    let (url, key) = (w.url, w.api_key);
+    let key = hive.worker_key(&w.id)?;
+    let url = w.url;
     println!(
         "== warm: rbee-keeper infer vs curl to the worker ({} rounds, interleaved; {TOKENS} tokens, greedy)",
         args.rounds

@@ -1,13 +1,16 @@
 //! A request forwarded to its worker and the answer passed back as it comes: each SSE
 //! event written and flushed the moment the worker sends it, nothing buffered. A client
 //! that goes away closes the connection to the worker, which cancels the generation and
-//! frees the slot.
+//! frees the slot; a worker that dies mid-stream ends the client's stream with an error
+//! event. Also the worker's loading progress, relayed the same way.
 
 use std::io::{BufRead, BufReader};
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use rbee_http::{header, SseWriter};
+use rbee_types::openai::OpenAiError;
+use rbee_types::worker::LoadProgress;
 use rbee_types::{ApiError, ErrorCode};
 use tiny_http::{Request, Response};
 
@@ -50,9 +53,46 @@ pub(crate) fn forward(request: Request, worker: &Worker, path: &str, body: &[u8]
         .header("Content-Type")
         .is_some_and(|c| c.starts_with("text/event-stream"));
     if stream && is_sse {
-        relay_events(request, resp, &worker.spec.id);
+        let why = broke_off(&worker.spec.id, "in the middle of the answer");
+        let e = ApiError::new(ErrorCode::InferenceFailed, why);
+        relay_events(request, resp, &worker.spec.id, |sse| {
+            sse.json(&OpenAiError::from_api(&e).1)
+        });
     } else {
         pass_through(request, resp.status(), resp);
+    }
+}
+
+/// `GET /v1/workers/{id}/loading/progress`: the worker's own loading progress stream,
+/// relayed event by event until it ends, so that a client needs no way to the worker. A
+/// worker that does not listen yet is `MODEL_LOADING` (retry).
+pub(crate) fn loading_progress(request: Request, worker: &Worker) {
+    let url = format!("{}/v1/loading/progress", worker.spec.url());
+    let sent = agent()
+        .get(&url)
+        .set("Authorization", &format!("Bearer {}", worker.api_key))
+        .call();
+    match sent {
+        Ok(resp) => {
+            let failed = LoadProgress {
+                stage: "failed".into(),
+                layers_loaded: None,
+                layers_total: None,
+                error: Some(broke_off(&worker.spec.id, "while loading")),
+            };
+            relay_events(request, resp, &worker.spec.id, |sse| sse.json(&failed));
+        }
+        Err(ureq::Error::Status(status, r)) => pass_through(request, status, r),
+        Err(_) => {
+            let e = ApiError::new(
+                ErrorCode::ModelLoading,
+                format!(
+                    "worker {} does not listen yet; retry in a moment",
+                    worker.spec.id
+                ),
+            );
+            rbee_http::respond_error(request, &e);
+        }
     }
 }
 
@@ -70,8 +110,14 @@ fn pass_through(request: Request, status: u16, resp: ureq::Response) {
 }
 
 /// The worker's events, one flushed chunk each, until `[DONE]`, the worker's end, or the
-/// client's.
-fn relay_events(request: Request, resp: ureq::Response, worker_id: &str) {
+/// client's. A worker stream that breaks off (the worker died) gets `last_words`'s event
+/// and `[DONE]`, so the client learns of it instead of waiting.
+fn relay_events(
+    request: Request,
+    resp: ureq::Response,
+    worker_id: &str,
+    last_words: impl FnOnce(&mut SseWriter) -> std::io::Result<()>,
+) {
     let request_id = resp.header("X-Request-Id").unwrap_or("").to_owned();
     let Ok(mut sse) = SseWriter::start(request, &[("X-Request-Id", &request_id)]) else {
         return;
@@ -86,6 +132,7 @@ fn relay_events(request: Request, resp: ureq::Response, worker_id: &str) {
                     worker = worker_id,
                     "the worker's stream ended without [DONE]"
                 );
+                let _ = last_words(&mut sse).and_then(|()| sse.done());
                 return;
             }
             Ok(_) => {}
@@ -107,4 +154,11 @@ fn relay_events(request: Request, resp: ureq::Response, worker_id: &str) {
             return;
         }
     }
+}
+
+/// Why a relayed stream broke off.
+fn broke_off(worker_id: &str, what: &str) -> String {
+    format!(
+        "worker {worker_id} stopped {what} (did it crash? GET /v1/workers/list and its logs say)"
+    )
 }

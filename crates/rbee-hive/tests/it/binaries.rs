@@ -73,7 +73,7 @@ fn spawning_builds_the_worker_from_git_first_then_runs_it_as_a_unit() {
     let unit = w["unit"].as_str().unwrap();
     let (_, exec) = manager.systemctl(&["show", "-p", "ExecStart", unit]);
     assert!(exec.contains(&path), "{exec}");
-    let a = infer(&w, "The capital of France is");
+    let a = hive.infer(&w, "The capital of France is");
     assert_eq!(a.status, 200, "{}", a.body);
     // Listed with its provenance.
     let list = hive.get("/v1/worker-binaries").json();
@@ -317,7 +317,7 @@ fn slow_the_real_worker_is_built_from_this_repository_and_serves() {
     );
     let w = wait_listed_idle(&hive, Duration::from_secs(120));
     assert_eq!(w["binary"], last["binary"]["binary_path"]);
-    let a = infer(&w, "Write a haiku about bees");
+    let a = hive.infer(&w, "Write a haiku about bees");
     assert_eq!(a.status, 200, "{}", a.body);
     assert!(
         !a.json()["text"].as_str().unwrap_or("").is_empty(),

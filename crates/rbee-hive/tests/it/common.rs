@@ -93,6 +93,8 @@ pub struct Hive {
     pub port: u16,
     /// How it was started.
     pub opts: Opts,
+    /// Its state directory.
+    pub state: PathBuf,
 }
 
 impl Hive {
@@ -139,7 +141,24 @@ impl Hive {
             url: format!("http://127.0.0.1:{port}"),
             port,
             opts: opts.clone(),
+            state: state.to_owned(),
         }
+    }
+
+    /// A worker's key, from the record the hive keeps in its state directory (the API does
+    /// not hand worker keys out).
+    pub fn worker_key(&self, worker: &Value) -> String {
+        let id = worker["id"].as_str().unwrap();
+        let path = self.state.join("workers").join(format!("{id}.key"));
+        std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+            .trim()
+            .to_owned()
+    }
+
+    /// A short greedy answer from one of its workers, through the worker's own API.
+    pub fn infer(&self, worker: &Value, prompt: &str) -> Reply {
+        infer(worker, &self.worker_key(worker), prompt)
     }
 
     /// A request with the hive's key (if it has one).
@@ -248,11 +267,11 @@ impl Hive {
 }
 
 /// A short greedy answer from a worker, through its own API with its key.
-pub fn infer(worker: &Value, prompt: &str) -> Reply {
+pub fn infer(worker: &Value, key: &str, prompt: &str) -> Reply {
     send(
         "POST",
         &format!("{}/v1/inference", worker["url"].as_str().unwrap()),
-        worker["api_key"].as_str(),
+        Some(key),
         Some(
             json!({"prompt": prompt, "max_tokens": 8, "temperature": 0.0, "stream": false})
                 .to_string()

@@ -110,6 +110,12 @@ for name, call in [("unknown", lambda: c.chat.completions.create(model="gpt-4", 
     assert_eq!(by_name("too_long")["code"], "context_length_exceeded");
     assert_eq!(by_name("key")["raised"], "AuthenticationError");
 
+    // Worker keys stay inside the hive: the worker list shows none.
+    let list = hive.get("/v1/workers/list");
+    let w = &list.json()["workers"][0];
+    assert!(w.get("api_key").is_none(), "{}", list.body);
+    assert!(!list.body.contains(&hive.worker_key(w)), "{}", list.body);
+
     // The worker stopped: the next request starts another.
     let id = hive.workers()[0]["id"].as_str().unwrap().to_owned();
     let r = hive.post(&format!("/v1/workers/{id}/shutdown"), &json!({}));
@@ -125,6 +131,34 @@ out(text=r.choices[0].message.content)
     );
     assert_eq!(again[0]["text"], text, "loaded again on demand");
     assert_eq!(hive.workers().len(), 1);
+}
+
+#[test]
+fn a_workers_loading_progress_comes_through_the_hive() {
+    let Some(model) = model() else { return };
+    let (hive, _state) = hive("", None);
+    let r = hive.spawn_model(&model);
+    assert_eq!(r.status, 202, "{}", r.body);
+    let id = r.json()["worker"]["id"].as_str().unwrap().to_owned();
+    let url = format!("{}/v1/workers/{id}/loading/progress", hive.url);
+    // Until the worker listens the hive says it is loading; then it relays the stream.
+    let t0 = Instant::now();
+    let events = loop {
+        match rbee_test_support::http::Sse::get(&url) {
+            Ok(mut sse) => break sse.collect(),
+            Err(r) => {
+                assert_eq!(r.json()["error"]["code"], "MODEL_LOADING", "{}", r.body);
+                assert!(t0.elapsed() < Duration::from_secs(30), "{}", r.body);
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    };
+    let last = events.last().unwrap_or_else(|| panic!("no events"));
+    assert_eq!(last["stage"], "ready", "{events:?}");
+    assert!(last["layers_total"].as_u64().unwrap_or(0) > 0, "{events:?}");
+    let gone = hive.get("/v1/workers/nope/loading/progress");
+    assert_eq!(gone.status, 404, "{}", gone.body);
+    assert_eq!(gone.json()["error"]["code"], "WORKER_NOT_FOUND");
 }
 
 #[test]
@@ -236,7 +270,7 @@ out(closed=True)
         let r = rbee_test_support::http::send(
             "GET",
             &format!("{}/v1/ready", w["url"].as_str().unwrap()),
-            w["api_key"].as_str(),
+            Some(&hive.worker_key(&w)),
             None,
         );
         if r.json()["state"] == "idle" {
@@ -426,4 +460,47 @@ fn browser_uis_get_cors_only_from_the_origins_the_config_lists() {
         !head.contains("access-control-allow-origin"),
         "other origins get no CORS header\n{head}"
     );
+}
+
+#[test]
+fn under_systemd_the_front_door_runs_one_worker_unit_per_model() {
+    let Some((model, manager, state)) = crate::common::setup() else {
+        return;
+    };
+    // A second model: the same weights under another name.
+    let other = state.join("Other-135M.Q4_1.gguf");
+    if std::fs::hard_link(&model, &other).is_err() {
+        std::fs::copy(&model, &other).unwrap();
+    }
+    let hive = Hive::start(&Opts::systemd(&manager), &state.0.join("hive"));
+    // Three requests at once for each model, nothing loaded yet.
+    let threads: Vec<_> = [&model, &other]
+        .into_iter()
+        .flat_map(|m| std::iter::repeat_n(file_ref(m), 3))
+        .map(|name| {
+            let url = format!("{}/v1/chat/completions", hive.url);
+            std::thread::spawn(move || {
+                let body = json!({"model": name, "max_tokens": 4, "temperature": 0,
+                                  "messages": [{"role": "user", "content": "Bees"}]});
+                rbee_test_support::http::post_json(&url, &body)
+            })
+        })
+        .collect();
+    for t in threads {
+        let r = t.join().unwrap();
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.json()["usage"]["completion_tokens"], 4, "{}", r.body);
+    }
+    let (_, units) = manager.systemctl(&["list-units", "--no-legend", "--plain", "rbee-worker@*"]);
+    let running: Vec<&str> = units
+        .lines()
+        .filter(|l| l.contains("rbee-worker@") && l.contains("running"))
+        .collect();
+    assert_eq!(running.len(), 2, "one unit per model:\n{units}");
+    assert!(
+        running.iter().any(|l| l.contains("SmolLM2"))
+            && running.iter().any(|l| l.contains("Other")),
+        "{units}"
+    );
+    assert_eq!(hive.workers().len(), 2);
 }

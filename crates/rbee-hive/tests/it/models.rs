@@ -96,7 +96,7 @@ fn a_download_streams_progress_then_the_model_is_catalogued_served_and_removable
 
     // A worker of it starts at once; the model cannot be removed while it runs.
     let w = hive.ready_worker_ref("hf:org/smol:Q4_1");
-    assert_eq!(infer(&w, "Bees").status, 200);
+    assert_eq!(hive.infer(&w, "Bees").status, 200);
     let id = m["id"].as_str().unwrap();
     let busy = hive.call("DELETE", &format!("/v1/models/{id}"), None);
     assert_eq!(

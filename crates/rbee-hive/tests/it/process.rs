@@ -18,7 +18,7 @@ fn a_process_worker_serves_and_stops_when_idle() {
     let w = hive.ready_worker(&model);
     assert!(t0.elapsed() < Duration::from_secs(30));
     assert_eq!(w["supervisor"], "process");
-    assert_eq!(infer(&w, "Bees").status, 200);
+    assert_eq!(hive.infer(&w, "Bees").status, 200);
     let pid = w["pid"].as_u64().unwrap() as u32;
     // Its own process group: a Ctrl+C at the hive's terminal does not reach it.
     // SAFETY: getpgid on a PID has no preconditions.

@@ -53,19 +53,19 @@ fn a_spawned_worker_is_a_hardened_notify_unit_that_serves_and_stops_when_idle() 
         assert!(props.contains(expected), "{expected} missing in:\n{props}");
     }
     // The key never shows in the unit, the command line or the environment.
-    let key = w["api_key"].as_str().unwrap();
-    assert!(!props.contains(key), "key visible in the unit:\n{props}");
+    let key = hive.worker_key(&w);
+    assert!(!props.contains(&key), "key visible in the unit:\n{props}");
     let pid = w["pid"].as_u64().expect("pid listed") as u32;
     for f in ["cmdline", "environ"] {
         let text = std::fs::read(format!("/proc/{pid}/{f}")).unwrap();
         assert!(
-            !String::from_utf8_lossy(&text).contains(key),
+            !String::from_utf8_lossy(&text).contains(&key),
             "key visible in /proc/{pid}/{f}"
         );
     }
 
     // Inference through the worker, with its key; without, refused.
-    let answer = infer(&w, "Bees are");
+    let answer = hive.infer(&w, "Bees are");
     assert_eq!(answer.status, 200, "{}", answer.body);
     assert!(!answer.json()["text"].as_str().unwrap().is_empty());
     let anon = rbee_test_support::http::post_json(
@@ -151,7 +151,7 @@ fn a_restarted_hive_adopts_the_running_worker_instead_of_restarting_it() {
         "same process: {adopted}"
     );
     assert_eq!(adopted["state"], "idle");
-    assert_eq!(infer(&adopted, "Hello").status, 200);
+    assert_eq!(hive.infer(&adopted, "Hello").status, 200);
     let r = hive.spawn_model(&model);
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json()["reused"], true);
@@ -301,12 +301,12 @@ fn a_worker_that_cannot_bind_its_port_is_moved_to_the_next_one() {
         first_url,
         "moved to another port"
     );
-    assert_eq!(infer(&w, "Hi").status, 200);
+    assert_eq!(hive.infer(&w, "Hi").status, 200);
     // The worker on the new port is the one asked for, context size included.
     let info = rbee_test_support::http::send(
         "GET",
         &format!("{}/v1/info", w["url"].as_str().unwrap()),
-        w["api_key"].as_str(),
+        Some(&hive.worker_key(&w)),
         None,
     );
     assert_eq!(info.json()["ctx_size"], 256, "{}", info.body);

@@ -127,7 +127,7 @@ fn finished(child: &mut std::process::Child, timeout: Duration) -> (i32, String)
 }
 
 #[test]
-fn ctrl_c_mid_stream_cancels_on_the_worker_and_exits_130() {
+fn ctrl_c_mid_stream_cancels_the_generation_and_exits_130() {
     let Some(mut env) = Env::new() else { return };
     env.start_hive();
     let (mut child, reader) = started_answer(&env, "1, 2, 3, 4, 5, 6, 7, 8,", &[]);
@@ -158,6 +158,11 @@ fn a_worker_killed_mid_stream_keeps_the_partial_answer() {
     let printed = reader.join().unwrap();
     assert!(
         stderr.contains("[llm-worker-rbee] ❌ Error: the answer stopped after"),
+        "{stderr}"
+    );
+    // The hive says the worker broke off, rather than leaving the stream hanging.
+    assert!(
+        stderr.contains("stopped in the middle of the answer"),
         "{stderr}"
     );
     let saved = stderr
@@ -350,7 +355,7 @@ fn a_hive_of_another_version_is_refused_naming_both() {
 }
 
 #[test]
-fn a_busy_worker_is_retried_until_its_slot_frees() {
+fn a_busy_model_queues_the_request_on_the_hive_until_its_slot_frees() {
     let Some(mut env) = Env::new() else { return };
     env.start_hive();
     // A worker with one slot, ready.
@@ -358,16 +363,12 @@ fn a_busy_worker_is_retried_until_its_slot_frees() {
     assert_eq!(warm.status.code(), Some(0), "{}", text(&warm.stderr));
     let w = env.workers()[0].clone();
     assert_eq!(w["slots"], 1);
-    // Someone else holds the slot for about a second.
-    let url = format!("{}/v1/inference", w["url"].as_str().unwrap());
-    let key = w["api_key"].as_str().unwrap().to_owned();
+    // Someone else holds the slot for a while, through the same front door.
+    let url = format!("http://127.0.0.1:{}/v1/completions", env.hive_port);
+    let body = serde_json::json!({"model": env.file_ref(), "prompt": "1, 2, 3, 4, 5, 6, 7, 8,",
+                                  "max_tokens": 150, "temperature": 0});
     let holder = std::thread::spawn(move || {
-        rbee_test_support::http::send(
-            "POST",
-            &url,
-            Some(&key),
-            Some(br#"{"prompt": "1, 2, 3, 4, 5, 6, 7, 8,", "max_tokens": 150, "temperature": 0, "stream": false}"#),
-        )
+        rbee_test_support::http::send("POST", &url, None, Some(body.to_string().as_bytes()))
     });
     // The worker's own health (the hive's list is only as fresh as its health checks).
     let health = format!("{}/v1/health", w["url"].as_str().unwrap());
@@ -383,12 +384,18 @@ fn a_busy_worker_is_retried_until_its_slot_frees() {
     let out = env.infer(&env.file_ref(), "Bees", &["--max-tokens", "4"]);
     let stderr = text(&out.stderr);
     assert!(
-        stderr.contains("every slot of the worker is busy; retry 1/3 in 1 s"),
+        stderr.contains("every slot of the model is busy; waiting in the hive's queue"),
         "{stderr}"
     );
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert!(!text(&out.stdout).trim().is_empty());
-    assert_eq!(holder.join().unwrap().status, 200);
+    let held = holder.join().unwrap();
+    assert_eq!(held.status, 200, "{}", held.body);
+    assert!(
+        held.json()["usage"]["completion_tokens"].as_u64().unwrap() > 20,
+        "the slot was held long enough: {}",
+        held.body
+    );
 }
 
 #[test]
