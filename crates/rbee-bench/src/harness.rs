@@ -201,3 +201,56 @@ pub fn direct_start(worker: &Path, model: &Path) -> anyhow::Result<Duration> {
 pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
+
+/// A server process (killed on drop) and its port.
+pub struct Server {
+    /// The process.
+    pub child: Child,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+}
+
+impl Server {
+    /// Starts `cmd` (listening on `port`) and waits until `ready_path` says it is ready
+    /// (`"ready": true` or `"status": "ok"`), at most 120 s.
+    pub fn start(cmd: &mut Command, port: u16, ready_path: &str) -> anyhow::Result<Server> {
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {cmd:?}"))?;
+        let s = Server { child, port };
+        let until = Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Ok(r) = ureq::get(&format!("http://127.0.0.1:{port}{ready_path}")).call() {
+                let v: serde_json::Value = r.into_json().unwrap_or_default();
+                if v["ready"] == true || v["status"] == "ok" {
+                    return Ok(s);
+                }
+            }
+            if Instant::now() > until {
+                bail!("{cmd:?} not ready after 120 s");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The newest llama-server built by scripts/build-llama-server in the cache.
+pub fn default_llama_server() -> Option<PathBuf> {
+    let cache = std::env::var_os("RBEE_CACHE_DIR")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/rbee")))?;
+    std::fs::read_dir(&cache)
+        .ok()?
+        .filter_map(Result::ok)
+        .map(|e| e.path().join("build/bin/llama-server"))
+        .find(|p| p.is_file())
+}

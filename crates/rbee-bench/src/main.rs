@@ -5,11 +5,12 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Instant;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
+use rbee_bench::harness::{default_llama_server, Server};
 use rbee_bench::{greedy, Prompt};
 use serde_json::{json, Value};
 
@@ -257,43 +258,6 @@ impl Api {
     }
 }
 
-/// A server process (killed on drop) and its port.
-struct Server {
-    child: Child,
-    port: u16,
-}
-
-impl Server {
-    fn start(cmd: &mut Command, port: u16, ready_path: &str) -> anyhow::Result<Server> {
-        let child = cmd
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .with_context(|| format!("starting {cmd:?}"))?;
-        let s = Server { child, port };
-        let until = Instant::now() + Duration::from_secs(120);
-        loop {
-            if let Ok(r) = ureq::get(&format!("http://127.0.0.1:{port}{ready_path}")).call() {
-                let v: Value = r.into_json().unwrap_or_default();
-                if v["ready"] == true || v["status"] == "ok" {
-                    return Ok(s);
-                }
-            }
-            if Instant::now() > until {
-                bail!("{cmd:?} not ready after 120 s");
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// One streamed request: (tokens, ttft, decode seconds after the first token).
 fn one_stream(port: u16, api: Api, tokens: u32) -> anyhow::Result<(u32, f64, f64)> {
     let (path, body) = match api {
@@ -496,16 +460,4 @@ fn peak_rss_mib(pid: u32) -> f64 {
             })
         })
         .map_or(0.0, |kib| kib / 1024.0)
-}
-
-/// The newest llama-server built by scripts/build-llama-server in the cache.
-fn default_llama_server() -> Option<PathBuf> {
-    let cache = std::env::var_os("RBEE_CACHE_DIR")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/rbee")))?;
-    std::fs::read_dir(&cache)
-        .ok()?
-        .filter_map(Result::ok)
-        .map(|e| e.path().join("build/bin/llama-server"))
-        .find(|p| p.is_file())
 }

@@ -8,14 +8,20 @@
 //! 2. Four concurrent streams (a 4-slot worker): aggregate tokens per second.
 //! 3. `--queue` requests at once on a 1-slot worker through the hive: all answered, and
 //!    the hive's resident memory before and at the end.
+//! 4. The worker's own chat route against llama-server's `/v1/chat/completions` on the same
+//!    request (both one slot, 4096 tokens of context, the same threads; llama-server's
+//!    prompt cache off, as the worker has none), interleaved, when llama-server is built
+//!    (`scripts/build-llama-server`).
 
 use std::io::{BufRead, BufReader};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use rbee_bench::harness::{file_ref, Hive};
+use rbee_bench::harness::{default_llama_server, file_ref, sibling, Hive, Server};
 use rbee_bench::stats::median;
+use rbee_test_support::process::free_port;
 use rbee_types::hive::SpawnRequest;
 use rbee_types::openai::ChatCompletionChunk;
 use rbee_types::Backend;
@@ -35,6 +41,12 @@ struct Args {
     /// Requests at once in the queue test.
     #[arg(long, default_value_t = 64)]
     queue: usize,
+    /// llama-server binary [default: what scripts/build-llama-server built; none: skipped].
+    #[arg(long)]
+    llama_server: Option<std::path::PathBuf>,
+    /// Threads for the worker and llama-server in the comparison [default: all CPUs].
+    #[arg(long)]
+    threads: Option<usize>,
 }
 
 /// One streamed answer: TTFT and the decode rate after the first token.
@@ -44,12 +56,20 @@ struct Run {
     decode_tok_s: f64,
 }
 
-fn stream(url: &str, key: Option<&str>, model: &str, tokens: u32) -> anyhow::Result<Run> {
-    let body = serde_json::json!({
+/// The request every figure is made of: a short chat turn, greedy, streamed.
+fn chat_body(model: &str, tokens: u32) -> serde_json::Value {
+    serde_json::json!({
         "model": model,
         "messages": [{"role": "user", "content": "Tell a long story about a bee colony."}],
         "temperature": 0, "max_tokens": tokens, "stream": true,
-    });
+    })
+}
+
+fn stream(url: &str, key: Option<&str>, model: &str, tokens: u32) -> anyhow::Result<Run> {
+    stream_body(url, key, &chat_body(model, tokens))
+}
+
+fn stream_body(url: &str, key: Option<&str>, body: &serde_json::Value) -> anyhow::Result<Run> {
     let mut req = ureq::post(&format!("{url}/v1/chat/completions"));
     if let Some(k) = key {
         req = req.set("Authorization", &format!("Bearer {k}"));
@@ -98,7 +118,11 @@ fn concurrent(url: &str, key: Option<&str>, model: &str, tokens: u32, k: usize) 
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let model = match args.model.or_else(rbee_test_support::model::test_model) {
+    let model = match args
+        .model
+        .clone()
+        .or_else(rbee_test_support::model::test_model)
+    {
         Some(m) => m,
         None => bail!("no model: pass --model or run scripts/fetch-test-model"),
     };
@@ -186,6 +210,94 @@ fn main() -> anyhow::Result<()> {
         t0.elapsed().as_secs_f64(),
         before,
         q.rss_kib()
+    );
+    drop(q);
+    drop(hive);
+    versus_llama_server(&model, &args)
+}
+
+/// Section 4: the worker's chat route against llama-server's, one stream at a time, the
+/// order alternating each round.
+fn versus_llama_server(model: &std::path::Path, args: &Args) -> anyhow::Result<()> {
+    let Some(bin) = args.llama_server.clone().or_else(default_llama_server) else {
+        println!("== worker vs llama-server: skipped, llama-server not built (scripts/build-llama-server)");
+        return Ok(());
+    };
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
+        .to_string();
+    let wport = free_port();
+    let worker = Server::start(
+        Command::new(sibling("llm-worker-rbee")?)
+            .arg("--model")
+            .arg(model)
+            .args(["--port", &wport.to_string(), "--slots", "1"])
+            .args(["--ctx-size", "4096", "--threads", &threads]),
+        wport,
+        "/v1/ready",
+    )?;
+    let lport = free_port();
+    let server = Server::start(
+        Command::new(&bin)
+            .arg("-m")
+            .arg(model)
+            .args(["--host", "127.0.0.1", "--port", &lport.to_string()])
+            .args(["-np", "1", "-c", "4096", "-t", &threads, "-tb", &threads]),
+        lport,
+        "/health",
+    )?;
+    let body = chat_body("m", args.tokens);
+    let mut uncached = body.clone();
+    uncached["cache_prompt"] = false.into();
+    let (mut w, mut l) = (vec![], vec![]);
+    for round in 0..args.rounds {
+        let ours = || stream_body(&format!("http://127.0.0.1:{}", worker.port), None, &body);
+        let theirs = || {
+            stream_body(
+                &format!("http://127.0.0.1:{}", server.port),
+                None,
+                &uncached,
+            )
+        };
+        if round % 2 == 0 {
+            w.push(ours()?);
+            l.push(theirs()?);
+        } else {
+            l.push(theirs()?);
+            w.push(ours()?);
+        }
+    }
+    let pick = |v: &[Run], f: fn(&Run) -> f64| median(&mut v.iter().map(f).collect::<Vec<_>>());
+    let per_round = |f: fn(&Run, &Run) -> f64| {
+        median(&mut w.iter().zip(&l).map(|(a, b)| f(a, b)).collect::<Vec<_>>())
+    };
+    println!(
+        "== worker vs llama-server, /v1/chat/completions, 1 slot each, {threads} threads, {} rounds interleaved",
+        args.rounds
+    );
+    println!(
+        "{:<34} {:>10} {:>10} {:>8}",
+        "", "worker", "llama-s.", "w/l"
+    );
+    println!(
+        "{:<34} {:>10.1} {:>10.1} {:>+8.1}",
+        "TTFT ms (median; w-l per round)",
+        pick(&w, |r| r.ttft_ms),
+        pick(&l, |r| r.ttft_ms),
+        per_round(|a, b| a.ttft_ms - b.ttft_ms)
+    );
+    println!(
+        "{:<34} {:>10.1} {:>10.1} {:>8.3}",
+        "decode tok/s (median; w/l)",
+        pick(&w, |r| r.decode_tok_s),
+        pick(&l, |r| r.decode_tok_s),
+        per_round(|a, b| a.decode_tok_s / b.decode_tok_s)
+    );
+    println!(
+        "tokens per answer: worker {}, llama-server {} (targets: decode >= 1.0, TTFT <= +5 ms)",
+        pick(&w, |r| f64::from(r.tokens)),
+        pick(&l, |r| f64::from(r.tokens))
     );
     Ok(())
 }
