@@ -110,11 +110,11 @@ pub fn delete(hive: &Hive, request: Request, id: &str) {
         return respond_error(request, &e);
     }
     match hive.models.remove(id) {
-        Ok(m) => respond_json(
+        Ok((m, file_deleted)) => respond_json(
             request,
             200,
             &Removed {
-                file_deleted: m.provider == "hf",
+                file_deleted,
                 removed: m.id,
             },
         ),

@@ -108,6 +108,40 @@ struct ApiLfs {
     size: u64,
 }
 
+/// The hub's answer, checked before anything of it reaches a path: the commit must be 40
+/// hex characters; files with names that could escape a directory are left out (logged).
+fn checked(api: ApiRepo, repo: &str, reference: &str) -> Result<RepoInfo, ApiError> {
+    if !crate::models_dir::valid_commit(&api.sha) {
+        return Err(ApiError::new(
+            ErrorCode::DownloadFailed,
+            format!(
+                "the hub's answer for {repo} is not valid: its commit id is not 40 hexadecimal characters"
+            ),
+        )
+        .detail("model_ref", reference));
+    }
+    let files = api
+        .siblings
+        .into_iter()
+        .filter(|s| {
+            let ok = crate::models_dir::valid_repo_path(&s.rfilename);
+            if !ok {
+                tracing::warn!(%repo, name = ?s.rfilename.chars().take(100).collect::<String>(), "the hub listed a file name that is not a plain path; ignored");
+            }
+            ok
+        })
+        .map(|s| RepoFile {
+            size: s.lfs.as_ref().map(|l| l.size).or(s.size).unwrap_or(0),
+            sha256: s.lfs.map(|l| l.sha256),
+            path: s.rfilename,
+        })
+        .collect();
+    Ok(RepoInfo {
+        commit: api.sha.to_ascii_lowercase(),
+        files,
+    })
+}
+
 fn host_of(url: &str) -> &str {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
     rest.split(['/', '?']).next().unwrap_or("")
@@ -217,18 +251,7 @@ pub fn repo_info(
                         format!("the hub's file list for {repo} is not understood: {e}"),
                     )
                 })?;
-                return Ok(RepoInfo {
-                    commit: api.sha,
-                    files: api
-                        .siblings
-                        .into_iter()
-                        .map(|s| RepoFile {
-                            size: s.lfs.as_ref().map(|l| l.size).or(s.size).unwrap_or(0),
-                            sha256: s.lfs.map(|l| l.sha256),
-                            path: s.rfilename,
-                        })
-                        .collect(),
-                });
+                return checked(api, repo, reference);
             }
             Outcome::Status(code, _) if code < 500 => {
                 return Err(status_error(

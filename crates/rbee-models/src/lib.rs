@@ -1,11 +1,13 @@
 //! rbee's models (references are `rbee_types::ModelRef`): the SQLite catalogue ([`catalog`]), the
 //! Hugging Face hub client and verified, resumable downloads ([`hub`]), and the provisioner
-//! that ties them together with shared transfers and progress ([`provisioner`]); free disk
+//! that ties them together with shared transfers and progress ([`provisioner`]); the one
+//! place that decides which paths may be written or deleted ([`models_dir`]); free disk
 //! space ([`space`]). A download's bytes are written and hashed off the receiving thread
 //! (`sink`).
 
 pub mod catalog;
 pub mod hub;
+pub mod models_dir;
 pub mod provisioner;
 mod sink;
 pub mod space;

@@ -2,7 +2,7 @@
 //! many requests want it, with progress anyone can follow.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
@@ -11,6 +11,7 @@ use rbee_types::{ApiError, ErrorCode};
 
 use crate::catalog::{model_for_file, Catalog, Model, ModelStatus};
 use crate::hub::{self, HubConfig};
+use crate::models_dir::ModelsDir;
 use rbee_types::hive::DownloadProgress;
 use rbee_types::model_ref::{url_safe, ModelRef, Selector};
 
@@ -74,7 +75,7 @@ pub enum Ensured {
 /// The catalogue and the downloads.
 pub struct Provisioner {
     catalog: Mutex<Catalog>,
-    models_dir: PathBuf,
+    models_dir: ModelsDir,
     hub: HubConfig,
     transfers: Mutex<HashMap<String, Arc<Transfer>>>,
     next: AtomicU64,
@@ -104,12 +105,12 @@ impl Provisioner {
         for id in missing {
             tracing::warn!(%id, "catalogued model's file is gone; marked missing (it is fetched again when asked for)");
         }
-        std::fs::create_dir_all(models_dir)
+        let models_dir = ModelsDir::open(models_dir)
             .map_err(|e| internal(format!("cannot create {}: {e}", models_dir.display())))?;
-        remove_stale_partials(models_dir, STALE_PARTIAL);
+        remove_stale_partials(models_dir.root(), STALE_PARTIAL);
         Ok(Provisioner {
             catalog: Mutex::new(catalog),
-            models_dir: models_dir.to_path_buf(),
+            models_dir,
             hub,
             transfers: Mutex::default(),
             next: AtomicU64::new(1),
@@ -237,10 +238,11 @@ impl Provisioner {
             .to_owned();
         let dest = self
             .models_dir
-            .join("hf")
-            .join(repo)
-            .join(&info.commit)
-            .join(&name);
+            .download_path(repo, &info.commit, &name)
+            .map_err(|e| {
+                ApiError::new(ErrorCode::DownloadFailed, format!("{reference}: {e}"))
+                    .detail("model_ref", reference)
+            })?;
         let sha = hub::download(
             &self.hub,
             repo,
@@ -322,8 +324,9 @@ impl Provisioner {
         }
     }
 
-    /// Deletes a model's row and (for downloaded models) its file.
-    pub fn remove(&self, id: &str) -> Result<Model, ApiError> {
+    /// Deletes a model's row and (for downloaded models) its file, never a file outside the
+    /// models directory; the model and whether its file was deleted.
+    pub fn remove(&self, id: &str) -> Result<(Model, bool), ApiError> {
         let m = self
             .catalog()
             .remove(id)
@@ -335,10 +338,8 @@ impl Provisioner {
                 )
                 .detail("id", id)
             })?;
-        if m.provider == "hf" {
-            let _ = std::fs::remove_file(&m.local_path);
-        }
-        Ok(m)
+        let deleted = m.provider == "hf" && self.models_dir.remove(&m.local_path);
+        Ok((m, deleted))
     }
 }
 
@@ -353,7 +354,10 @@ fn remove_stale_partials(dir: &Path, age: Duration) {
     };
     for e in entries.flatten() {
         let path = e.path();
-        let Ok(meta) = e.metadata() else { continue };
+        // Not followed: a link may point anywhere.
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
         if meta.is_dir() {
             remove_stale_partials(&path, age);
             continue;

@@ -104,8 +104,15 @@ fn main() -> anyhow::Result<()> {
     let size = std::fs::metadata(&model)?.len();
     let sha = sha256_file(&model);
     let hub = Hub::start();
-    hub.add_repo("org/bench", "c0ffee", &[("m.gguf", &model)]);
-    let url = format!("{}/org/bench/resolve/c0ffee/m.gguf", hub.endpoint());
+    hub.add_repo(
+        "org/bench",
+        "c0ffeec0ffeec0ffeec0ffeec0ffeec0ffeec0ff",
+        &[("m.gguf", &model)],
+    );
+    let url = format!(
+        "{}/org/bench/resolve/c0ffeec0ffeec0ffeec0ffeec0ffeec0ffeec0ff/m.gguf",
+        hub.endpoint()
+    );
     let cfg = HubConfig {
         endpoint: hub.endpoint(),
         token: None,
@@ -145,11 +152,19 @@ fn main() -> anyhow::Result<()> {
         let cpu = CpuUse::start();
         let t0 = Instant::now();
         let mut last_byte = None;
-        let got = hub::download(&cfg, "org/bench", "c0ffee", &file, &dest, "bench", |t| {
-            if t.bytes == t.total && last_byte.is_none() {
-                last_byte = Some(t0.elapsed().as_secs_f64());
-            }
-        })
+        let got = hub::download(
+            &cfg,
+            "org/bench",
+            "c0ffeec0ffeec0ffeec0ffeec0ffeec0ffeec0ff",
+            &file,
+            &dest,
+            "bench",
+            |t| {
+                if t.bytes == t.total && last_byte.is_none() {
+                    last_byte = Some(t0.elapsed().as_secs_f64());
+                }
+            },
+        )
         .map_err(|e| anyhow::anyhow!("{e}"))?;
         let r = t0.elapsed().as_secs_f64();
         rbee_busy.push(cpu.busy() * 100.0);

@@ -329,3 +329,84 @@ fn provisioned_models_are_there_after_start_without_a_request() {
         "a present model is not fetched again"
     );
 }
+
+#[test]
+fn a_hostile_hub_cannot_write_or_delete_outside_the_models_directory() {
+    let Some(model) = model() else { return };
+    let state = temp("hive-state");
+    // A file outside the models directory (state/models) that a hostile hub aims at.
+    let outside = state.join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    let victim = outside.join("victim.gguf");
+    std::fs::write(&victim, b"precious").unwrap();
+    let hub = Hub::start();
+    let absolute = outside.display().to_string();
+    // models/hf/org/cN/<commit>/victim.gguf with these commits: state/outside/victim.gguf.
+    let commits = [
+        absolute.as_str(),
+        "../../../../outside",
+        "..%2F..%2F..%2F..%2Foutside",
+        "feedfacefeedfacefeedfacefeedfacefeedface00",
+        "zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz",
+    ];
+    for (i, commit) in commits.iter().enumerate() {
+        hub.add_repo(&format!("org/c{i}"), commit, &[("victim.gguf", &model)]);
+    }
+    let names = [
+        "../../../../../outside/victim.gguf",
+        "sub/../../victim.gguf",
+        "/victim.gguf",
+        "a\\..\\victim.gguf",
+    ];
+    for (i, name) in names.iter().enumerate() {
+        hub.add_repo(&format!("org/n{i}"), COMMIT, &[(name, &model)]);
+    }
+    let hive = Hive::start(&opts(&hub), &state.0);
+    let repos = (0..commits.len())
+        .map(|i| format!("hf:org/c{i}"))
+        .chain((0..names.len()).map(|i| format!("hf:org/n{i}")));
+    for reference in repos {
+        let r = hive.post("/v1/models/download", &json!({ "model_ref": reference }));
+        assert_eq!(r.status, 202, "{reference}: {}", r.body);
+        let events = hive.follow(r.json()["progress_url"].as_str().unwrap());
+        let end = events.last().unwrap();
+        assert_eq!(end["stage"], "error", "{reference}: {events:?}");
+        let code = end["error"]["code"].as_str().unwrap();
+        assert!(
+            code == "DOWNLOAD_FAILED" || code == "MODEL_NOT_FOUND",
+            "{reference}: {end}"
+        );
+        assert!(!end.to_string().contains(&absolute), "{end}");
+    }
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+    assert_eq!(
+        std::fs::read_dir(&outside).unwrap().count(),
+        1,
+        "nothing new outside"
+    );
+    assert!(hive.get("/v1/models").json()["models"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+
+    // A catalogue row pointing outside (a database from an older rbee, or edited): DELETE
+    // removes the row and keeps the file.
+    hive.kill();
+    {
+        let mut cat = rbee_models::catalog::Catalog::open(&state.join("models.db")).unwrap();
+        let row = rbee_models::catalog::model_for_file(
+            "org--evil--victim".into(),
+            "hf",
+            format!("hf:org/evil/victim.gguf@{COMMIT}"),
+            "victim.gguf".into(),
+            victim.clone(),
+            8,
+        );
+        cat.insert(&row).unwrap();
+    }
+    let hive = Hive::start(&opts(&hub), &state.0);
+    let d = hive.call("DELETE", "/v1/models/org--evil--victim", None);
+    assert_eq!(d.status, 200, "{}", d.body);
+    assert_eq!(d.json()["file_deleted"], false, "{}", d.body);
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+}

@@ -34,7 +34,11 @@ impl Env {
         );
         let manager = user_manager_or_skip()?;
         let hub = Hub::start();
-        hub.add_repo("org/smol", "c0ffee", &[("smol.Q4_1.gguf", &model)]);
+        hub.add_repo(
+            "org/smol",
+            "c0ffeec0ffeec0ffeec0ffeec0ffeec0ffeec0ff",
+            &[("smol.Q4_1.gguf", &model)],
+        );
         let dir = TempDir::new("keeper-e2e");
         let hive_port = free_port();
         std::fs::write(
