@@ -37,6 +37,8 @@ pub struct App {
     pub shutdown: mpsc::Sender<ShutdownCause>,
     /// Whether the backend is a GPU (for the loading stage name).
     pub gpu: bool,
+    /// Which `Host` names and origins are answered (DNS rebinding, cross-site requests).
+    pub guard: rbee_http::guard::Guard,
 }
 
 /// A request that passed every check and holds a slot; the engine sends its events.

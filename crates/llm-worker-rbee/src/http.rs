@@ -113,6 +113,14 @@ fn handle(app: &App, request: Request) {
     let Some((request, route)) = check_route(request, &path, route(&path)) else {
         return;
     };
+    let guarded = app.guard.check(&request);
+    if let Err(e) = guarded {
+        return if route.is_openai() {
+            openai::respond_error(request, &e)
+        } else {
+            respond_error(request, &e)
+        };
+    }
     if !matches!(route, Route::Health) {
         if let Err(e) = check_auth(&app.shared, &request) {
             return if route.is_openai() {

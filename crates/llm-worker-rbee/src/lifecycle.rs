@@ -139,6 +139,7 @@ fn run_inner(args: Args) -> anyhow::Result<i32> {
         engine: Arc::clone(&engine),
         shutdown: shutdown_tx.clone(),
         gpu,
+        guard: rbee_http::guard::Guard::new(args.host, api_key.is_some(), &[], &[]),
     });
 
     spawn_signal_thread(shutdown_tx.clone());

@@ -168,6 +168,15 @@ fn cors(hive: &Hive, request: Request) -> Option<Request> {
 }
 
 fn handle(hive: &Hive, request: Request) {
+    if let Err(e) = hive.guard.check(&request) {
+        let openai =
+            request.url().starts_with("/v1/chat/") || request.url().starts_with("/v1/completions");
+        return if openai {
+            rbee_http::respond_openai_error(request, &e)
+        } else {
+            respond_error(request, &e)
+        };
+    }
     let Some(request) = cors(hive, request) else {
         return;
     };

@@ -231,6 +231,11 @@ pub struct Config {
     /// their preflights are answered and answers carry `Access-Control-Allow-Origin`.
     /// Default none: no CORS headers, and preflights are refused.
     pub cors_origins: Vec<String>,
+    /// Host names the API answers to besides `localhost`, `*.localhost`, IP addresses and
+    /// this machine's hostname (`["rbee.lan", "*.home.arpa"]`): a request naming any other
+    /// `Host` gets 403 (DNS rebinding protection). A hive bound beyond loopback with an
+    /// `api_key_file` answers any `Host`.
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Default for Config {
@@ -263,6 +268,7 @@ impl Default for Config {
             queue_max: 64,
             queue_timeout_secs: 300,
             cors_origins: vec![],
+            allowed_hosts: vec![],
         }
     }
 }
@@ -434,6 +440,19 @@ impl Config {
             rbee_http::cors::check_origin(o)
                 .map_err(|e| ConfigError(format!("cors_origins: {e}")))?;
         }
+        for h in &self.allowed_hosts {
+            let name = h.strip_prefix("*.").unwrap_or(h);
+            let plain = !name.is_empty()
+                && name.len() <= 253
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+            if !plain {
+                return err(format!(
+                    "allowed_hosts: {h:?} is not a host name (e.g. \"rbee.lan\" or \"*.home.arpa\")"
+                ));
+            }
+        }
         for (name, target) in &self.aliases {
             check_alias(name, target)
                 .map_err(|why| ConfigError(format!("[aliases] {name:?}: {why}")))?;
@@ -499,6 +518,7 @@ mod tests {
             ("queue_max = 0\n", "queue_max"),
             ("queue_timeout_secs = 0\n", "queue_timeout_secs"),
             ("cors_origins = [\"localhost:3000\"]\n", "cors_origins"),
+            ("allowed_hosts = [\"rbee.lan:9200\"]\n", "allowed_hosts"),
         ] {
             let e = parse(toml).unwrap_err().to_string();
             assert!(e.contains(says), "{toml}: {e}");

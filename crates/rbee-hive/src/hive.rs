@@ -93,6 +93,8 @@ pub struct Hive {
     pub models: Arc<Provisioner>,
     /// The front door's queue per model.
     pub(crate) queues: Arc<crate::queue::Queues>,
+    /// Which `Host` names and browser origins are answered.
+    pub(crate) guard: rbee_http::guard::Guard,
     spawn_lock: Mutex<()>,
     /// A handle to itself, for work that outlives a request (spawning after a download).
     pub me: std::sync::OnceLock<std::sync::Weak<Hive>>,
@@ -115,8 +117,15 @@ impl Hive {
         journal: bool,
         models: Arc<Provisioner>,
     ) -> Hive {
+        let guard = rbee_http::guard::Guard::new(
+            config.host,
+            api_key.is_some(),
+            &config.allowed_hosts,
+            &config.cors_origins,
+        );
         Hive {
             queues: Arc::default(),
+            guard,
             config,
             api_key,
             registry: Registry::default(),

@@ -10,6 +10,7 @@ use tiny_http::{Header, Method, Request, Response};
 
 pub mod cors;
 pub mod daemon;
+pub mod guard;
 pub mod peer;
 pub mod sse;
 

@@ -80,6 +80,19 @@ pub fn send(method: &str, url: &str, key: Option<&str>, body: Option<&[u8]>) -> 
     })
 }
 
+/// Sends `method url` with the given headers (`Host` and `Content-Type` included, as a
+/// browser or an attacker would set them) and raw body.
+pub fn send_with(method: &str, url: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> Reply {
+    let mut req = agent().request(method, url);
+    for (k, v) in headers {
+        req = req.set(k, v);
+    }
+    finish(match body {
+        Some(b) => req.send_bytes(b),
+        None => req.call(),
+    })
+}
+
 /// GET.
 pub fn get(url: &str) -> Reply {
     send("GET", url, None, None)

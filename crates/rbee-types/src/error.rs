@@ -24,6 +24,9 @@ pub enum ErrorCode {
     NotFound,
     /// The path exists but not with this method.
     MethodNotAllowed,
+    /// The request's `Host` does not name this machine, or a web page of another origin
+    /// tried to change something (DNS rebinding and cross-site protection).
+    Forbidden,
     /// An API key is configured and the request carried none.
     MissingApiKey,
     /// The request carried a key that does not match.
@@ -117,6 +120,7 @@ impl ErrorCode {
             InvalidModelRef | BackendUnavailable | DeviceNotFound | ModelInvalid => 400,
             InsufficientRam | InsufficientVram | InsufficientDisk => 507,
             MethodNotAllowed => 405,
+            Forbidden => 403,
             QueueFull => 429,
             BodyTooLarge => 413,
             AllSlotsBusy | ModelLoading | Draining | Overloaded => 503,

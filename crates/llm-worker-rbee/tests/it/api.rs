@@ -200,3 +200,50 @@ fn api_key_from_the_environment() {
     let r = http::send("GET", &format!("{}/v1/ready", w.url), Some("env-key"), None);
     assert_eq!(r.status, 200);
 }
+
+#[test]
+fn rebound_host_names_and_cross_site_pages_are_refused() {
+    let Some(model) = model() else { return };
+    let w = Worker::start(&model, &[]);
+    let url = |p: &str| format!("{}{p}", w.url);
+    let r = http::send_with(
+        "GET",
+        &url("/v1/info"),
+        &[("Host", "attacker.example")],
+        None,
+    );
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (403, "FORBIDDEN"),
+        "{}",
+        r.body
+    );
+    let r = http::send_with(
+        "POST",
+        &url("/v1/completions"),
+        &[
+            ("Content-Type", "text/plain"),
+            ("Origin", "https://evil.example"),
+        ],
+        Some(br#"{"prompt": "hi", "max_tokens": 2}"#),
+    );
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert_eq!(r.json()["error"]["type"], "permission_error", "{}", r.body);
+    let r = http::send_with(
+        "POST",
+        &url("/v1/admin/shutdown"),
+        &[("Origin", "https://evil.example")],
+        None,
+    );
+    assert_eq!(r.status, 403, "{}", r.body);
+    // Still serving; a client without an Origin is answered.
+    let r = http::send_with("GET", &url("/v1/info"), &[("Host", "localhost")], None);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = http::send_with(
+        "POST",
+        &url("/v1/completions"),
+        &[("Content-Type", "application/json")],
+        Some(br#"{"prompt": "hi", "max_tokens": 2}"#),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+}

@@ -2,7 +2,7 @@
 
 use std::process::Command;
 
-use rbee_test_support::http::send;
+use rbee_test_support::http::{send, send_with};
 use serde_json::json;
 
 use crate::common::*;
@@ -340,4 +340,106 @@ fn a_second_hive_on_the_same_port_exits_with_port_in_use() {
         .unwrap();
     assert_eq!(out.status.code(), Some(rbee_types::exit::PORT_IN_USE));
     assert!(String::from_utf8_lossy(&out.stderr).contains("in use"));
+}
+
+#[test]
+fn rebound_host_names_and_cross_site_pages_are_refused() {
+    let Some((hive, _state)) = hive_with("allowed_hosts = [\"rbee.lan\"]\n", None) else {
+        return;
+    };
+    let url = |p: &str| format!("{}{p}", hive.url);
+    let download = br#"{"model_ref": "hf:org/smol"}"#;
+    let refused = |r: rbee_test_support::http::Reply, what: &str| {
+        assert_eq!(
+            (r.status, r.error_code().as_str()),
+            (403, "FORBIDDEN"),
+            "{what}: {}",
+            r.body
+        );
+    };
+    // DNS rebinding: a page's own name pointed at 127.0.0.1.
+    for path in ["/v1/workers/list", "/v1/models", "/v1/health"] {
+        let r = send_with(
+            "GET",
+            &url(path),
+            &[("Host", "attacker.example:9200")],
+            None,
+        );
+        refused(r, path);
+    }
+    let r = send_with(
+        "POST",
+        &url("/v1/chat/completions"),
+        &[("Host", "attacker.example")],
+        Some(br#"{"model": "x", "messages": []}"#),
+    );
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert_eq!(
+        r.json()["error"]["type"],
+        "permission_error",
+        "OpenAI's shape: {}",
+        r.body
+    );
+    // A text/plain POST from a foreign page (browsers send it without a preflight).
+    let r = send_with(
+        "POST",
+        &url("/v1/models/download"),
+        &[
+            ("Content-Type", "text/plain"),
+            ("Origin", "https://evil.example"),
+        ],
+        Some(download),
+    );
+    refused(r, "text/plain from a foreign origin");
+    let r = send_with(
+        "POST",
+        &url("/v1/models/download"),
+        &[
+            ("Content-Type", "text/plain"),
+            ("Sec-Fetch-Site", "cross-site"),
+        ],
+        Some(download),
+    );
+    refused(r, "cross-site without an Origin");
+    let r = send_with("DELETE", &url("/v1/models/x"), &[("Origin", "null")], None);
+    refused(r, "a sandboxed page");
+    // Nothing was started by any of them.
+    assert!(hive.get("/v1/models").json()["models"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+    let p = send(
+        "GET",
+        &url("/v1/models/download/progress?id=dl-1"),
+        None,
+        None,
+    );
+    assert_eq!(p.status, 404, "no download began: {}", p.body);
+
+    // What stays fine: names of this machine, its own pages, clients without an Origin.
+    for host in [
+        "localhost:9200",
+        "127.0.0.1",
+        "[::1]:9200",
+        "rbee.lan",
+        "ui.localhost",
+    ] {
+        let r = send_with("GET", &url("/v1/workers/list"), &[("Host", host)], None);
+        assert_eq!(r.status, 200, "{host}: {}", r.body);
+    }
+    let own = hive.url.trim_start_matches("http://").to_owned();
+    let r = send_with(
+        "DELETE",
+        &url("/v1/models/nope"),
+        &[("Origin", &format!("http://{own}"))],
+        None,
+    );
+    assert_eq!(
+        r.error_code(),
+        "MODEL_NOT_FOUND",
+        "the hive's own page: {}",
+        r.body
+    );
+    let r = send_with("DELETE", &url("/v1/models/nope"), &[], None);
+    assert_eq!(r.error_code(), "MODEL_NOT_FOUND", "curl: {}", r.body);
 }
