@@ -129,6 +129,60 @@ pub struct Builder {
     installed: Mutex<Option<(u64, SystemTime, Binary)>>,
 }
 
+/// Catalogue rows for the binaries in `dir` (`<id>-<sha256[..12]>`), from the files
+/// themselves: each must still run `--version`; what it lists gives the features.
+fn rows_from_files(dir: &Path) -> Vec<Binary> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return vec![];
+    };
+    let mut rows = vec![];
+    for e in entries.flatten() {
+        let path = e.path();
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') || !e.file_type().is_ok_and(|t| t.is_file()) {
+            continue;
+        }
+        let (Ok(version), Ok(sha256)) = (install::verify(&path, &[]), install::sha256_file(&path))
+        else {
+            continue;
+        };
+        let features = install::backends(&version)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|b| *b != "cpu")
+            .map(str::to_owned)
+            .collect();
+        let id = match name.rsplit_once('-') {
+            Some((id, hash)) if hash.len() == 12 && hash.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                id.to_owned()
+            }
+            _ => name.clone(),
+        };
+        let built_at_unix = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_secs());
+        rows.push(Binary {
+            id,
+            worker_type: WORKER.into(),
+            binary_path: path,
+            features,
+            origin: Origin::Git,
+            git_url: None,
+            git_ref: None,
+            git_commit: None,
+            rust_version: None,
+            version,
+            built_at_unix,
+            build_secs: None,
+            sha256,
+        });
+    }
+    rows
+}
+
 /// Builds kept for progress readers after they end.
 const RECENT: usize = 32;
 
@@ -137,6 +191,14 @@ impl Builder {
     /// removed, and so are files in `worker-bin/` no row names (an interrupted build).
     pub fn open(cfg: BuilderConfig) -> Result<Arc<Builder>, rbee_sqlite::DbError> {
         let mut catalog = Catalog::open(&cfg.db_path())?;
+        if let Some(aside) = catalog.recovered().map(Path::to_path_buf) {
+            // Without this the sweep below would take every binary for an orphan.
+            let rows = rows_from_files(&cfg.bin_dir());
+            for b in &rows {
+                catalog.insert(b)?;
+            }
+            tracing::error!(moved_to = %aside.display(), binaries = rows.len(), "the worker binary catalogue was damaged and is rebuilt from worker-bin/ (their git provenance is lost)");
+        }
         let rows = catalog.list()?;
         for b in &rows {
             if b.origin == Origin::Git && !b.binary_path.is_file() {

@@ -78,6 +78,11 @@ impl Catalog {
         })
     }
 
+    /// Where the damaged database went, when this catalogue was created in its place.
+    pub fn recovered(&self) -> Option<&Path> {
+        self.db.recovered.as_deref()
+    }
+
     /// Records a binary (replacing a row with the same id).
     pub fn insert(&mut self, b: &Binary) -> Result<(), DbError> {
         self.db

@@ -113,9 +113,15 @@ impl Node {
 impl Registry {
     /// Opens (creating) the registry at `path`.
     pub fn open(path: &Path) -> Result<Registry, DbError> {
-        Ok(Registry {
-            db: Db::open(path, WHAT, MIGRATIONS)?,
-        })
+        let db = Db::open(path, WHAT, MIGRATIONS)?;
+        if let Some(aside) = &db.recovered {
+            eprintln!(
+                "[rbee-keeper] ⚠️  the node registry {} was damaged and is kept as {}; a new, empty one is in its place: register your nodes again (rbee-keeper setup add-node)",
+                path.display(),
+                aside.display()
+            );
+        }
+        Ok(Registry { db })
     }
 
     /// Adds a node; `false` when one of that name exists (nothing is changed then).

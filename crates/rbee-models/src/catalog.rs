@@ -234,6 +234,88 @@ impl Catalog {
     pub fn path(&self) -> &Path {
         self.db.name.path()
     }
+
+    /// Where the damaged database went, when this catalogue was created in its place.
+    pub fn recovered(&self) -> Option<&Path> {
+        self.db.recovered.as_deref()
+    }
+
+    /// Records the downloads found under `models_dir` (`hf/<org>/<repo>/<commit>/<file>.gguf`,
+    /// after a damaged catalogue was replaced); how many. Their hub hash is unknown until
+    /// they are downloaded again, so they are recorded without one.
+    pub fn rebuild_from(&mut self, models_dir: &Path) -> Result<usize, CatalogError> {
+        let mut found = 0;
+        for (repo, commit, path) in downloads_under(&models_dir.join("hf")) {
+            let Some(name) = path.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+                continue;
+            };
+            let size = std::fs::metadata(&path).map_or(0, |m| m.len());
+            let id = format!(
+                "{}--{}",
+                repo.replace('/', "--"),
+                name.trim_end_matches(".gguf")
+            );
+            let model = Model {
+                repo: Some(repo.clone()),
+                revision: Some(commit.clone()),
+                commit_sha: Some(commit.clone()),
+                ..model_for_file(
+                    id,
+                    "hf",
+                    format!("hf:{repo}/{name}@{commit}"),
+                    name,
+                    path,
+                    size,
+                )
+            };
+            self.insert(&model)?;
+            found += 1;
+        }
+        Ok(found)
+    }
+}
+
+/// `(org/repo, commit, file)` of every complete `.gguf` under `hf_dir`, links not followed.
+fn downloads_under(hf_dir: &Path) -> Vec<(String, String, PathBuf)> {
+    let dirs = |p: &Path| -> Vec<PathBuf> {
+        std::fs::read_dir(p)
+            .map(|r| {
+                r.flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.path())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let name = |p: &Path| {
+        p.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    let mut out = vec![];
+    for org in dirs(hf_dir) {
+        for repo in dirs(&org) {
+            for commit in dirs(&repo) {
+                let Ok(files) = std::fs::read_dir(&commit) else {
+                    continue;
+                };
+                for f in files.flatten() {
+                    let file = f.path();
+                    let plain = f.file_type().is_ok_and(|t| t.is_file());
+                    let n = name(&file);
+                    if plain && n.ends_with(".gguf") && !n.starts_with('.') {
+                        out.push((
+                            format!("{}/{}", name(&org), name(&repo)),
+                            name(&commit),
+                            file,
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    out.sort();
+    out
 }
 
 #[cfg(test)]

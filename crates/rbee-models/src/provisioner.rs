@@ -101,12 +101,22 @@ impl Provisioner {
         let internal = |e: String| ApiError::new(ErrorCode::Internal, e);
         let mut catalog =
             Catalog::open(&state_dir.join("models.db")).map_err(|e| internal(e.to_string()))?;
+        let models_dir = ModelsDir::open(models_dir)
+            .map_err(|e| internal(format!("cannot create {}: {e}", models_dir.display())))?;
+        if let Some(aside) = catalog.recovered().map(Path::to_path_buf) {
+            let n = catalog
+                .rebuild_from(models_dir.root())
+                .map_err(|e| internal(e.to_string()))?;
+            tracing::error!(
+                moved_to = %aside.display(),
+                models = n,
+                "the model catalogue was damaged and is rebuilt from the files in models_dir (file:// models are recorded again when next asked for)"
+            );
+        }
         let missing = catalog.reconcile().map_err(|e| internal(e.to_string()))?;
         for id in missing {
             tracing::warn!(%id, "catalogued model's file is gone; marked missing (it is fetched again when asked for)");
         }
-        let models_dir = ModelsDir::open(models_dir)
-            .map_err(|e| internal(format!("cannot create {}: {e}", models_dir.display())))?;
         remove_stale_partials(models_dir.root(), STALE_PARTIAL);
         Ok(Provisioner {
             catalog: Mutex::new(catalog),

@@ -410,3 +410,58 @@ fn a_hostile_hub_cannot_write_or_delete_outside_the_models_directory() {
     assert_eq!(d.json()["file_deleted"], false, "{}", d.body);
     assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
 }
+
+#[test]
+fn damaged_databases_are_set_aside_and_rebuilt_from_the_files_and_the_hive_serves() {
+    let Some(model) = model() else { return };
+    let hub = hub_with(&model);
+    let state = temp("hive-state");
+    let hive = Hive::start(&opts(&hub), &state.0);
+    let r = hive.post("/v1/models/download", &json!({"model_ref": "hf:org/smol"}));
+    let done = hive.follow(r.json()["progress_url"].as_str().unwrap());
+    assert_eq!(done.last().unwrap()["stage"], "complete", "{done:?}");
+    hive.kill();
+    // A worker binary kept from an earlier build (a copy of the real worker).
+    let bin_dir = state.join("worker-bin");
+    std::fs::create_dir_all(&bin_dir).unwrap();
+    let kept = bin_dir.join("llm-worker-rbee-cpu-0123456789ab");
+    std::fs::copy(worker_binary(), &kept).unwrap();
+    // Both databases overwritten with garbage, their write-ahead logs gone.
+    for db in ["models.db", "workers.db"] {
+        std::fs::write(state.join(db), vec![0x5a; 8192]).unwrap();
+        for side in ["-wal", "-shm"] {
+            let _ = std::fs::remove_file(state.join(&format!("{db}{side}")));
+        }
+    }
+
+    let hive = Hive::start(&opts(&hub), &state.0);
+    assert_eq!(hive.get("/v1/health").status, 200);
+    for db in ["models.db", "workers.db"] {
+        let aside = std::fs::read_dir(&state.0).unwrap().flatten().any(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(&format!("{db}.corrupt-"))
+        });
+        assert!(aside, "{db} kept aside for inspection");
+    }
+    // The download is catalogued again from models_dir, and serves.
+    let models = hive.get("/v1/models").json()["models"].clone();
+    let m = &models[0];
+    assert_eq!(m["repo"], "org/smol", "{models}");
+    assert_eq!(m["status"], "ready", "{models}");
+    assert_eq!(m["commit_sha"], COMMIT);
+    let reference = m["reference"].as_str().unwrap().to_owned();
+    let w = hive.ready_worker_ref(&reference);
+    assert_eq!(hive.infer(&w, "Bees").status, 200);
+    // The binary is listed again, not swept away as an orphan.
+    assert!(kept.is_file(), "the kept binary is still there");
+    let bins = hive.get("/v1/worker-binaries").json();
+    assert!(
+        bins["binaries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b["binary_path"] == kept.to_str().unwrap()),
+        "{bins}"
+    );
+}

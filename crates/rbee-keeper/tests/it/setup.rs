@@ -306,3 +306,32 @@ fn bad_arguments_are_refused_before_any_connection() {
     assert_eq!(help.code, 0);
     assert!(help.stdout.contains("--ssh-key"), "{}", help.stdout);
 }
+
+#[test]
+fn a_damaged_node_registry_is_set_aside_and_said_loudly() {
+    let k = Keeper::new(Path::new("/dev/null"));
+    let db = k.dir.join("data/rbee/beehives.db");
+    std::fs::create_dir_all(db.parent().unwrap()).unwrap();
+    std::fs::write(&db, vec![0x5a; 8192]).unwrap();
+    let out = k.run(&["setup", "list-nodes"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("the node registry") && out.stderr.contains("was damaged"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("setup add-node"), "{}", out.stderr);
+    let kept = std::fs::read_dir(db.parent().unwrap())
+        .unwrap()
+        .flatten()
+        .any(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("beehives.db.corrupt-")
+        });
+    assert!(kept, "the damaged file is kept for inspection");
+    // The next run finds a healthy registry and says nothing.
+    let again = k.run(&["setup", "list-nodes"]);
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    assert!(!again.stderr.contains("damaged"), "{}", again.stderr);
+}
