@@ -25,6 +25,8 @@ pub enum ShutdownCause {
     AdminRequest,
     /// The model failed to load.
     LoadFailed,
+    /// The engine failed after the model had loaded.
+    EngineFailed,
 }
 
 /// What every handler needs.

@@ -47,6 +47,14 @@ fn init_tracing() {
 
 /// Prints a fatal error for a person (stderr, and journald through tracing) and returns
 /// the exit code.
+/// The message a panic carried.
+fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
+}
+
 fn fatal(code: i32, msg: String) -> i32 {
     tracing::error!("{msg}");
     eprintln!("llm-worker-rbee: error: {msg}");
@@ -182,12 +190,36 @@ fn run_inner(args: Args) -> anyhow::Result<i32> {
         std::thread::Builder::new()
             .name("engine".into())
             .spawn(move || {
-                if let Err(e) = engine.run(&cfg, &shared) {
-                    tracing::error!("model load failed: {e:#}");
-                    shared.update_load(|l| l.error = Some(format!("{e:#}")));
-                    shared.set_phase(Phase::Failed);
-                    let _ = tx.send(ShutdownCause::LoadFailed);
-                }
+                let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    engine.run(&cfg, &shared)
+                }));
+                let failed = match run {
+                    Ok(Ok(())) => return,
+                    Ok(Err(e)) => format!("{e:#}"),
+                    // A panic must not leave the worker stuck in `loading` (or serving
+                    // with no engine): it ends the worker at once, saying why.
+                    Err(p) => format!(
+                        "the engine stopped on an internal error: {}",
+                        panic_message(&p)
+                    ),
+                };
+                let loading = shared.phase() == Phase::Loading;
+                tracing::error!(
+                    "{}: {failed}",
+                    if loading {
+                        "model load failed"
+                    } else {
+                        "engine failed"
+                    }
+                );
+                shared.update_load(|l| l.error = Some(failed.clone()));
+                shared.set_phase(Phase::Failed);
+                shared.cancel_all();
+                let _ = tx.send(if loading {
+                    ShutdownCause::LoadFailed
+                } else {
+                    ShutdownCause::EngineFailed
+                });
             })?
     };
     let status_thread = spawn_status_thread(Arc::clone(&shared));
@@ -203,6 +235,14 @@ fn run_inner(args: Args) -> anyhow::Result<i32> {
                 "llama.cpp could not load the model {}",
                 args.model.display()
             ),
+        ));
+    }
+    if cause == ShutdownCause::EngineFailed {
+        notify(&[NotifyState::Stopping]);
+        server.unblock();
+        return Ok(fatal(
+            exit::FAILURE,
+            "the inference engine failed; the worker stops".into(),
         ));
     }
     tracing::info!(?cause, "draining");

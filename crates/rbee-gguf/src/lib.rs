@@ -26,6 +26,9 @@ pub enum GgufError {
     /// The file is empty.
     #[error("the model file is empty (0 bytes): the download or copy did not complete")]
     Empty,
+    /// A directory, FIFO, device or socket.
+    #[error("the model is not a regular file (a directory, FIFO or device)")]
+    NotAFile,
     /// The first four bytes are not `GGUF`.
     #[error(
         "not a GGUF model: the file starts with {found:02x?}, a GGUF file starts with \"GGUF\""
@@ -205,7 +208,8 @@ pub fn file_type_name(ft: u64) -> Option<&'static str> {
     })
 }
 
-/// Bytes per block and elements per block of a ggml tensor type, where known.
+/// Bytes per block and elements per block of each ggml tensor type a GGUF file may hold
+/// (ggml.h's `ggml_type`, ggml-common.h's block layouts); `None` for an unknown type.
 fn ggml_type_block(t: u32) -> Option<(u64, u64)> {
     Some(match t {
         0 => (4, 1),
@@ -222,13 +226,68 @@ fn ggml_type_block(t: u32) -> Option<(u64, u64)> {
         13 => (176, 256),
         14 => (210, 256),
         15 => (292, 256),
+        16 => (66, 256),
+        17 => (74, 256),
+        18 => (98, 256),
+        19 => (50, 256),
+        20 => (18, 32),
+        21 => (110, 256),
+        22 => (82, 256),
+        23 => (136, 256),
         24 => (1, 1),
         25 => (2, 1),
         26 => (4, 1),
-        27 => (8, 1),
-        28 => (8, 1),
+        27 | 28 => (8, 1),
+        29 => (56, 256),
+        34 => (54, 256),
+        35 => (66, 256),
+        39 => (17, 32),
+        40 => (36, 64),
+        41 => (18, 128),
+        42 => (18, 64),
         _ => return None,
     })
+}
+
+/// llama.cpp's `LLAMA_MAX_LAYERS`: more layers abort it.
+pub const MAX_LAYERS: u64 = 512;
+/// The longest training context accepted (16 Mi tokens; the longest models have ~10 M).
+pub const MAX_CONTEXT: u64 = 1 << 24;
+/// The widest embedding accepted (the largest models have 16 Ki–32 Ki).
+pub const MAX_EMBEDDING: u64 = 1 << 20;
+/// The most attention heads accepted.
+pub const MAX_HEADS: u64 = 1 << 14;
+
+/// Checks the hyperparameters llama.cpp asserts on (or overflows with) before it gets the
+/// file: layers, training context, embedding width, head counts, and a vocabulary.
+fn check_hyperparameters(h: &GgufHeader) -> Result<(), GgufError> {
+    let bad = |m: String| Err(GgufError::Corrupt(m));
+    let Some(arch) = h.architecture() else {
+        return bad("general.architecture is missing".into());
+    };
+    let arch = arch.to_owned();
+    let within = |key: &str, lo: u64, hi: u64, required: bool| -> Result<(), GgufError> {
+        match h.metadata.get(&format!("{arch}.{key}")) {
+            None if required => bad(format!("{arch}.{key} is missing")),
+            None => Ok(()),
+            // Per-layer arrays (some architectures) are checked by length only.
+            Some(Value::Array { len, .. }) if *len <= MAX_LAYERS => Ok(()),
+            Some(v) => match v.as_u64() {
+                Some(n) if (lo..=hi).contains(&n) => Ok(()),
+                Some(n) => bad(format!("{arch}.{key} is {n}, outside {lo}..={hi}")),
+                None => bad(format!("{arch}.{key} is not a number")),
+            },
+        }
+    };
+    within("block_count", 1, MAX_LAYERS, true)?;
+    within("context_length", 1, MAX_CONTEXT, false)?;
+    within("embedding_length", 1, MAX_EMBEDDING, false)?;
+    within("attention.head_count", 1, MAX_HEADS, false)?;
+    within("attention.head_count_kv", 0, MAX_HEADS, false)?;
+    if h.vocab_size() == Some(0) {
+        return bad("tokenizer.ggml.tokens is empty".into());
+    }
+    Ok(())
 }
 
 /// Skips up to this many bytes by reading through the buffer rather than seeking.
@@ -375,9 +434,15 @@ impl<R: Read + Seek> Reader<R> {
     }
 }
 
-/// Reads and checks the header of the GGUF file at `path`: magic, version, every
-/// metadata value, every tensor description, and that the tensor data fits in the file.
+/// Reads and checks the header of the GGUF file at `path`: a regular file, magic, version,
+/// every metadata value, every tensor description (known type, aligned offset, a size that
+/// does not overflow), that the tensor data fits in the file, and the hyperparameters
+/// llama.cpp asserts on.
 pub fn read_header(path: &Path) -> Result<GgufHeader, GgufError> {
+    // Before opening: a FIFO would block the open, a device never end.
+    if !std::fs::metadata(path)?.is_file() {
+        return Err(GgufError::NotAFile);
+    }
     let file = File::open(path)?;
     let size = file.metadata()?.len();
     if size == 0 {
@@ -437,21 +502,34 @@ pub fn read_header(path: &Path) -> Result<GgufHeader, GgufError> {
         parameters = parameters.saturating_add(elems);
         let ty = r.u32()?;
         let offset = r.u64()?;
-        let bytes = ggml_type_block(ty).map_or(0, |(b, e)| elems.div_ceil(e).saturating_mul(b));
-        data_needed = data_needed.max(offset.saturating_add(bytes));
+        let (block_bytes, block_elems) = ggml_type_block(ty)
+            .ok_or_else(|| GgufError::Corrupt(format!("tensor {name} has an unknown type {ty}")))?;
+        let end = elems
+            .div_ceil(block_elems)
+            .checked_mul(block_bytes)
+            .and_then(|b| offset.checked_add(b))
+            .ok_or_else(|| GgufError::Corrupt(format!("tensor {name} is too large")))?;
+        if offset % alignment != 0 {
+            return Err(GgufError::Corrupt(format!(
+                "tensor {name}'s data offset {offset} is not aligned to {alignment}"
+            )));
+        }
+        data_needed = data_needed.max(end);
     }
     let data_start = r.offset.div_ceil(alignment) * alignment;
     let needed = data_start.saturating_add(data_needed);
     if needed > size {
         return Err(GgufError::TruncatedData { needed, size });
     }
-    Ok(GgufHeader {
+    let header = GgufHeader {
         version,
         tensor_count,
         metadata,
         file_size: size,
         parameters,
-    })
+    };
+    check_hyperparameters(&header)?;
+    Ok(header)
 }
 
 fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {

@@ -5,6 +5,7 @@ mod common;
 
 mod api;
 mod bad_input;
+mod gguf_mutations;
 mod haiku;
 mod lifecycle;
 mod openai;

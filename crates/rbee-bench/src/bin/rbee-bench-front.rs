@@ -54,6 +54,8 @@ struct Run {
     ttft_ms: f64,
     tokens: u32,
     decode_tok_s: f64,
+    /// As the server counted them (its chat template decides).
+    prompt_tokens: u32,
 }
 
 /// The request every figure is made of: a short chat turn, greedy, streamed.
@@ -62,6 +64,7 @@ fn chat_body(model: &str, tokens: u32) -> serde_json::Value {
         "model": model,
         "messages": [{"role": "user", "content": "Tell a long story about a bee colony."}],
         "temperature": 0, "max_tokens": tokens, "stream": true,
+        "stream_options": {"include_usage": true},
     })
 }
 
@@ -76,7 +79,7 @@ fn stream_body(url: &str, key: Option<&str>, body: &serde_json::Value) -> anyhow
     }
     let t0 = Instant::now();
     let resp = req.send_string(&body.to_string())?;
-    let (mut first, mut n) = (None, 0u32);
+    let (mut first, mut n, mut prompt_tokens) = (None, 0u32, 0);
     for line in BufReader::new(resp.into_reader()).lines() {
         let line = line?;
         let Some(data) = line.strip_prefix("data: ") else {
@@ -86,6 +89,9 @@ fn stream_body(url: &str, key: Option<&str>, body: &serde_json::Value) -> anyhow
             break;
         }
         let chunk: ChatCompletionChunk = serde_json::from_str(data)?;
+        if let Some(Some(u)) = &chunk.usage {
+            prompt_tokens = u.prompt_tokens;
+        }
         let text = chunk
             .choices
             .first()
@@ -101,6 +107,7 @@ fn stream_body(url: &str, key: Option<&str>, body: &serde_json::Value) -> anyhow
         ttft_ms: (first - t0).as_secs_f64() * 1000.0,
         tokens: n,
         decode_tok_s: f64::from(n.saturating_sub(1)) / decode.max(1e-9),
+        prompt_tokens,
     })
 }
 
@@ -295,9 +302,11 @@ fn versus_llama_server(model: &std::path::Path, args: &Args) -> anyhow::Result<(
         per_round(|a, b| a.decode_tok_s / b.decode_tok_s)
     );
     println!(
-        "tokens per answer: worker {}, llama-server {} (targets: decode >= 1.0, TTFT <= +5 ms)",
+        "tokens per answer: worker {}, llama-server {}; prompt tokens (each server's chat template): worker {}, llama-server {} (targets: decode >= 1.0, TTFT <= +5 ms)",
         pick(&w, |r| f64::from(r.tokens)),
-        pick(&l, |r| f64::from(r.tokens))
+        pick(&l, |r| f64::from(r.tokens)),
+        pick(&w, |r| f64::from(r.prompt_tokens)),
+        pick(&l, |r| f64::from(r.prompt_tokens))
     );
     Ok(())
 }

@@ -2,9 +2,9 @@
 //! one run.
 //!
 //! 1. Warm: `rbee-keeper infer` of a ~30-token prompt with 20 output tokens (greedy), run
-//!    as a process end to end, against `curl` sending the same streamed request straight
-//!    to the worker; interleaved round by round; medians. Target: keeper ≤ 1.1 × curl +
-//!    30 ms.
+//!    as a process end to end (through the hive's front door), against `curl` sending the
+//!    same streamed chat request straight to the worker's `/v1/chat/completions`;
+//!    interleaved round by round; medians. Target: keeper ≤ 1.1 × curl + 30 ms.
 //! 2. Cold, with the model in the catalogue and no worker running: the same `infer`, against
 //!    the worker's own load time (started directly, exec → `READY=1`). Target: ≤ load time
 //!    + 300 ms.
@@ -18,7 +18,6 @@ use clap::Parser;
 use rbee_bench::harness::{direct_start, ms, sibling, Hive};
 use rbee_bench::stats::median;
 use rbee_test_support::model::TempDir;
-use rbee_types::worker::InferenceRequest;
 
 /// Measures rbee-keeper infer against curl to the worker, warm and cold.
 #[derive(Parser)]
@@ -72,14 +71,15 @@ impl Keeper {
     }
 }
 
-fn curl(url: &str, key: &str) -> anyhow::Result<Duration> {
-    let body = InferenceRequest {
-        prompt: Some(PROMPT.into()),
-        max_tokens: Some(TOKENS.into()),
-        temperature: Some(0.0),
-        stream: Some(true),
-        ..InferenceRequest::default()
-    };
+/// The request `infer` sends (a chat turn through the hive's front door), sent by curl
+/// straight to the worker's own chat route: the same prompt, template and tokens.
+fn curl(url: &str, key: &str, model: &str) -> anyhow::Result<Duration> {
+    let body = serde_json::json!({
+        "model": model,
+        "messages": [{"role": "user", "content": PROMPT}],
+        "max_tokens": TOKENS, "temperature": 0, "stream": true,
+        "stream_options": {"include_usage": true},
+    });
     let t0 = Instant::now();
     let out = Command::new("curl")
         .args([
@@ -95,7 +95,7 @@ fn curl(url: &str, key: &str) -> anyhow::Result<Duration> {
             "-d",
             &serde_json::to_string(&body)?,
         ])
-        .arg(format!("{url}/v1/inference"))
+        .arg(format!("{url}/v1/chat/completions"))
         .output()?;
     let took = t0.elapsed();
     if !out.status.success() {
@@ -137,7 +137,7 @@ fn main() -> anyhow::Result<()> {
     let (mut k, mut c) = (vec![], vec![]);
     for _ in 0..args.rounds {
         k.push(ms(keeper.infer()?));
-        c.push(ms(curl(&url, &key)?));
+        c.push(ms(curl(&url, &key, &keeper.model_ref)?));
     }
     let (km, cm) = (median(&mut k), median(&mut c));
     println!("{:<52} {:>9}", "median", "ms");
