@@ -1,38 +1,9 @@
 use super::*;
 use std::io::Write;
 
-/// Builds a small but complete GGUF file: two metadata keys and one F32 tensor.
+/// A small but complete GGUF file (30 layers), cut to `truncate_to` bytes if given.
 fn tiny_gguf(truncate_to: Option<usize>) -> Vec<u8> {
-    let mut b = Vec::new();
-    b.extend_from_slice(MAGIC);
-    b.extend_from_slice(&3u32.to_le_bytes());
-    b.extend_from_slice(&1u64.to_le_bytes()); // tensors
-    b.extend_from_slice(&3u64.to_le_bytes()); // kv
-    let s = |b: &mut Vec<u8>, s: &str| {
-        b.extend_from_slice(&(s.len() as u64).to_le_bytes());
-        b.extend_from_slice(s.as_bytes());
-    };
-    s(&mut b, "general.architecture");
-    b.extend_from_slice(&8u32.to_le_bytes());
-    s(&mut b, "llama");
-    s(&mut b, "llama.block_count");
-    b.extend_from_slice(&4u32.to_le_bytes());
-    b.extend_from_slice(&30u32.to_le_bytes());
-    s(&mut b, "tokenizer.ggml.tokens");
-    b.extend_from_slice(&9u32.to_le_bytes());
-    b.extend_from_slice(&8u32.to_le_bytes());
-    b.extend_from_slice(&2u64.to_le_bytes());
-    s(&mut b, "a");
-    s(&mut b, "b");
-    s(&mut b, "w");
-    b.extend_from_slice(&1u32.to_le_bytes());
-    b.extend_from_slice(&16u64.to_le_bytes());
-    b.extend_from_slice(&0u32.to_le_bytes()); // F32
-    b.extend_from_slice(&0u64.to_le_bytes());
-    while b.len() % 32 != 0 {
-        b.push(0);
-    }
-    b.extend_from_slice(&[0u8; 64]);
+    let mut b = rbee_test_support::model::tiny_gguf(30);
     if let Some(n) = truncate_to {
         b.truncate(n);
     }

@@ -236,6 +236,11 @@ pub struct Config {
     /// `Host` gets 403 (DNS rebinding protection). A hive bound beyond loopback with an
     /// `api_key_file` answers any `Host`.
     pub allowed_hosts: Vec<String>,
+    /// Directories `file://` model references may point into, besides `models_dir` and the
+    /// directories of `file://` models in `provision`. A hive run by a user (not under the
+    /// system manager, state not under /var/lib) also serves from its user's home. Any
+    /// other path gets the same "no readable file" answer as a missing one.
+    pub model_dirs: Vec<PathBuf>,
 }
 
 impl Default for Config {
@@ -269,6 +274,7 @@ impl Default for Config {
             queue_timeout_secs: 300,
             cors_origins: vec![],
             allowed_hosts: vec![],
+            model_dirs: vec![],
         }
     }
 }
@@ -440,6 +446,12 @@ impl Config {
             rbee_http::cors::check_origin(o)
                 .map_err(|e| ConfigError(format!("cors_origins: {e}")))?;
         }
+        if let Some(d) = self.model_dirs.iter().find(|d| !d.is_absolute()) {
+            return err(format!(
+                "model_dirs: {} is not an absolute path",
+                d.display()
+            ));
+        }
         for h in &self.allowed_hosts {
             let name = h.strip_prefix("*.").unwrap_or(h);
             let plain = !name.is_empty()
@@ -458,6 +470,22 @@ impl Config {
                 .map_err(|why| ConfigError(format!("[aliases] {name:?}: {why}")))?;
         }
         Ok(())
+    }
+
+    /// Where `file://` models may be (besides `models_dir`): `model_dirs`, the folders of
+    /// provisioned `file://` models, and for a user's hive (`system`: false) its home.
+    pub fn file_model_dirs(&self, system: bool) -> Vec<PathBuf> {
+        let mut dirs = self.model_dirs.clone();
+        for r in &self.provision {
+            if let rbee_types::ModelRef::File { path } = r {
+                dirs.extend(path.parent().map(Path::to_path_buf));
+            }
+        }
+        let system = system || self.state_dir.starts_with("/var/lib");
+        if !system {
+            dirs.extend(std::env::var_os("HOME").map(PathBuf::from));
+        }
+        dirs
     }
 
     /// The directory of worker records and keys.

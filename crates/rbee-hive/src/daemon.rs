@@ -89,9 +89,11 @@ fn run_inner(config: Config) -> anyhow::Result<()> {
     hub.stall = Duration::from_secs(config.download_stall_secs);
     hub.attempts = config.download_attempts;
     tracing::info!(endpoint = %hub.endpoint, token = hub.token.is_some(), "Hugging Face hub");
+    let system = supervisor.name() == "systemd-system";
     let models =
         rbee_models::provisioner::Provisioner::open(&config.state_dir, &config.models_dir(), hub)
-            .map_err(|e| anyhow::anyhow!("{}", e.error.message))?;
+            .map_err(|e| anyhow::anyhow!("{}", e.error.message))?
+            .with_file_dirs(&config.file_model_dirs(system));
     let binaries = rbee_binaries::Builder::open(rbee_binaries::BuilderConfig {
         state_dir: config.state_dir.clone(),
         source: config.worker_source.clone(),

@@ -188,7 +188,7 @@ impl Hive {
         if let Err(e) = rbee_gguf::read_header(&model.path) {
             return Err(ApiError::new(
                 ErrorCode::ModelInvalid,
-                format!("{} is not a usable GGUF model: {e}", model.path.display()),
+                format!("{} is not a usable GGUF model: {e}", req.model_ref),
             )
             .detail("model_ref", req.model_ref.to_string()));
         }
@@ -260,6 +260,13 @@ impl Hive {
                 Err(StartError::Exists(unit)) => {
                     tracing::info!(%unit, "unit name taken by a unit this hive does not track; trying the next instance");
                 }
+                Err(StartError::NoSpace) => {
+                    return Err(ApiError::new(
+                        ErrorCode::InsufficientDisk,
+                        "no space left on the disk of the hive's state directory for the \
+                         worker's record and log; free some space and retry",
+                    ))
+                }
                 Err(StartError::Other(e)) => {
                     return Err(spawn_failed(format!("cannot start the worker: {e}")))
                 }
@@ -323,7 +330,7 @@ impl Hive {
     /// it. On failure nothing is left behind.
     fn launch(&self, spec: WorkerSpec, attempt: u32) -> Result<Worker, StartError> {
         let dir = self.config.workers_dir();
-        let other = |e: std::io::Error| StartError::Other(format!("worker record: {e}"));
+        let other = |e: std::io::Error| StartError::io("worker record", &e);
         let key = match self.registry.get(&spec.id) {
             Some(w) => w.api_key,
             None => store::random_key().map_err(other)?,

@@ -60,9 +60,10 @@ fn valid_id(id: &str) -> bool {
 }
 
 fn read_error(path: &Path, e: &std::io::Error) -> rbee_types::ApiError {
+    tracing::error!(path = %path.display(), error = %e, "worker log");
     rbee_types::ApiError::new(
         rbee_types::ErrorCode::Internal,
-        format!("cannot read {}: {e}", path.display()),
+        format!("cannot read the worker's log file: {e}"),
     )
 }
 

@@ -136,8 +136,14 @@ pub fn bearer_token(request: &Request) -> Option<String> {
         .iter()
         .find(|h| h.field.equiv("Authorization"))
         .map(|h| {
+            // The scheme is case-insensitive (RFC 9110): `bearer` and `BEARER` too.
             let v = h.value.as_str().trim();
-            v.strip_prefix("Bearer ").unwrap_or("").trim().to_owned()
+            match v.split_once(' ') {
+                Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => {
+                    token.trim().to_owned()
+                }
+                _ => String::new(),
+            }
         })
 }
 

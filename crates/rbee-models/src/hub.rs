@@ -455,9 +455,8 @@ fn disk_full(dest: &Path, required: u64) -> ApiError {
     ApiError::new(
         ErrorCode::InsufficientDisk,
         format!(
-            "not enough disk space for {} in {}: {:.2} GiB needed, {:.2} GiB free; free up {:.2} GiB",
+            "not enough disk space for {} in the models directory: {:.2} GiB needed, {:.2} GiB free; free up {:.2} GiB",
             dest.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(),
-            dir.display(),
             required as f64 / (1u64 << 30) as f64,
             available as f64 / (1u64 << 30) as f64,
             required.saturating_sub(available) as f64 / (1u64 << 30) as f64,
@@ -467,6 +466,9 @@ fn disk_full(dest: &Path, required: u64) -> ApiError {
     .detail("available_bytes", available)
     .detail("free_up_bytes", required.saturating_sub(available))
 }
+
+/// Whole downloads whose hash did not match before giving up.
+pub const CHECKSUM_ATTEMPTS: usize = 3;
 
 /// The partial file a download of `dest` writes into.
 pub fn partial_path(dest: &Path) -> PathBuf {
@@ -498,7 +500,9 @@ pub fn download(
     let url = format!("{}/{repo}/resolve/{commit}/{}", cfg.endpoint, file.path);
     let agent = agent(cfg);
     let mut last = (String::new(), false);
+    let (mut attempts, mut mismatches) = (0, 0);
     for attempt in 1..=cfg.attempts {
+        attempts = attempt;
         if attempt > 1 {
             let wait = cfg.backoff * 2u32.pow((attempt - 2).min(10));
             tracing::warn!(%reference, attempt, error = %last.0, ?wait, "download attempt failed; retrying");
@@ -522,12 +526,21 @@ pub fn download(
                 return Ok(sha);
             }
             Err(Failure::Final(e)) => {
-                if e.error.code == ErrorCode::InsufficientDisk {
+                let empty = std::fs::metadata(&partial).is_ok_and(|m| m.len() == 0);
+                if e.error.code == ErrorCode::InsufficientDisk || empty {
                     let _ = std::fs::remove_file(&partial);
                 }
                 return Err(e);
             }
-            Err(Failure::Retry(why, stalled)) => last = (why, stalled),
+            Err(Failure::Retry(why, stalled)) => {
+                let mismatch = why.starts_with("checksum");
+                last = (why, stalled);
+                // A whole file fetched again each time: a few tries only.
+                mismatches += usize::from(mismatch);
+                if mismatches >= CHECKSUM_ATTEMPTS {
+                    break;
+                }
+            }
         }
     }
     let (why, stalled) = last;
@@ -541,19 +554,31 @@ pub fn download(
     } else {
         (ErrorCode::DownloadFailed, "the transfer failed")
     };
+    let kept = if code == ErrorCode::ChecksumMismatch {
+        "nothing of it is kept; the next request downloads it again"
+    } else {
+        "the partial file is kept and the next request resumes it"
+    };
     Err(ApiError::new(
         code,
-        format!(
-            "downloading {reference} failed after {} attempts: {kind} ({why}); the partial file is kept and the next request resumes it",
-            cfg.attempts
-        ),
+        format!("downloading {reference} failed after {attempts} attempts: {kind} ({why}); {kept}"),
     )
-    .detail("attempts", cfg.attempts)
+    .detail("attempts", attempts)
     .detail("model_ref", reference))
 }
 
+/// A file error for a client: the file's name in the models directory, not its path (the
+/// log has that).
 fn io_error(p: &Path, e: &std::io::Error) -> ApiError {
-    ApiError::new(ErrorCode::Internal, format!("{}: {e}", p.display()))
+    tracing::error!(path = %p.display(), error = %e, "models directory");
+    let name = p
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    ApiError::new(
+        ErrorCode::Internal,
+        format!("{name} in the models directory: {e}"),
+    )
 }
 
 #[allow(clippy::too_many_arguments)]

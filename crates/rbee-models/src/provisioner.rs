@@ -2,7 +2,7 @@
 //! many requests want it, with progress anyone can follow.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
@@ -76,6 +76,8 @@ pub enum Ensured {
 pub struct Provisioner {
     catalog: Mutex<Catalog>,
     models_dir: ModelsDir,
+    /// Directories `file://` references may point into (canonical).
+    file_dirs: Vec<PathBuf>,
     hub: HubConfig,
     transfers: Mutex<HashMap<String, Arc<Transfer>>>,
     next: AtomicU64,
@@ -119,6 +121,7 @@ impl Provisioner {
         }
         remove_stale_partials(models_dir.root(), STALE_PARTIAL);
         Ok(Provisioner {
+            file_dirs: vec![models_dir.root().to_path_buf()],
             catalog: Mutex::new(catalog),
             models_dir,
             hub,
@@ -269,6 +272,16 @@ impl Provisioner {
                 })
             },
         )?;
+        // Ready only once it passes the check the worker runs before llama.cpp: a hub that
+        // gives no hash can send anything.
+        if let Err(e) = rbee_gguf::read_header(&dest) {
+            self.models_dir.remove(&dest);
+            return Err(ApiError::new(
+                ErrorCode::ModelInvalid,
+                format!("the hub's file for {reference} is not a usable GGUF model ({e}); it was deleted"),
+            )
+            .detail("model_ref", reference));
+        }
         let canonical = format!("hf:{repo}/{}@{revision}", file.path);
         let id = slug(&format!(
             "{}--{}",
@@ -282,30 +295,52 @@ impl Provisioner {
             sha256: Some(sha),
             ..model_for_file(id, "hf", canonical, name, dest, file.size)
         };
-        self.catalog()
-            .insert(&model)
-            .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
+        self.catalog().insert(&model).map_err(catalog_error)?;
         Ok(model)
     }
 
-    /// Records a local file in place (no copy).
+    /// Lets `file://` references point into `dirs` too (besides `models_dir`); directories
+    /// that do not exist are left out.
+    pub fn with_file_dirs(mut self, dirs: &[PathBuf]) -> Provisioner {
+        for d in dirs {
+            match std::fs::canonicalize(d) {
+                Ok(real) if !self.file_dirs.contains(&real) => self.file_dirs.push(real),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(dir = %d.display(), error = %e, "a model directory of the config is not usable; file:// models there are refused")
+                }
+            }
+        }
+        tracing::info!(dirs = ?self.file_dirs, "file:// models are served from these directories");
+        self
+    }
+
+    /// Records a local file in place (no copy). A file outside the allowed directories, a
+    /// missing one and an unreadable one get the same answer, which names only the
+    /// reference: a client cannot probe which files the hive can read.
     fn import(&self, reference: &str, path: &Path) -> Result<Model, ApiError> {
-        let not_found = |why: String| {
+        let refused = || {
             ApiError::new(
                 ErrorCode::ModelNotFound,
-                format!("model {reference}: {why}"),
+                format!(
+                    "model {reference}: no readable regular file at that path in the directories \
+                     this hive serves file:// models from (models_dir and model_dirs in its config)"
+                ),
             )
             .detail("model_ref", reference)
         };
-        let real = std::fs::canonicalize(path).map_err(|e| not_found(e.to_string()))?;
-        let meta = std::fs::metadata(&real).map_err(|e| not_found(e.to_string()))?;
-        if !meta.is_file() {
-            return Err(not_found("not a regular file".into()));
+        let real = std::fs::canonicalize(path).map_err(|_| refused())?;
+        if !self.file_dirs.iter().any(|d| real.starts_with(d)) {
+            return Err(refused());
+        }
+        let meta = std::fs::metadata(&real).map_err(|_| refused())?;
+        if !meta.is_file() || std::fs::File::open(&real).is_err() {
+            return Err(refused());
         }
         if let Err(e) = rbee_gguf::read_header(&real) {
             return Err(ApiError::new(
                 ErrorCode::ModelInvalid,
-                format!("{} is not a usable GGUF model: {e}", real.display()),
+                format!("{reference} is not a usable GGUF model: {e}"),
             )
             .detail("model_ref", reference));
         }
@@ -327,8 +362,7 @@ impl Provisioner {
                 Ok(m)
             }
             _ => {
-                cat.insert(&model)
-                    .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
+                cat.insert(&model).map_err(catalog_error)?;
                 Ok(model)
             }
         }
@@ -340,7 +374,7 @@ impl Provisioner {
         let m = self
             .catalog()
             .remove(id)
-            .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?
+            .map_err(catalog_error)?
             .ok_or_else(|| {
                 ApiError::new(
                     ErrorCode::ModelNotFound,
@@ -351,6 +385,31 @@ impl Provisioner {
         let deleted = m.provider == "hf" && self.models_dir.remove(&m.local_path);
         Ok((m, deleted))
     }
+}
+
+/// A catalogue error for a client: what SQLite said, not where the database is (that goes
+/// to the log).
+fn catalog_error(e: crate::catalog::CatalogError) -> ApiError {
+    tracing::error!(error = %e, "model catalogue");
+    let why = match &e {
+        rbee_sqlite::DbError::Sqlite { source, .. } => {
+            if let rusqlite::Error::SqliteFailure(f, _) = source {
+                if f.code == rusqlite::ErrorCode::DiskFull {
+                    return ApiError::new(
+                        ErrorCode::InsufficientDisk,
+                        "no space left on the disk of the hive's state directory for the model \
+                         catalogue; free some space and retry",
+                    );
+                }
+            }
+            source.to_string()
+        }
+        other => other.to_string(),
+    };
+    ApiError::new(
+        ErrorCode::Internal,
+        format!("the model catalogue failed: {why}"),
+    )
 }
 
 /// Partial downloads untouched this long are removed on start (younger ones are resumed

@@ -15,10 +15,13 @@ use rbee_types::ErrorCode;
 
 const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
 
-/// An 8 MiB fixture (content does not matter to the transfer).
+/// A fixture of `mib` MiB: a GGUF header, then bytes whose content does not matter to the
+/// transfer.
 fn fixture(dir: &TempDir, name: &str, mib: usize) -> PathBuf {
     let p = dir.join(name);
-    let data: Vec<u8> = (0..mib << 20).map(|i| (i * 31 % 251) as u8).collect();
+    let mut data = rbee_test_support::model::tiny_gguf(1);
+    let n = data.len();
+    data.extend((n..mib << 20).map(|i| (i * 31 % 251) as u8));
     std::fs::write(&p, data).unwrap();
     p
 }
@@ -247,7 +250,8 @@ fn a_server_ignoring_range_makes_the_download_start_over_and_still_verify() {
 
 #[test]
 fn a_wrong_checksum_is_retried_then_refused_leaving_nothing_behind() {
-    let e = env_with(3, None, None);
+    // Six attempts allowed, but a whole file that does not match is fetched three times.
+    let e = env_with(6, None, None);
     e.hub.set_faults(Faults {
         wrong_sha: true,
         ..Default::default()
@@ -256,8 +260,17 @@ fn a_wrong_checksum_is_retried_then_refused_leaving_nothing_behind() {
     assert_eq!(error_code(&events), ErrorCode::ChecksumMismatch);
     assert_eq!(
         e.hub.counters.downloads.load(Ordering::Relaxed),
-        3,
-        "every attempt"
+        rbee_models::hub::CHECKSUM_ATTEMPTS as u64,
+        "three whole downloads, not six"
+    );
+    let Some(Progress::Error { error }) = events.last() else {
+        panic!("{events:?}")
+    };
+    assert!(
+        error.message.contains("after 3 attempts")
+            && error.message.contains("nothing of it is kept"),
+        "{}",
+        error.message
     );
     nothing_left(&e);
     assert!(
@@ -313,6 +326,10 @@ fn missing_repositories_and_files_are_model_not_found_without_retries() {
         "404 is final"
     );
     nothing_left(&e);
+    assert!(
+        !partial_path(&final_file(&e)).exists(),
+        "no empty partial file after a 404"
+    );
 }
 
 #[test]
@@ -482,4 +499,44 @@ fn a_disk_that_fills_up_mid_way_leaves_no_partial_file_and_says_so() {
         "partial file removed"
     );
     nothing_left(&e);
+}
+
+#[test]
+fn a_file_that_is_not_a_gguf_model_is_not_catalogued_even_when_the_hub_vouches_for_it() {
+    let e = env();
+    let junk = e.src.with_file_name("junk.gguf");
+    std::fs::write(&junk, vec![0x42u8; 100]).unwrap();
+    e.hub.add_repo("org/junk", COMMIT, &[("junk.gguf", &junk)]);
+    let empty = e.src.with_file_name("empty.gguf");
+    std::fs::write(&empty, b"").unwrap();
+    e.hub
+        .add_repo("org/empty", COMMIT, &[("empty.gguf", &empty)]);
+    for reference in ["hf:org/junk", "hf:org/empty"] {
+        let events = follow(&start(&e, reference));
+        assert_eq!(
+            error_code(&events),
+            ErrorCode::ModelInvalid,
+            "{reference}: {events:?}"
+        );
+    }
+    assert!(
+        e.prov.catalog().list().unwrap().is_empty(),
+        "nothing catalogued"
+    );
+    let leftovers: Vec<_> = walk(&e.models);
+    assert!(leftovers.is_empty(), "no file kept: {leftovers:?}");
+}
+
+/// Every file under `dir`.
+fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = vec![];
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = entry.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
 }

@@ -75,3 +75,36 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// A minimal GGUF model file: `layers` transformer layers, two tokens, one 16-element F32
+/// tensor and its 64 bytes of data. It passes the header check; llama.cpp cannot run it.
+pub fn tiny_gguf(layers: u32) -> Vec<u8> {
+    let mut b = b"GGUF".to_vec();
+    let s = |b: &mut Vec<u8>, s: &str| {
+        b.extend_from_slice(&(s.len() as u64).to_le_bytes());
+        b.extend_from_slice(s.as_bytes());
+    };
+    b.extend_from_slice(&3u32.to_le_bytes());
+    b.extend_from_slice(&1u64.to_le_bytes()); // tensors
+    b.extend_from_slice(&3u64.to_le_bytes()); // metadata
+    s(&mut b, "general.architecture");
+    b.extend_from_slice(&8u32.to_le_bytes());
+    s(&mut b, "llama");
+    s(&mut b, "llama.block_count");
+    b.extend_from_slice(&4u32.to_le_bytes());
+    b.extend_from_slice(&layers.to_le_bytes());
+    s(&mut b, "tokenizer.ggml.tokens");
+    b.extend_from_slice(&9u32.to_le_bytes());
+    b.extend_from_slice(&8u32.to_le_bytes());
+    b.extend_from_slice(&2u64.to_le_bytes());
+    s(&mut b, "a");
+    s(&mut b, "b");
+    s(&mut b, "w");
+    b.extend_from_slice(&1u32.to_le_bytes());
+    b.extend_from_slice(&16u64.to_le_bytes());
+    b.extend_from_slice(&0u32.to_le_bytes()); // F32
+    b.extend_from_slice(&0u64.to_le_bytes());
+    b.resize(b.len().div_ceil(32) * 32, 0);
+    b.extend_from_slice(&[0u8; 64]);
+    b
+}

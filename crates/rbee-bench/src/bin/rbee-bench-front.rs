@@ -62,7 +62,10 @@ struct Run {
 fn chat_body(model: &str, tokens: u32) -> serde_json::Value {
     serde_json::json!({
         "model": model,
-        "messages": [{"role": "user", "content": "Tell a long story about a bee colony."}],
+        // A system message of its own: SmolLM2's template adds a default one otherwise,
+        // which llama-server's Jinja renderer does and llama.cpp's built-in one does not.
+        "messages": [{"role": "system", "content": "You are a storyteller."},
+                     {"role": "user", "content": "Tell a long story about a bee colony."}],
         "temperature": 0, "max_tokens": tokens, "stream": true,
         "stream_options": {"include_usage": true},
     })

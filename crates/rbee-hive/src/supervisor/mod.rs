@@ -72,9 +72,23 @@ pub enum StartError {
     /// A unit of that name is running already (pick another instance).
     #[error("unit {0} exists already")]
     Exists(String),
+    /// The disk of the state directory is full (the worker's record or log).
+    #[error("no space left on the disk of the hive's state directory")]
+    NoSpace,
     /// Anything else.
     #[error("{0}")]
     Other(String),
+}
+
+impl StartError {
+    /// An I/O error of `what`: `NoSpace` for a full disk.
+    pub fn io(what: &str, e: &std::io::Error) -> StartError {
+        if e.raw_os_error() == Some(libc::ENOSPC) {
+            StartError::NoSpace
+        } else {
+            StartError::Other(format!("{what}: {e}"))
+        }
+    }
 }
 
 /// The supervisor in use.

@@ -68,9 +68,9 @@ impl ProcessSupervisor {
         if self.lock().contains_key(&unit) {
             return Err(StartError::Exists(unit));
         }
-        let other = |what: &str, e: std::io::Error| StartError::Other(format!("{what}: {e}"));
+        let other = |what: &str, e: std::io::Error| StartError::io(what, &e);
         let log = match &l.spec.log_file {
-            Some(p) => open_log(p).map_err(|e| other(&format!("log file {}", p.display()), e))?,
+            Some(p) => open_log(p).map_err(|e| other("the worker's log file", e))?,
             None => return Err(StartError::Other("process workers need a log file".into())),
         };
         let n = self.next_socket.fetch_add(1, Ordering::Relaxed);

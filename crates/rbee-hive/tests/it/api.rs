@@ -213,6 +213,56 @@ fn an_api_key_guards_everything_but_health() {
     }
     let r = send("POST", &url("/v1/workers/spawn"), None, Some(b"{}"));
     assert_eq!(r.status, 401);
+    // The scheme is case-insensitive (RFC 9110).
+    for scheme in ["bearer", "BEARER", "Bearer"] {
+        let auth = format!("{scheme} hive-secret");
+        let r = send_with(
+            "GET",
+            &url("/v1/workers/list"),
+            &[("Authorization", &auth)],
+            None,
+        );
+        assert_eq!(r.status, 200, "{scheme}: {}", r.body);
+    }
+    let r = send_with(
+        "GET",
+        &url("/v1/workers/list"),
+        &[("Authorization", "Basic hive-secret")],
+        None,
+    );
+    assert_eq!(r.status, 401, "{}", r.body);
+}
+
+#[test]
+fn a_full_disk_at_spawn_is_insufficient_disk_not_internal() {
+    let Some(model) = model() else { return };
+    let state = temp("hive-state");
+    let Some(_disk) = rbee_test_support::disk::SmallDisk::mount(&state.join("full"), 4 << 20)
+    else {
+        return;
+    };
+    let opts = Opts {
+        extra: "[limits]\nmin_free_disk_bytes = 0\n".into(),
+        ..Opts::new("process")
+    };
+    let hive = Hive::start(&opts, &state.join("full"));
+    // Fill what is left of the disk.
+    let filler = state.join("full/filler");
+    let _ = std::fs::write(&filler, vec![0u8; 8 << 20]);
+    let r = hive.spawn_model(&model);
+    assert_eq!(r.error_code(), "INSUFFICIENT_DISK", "{}", r.body);
+    assert!(r.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("free some space"));
+    assert!(
+        !r.body.contains(&state.0.display().to_string()),
+        "no path: {}",
+        r.body
+    );
+    std::fs::remove_file(&filler).unwrap();
+    let r = hive.spawn_model(&model);
+    assert_eq!(r.status, 202, "with room again: {}", r.body);
 }
 
 #[test]

@@ -121,6 +121,13 @@ impl Hive {
                 key_file.display().to_string()
             ));
         }
+        if !opts.extra.contains("model_dirs") {
+            // Tests keep fixture models in temporary directories.
+            config.push_str(&format!(
+                "model_dirs = [{:?}]\n",
+                std::env::temp_dir().display().to_string()
+            ));
+        }
         config.push_str(&opts.extra);
         let config_file = state.join("hive.toml");
         std::fs::write(&config_file, config).unwrap();

@@ -465,3 +465,61 @@ fn damaged_databases_are_set_aside_and_rebuilt_from_the_files_and_the_hive_serve
         "{bins}"
     );
 }
+
+#[test]
+fn file_models_outside_the_model_dirs_get_the_answer_of_a_missing_file() {
+    let Some(model) = model() else { return };
+    let state = temp("hive-state");
+    let allowed = state.join("models-here");
+    std::fs::create_dir_all(&allowed).unwrap();
+    let inside = allowed.join("m.Q4_1.gguf");
+    if std::fs::hard_link(&model, &inside).is_err() {
+        std::fs::copy(&model, &inside).unwrap();
+    }
+    // A link inside the allowed directory to the model outside it.
+    std::os::unix::fs::symlink(&model, allowed.join("link.gguf")).unwrap();
+    let home = state.join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let opts = Opts {
+        extra: format!("model_dirs = [{:?}]\n", allowed.display().to_string()),
+        // The hive's user's home is allowed too: make it one without models.
+        env: vec![("HOME", home.display().to_string())],
+        ..Opts::new("process")
+    };
+    let hive = Hive::start(&opts, &state.0);
+    let outside = [
+        "file:///etc/passwd".to_owned(),
+        "file:///proc/self/environ".to_owned(),
+        "file:///no/such/model.gguf".to_owned(),
+        file_ref(&model),
+        format!("file://{}/link.gguf", allowed.display()),
+        format!("file://{}", allowed.display()),
+    ];
+    let mut messages = vec![];
+    for reference in &outside {
+        for path in ["/v1/models/download", "/v1/workers/spawn"] {
+            let r = hive.post(path, &json!({ "model_ref": reference }));
+            assert_eq!(
+                r.error_code(),
+                "MODEL_NOT_FOUND",
+                "{path} {reference}: {}",
+                r.body
+            );
+            assert!(!r.body.contains("root:"), "no file contents: {}", r.body);
+            assert!(!r.body.contains("os error"), "no system error: {}", r.body);
+            let message = r.json()["error"]["message"].as_str().unwrap().to_owned();
+            messages.push(message.replace(reference.as_str(), "REF"));
+        }
+    }
+    messages.dedup();
+    assert_eq!(messages.len(), 1, "one answer for all: {messages:?}");
+    // `..` never gets that far: the reference itself is refused.
+    let dots = format!("file://{}/../../{}", allowed.display(), model.display());
+    let r = hive.post("/v1/models/download", &json!({ "model_ref": dots }));
+    assert_eq!(r.error_code(), "INVALID_MODEL_REF", "{}", r.body);
+    assert!(messages[0].contains("model_dirs"), "{}", messages[0]);
+    assert!(hive.workers().is_empty());
+    // Inside: served.
+    let w = hive.ready_worker_ref(&file_ref(&inside));
+    assert_eq!(hive.infer(&w, "Bees").status, 200);
+}

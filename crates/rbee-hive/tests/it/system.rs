@@ -17,6 +17,13 @@ fn under_the_system_manager_workers_run_sandboxed_with_their_key_as_a_credential
     };
     let port = free_port();
     let ports = worker_ports(20, port);
+    // A system hive serves file:// models only from the directories its config names.
+    let (ok, out) = c.exec(&[
+        "sh",
+        "-c",
+        "mkdir -p /etc/rbee && echo 'model_dirs = [\"/models\"]' > /etc/rbee/hive.toml",
+    ]);
+    assert!(ok, "{out}");
     let (ok, out) = c.exec(&[
         "systemd-run",
         "--unit=rbee-hive",
@@ -25,6 +32,8 @@ fn under_the_system_manager_workers_run_sandboxed_with_their_key_as_a_credential
         "-p",
         "StateDirectory=rbee",
         "/opt/rbee/rbee-hive",
+        "--config",
+        "/etc/rbee/hive.toml",
         "--supervisor",
         "systemd-system",
         "--port",

@@ -111,6 +111,7 @@ fn install_system_runs_the_hive_as_rbee_with_sandboxed_workers_polkit_and_journa
             "-c",
             &format!(
                 "echo 'worker_ports = \"{ports}-{}\"' >> /etc/rbee/hive.toml && \
+                 echo 'model_dirs = [\"/models\"]' >> /etc/rbee/hive.toml && \
                  printf '[nodes.localhost]\\nhive_url = \"http://127.0.0.1:{port}\"\\n' > /etc/rbee/keeper.toml",
                 ports + 20
             ),
