@@ -80,7 +80,7 @@ fn sse_stream_has_the_documented_framing() {
     let body = json!({"prompt": "Bees make", "max_tokens": 5, "temperature": 0}).to_string();
     write!(
         s,
-        "POST /v1/inference HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "POST /v1/inference HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )
     .unwrap();

@@ -124,14 +124,16 @@ fn client_disconnect_cancels_and_frees_the_slot_within_a_second() {
     let mut s = TcpStream::connect(("127.0.0.1", w.port)).unwrap();
     write!(
         s,
-        "POST /v1/inference HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
+        "POST /v1/inference HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )
     .unwrap();
     let mut buf = [0u8; 4096];
     let mut got = 0;
     while got < 600 {
-        got += s.read(&mut buf).unwrap();
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "the worker closed the stream after {got} bytes");
+        got += n;
     }
     assert_eq!(w.get("/v1/ready").json()["state"], "busy");
     drop(s);
