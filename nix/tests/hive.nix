@@ -1,6 +1,7 @@
 # One node: `services.rbee.enable`, the small model provided declaratively (a Nix path in
 # services.rbee.models), a worker spawned through the hive's API, its transient unit
-# active and sandboxed, a streamed answer, and the workers stopped with the hive.
+# active and sandboxed, a streamed answer through the front door, and the workers stopped
+# with the hive.
 { self, pkgs, ... }:
 
 let
@@ -46,10 +47,13 @@ in
     exposure = node.succeed(f"systemd-analyze security '{unit}' | tail -1")
     print(exposure)
 
+    # Through the front door: worker keys never leave the hive.
     worker = json.loads(node.succeed(f"curl -sf localhost:9200/v1/workers/{worker_id}"))["worker"]
+    assert "api_key" not in worker, worker
     answer = node.succeed(
-        f"curl -sfN -H 'Authorization: Bearer {worker['api_key']}' {worker['url']}/v1/inference "
-        "-d '{\"prompt\": \"Bees are\", \"max_tokens\": 8, \"temperature\": 0, \"stream\": true}'"
+        "curl -sfN localhost:9200/v1/chat/completions "
+        "-d '{\"model\": \"file://${smollm2}\", \"max_tokens\": 8, \"temperature\": 0, "
+        "\"stream\": true, \"messages\": [{\"role\": \"user\", \"content\": \"Bees are\"}]}'"
     )
     assert "[DONE]" in answer, answer
 
