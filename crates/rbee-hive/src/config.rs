@@ -237,8 +237,8 @@ pub struct Config {
     /// `api_key_file` answers any `Host`.
     pub allowed_hosts: Vec<String>,
     /// Directories `file://` model references may point into, besides `models_dir` and the
-    /// directories of `file://` models in `provision`. A hive run by a user (not under the
-    /// system manager, state not under /var/lib) also serves from its user's home. Any
+    /// directories of `file://` models in `provision`. A hive not under the system manager
+    /// also serves from its user's home. Any
     /// other path gets the same "no readable file" answer as a missing one.
     pub model_dirs: Vec<PathBuf>,
 }
@@ -481,7 +481,7 @@ impl Config {
                 dirs.extend(path.parent().map(Path::to_path_buf));
             }
         }
-        let system = system || self.state_dir.starts_with("/var/lib");
+        // Not the state directory: a user's hive run as root keeps it in /var/lib/rbee.
         if !system {
             dirs.extend(std::env::var_os("HOME").map(PathBuf::from));
         }

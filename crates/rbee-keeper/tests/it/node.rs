@@ -195,7 +195,12 @@ fn setup_install_builds_on_the_node_then_its_hive_starts_answers_upgrades_and_st
     assert!(status.contains("systemd-user"), "{status}");
 
     // A prompt through it: the worker is a unit of the node's manager.
-    let m = format!("file://{}", model.display());
+    // A user's hive serves file:// models from that user's home: the node's.
+    let in_home = node.path("SmolLM2-135M-Instruct.Q4_1.gguf");
+    if std::fs::hard_link(&model, &in_home).is_err() {
+        std::fs::copy(&model, &in_home).unwrap();
+    }
+    let m = format!("file://{}", in_home.display());
     let out = node.run(&[
         "infer",
         "--node",
