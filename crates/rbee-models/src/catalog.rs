@@ -13,6 +13,50 @@ pub type CatalogError = rbee_sqlite::DbError;
 
 pub use rbee_types::hive::{Model, ModelStatus};
 
+/// A catalogue id from a name (`org--repo--file`).
+pub(crate) fn slug(s: &str) -> String {
+    rbee_types::model_ref::url_safe(s)
+        .trim_matches(['-', '.'])
+        .chars()
+        .take(120)
+        .collect()
+}
+
+/// The row of `path_in_repo` downloaded from hub repository `repo` at `commit` (asked for
+/// as `revision`) to `local_path`; its id is `org--repo--<file name without .gguf>`.
+pub(crate) fn hf_model(
+    repo: &str,
+    revision: &str,
+    commit: &str,
+    path_in_repo: &str,
+    local_path: PathBuf,
+    size_bytes: u64,
+) -> Model {
+    let name = path_in_repo
+        .rsplit('/')
+        .next()
+        .unwrap_or(path_in_repo)
+        .to_owned();
+    let id = slug(&format!(
+        "{}--{}",
+        repo.replace('/', "--"),
+        name.trim_end_matches(".gguf")
+    ));
+    Model {
+        repo: Some(repo.to_owned()),
+        revision: Some(revision.to_owned()),
+        commit_sha: Some(commit.to_owned()),
+        ..model_for_file(
+            id,
+            "hf",
+            format!("hf:{repo}/{path_in_repo}@{revision}"),
+            name,
+            local_path,
+            size_bytes,
+        )
+    }
+}
+
 /// A ready row for a file recorded now, with the GGUF metadata (architecture, parameter
 /// count, quantization, context length, vocabulary size) read from its header when it has
 /// one.
@@ -250,24 +294,7 @@ impl Catalog {
                 continue;
             };
             let size = std::fs::metadata(&path).map_or(0, |m| m.len());
-            let id = format!(
-                "{}--{}",
-                repo.replace('/', "--"),
-                name.trim_end_matches(".gguf")
-            );
-            let model = Model {
-                repo: Some(repo.clone()),
-                revision: Some(commit.clone()),
-                commit_sha: Some(commit.clone()),
-                ..model_for_file(
-                    id,
-                    "hf",
-                    format!("hf:{repo}/{name}@{commit}"),
-                    name,
-                    path,
-                    size,
-                )
-            };
+            let model = hf_model(&repo, &commit, &commit, &name, path, size);
             self.insert(&model)?;
             found += 1;
         }

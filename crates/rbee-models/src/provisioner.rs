@@ -9,11 +9,11 @@ use std::time::Duration;
 
 use rbee_types::{ApiError, ErrorCode};
 
-use crate::catalog::{model_for_file, Catalog, Model, ModelStatus};
+use crate::catalog::{hf_model, model_for_file, slug, Catalog, Model, ModelStatus};
 use crate::hub::{self, HubConfig};
 use crate::models_dir::ModelsDir;
 use rbee_types::hive::DownloadProgress;
-use rbee_types::model_ref::{url_safe, ModelRef, Selector};
+use rbee_types::model_ref::{ModelRef, Selector};
 
 /// A download in flight (or finished), shared by everyone who asked for it.
 pub struct Transfer {
@@ -81,15 +81,6 @@ pub struct Provisioner {
     hub: HubConfig,
     transfers: Mutex<HashMap<String, Arc<Transfer>>>,
     next: AtomicU64,
-}
-
-/// A catalogue id from a name (`org--repo--file`).
-fn slug(s: &str) -> String {
-    url_safe(s)
-        .trim_matches(['-', '.'])
-        .chars()
-        .take(120)
-        .collect()
 }
 
 impl Provisioner {
@@ -282,18 +273,9 @@ impl Provisioner {
             )
             .detail("model_ref", reference));
         }
-        let canonical = format!("hf:{repo}/{}@{revision}", file.path);
-        let id = slug(&format!(
-            "{}--{}",
-            repo.replace('/', "--"),
-            name.trim_end_matches(".gguf")
-        ));
         let model = Model {
-            repo: Some(repo.to_owned()),
-            revision: Some(revision.to_owned()),
-            commit_sha: Some(info.commit.clone()),
             sha256: Some(sha),
-            ..model_for_file(id, "hf", canonical, name, dest, file.size)
+            ..hf_model(repo, revision, &info.commit, &file.path, dest, file.size)
         };
         self.catalog().insert(&model).map_err(catalog_error)?;
         Ok(model)
