@@ -212,6 +212,7 @@ impl Engine {
         let rx = lock(&self.receiver)
             .take()
             .ok_or_else(|| anyhow::anyhow!("engine already running"))?;
+        crate::fault::inject(crate::fault::Point::Loading);
         let backend = LlamaBackend::init()?;
         let gpu = cfg.backend != Backend::Cpu;
         let layers_total = lock(&shared.info)
@@ -425,6 +426,7 @@ impl Engine {
             Command::Shutdown => return true,
             Command::Run(job) => job,
         };
+        crate::fault::inject(crate::fault::Point::Serving);
         let Some(seq) = free.pop() else {
             // Cannot happen while slot accounting holds; answer rather than panic.
             let _ = job.events.send(Event::Error(ApiError::new(

@@ -7,6 +7,7 @@
 //! - [`http`]: the API (tiny_http), one thread per request; [`openai`]: OpenAI's routes
 //!   on the same engine.
 //! - [`validate`]: range checks of inference requests.
+//! - [`fault`]: injected faults for the tests of failure paths.
 //! - [`output`]: UTF-8 joining and stop strings.
 //! - [`lifecycle`]: startup, sd-notify, signals, the hive callback and draining.
 //! - [`state`]: what the threads share.
@@ -14,6 +15,7 @@
 pub mod app;
 pub mod cli;
 pub mod engine;
+pub mod fault;
 pub mod http;
 pub mod lifecycle;
 pub mod openai;

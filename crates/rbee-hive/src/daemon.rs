@@ -50,10 +50,7 @@ fn run_inner(config: Config) -> anyhow::Result<()> {
         Err(_) if config.worker_source.is_some() && config.worker_binary.is_none() => None,
         Err(e) => return Err(e),
     };
-    for dir in [config.workers_dir(), config.logs_dir()] {
-        std::fs::create_dir_all(&dir)
-            .with_context(|| format!("cannot create {}", dir.display()))?;
-    }
+    writable_state_dir(&config)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("rbee-hive-rt")
@@ -269,4 +266,27 @@ fn provision(hive: &Arc<Hive>) {
             }
         }
     }
+}
+
+/// Creates the state directory's parts and checks that it takes a file, so that a read-only
+/// or foreign directory stops the start with its path and what to do, not a later request.
+fn writable_state_dir(config: &Config) -> anyhow::Result<()> {
+    let next = "rbee-hive keeps its catalogue, worker keys and logs there: give it a writable \
+                directory with --state-dir (or state_dir in the config; under systemd the \
+                unit's StateDirectory= makes one)";
+    for dir in [config.workers_dir(), config.logs_dir()] {
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}; {next}", dir.display()))?;
+    }
+    let probe = config
+        .state_dir
+        .join(format!(".write-check-{}", std::process::id()));
+    std::fs::write(&probe, b"").with_context(|| {
+        format!(
+            "the state directory {} is not writable; {next}",
+            config.state_dir.display()
+        )
+    })?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
 }

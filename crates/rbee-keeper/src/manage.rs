@@ -226,7 +226,10 @@ pub fn models(cmd: ModelsCommand, cfg: &Config, reg: &Registry) -> Result<(), Fa
                         m.reference,
                         crate::progress::bytes(m.size_bytes),
                         or_dash(m.quantization),
-                        m.status.as_str().to_owned(),
+                        match m.hub_verified {
+                            Some(false) => format!("{}, unverified by the hub", m.status.as_str()),
+                            _ => m.status.as_str().to_owned(),
+                        },
                     ]
                 })
                 .collect();

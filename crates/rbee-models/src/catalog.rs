@@ -81,6 +81,7 @@ pub fn model_for_file(
         local_path,
         size_bytes,
         sha256: None,
+        hub_verified: None,
         downloaded_at_unix: rbee_types::now_unix(),
         architecture: h.and_then(|h| h.architecture().map(str::to_owned)),
         parameter_count: h.map(|h| h.parameters),
@@ -116,6 +117,8 @@ const MIGRATIONS: &[&str] = &[
         status TEXT NOT NULL DEFAULT 'ready' CHECK (status IN ('ready', 'missing'))
     );
     CREATE INDEX models_provider ON models (provider);",
+    // 2: whether the hash came from the hub (NULL: a local file, or recorded before).
+    "ALTER TABLE models ADD COLUMN hub_verified INTEGER;",
 ];
 
 /// The catalogue (one connection; callers serialise through a mutex).
@@ -126,7 +129,7 @@ pub struct Catalog {
 const COLUMNS: &str =
     "id, provider, reference, repo, revision, commit_sha, file_name, local_path, \
      size_bytes, sha256, downloaded_at_unix, architecture, parameter_count, quantization, \
-     context_length, vocab_size, status";
+     context_length, vocab_size, status, hub_verified";
 
 fn from_row(r: &Row<'_>) -> rusqlite::Result<Model> {
     let status: String = r.get(16)?;
@@ -152,6 +155,7 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<Model> {
         } else {
             ModelStatus::Ready
         },
+        hub_verified: r.get(17)?,
     })
 }
 
@@ -178,7 +182,7 @@ impl Catalog {
             .execute("DELETE FROM models WHERE reference = ?1 OR id = ?2", params![m.reference, m.id])
             .and_then(|_| {
                 tx.execute(
-                    &format!("INSERT INTO models ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"),
+                    &format!("INSERT INTO models ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)"),
                     params![
                         m.id,
                         m.provider,
@@ -200,6 +204,7 @@ impl Catalog {
                             ModelStatus::Ready => "ready",
                             ModelStatus::Missing => "missing",
                         },
+                        m.hub_verified,
                     ],
                 )
             })
@@ -361,6 +366,7 @@ mod tests {
             local_path: path.to_path_buf(),
             size_bytes: 3,
             sha256: Some("00".into()),
+            hub_verified: Some(true),
             downloaded_at_unix: 1,
             architecture: Some("llama".into()),
             parameter_count: Some(135_000_000),

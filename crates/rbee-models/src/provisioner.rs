@@ -275,6 +275,7 @@ impl Provisioner {
         }
         let model = Model {
             sha256: Some(sha),
+            hub_verified: Some(file.sha256.is_some()),
             ..hf_model(repo, revision, &info.commit, &file.path, dest, file.size)
         };
         self.catalog().insert(&model).map_err(catalog_error)?;

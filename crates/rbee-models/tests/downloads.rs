@@ -31,7 +31,7 @@ struct Env {
     prov: Arc<Provisioner>,
     models: PathBuf,
     src: PathBuf,
-    _dirs: (TempDir, TempDir),
+    dirs: (TempDir, TempDir),
 }
 
 fn env_with(attempts: u32, token: Option<&str>, models: Option<PathBuf>) -> Env {
@@ -54,7 +54,7 @@ fn env_with(attempts: u32, token: Option<&str>, models: Option<PathBuf>) -> Env 
         prov,
         models,
         src,
-        _dirs: (fixtures, state),
+        dirs: (fixtures, state),
     }
 }
 
@@ -190,6 +190,7 @@ fn a_clean_download_is_verified_catalogued_and_then_served_from_the_catalogue() 
     assert!(!partial_path(local_path).exists());
     let row = e.prov.catalog().get(model_id).unwrap().unwrap();
     assert_eq!(row.sha256.as_deref(), Some(sha256_file(&e.src).as_str()));
+    assert_eq!(row.hub_verified, Some(true), "the hub's hash matched");
     assert_eq!(row.commit_sha.as_deref(), Some(COMMIT));
     assert_eq!(row.reference, "hf:org/smol/smol-Q4_1.gguf@main");
     // Asked again, by quantization or by file: no transfer.
@@ -499,6 +500,26 @@ fn a_disk_that_fills_up_mid_way_leaves_no_partial_file_and_says_so() {
         "partial file removed"
     );
     nothing_left(&e);
+}
+
+#[test]
+fn a_download_the_hub_gives_no_hash_for_is_recorded_with_its_own_hash_as_unverified() {
+    let e = env();
+    e.hub.set_faults(Faults {
+        no_lfs: true,
+        ..Default::default()
+    });
+    let events = follow(&start(&e, "hf:org/smol"));
+    assert_complete(&e, &events);
+    let row = &e.prov.catalog().list().unwrap()[0];
+    assert_eq!(row.sha256.as_deref(), Some(sha256_file(&e.src).as_str()));
+    assert_eq!(row.hub_verified, Some(false), "{row:?}");
+    // Reopened (as after a restart), the flag is still there.
+    let again = rbee_models::catalog::Catalog::open(&e.dirs.1.join("models.db")).unwrap();
+    assert_eq!(
+        again.get(&row.id).unwrap().unwrap().hub_verified,
+        Some(false)
+    );
 }
 
 #[test]

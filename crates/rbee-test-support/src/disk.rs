@@ -1,4 +1,5 @@
-//! A size-limited tmpfs mounted over a directory, for "disk full" tests (needs root).
+//! A size-limited tmpfs mounted over a directory, for "disk full" and read-only disk tests
+//! (needs root).
 
 use std::path::{Path, PathBuf};
 
@@ -17,6 +18,18 @@ impl SmallDisk {
             .is_ok_and(|s| s.success());
         crate::skip_unless!(ok, "cannot mount a small tmpfs (needs root)");
         Some(SmallDisk(dir.to_path_buf()))
+    }
+}
+
+impl SmallDisk {
+    /// Remounts it read-only (as a full or failing disk the kernel turned read-only).
+    pub fn read_only(&self) {
+        let ok = std::process::Command::new("mount")
+            .args(["-o", "remount,ro"])
+            .arg(&self.0)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "cannot remount {} read-only", self.0.display());
     }
 }
 

@@ -32,6 +32,8 @@ pub struct Faults {
     pub trickle: Option<u64>,
     /// Redirect `resolve` to `http://localhost:<port>/cdn/…` (another host name).
     pub redirect: bool,
+    /// Publish no LFS entry (hash and size) for the files, as for a file not kept in LFS.
+    pub no_lfs: bool,
     /// Repositories that need this token (401 without, 403 with another).
     pub token: Option<String>,
 }
@@ -214,7 +216,11 @@ fn handle(req: tiny_http::Request, state: &Mutex<State>, counters: &Counters, po
                     .iter()
                     .map(|(name, f)| {
                         let sha = if faults.wrong_sha { "0".repeat(64) } else { f.sha256.clone() };
-                        json!({"rfilename": name, "size": f.size, "lfs": {"sha256": sha, "size": f.size, "pointerSize": 134}})
+                        if faults.no_lfs {
+                            json!({"rfilename": name, "size": f.size})
+                        } else {
+                            json!({"rfilename": name, "size": f.size, "lfs": {"sha256": sha, "size": f.size, "pointerSize": 134}})
+                        }
                     })
                     .chain(std::iter::once(json!({"rfilename": "README.md", "size": 12})))
                     .collect();

@@ -399,6 +399,11 @@ pub struct Model {
     pub size_bytes: u64,
     /// SHA-256 (hex) when known.
     pub sha256: Option<String>,
+    /// Whether `sha256` is the hub's own: `true` when the download matched the hash the hub
+    /// published, `false` when the hub published none and the hash was computed here
+    /// ("unverified by the hub"); absent for local files and rows rebuilt from disk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hub_verified: Option<bool>,
     /// When it was recorded.
     pub downloaded_at_unix: u64,
     /// GGUF `general.architecture`.
@@ -711,6 +716,7 @@ mod tests {
             local_path: "/var/lib/rbee/models/m.gguf".into(),
             size_bytes: 98,
             sha256: None,
+            hub_verified: None,
             downloaded_at_unix: 1,
             architecture: Some("llama".into()),
             parameter_count: Some(135),

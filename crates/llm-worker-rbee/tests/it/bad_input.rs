@@ -13,10 +13,15 @@ use rbee_types::exit;
 use crate::common::{model, Worker, WORKER_BIN};
 
 fn run_worker(model: &std::path::Path, extra: &[&str]) -> Output {
+    run_worker_env(model, extra, &[])
+}
+
+fn run_worker_env(model: &std::path::Path, extra: &[&str], env: &[(&str, &str)]) -> Output {
     let mut child = Command::new(WORKER_BIN)
         .arg("--model")
         .arg(model)
         .args(extra)
+        .envs(env.iter().copied())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -307,4 +312,43 @@ fn a_thousand_concurrent_requests_on_one_slot_are_all_answered() {
     // Still healthy, slot free.
     assert!(w.slot_free_within(Duration::from_secs(2)));
     w.assert_serves();
+}
+
+#[test]
+fn a_panic_in_the_engine_ends_the_worker_at_once_saying_why() {
+    let Some(model) = model() else { return };
+    // While loading: the load fails (exit 4) instead of staying in `loading`.
+    let port = rbee_test_support::process::free_port().to_string();
+    let out = run_worker_env(
+        &model,
+        &["--port", &port],
+        &[("RBEE_WORKER_FAULT", "panic-loading")],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.signal(), None, "{stderr}");
+    assert_eq!(out.status.code(), Some(exit::MODEL_INVALID), "{stderr}");
+    assert!(
+        stderr
+            .contains("model load failed: the engine stopped on an internal error: injected fault"),
+        "{stderr}"
+    );
+    // While serving: the request in flight ends with an error, the worker exits 1 at once.
+    let mut w = Worker::start_with(&model, &[], |c| {
+        c.env("RBEE_WORKER_FAULT", "panic-serving")
+            .stderr(std::process::Stdio::piped());
+    });
+    let mut stderr_pipe = w.proc.child.stderr.take().unwrap();
+    let reply = w.complete(serde_json::json!({"prompt": "hi", "max_tokens": 4}));
+    assert!(reply.status >= 500, "{} {}", reply.status, reply.body);
+    let status = w
+        .proc
+        .wait_timeout(Duration::from_secs(5))
+        .expect("the worker exits within 5 s of the panic");
+    assert_eq!(status.code(), Some(exit::FAILURE), "{status:?}");
+    let mut log = String::new();
+    std::io::Read::read_to_string(&mut stderr_pipe, &mut log).unwrap();
+    assert!(
+        log.contains("engine failed: the engine stopped on an internal error: injected fault"),
+        "{log}"
+    );
 }

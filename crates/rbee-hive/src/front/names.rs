@@ -129,6 +129,7 @@ mod tests {
             local_path: format!("/m/{file}").into(),
             size_bytes: 1,
             sha256: None,
+            hub_verified: None,
             downloaded_at_unix: 7,
             architecture: None,
             parameter_count: None,

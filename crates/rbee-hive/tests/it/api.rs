@@ -376,6 +376,41 @@ fn check_config_validates_a_file_and_says_why_not() {
 }
 
 #[test]
+fn a_read_only_state_dir_stops_the_start_naming_the_directory_and_what_to_do() {
+    if model().is_none() {
+        return;
+    }
+    let dir = temp("ro-state");
+    let Some(disk) = rbee_test_support::disk::SmallDisk::mount(&dir.join("disk"), 1 << 20) else {
+        return;
+    };
+    // Once with a state directory that is yet to be made, once with one made before.
+    std::fs::create_dir_all(disk.0.join("made/workers")).unwrap();
+    std::fs::create_dir_all(disk.0.join("made/logs")).unwrap();
+    disk.read_only();
+    for state in [disk.0.join("new"), disk.0.join("made")] {
+        let out = Command::new(env!("CARGO_BIN_EXE_rbee-hive"))
+            .args([
+                "--supervisor",
+                "process",
+                "--port",
+                &rbee_test_support::process::free_port().to_string(),
+            ])
+            .arg("--state-dir")
+            .arg(&state)
+            .arg("--worker-binary")
+            .arg(worker_binary())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains(&state.display().to_string()), "{err}");
+        assert!(err.contains("Read-only file system"), "{err}");
+        assert!(err.contains("--state-dir"), "the next step: {err}");
+    }
+}
+
+#[test]
 fn a_second_hive_on_the_same_port_exits_with_port_in_use() {
     let Some((hive, state)) = hive_with("", None) else {
         return;

@@ -83,10 +83,26 @@ fn workers_models_and_logs_across_two_hives() {
     assert!(all.iter().all(|w| w.get("api_key").is_none()), "{json}");
     let (one, _) = ok(&env, &["workers", "list", "--node", "second"]);
     assert_eq!(one.lines().count(), 2, "{one}");
-    // Models and logs of the local node.
+    // Models and logs of the local node. A download the hub published no hash for says so.
+    env.hub.set_faults(rbee_test_support::hub::Faults {
+        no_lfs: true,
+        ..Default::default()
+    });
+    ok(&env, &["models", "download", "--model", "hf:org/smol"]);
     let (models, _) = ok(&env, &["models", "list"]);
+    let row = |needle: &str| {
+        models
+            .lines()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no {needle} in\n{models}"))
+    };
     assert!(
-        models.contains("SmolLM2-135M-Instruct.Q4_1") || models.contains("smollm2"),
+        row("hf:org/smol").contains("ready, unverified by the hub"),
+        "{models}"
+    );
+    let local = row("file://");
+    assert!(
+        local.contains("ready") && !local.contains("unverified"),
         "{models}"
     );
     let id = all.iter().find(|w| w["node"] == "localhost").unwrap()["id"]
