@@ -140,6 +140,7 @@ pub(crate) fn start(
         sampling: v.sampling,
         max_tokens: v.max_tokens,
         stop: v.stop,
+        cache_prompt: v.cache_prompt,
         cancel: Arc::clone(&cancel),
         events: tx,
         received,

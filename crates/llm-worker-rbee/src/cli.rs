@@ -108,6 +108,12 @@ pub struct Args {
     #[arg(long, value_name = "TOKENS", value_parser = clap::value_parser!(u32).range(16..))]
     pub ctx_size: Option<u32>,
 
+    /// Clear a slot's KV cache after every request instead of keeping it for the next
+    /// request that starts with the same tokens (the next turn of a chat, a shared system
+    /// prompt). Answers are the same either way; only the time to the first token differs.
+    #[arg(long)]
+    pub no_prompt_cache: bool,
+
     /// CPU threads for llama.cpp. Default: the number of physical cores (hyper-threads
     /// make decoding slower, not faster).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]

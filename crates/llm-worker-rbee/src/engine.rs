@@ -11,17 +11,19 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::params::{LlamaModelParams, LlamaSplitMode};
 use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaModel};
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
-use rbee_types::worker::{ChatMessage, DoneEvent, FinishReason, ModelMetadata};
+use rbee_types::worker::{ChatMessage, DoneEvent, FinishReason, ModelMetadata, SlotsView};
 use rbee_types::{ApiError, ErrorCode};
 
 use crate::cli::Backend;
 use crate::output::{Emit, OutputText};
+use crate::prompt_cache::PromptCache;
 use crate::state::{lock, Phase, Shared};
 
 /// Largest number of tokens decoded in one step (prompt chunks plus one token per slot).
@@ -44,6 +46,8 @@ pub struct EngineConfig {
     pub ctx_size: Option<u32>,
     /// CPU threads.
     pub threads: u32,
+    /// Keep each slot's KV cache for the next request (see [`crate::prompt_cache`]).
+    pub prompt_cache: bool,
 }
 
 /// How to pick the next token.
@@ -109,6 +113,8 @@ pub struct Job {
     pub max_tokens: u32,
     /// Stop strings.
     pub stop: Vec<String>,
+    /// Reuse a cached prefix of the prompt.
+    pub cache_prompt: bool,
     /// Set to stop generation.
     pub cancel: Arc<AtomicBool>,
     /// Where events go; a closed channel cancels the request.
@@ -259,6 +265,7 @@ impl Engine {
                 cfg.slots
             )
         })?;
+        warm_up(&model, &mut ctx);
         self.fill_metadata(&model, shared, ctx_size);
         let _ = self.prepared.set(Prepared {
             model: Arc::clone(&model),
@@ -276,7 +283,8 @@ impl Engine {
         shared.set_phase(Phase::Ready);
 
         let mut batch = LlamaBatch::new(BATCH_TOKENS.max(cfg.slots) as usize, cfg.slots as i32);
-        let mut free_seqs: Vec<i32> = (0..cfg.slots as i32).rev().collect();
+        let mut seqs = PromptCache::new(cfg.slots, cfg.prompt_cache);
+        publish(&seqs, shared);
         let mut active: Vec<Slot> = Vec::new();
         let vocab = model.vocab();
         let mut shutdown = false;
@@ -285,22 +293,26 @@ impl Engine {
                 break;
             }
             // Take new work: block only when there is nothing to decode.
+            let running = active.len();
             if active.is_empty() {
                 match rx.recv_timeout(IDLE_TICK) {
-                    Ok(cmd) => shutdown |= self.admit(cmd, &mut active, &mut free_seqs),
+                    Ok(cmd) => shutdown |= self.admit(cmd, &mut active, &mut seqs, &mut ctx),
                     Err(RecvTimeoutError::Timeout) => continue,
                     Err(RecvTimeoutError::Disconnected) => break,
                 }
             }
             while let Ok(cmd) = rx.try_recv() {
-                shutdown |= self.admit(cmd, &mut active, &mut free_seqs);
+                shutdown |= self.admit(cmd, &mut active, &mut seqs, &mut ctx);
+            }
+            if active.len() != running {
+                publish(&seqs, shared);
             }
             // Drop cancelled requests before spending compute on them.
             let mut i = 0;
             while i < active.len() {
                 if active[i].job.cancel.load(Ordering::Acquire) {
                     let slot = active.swap_remove(i);
-                    finish(slot, FinishReason::Cancelled, &mut ctx, &mut free_seqs);
+                    finish(slot, FinishReason::Cancelled, true, &mut ctx, &mut seqs);
                 } else {
                     i += 1;
                 }
@@ -317,6 +329,7 @@ impl Engine {
                 if let Some(t) = s.next_token {
                     s.logits_at = Some(batch.n_tokens());
                     batch.add(t, s.pos, &[s.seq], true)?;
+                    seqs.push(s.seq, t);
                     budget -= 1;
                 }
             }
@@ -328,7 +341,9 @@ impl Engine {
                     if last {
                         s.logits_at = Some(batch.n_tokens());
                     }
-                    batch.add(s.job.tokens[s.prefilled + k], s.pos, &[s.seq], last)?;
+                    let t = s.job.tokens[s.prefilled + k];
+                    batch.add(t, s.pos, &[s.seq], last)?;
+                    seqs.push(s.seq, t);
                     s.pos += 1;
                 }
                 s.prefilled += take;
@@ -353,7 +368,8 @@ impl Engine {
                         ErrorCode::InferenceFailed,
                         format!("llama.cpp failed to decode: {e}"),
                     )));
-                    finish(s, FinishReason::Cancelled, &mut ctx, &mut free_seqs);
+                    // What the failed step left in the cells is unknown: not kept.
+                    finish(s, FinishReason::Cancelled, false, &mut ctx, &mut seqs);
                 }
                 continue;
             }
@@ -375,13 +391,13 @@ impl Engine {
                     None => i += 1,
                     Some(reason) => {
                         let slot = active.swap_remove(i);
-                        finish(slot, reason, &mut ctx, &mut free_seqs);
+                        finish(slot, reason, true, &mut ctx, &mut seqs);
                     }
                 }
             }
         }
         for s in active.drain(..) {
-            finish(s, FinishReason::Cancelled, &mut ctx, &mut free_seqs);
+            finish(s, FinishReason::Cancelled, false, &mut ctx, &mut seqs);
         }
         drop(ctx);
         tracing::info!("model unloaded");
@@ -420,14 +436,21 @@ impl Engine {
         }
     }
 
-    /// Starts a job on a free sequence. Returns true for a shutdown command.
-    fn admit(&self, cmd: Command, active: &mut Vec<Slot>, free: &mut Vec<i32>) -> bool {
+    /// Starts a job on a free sequence, reusing what the prompt cache holds of its prompt.
+    /// Returns true for a shutdown command.
+    fn admit(
+        &self,
+        cmd: Command,
+        active: &mut Vec<Slot>,
+        seqs: &mut PromptCache,
+        ctx: &mut LlamaContext<'_>,
+    ) -> bool {
         let job = match cmd {
             Command::Shutdown => return true,
             Command::Run(job) => job,
         };
         crate::fault::inject(crate::fault::Point::Serving);
-        let Some(seq) = free.pop() else {
+        let Some(plan) = seqs.start(&job.tokens, job.cache_prompt) else {
             // Cannot happen while slot accounting holds; answer rather than panic.
             let _ = job.events.send(Event::Error(ApiError::new(
                 ErrorCode::AllSlotsBusy,
@@ -435,12 +458,35 @@ impl Engine {
             )));
             return false;
         };
+        let seq = plan.seq;
+        if let Some((donor, n)) = plan.copy_from {
+            let _ = ctx.clear_kv_cache_seq(Some(seq as u32), None, None);
+            if ctx
+                .copy_kv_cache_seq(donor, seq, None, Some(n as u32))
+                .is_err()
+            {
+                seqs.truncate(seq, 0);
+            }
+        }
+        // Drop the cells after the reused prefix. Memory that cannot drop part of a
+        // sequence (recurrent models) starts from scratch instead.
+        let mut reuse = plan.reuse;
+        let cut = ctx.clear_kv_cache_seq(Some(seq as u32), Some(reuse as u32), None);
+        if !matches!(cut, Ok(true)) {
+            let _ = ctx.clear_kv_cache_seq(Some(seq as u32), None, None);
+            seqs.truncate(seq, 0);
+            reuse = 0;
+        }
+        if reuse > 0 {
+            tracing::debug!(seq, reuse, prompt = job.tokens.len(), copied_from = ?plan.copy_from.map(|c| c.0), "prompt cache hit");
+        }
         let sampler = self.sampler(&job.sampling);
         let output = OutputText::new(job.stop.clone());
         active.push(Slot {
             seq,
-            pos: 0,
-            prefilled: 0,
+            pos: reuse as i32,
+            prefilled: reuse,
+            cached: reuse as u32,
             next_token: None,
             logits_at: None,
             generated: 0,
@@ -476,6 +522,8 @@ struct Slot {
     /// Position of the next token to decode in this sequence.
     pos: i32,
     prefilled: usize,
+    /// Prompt tokens that were in the cache.
+    cached: u32,
     /// The sampled token that goes into the next batch (None while prefilling).
     next_token: Option<LlamaToken>,
     /// Where in the current batch this slot's logits are.
@@ -524,15 +572,18 @@ impl Slot {
     }
 }
 
-/// Frees the slot's sequence, releases its slot, then tells the client.
+/// Gives the slot's sequence back (its cells kept for the prompt cache when `keep`),
+/// releases the slot, then tells the client.
 fn finish(
     mut slot: Slot,
     reason: FinishReason,
-    ctx: &mut llama_cpp_2::context::LlamaContext<'_>,
-    free: &mut Vec<i32>,
+    keep: bool,
+    ctx: &mut LlamaContext<'_>,
+    seqs: &mut PromptCache,
 ) {
-    let _ = ctx.clear_kv_cache_seq(Some(slot.seq as u32), None, None);
-    free.push(slot.seq);
+    if seqs.finish(slot.seq, keep) {
+        let _ = ctx.clear_kv_cache_seq(Some(slot.seq as u32), None, None);
+    }
     let tail = slot.output.finish();
     let job = *slot.job;
     let Job {
@@ -542,7 +593,9 @@ fn finish(
         tokens,
         ..
     } = job;
-    // Free the slot before the client hears "done", so its next request finds it free.
+    // Free the slot before the client hears "done", so its next request finds it free
+    // (and `/v1/slots` shows what it left in the cache).
+    publish(seqs, &guard.shared);
     drop(guard);
     if reason != FinishReason::Cancelled && !tail.is_empty() {
         let _ = events.send(Event::Token(tail));
@@ -552,11 +605,31 @@ fn finish(
         total_tokens: slot.generated,
         duration_ms: received.elapsed().as_millis() as u64,
         prompt_tokens: tokens.len() as u32,
+        cached_prompt_tokens: slot.cached,
         time_to_first_token_ms: slot
             .first_token_at
             .map(|t| t.duration_since(received).as_millis() as u64),
         finish_reason: reason,
     }));
+}
+
+/// Decodes one token and forgets it, so the first request does not pay for the first
+/// touch of the weights and buffers (llama-server does the same before it is ready).
+fn warm_up(model: &LlamaModel, ctx: &mut LlamaContext<'_>) {
+    let mut batch = LlamaBatch::new(1, 1);
+    let token = model.vocab().bos();
+    if batch.add(token, 0, &[0], true).is_ok() && ctx.decode(&mut batch).is_err() {
+        tracing::warn!("the warm-up decode failed; the first request will be slower");
+    }
+    let _ = ctx.clear_kv_cache_seq(None, None, None);
+}
+
+/// Shows the sequences' cache state to `/v1/slots` and STATUS.
+fn publish(seqs: &PromptCache, shared: &Shared) {
+    *lock(&shared.cache) = SlotsView {
+        prompt_cache: seqs.enabled(),
+        slots: seqs.view(),
+    };
 }
 
 /// Model metadata from the GGUF header, before llama.cpp has loaded anything.

@@ -21,8 +21,7 @@ use crate::openai;
 use crate::state::{lock, Phase, Shared};
 use crate::validate::validate;
 use rbee_http::{
-    check_route, header, json_error, json_response, read_body, respond_error, respond_json,
-    SseWriter,
+    check_route, header, json_response, read_body, respond_error, respond_json, SseWriter,
 };
 
 /// Requests handled at once before new ones get 503 `OVERLOADED`.
@@ -60,6 +59,7 @@ pub fn serve(server: &tiny_http::Server, app: &Arc<App>) {
 enum Route {
     Health,
     Info,
+    Slots,
     Ready,
     Progress,
     Inference,
@@ -84,6 +84,7 @@ fn route(path: &str) -> Option<(Route, Method)> {
     Some(match path {
         "/v1/health" => (Route::Health, Method::Get),
         "/v1/info" => (Route::Info, Method::Get),
+        "/v1/slots" => (Route::Slots, Method::Get),
         "/v1/ready" => (Route::Ready, Method::Get),
         "/v1/loading/progress" => (Route::Progress, Method::Get),
         "/v1/inference" => (Route::Inference, Method::Post),
@@ -135,6 +136,10 @@ fn handle(app: &App, request: Request) {
         Route::Info => {
             let info = lock(&app.shared.info).clone();
             respond_json(request, 200, &info);
+        }
+        Route::Slots => {
+            let view = lock(&app.shared.cache).clone();
+            respond_json(request, 200, &view);
         }
         Route::Ready => respond_json(request, 200, &ready(&app.shared)),
         Route::Progress => progress(app, request),
@@ -232,7 +237,7 @@ fn inference(app: &App, mut request: Request) {
     let received = Instant::now();
     let admitted = serving(app).and_then(|prepared| {
         let body = read_body(&mut request, app.shared.max_body_bytes)?;
-        let req: InferenceRequest = serde_json::from_str(&body).map_err(|e| json_error(&e))?;
+        let req: InferenceRequest = rbee_http::parse_named(&body)?;
         let v = validate(&req, prepared.ctx_size)?;
         let tokens = tokens_for(prepared, &v)?;
         let stream = v.stream;
@@ -298,6 +303,7 @@ fn complete(request: Request, started: &Started) {
                 text,
                 total_tokens: d.total_tokens,
                 prompt_tokens: d.prompt_tokens,
+                cached_prompt_tokens: d.cached_prompt_tokens,
                 duration_ms: d.duration_ms,
                 finish_reason: d.finish_reason,
             };

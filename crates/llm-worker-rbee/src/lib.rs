@@ -9,6 +9,7 @@
 //! - [`validate`]: range checks of inference requests.
 //! - [`fault`]: injected faults for the tests of failure paths.
 //! - [`output`]: UTF-8 joining and stop strings.
+//! - [`prompt_cache`]: which sequence a request gets and how much of its prompt is cached.
 //! - [`lifecycle`]: startup, sd-notify, signals, the hive callback and draining.
 //! - [`state`]: what the threads share.
 
@@ -20,5 +21,6 @@ pub mod http;
 pub mod lifecycle;
 pub mod openai;
 pub mod output;
+pub mod prompt_cache;
 pub mod state;
 pub mod validate;

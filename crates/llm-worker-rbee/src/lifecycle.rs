@@ -176,6 +176,7 @@ fn run_inner(args: Args) -> anyhow::Result<i32> {
         slots: args.slots,
         ctx_size: args.ctx_size,
         threads: args.threads.unwrap_or_else(physical_cores),
+        prompt_cache: !args.no_prompt_cache,
     };
     notify(&[NotifyState::Status(&format!(
         "loading model ({} layers)",
@@ -332,8 +333,13 @@ fn spawn_status_thread(shared: Arc<Shared>) -> std::thread::JoinHandle<()> {
                             / last_at.elapsed().as_secs_f64().max(1e-3);
                         (last_tokens, last_at) = (tokens, Instant::now());
                         let busy = shared.slots.busy();
+                        let cached: u64 = crate::state::lock(&shared.cache)
+                            .slots
+                            .iter()
+                            .map(|s| s.cached_tokens)
+                            .sum();
                         format!(
-                            "{}, {busy}/{} slots busy, {rate:.0} tok/s",
+                            "{}, {busy}/{} slots busy, {rate:.0} tok/s, {cached} tokens cached",
                             if busy == 0 { "idle" } else { "busy" },
                             shared.slots.total()
                         )

@@ -245,6 +245,7 @@ fn translate(r: CompletionRequest, kind: Kind) -> Result<InferenceRequest, ApiEr
         stream: Some(r.stream.unwrap_or(false)),
         presence_penalty: r.presence_penalty,
         frequency_penalty: r.frequency_penalty,
+        cache_prompt: r.cache_prompt,
     })
 }
 
@@ -380,7 +381,11 @@ impl Answer {
 
     /// The whole answer of a non-streamed request.
     fn document(&self, text: String, done: &DoneEvent) -> Value {
-        let usage = Usage::new(done.prompt_tokens, done.total_tokens);
+        let usage = Usage::new(
+            done.prompt_tokens,
+            done.total_tokens,
+            done.cached_prompt_tokens,
+        );
         let finish = Some(finish_reason(done.finish_reason));
         let v = match self.kind {
             Kind::Chat => serde_json::to_value(ChatCompletion {
@@ -436,7 +441,11 @@ fn stream(request: Request, started: &Started, answer: &Answer, include_usage: b
                 );
                 let _ = sse.json(&last).and_then(|()| {
                     if include_usage {
-                        let u = Usage::new(done.prompt_tokens, done.total_tokens);
+                        let u = Usage::new(
+                            done.prompt_tokens,
+                            done.total_tokens,
+                            done.cached_prompt_tokens,
+                        );
                         sse.json(&answer.usage_chunk(u))?;
                     }
                     sse.done()

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use rbee_types::worker::{LoadProgress, WorkerInfo};
+use rbee_types::worker::{LoadProgress, SlotsView, WorkerInfo};
 
 /// Lifecycle of the worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,6 +118,8 @@ pub struct Shared {
     pub cancels: Mutex<HashMap<String, Arc<AtomicBool>>>,
     /// Tokens generated since start (for the tokens/s in STATUS).
     pub tokens_generated: AtomicU64,
+    /// The slots' prompt cache as the engine last left it (`/v1/slots`, STATUS).
+    pub cache: Mutex<SlotsView>,
     /// Requests currently being handled by HTTP threads.
     pub in_flight: AtomicU32,
     /// API key, if one is configured.
@@ -148,6 +150,10 @@ impl Shared {
             slots,
             cancels: Mutex::new(HashMap::new()),
             tokens_generated: AtomicU64::new(0),
+            cache: Mutex::new(SlotsView {
+                prompt_cache: false,
+                slots: Vec::new(),
+            }),
             in_flight: AtomicU32::new(0),
             api_key,
             base_url,

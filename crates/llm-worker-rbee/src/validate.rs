@@ -26,6 +26,8 @@ pub struct Valid {
     pub stop: Vec<String>,
     /// SSE or one document.
     pub stream: bool,
+    /// Reuse a cached prefix of the prompt.
+    pub cache_prompt: bool,
 }
 
 fn bad(field: &str, msg: String, got: impl Into<serde_json::Value>) -> ApiError {
@@ -148,6 +150,7 @@ pub fn validate(r: &InferenceRequest, ctx_size: u32) -> Result<Valid, ApiError> 
         },
         stop,
         stream: r.stream.unwrap_or(true),
+        cache_prompt: r.cache_prompt.unwrap_or(true),
     })
 }
 

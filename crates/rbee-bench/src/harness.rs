@@ -243,6 +243,40 @@ impl Drop for Server {
     }
 }
 
+/// `llm-worker-rbee` and `llama-server` (binary `llama_server`) on `model`, both with
+/// `slots` slots of `ctx` tokens and `threads` threads, ready. (llama-server divides its
+/// `-c` among its slots.)
+pub fn worker_and_llama_server(
+    model: &Path,
+    llama_server: &Path,
+    slots: u32,
+    ctx: u32,
+    threads: &str,
+) -> anyhow::Result<(Server, Server)> {
+    let wport = free_port();
+    let worker = Server::start(
+        Command::new(sibling("llm-worker-rbee")?)
+            .arg("--model")
+            .arg(model)
+            .args(["--port", &wport.to_string(), "--slots", &slots.to_string()])
+            .args(["--ctx-size", &ctx.to_string(), "--threads", threads]),
+        wport,
+        "/v1/ready",
+    )?;
+    let lport = free_port();
+    let server = Server::start(
+        Command::new(llama_server)
+            .arg("-m")
+            .arg(model)
+            .args(["--host", "127.0.0.1", "--port", &lport.to_string()])
+            .args(["-np", &slots.to_string(), "-c", &(ctx * slots).to_string()])
+            .args(["-t", threads, "-tb", threads]),
+        lport,
+        "/health",
+    )?;
+    Ok((worker, server))
+}
+
 /// The newest llama-server built by scripts/build-llama-server in the cache.
 pub fn default_llama_server() -> Option<PathBuf> {
     let cache = std::env::var_os("RBEE_CACHE_DIR")

@@ -177,6 +177,7 @@ pub fn batched_tok_s(
 }
 
 pub mod harness;
+pub mod openai_stream;
 
 /// Order statistics for the benchmarks' figures.
 pub mod stats {

@@ -3,7 +3,6 @@
 //! llama-server, side by side in one run on the same model and threads. Prints a Markdown
 //! table (medians over `--rounds`) and the ratios the worker's targets are stated in.
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Instant;
@@ -263,7 +262,7 @@ fn one_stream(port: u16, api: Api, tokens: u32) -> anyhow::Result<(u32, f64, f64
     let (path, body) = match api {
         Api::Worker => (
             "/v1/inference",
-            json!({"prompt": PROMPT, "max_tokens": tokens, "temperature": 0}),
+            json!({"prompt": PROMPT, "max_tokens": tokens, "temperature": 0, "cache_prompt": false}),
         ),
         Api::LlamaServer => (
             "/completion",
@@ -274,14 +273,7 @@ fn one_stream(port: u16, api: Api, tokens: u32) -> anyhow::Result<(u32, f64, f64
     let resp =
         ureq::post(&format!("http://127.0.0.1:{port}{path}")).send_string(&body.to_string())?;
     let (mut n, mut first, mut last) = (0u32, None, t0);
-    for line in BufReader::new(resp.into_reader()).lines() {
-        let line = line?;
-        let Some(data) = line.strip_prefix("data: ") else {
-            continue;
-        };
-        if data == "[DONE]" {
-            break;
-        }
+    rbee_bench::openai_stream::sse_data(resp.into_reader(), |data| {
         let v: Value = serde_json::from_str(data)?;
         let is_token = match api {
             Api::Worker => v.get("token").is_some(),
@@ -297,12 +289,9 @@ fn one_stream(port: u16, api: Api, tokens: u32) -> anyhow::Result<(u32, f64, f64
             first.get_or_insert(now);
             last = now;
         }
-        if v["stop"] == true || v["done"] == true {
-            if let Api::LlamaServer = api {
-                break;
-            }
-        }
-    }
+        let ended = v["stop"] == true || v["done"] == true;
+        Ok(!(ended && matches!(api, Api::LlamaServer)))
+    })?;
     let first = first.context("no token streamed")?;
     Ok((
         n,

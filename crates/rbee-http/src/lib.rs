@@ -117,7 +117,8 @@ pub fn parse_named<T: serde::de::DeserializeOwned>(body: &str) -> Result<T, ApiE
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
-        if inner.is_syntax() || inner.is_eof() || path == "." {
+        let unknown = inner.to_string().starts_with("unknown field");
+        if inner.is_syntax() || inner.is_eof() || path == "." || unknown {
             json_error(&inner)
         } else {
             ApiError::new(

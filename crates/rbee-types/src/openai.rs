@@ -131,6 +131,9 @@ pub struct CompletionRequest {
     /// The end user (accepted, ignored).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    /// llama-server's extension: reuse a cached prefix of the prompt (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_prompt: Option<bool>,
     /// Everything else: parameters rbee does not implement and unknown fields, refused by
     /// name unless they ask for what rbee does anyway (`n: 1`, `logprobs: false`, …).
     #[serde(flatten)]
@@ -146,15 +149,28 @@ pub struct Usage {
     pub completion_tokens: u32,
     /// The sum.
     pub total_tokens: u32,
+    /// How many prompt tokens came from the prompt cache.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_tokens_details: Option<PromptTokensDetails>,
+}
+
+/// `usage.prompt_tokens_details`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PromptTokensDetails {
+    /// Prompt tokens found in the cache (not decoded again).
+    pub cached_tokens: u32,
 }
 
 impl Usage {
-    /// Counts with their sum.
-    pub fn new(prompt_tokens: u32, completion_tokens: u32) -> Self {
+    /// Counts with their sum; `cached` of the prompt tokens came from the prompt cache.
+    pub fn new(prompt_tokens: u32, completion_tokens: u32, cached: u32) -> Self {
         Usage {
             prompt_tokens,
             completion_tokens,
             total_tokens: prompt_tokens + completion_tokens,
+            prompt_tokens_details: Some(PromptTokensDetails {
+                cached_tokens: cached,
+            }),
         }
     }
 }
@@ -415,7 +431,7 @@ mod tests {
             created: 1,
             model: "m".into(),
             choices: vec![],
-            usage: Some(Some(Usage::new(3, 2))),
+            usage: Some(Some(Usage::new(3, 2, 0))),
         };
         let v = serde_json::to_value(&chunk).unwrap();
         assert_eq!(v["usage"]["total_tokens"], 5);

@@ -50,6 +50,9 @@ pub struct InferenceRequest {
     /// Stream tokens as SSE (default true) or answer with one JSON document.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream: Option<bool>,
+    /// Reuse a cached prefix of the prompt (default true; llama-server's name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_prompt: Option<bool>,
     /// Lowers tokens that appeared in the answer so far, once each; -2 ..= 2 (default 0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub presence_penalty: Option<f64>,
@@ -99,10 +102,38 @@ pub struct DoneEvent {
     pub duration_ms: u64,
     /// Tokens in the prompt.
     pub prompt_tokens: u32,
+    /// Prompt tokens found in the prompt cache (not decoded again).
+    #[serde(default)]
+    pub cached_prompt_tokens: u32,
     /// Time from arrival to the first generated token.
     pub time_to_first_token_ms: Option<u64>,
     /// Why it ended.
     pub finish_reason: FinishReason,
+}
+
+/// One slot's part of the prompt cache, in `GET /v1/slots`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotCache {
+    /// The slot (its llama sequence), 0-based.
+    pub id: u32,
+    /// A request runs on it now.
+    pub busy: bool,
+    /// Tokens its KV cells hold (the last prompt and answer), reusable by the next request
+    /// that starts with them.
+    pub cached_tokens: u64,
+    /// Requests that reused some of them.
+    pub hits: u64,
+    /// Prompt tokens those requests did not decode again.
+    pub tokens_reused: u64,
+}
+
+/// `GET /v1/slots`: the slots and their prompt cache.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotsView {
+    /// Whether the worker keeps prompts between requests (`--no-prompt-cache` turns it off).
+    pub prompt_cache: bool,
+    /// Each slot.
+    pub slots: Vec<SlotCache>,
 }
 
 /// The answer to `stream: false`.
@@ -116,6 +147,9 @@ pub struct CompletionResponse {
     pub total_tokens: u32,
     /// Tokens in the prompt.
     pub prompt_tokens: u32,
+    /// Prompt tokens found in the prompt cache (not decoded again).
+    #[serde(default)]
+    pub cached_prompt_tokens: u32,
     /// Wall time.
     pub duration_ms: u64,
     /// Why it ended.

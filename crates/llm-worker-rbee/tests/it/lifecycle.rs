@@ -37,6 +37,7 @@ fn sd_notify_ready_arrives_only_after_the_model_is_loaded() {
                 "READY=1 before the model was loaded: {ready}"
             );
             assert!(msg.contains("STATUS=idle, 0/1 slots busy"), "{msg}");
+            assert!(msg.contains("0 tokens cached"), "{msg}");
             break;
         }
         seen.push(msg);

@@ -9,4 +9,5 @@ mod gguf_mutations;
 mod haiku;
 mod lifecycle;
 mod openai;
+mod prompt_cache;
 mod slots;

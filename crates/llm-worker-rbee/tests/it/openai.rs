@@ -61,10 +61,18 @@ out(text=p.choices[0].message.content)
     let text = chat["text"].as_str().unwrap();
     assert!(text.len() > 20, "real text: {text:?}");
     assert_eq!(streamed["text"], text, "greedy: streamed == not streamed");
+    // The same prompt again: all but its last token come from the prompt cache.
     assert_eq!(
-        streamed["usage"], chat["usage"],
-        "the last chunk carries usage"
+        streamed["usage"]["prompt_tokens_details"]["cached_tokens"],
+        prompt_tokens - 1,
+        "{streamed}"
     );
+    for key in ["prompt_tokens", "completion_tokens", "total_tokens"] {
+        assert_eq!(
+            streamed["usage"][key], chat["usage"][key],
+            "the last chunk carries usage"
+        );
+    }
     assert_eq!(
         streamed["roles"],
         json!(["assistant"]),

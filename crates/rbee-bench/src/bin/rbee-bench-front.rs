@@ -9,21 +9,18 @@
 //! 3. `--queue` requests at once on a 1-slot worker through the hive: all answered, and
 //!    the hive's resident memory before and at the end.
 //! 4. The worker's own chat route against llama-server's `/v1/chat/completions` on the same
-//!    request (both one slot, 4096 tokens of context, the same threads; llama-server's
-//!    prompt cache off, as the worker has none), interleaved, when llama-server is built
+//!    request (both one slot, 4096 tokens of context, the same threads; both prompt caches
+//!    off, so every round reads the whole prompt), interleaved, when llama-server is built
 //!    (`scripts/build-llama-server`).
 
-use std::io::{BufRead, BufReader};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use clap::Parser;
-use rbee_bench::harness::{default_llama_server, file_ref, sibling, Hive, Server};
+use rbee_bench::harness::{default_llama_server, file_ref, worker_and_llama_server, Hive};
+use rbee_bench::openai_stream::{stream_body, Run};
 use rbee_bench::stats::median;
-use rbee_test_support::process::free_port;
 use rbee_types::hive::SpawnRequest;
-use rbee_types::openai::ChatCompletionChunk;
 use rbee_types::Backend;
 
 /// Measures the front door against the worker's own OpenAI route.
@@ -49,15 +46,6 @@ struct Args {
     threads: Option<usize>,
 }
 
-/// One streamed answer: TTFT and the decode rate after the first token.
-struct Run {
-    ttft_ms: f64,
-    tokens: u32,
-    decode_tok_s: f64,
-    /// As the server counted them (its chat template decides).
-    prompt_tokens: u32,
-}
-
 /// The request every figure is made of: a short chat turn, greedy, streamed.
 fn chat_body(model: &str, tokens: u32) -> serde_json::Value {
     serde_json::json!({
@@ -73,45 +61,6 @@ fn chat_body(model: &str, tokens: u32) -> serde_json::Value {
 
 fn stream(url: &str, key: Option<&str>, model: &str, tokens: u32) -> anyhow::Result<Run> {
     stream_body(url, key, &chat_body(model, tokens))
-}
-
-fn stream_body(url: &str, key: Option<&str>, body: &serde_json::Value) -> anyhow::Result<Run> {
-    let mut req = ureq::post(&format!("{url}/v1/chat/completions"));
-    if let Some(k) = key {
-        req = req.set("Authorization", &format!("Bearer {k}"));
-    }
-    let t0 = Instant::now();
-    let resp = req.send_string(&body.to_string())?;
-    let (mut first, mut n, mut prompt_tokens) = (None, 0u32, 0);
-    for line in BufReader::new(resp.into_reader()).lines() {
-        let line = line?;
-        let Some(data) = line.strip_prefix("data: ") else {
-            continue;
-        };
-        if data == "[DONE]" {
-            break;
-        }
-        let chunk: ChatCompletionChunk = serde_json::from_str(data)?;
-        if let Some(Some(u)) = &chunk.usage {
-            prompt_tokens = u.prompt_tokens;
-        }
-        let text = chunk
-            .choices
-            .first()
-            .and_then(|c| c.delta.content.as_deref());
-        if text.is_some_and(|t| !t.is_empty()) {
-            n += 1;
-            first.get_or_insert_with(Instant::now);
-        }
-    }
-    let first = first.context("no token")?;
-    let decode = first.elapsed().as_secs_f64();
-    Ok(Run {
-        ttft_ms: (first - t0).as_secs_f64() * 1000.0,
-        tokens: n,
-        decode_tok_s: f64::from(n.saturating_sub(1)) / decode.max(1e-9),
-        prompt_tokens,
-    })
 }
 
 /// `k` streams at once; aggregate tokens per second.
@@ -237,32 +186,18 @@ fn versus_llama_server(model: &std::path::Path, args: &Args) -> anyhow::Result<(
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
         .to_string();
-    let wport = free_port();
-    let worker = Server::start(
-        Command::new(sibling("llm-worker-rbee")?)
-            .arg("--model")
-            .arg(model)
-            .args(["--port", &wport.to_string(), "--slots", "1"])
-            .args(["--ctx-size", "4096", "--threads", &threads]),
-        wport,
-        "/v1/ready",
-    )?;
-    let lport = free_port();
-    let server = Server::start(
-        Command::new(&bin)
-            .arg("-m")
-            .arg(model)
-            .args(["--host", "127.0.0.1", "--port", &lport.to_string()])
-            .args(["-np", "1", "-c", "4096", "-t", &threads, "-tb", &threads]),
-        lport,
-        "/health",
-    )?;
-    let body = chat_body("m", args.tokens);
-    let mut uncached = body.clone();
+    let (worker, server) = worker_and_llama_server(model, &bin, 1, 4096, &threads)?;
+    let mut uncached = chat_body("m", args.tokens);
     uncached["cache_prompt"] = false.into();
     let (mut w, mut l) = (vec![], vec![]);
     for round in 0..args.rounds {
-        let ours = || stream_body(&format!("http://127.0.0.1:{}", worker.port), None, &body);
+        let ours = || {
+            stream_body(
+                &format!("http://127.0.0.1:{}", worker.port),
+                None,
+                &uncached,
+            )
+        };
         let theirs = || {
             stream_body(
                 &format!("http://127.0.0.1:{}", server.port),

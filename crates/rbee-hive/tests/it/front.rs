@@ -88,7 +88,17 @@ for name, call in [("unknown", lambda: c.chat.completions.create(model="gpt-4", 
         out[3]["text"], text,
         "greedy: streamed through the alias == not streamed"
     );
-    assert_eq!(out[3]["usage"], chat["usage"]);
+    for key in ["prompt_tokens", "completion_tokens", "total_tokens"] {
+        assert_eq!(out[3]["usage"][key], chat["usage"][key]);
+    }
+    // The second time, the worker read the prompt from its cache (through the hive too).
+    let prompt = chat["usage"]["prompt_tokens"].as_u64().unwrap();
+    assert_eq!(
+        out[3]["usage"]["prompt_tokens_details"]["cached_tokens"],
+        prompt - 1,
+        "{}",
+        out[3]
+    );
     assert_eq!(out[4]["object"], "text_completion");
     let by_name = |n: &str| out.iter().find(|o| o["name"] == n).unwrap().clone();
     let unknown = by_name("unknown");
