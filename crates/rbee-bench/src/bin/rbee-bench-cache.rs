@@ -9,7 +9,8 @@
 //!    answering (several users of one assistant). First-turn TTFT of conversations 2–4.
 //!
 //! Rounds alternate which server goes first; each round's system prompt starts with the
-//! round's number, so nothing is cached across rounds.
+//! round's number, so nothing is cached across rounds. Times are medians over rounds;
+//! ratios are medians of each round's worker/llama-server ratio.
 
 use std::sync::mpsc;
 
@@ -169,6 +170,16 @@ fn interleaved<T>(
     Ok((w, l))
 }
 
+/// Median over rounds of `f(run)`'s value at index `t` of each round.
+fn turn(runs: &[Vec<Run>], t: usize, f: fn(&Run) -> f64) -> f64 {
+    median(&mut runs.iter().map(|r| f(&r[t])).collect::<Vec<_>>())
+}
+
+/// Median over rounds of the worker's `f` divided by llama-server's in the same round.
+fn paired(w: &[Vec<Run>], l: &[Vec<Run>], f: impl Fn(&[Run]) -> f64) -> f64 {
+    median(&mut w.iter().zip(l).map(|(a, b)| f(a) / f(b)).collect::<Vec<_>>())
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let threads = args
@@ -190,36 +201,25 @@ fn main() -> anyhow::Result<()> {
         "{:<5} {:>8} {:>10} {:>10} {:>8} {:>16}",
         "turn", "prompt", "worker ms", "llama-s ms", "w/l", "worker cached"
     );
-    let turn = |runs: &[Vec<Run>], t: usize, f: fn(&Run) -> f64| {
-        median(&mut runs.iter().map(|r| f(&r[t])).collect::<Vec<_>>())
-    };
     for t in 0..QUESTIONS.len() {
-        let (wt, lt) = (turn(&w, t, |r| r.ttft_ms), turn(&l, t, |r| r.ttft_ms));
         println!(
             "{:<5} {:>8.0} {:>10.1} {:>10.1} {:>8.2} {:>16.0}",
             t + 1,
             turn(&w, t, |r| f64::from(r.prompt_tokens)),
-            wt,
-            lt,
-            wt / lt,
+            turn(&w, t, |r| r.ttft_ms),
+            turn(&l, t, |r| r.ttft_ms),
+            paired(&w, &l, |c| c[t].ttft_ms),
             turn(&w, t, |r| f64::from(r.cached_tokens))
         );
     }
-    let total = |runs: &[Vec<Run>]| {
-        median(
-            &mut runs
-                .iter()
-                .map(|c| c.iter().map(|r| r.ttft_ms).sum::<f64>())
-                .collect::<Vec<_>>(),
-        )
-    };
+    let total = |c: &[Run]| c.iter().map(|r| r.ttft_ms).sum::<f64>();
     let last = QUESTIONS.len() - 1;
     println!(
-        "total TTFT: worker {:.0} ms, llama-server {:.0} ms, w/l {:.2}; last turn w/l {:.2} (targets: both <= 1.0)",
-        total(&w),
-        total(&l),
-        total(&w) / total(&l),
-        turn(&w, last, |r| r.ttft_ms) / turn(&l, last, |r| r.ttft_ms)
+        "total TTFT: worker {:.0} ms, llama-server {:.0} ms (medians); per-round w/l: total {:.2}, last turn {:.2} (targets: both <= 1.0)",
+        median(&mut w.iter().map(|c| total(c)).collect::<Vec<_>>()),
+        median(&mut l.iter().map(|c| total(c)).collect::<Vec<_>>()),
+        paired(&w, &l, total),
+        paired(&w, &l, |c| c[last].ttft_ms)
     );
 
     let pair = servers(&args, 4)?;
@@ -233,24 +233,20 @@ fn main() -> anyhow::Result<()> {
         "{:<13} {:>10} {:>10} {:>8} {:>16}",
         "conversation", "worker ms", "llama-s ms", "w/l", "worker cached"
     );
-    let mut ratios = Vec::new();
     for c in 0..4 {
-        let (wt, lt) = (turn(&w, c, |r| r.ttft_ms), turn(&l, c, |r| r.ttft_ms));
-        if c > 0 {
-            ratios.push(wt / lt);
-        }
         println!(
             "{:<13} {:>10.1} {:>10.1} {:>8.2} {:>16.0}",
             c + 1,
-            wt,
-            lt,
-            wt / lt,
+            turn(&w, c, |r| r.ttft_ms),
+            turn(&l, c, |r| r.ttft_ms),
+            paired(&w, &l, |s| s[c].ttft_ms),
             turn(&w, c, |r| f64::from(r.cached_tokens))
         );
     }
+    let later = |s: &[Run]| s[1..].iter().map(|r| r.ttft_ms).sum::<f64>();
     println!(
-        "conversations 2-4, first-turn TTFT w/l: {:.2} (median; target <= 0.3)",
-        median(&mut ratios)
+        "conversations 2-4, first-turn TTFT w/l: {:.2} (per-round ratio of their sums, median; target <= 0.3)",
+        paired(&w, &l, later)
     );
     Ok(())
 }
