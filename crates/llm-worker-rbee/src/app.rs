@@ -141,6 +141,7 @@ pub(crate) fn start(
         max_tokens: v.max_tokens,
         stop: v.stop,
         cache_prompt: v.cache_prompt,
+        messages: v.messages,
         cancel: Arc::clone(&cancel),
         events: tx,
         received,

@@ -22,6 +22,7 @@ use rbee_types::worker::{ChatMessage, DoneEvent, FinishReason, ModelMetadata, Sl
 use rbee_types::{ApiError, ErrorCode};
 
 use crate::cli::Backend;
+use crate::next_turn::NextTurn;
 use crate::output::{Emit, OutputText};
 use crate::prompt_cache::PromptCache;
 use crate::state::{lock, Phase, Shared};
@@ -115,6 +116,8 @@ pub struct Job {
     pub stop: Vec<String>,
     /// Reuse a cached prefix of the prompt.
     pub cache_prompt: bool,
+    /// The conversation, for a chat request (to prepare the cache for its next turn).
+    pub messages: Option<Vec<ChatMessage>>,
     /// Set to stop generation.
     pub cancel: Arc<AtomicBool>,
     /// Where events go; a closed channel cancels the request.
@@ -142,6 +145,11 @@ pub struct Prepared {
 impl Prepared {
     /// Renders chat messages with the model's own template (assistant turn opened).
     pub fn render_chat(&self, messages: &[ChatMessage]) -> Result<String, ApiError> {
+        self.render(messages, true)
+    }
+
+    /// Renders chat messages, opening the assistant's turn at the end or not.
+    pub fn render(&self, messages: &[ChatMessage], open_turn: bool) -> Result<String, ApiError> {
         let tmpl = self.chat_template.as_ref().ok_or_else(|| {
             ApiError::new(
                 ErrorCode::InvalidRequest,
@@ -159,7 +167,7 @@ impl Prepared {
                 )
             })?;
         self.model
-            .apply_chat_template(tmpl, &chat, true)
+            .apply_chat_template(tmpl, &chat, open_turn)
             .map_err(|e| {
                 ApiError::new(
                     ErrorCode::InvalidRequest,
@@ -284,6 +292,7 @@ impl Engine {
 
         let mut batch = LlamaBatch::new(BATCH_TOKENS.max(cfg.slots) as usize, cfg.slots as i32);
         let mut seqs = PromptCache::new(cfg.slots, cfg.prompt_cache);
+        let mut next_turns: Vec<NextTurn> = Vec::new();
         publish(&seqs, shared);
         let mut active: Vec<Slot> = Vec::new();
         let vocab = model.vocab();
@@ -294,6 +303,15 @@ impl Engine {
             }
             // Take new work: block only when there is nothing to decode.
             let running = active.len();
+            // Idle with a conversation to prepare: do that first, one at a time, so a new
+            // request waits at most one short decode.
+            if active.is_empty() {
+                if let Some(next) = next_turns.pop() {
+                    next.apply(&mut ctx, &mut batch, &mut seqs, ctx_size);
+                    publish(&seqs, shared);
+                    continue;
+                }
+            }
             if active.is_empty() {
                 match rx.recv_timeout(IDLE_TICK) {
                     Ok(cmd) => shutdown |= self.admit(cmd, &mut active, &mut seqs, &mut ctx),
@@ -312,7 +330,7 @@ impl Engine {
             while i < active.len() {
                 if active[i].job.cancel.load(Ordering::Acquire) {
                     let slot = active.swap_remove(i);
-                    finish(slot, FinishReason::Cancelled, true, &mut ctx, &mut seqs);
+                    let _ = finish(slot, FinishReason::Cancelled, true, &mut ctx, &mut seqs);
                 } else {
                     i += 1;
                 }
@@ -369,7 +387,7 @@ impl Engine {
                         format!("llama.cpp failed to decode: {e}"),
                     )));
                     // What the failed step left in the cells is unknown: not kept.
-                    finish(s, FinishReason::Cancelled, false, &mut ctx, &mut seqs);
+                    let _ = finish(s, FinishReason::Cancelled, false, &mut ctx, &mut seqs);
                 }
                 continue;
             }
@@ -391,13 +409,22 @@ impl Engine {
                     None => i += 1,
                     Some(reason) => {
                         let slot = active.swap_remove(i);
-                        finish(slot, reason, true, &mut ctx, &mut seqs);
+                        if let Some(a) = finish(slot, reason, true, &mut ctx, &mut seqs) {
+                            let prepared = self.prepared().expect("loaded");
+                            next_turns.extend(NextTurn::plan(
+                                prepared,
+                                &seqs,
+                                a.seq,
+                                &a.messages,
+                                &a.answer,
+                            ));
+                        }
                     }
                 }
             }
         }
         for s in active.drain(..) {
-            finish(s, FinishReason::Cancelled, false, &mut ctx, &mut seqs);
+            let _ = finish(s, FinishReason::Cancelled, false, &mut ctx, &mut seqs);
         }
         drop(ctx);
         tracing::info!("model unloaded");
@@ -487,6 +514,8 @@ impl Engine {
             pos: reuse as i32,
             prefilled: reuse,
             cached: reuse as u32,
+            answer: String::new(),
+            eog: false,
             next_token: None,
             logits_at: None,
             generated: 0,
@@ -524,6 +553,10 @@ struct Slot {
     prefilled: usize,
     /// Prompt tokens that were in the cache.
     cached: u32,
+    /// The text sent so far.
+    answer: String,
+    /// It ended on an end-of-generation token (not a stop string or a limit).
+    eog: bool,
     /// The sampled token that goes into the next batch (None while prefilling).
     next_token: Option<LlamaToken>,
     /// Where in the current batch this slot's logits are.
@@ -545,6 +578,7 @@ impl Slot {
         shared: &Shared,
     ) -> Option<FinishReason> {
         if vocab.is_eog(token) {
+            self.eog = true;
             return Some(FinishReason::Stop);
         }
         self.generated += 1;
@@ -555,8 +589,11 @@ impl Slot {
             Emit::Text(t) => (t, false),
             Emit::Stop(t) => (t, true),
         };
-        if !text.is_empty() && self.job.events.send(Event::Token(text)).is_err() {
-            return Some(FinishReason::Cancelled); // the client is gone
+        if !text.is_empty() {
+            self.answer.push_str(&text);
+            if self.job.events.send(Event::Token(text)).is_err() {
+                return Some(FinishReason::Cancelled); // the client is gone
+            }
         }
         if stop {
             return Some(FinishReason::Stop);
@@ -572,6 +609,14 @@ impl Slot {
     }
 }
 
+/// A chat answer that ended on its own, kept in the cache: its conversation can be
+/// prepared for the next turn ([`crate::next_turn`]).
+struct Answered {
+    seq: i32,
+    messages: Vec<ChatMessage>,
+    answer: String,
+}
+
 /// Gives the slot's sequence back (its cells kept for the prompt cache when `keep`),
 /// releases the slot, then tells the client.
 fn finish(
@@ -580,8 +625,9 @@ fn finish(
     keep: bool,
     ctx: &mut LlamaContext<'_>,
     seqs: &mut PromptCache,
-) {
-    if seqs.finish(slot.seq, keep) {
+) -> Option<Answered> {
+    let cleared = seqs.finish(slot.seq, keep);
+    if cleared {
         let _ = ctx.clear_kv_cache_seq(Some(slot.seq as u32), None, None);
     }
     let tail = slot.output.finish();
@@ -591,8 +637,17 @@ fn finish(
         received,
         guard,
         tokens,
+        messages,
         ..
     } = job;
+    let answered = match messages {
+        Some(messages) if slot.eog && !cleared => Some(Answered {
+            seq: slot.seq,
+            messages,
+            answer: slot.answer + &tail,
+        }),
+        _ => None,
+    };
     // Free the slot before the client hears "done", so its next request finds it free
     // (and `/v1/slots` shows what it left in the cache).
     publish(seqs, &guard.shared);
@@ -611,6 +666,7 @@ fn finish(
             .map(|t| t.duration_since(received).as_millis() as u64),
         finish_reason: reason,
     }));
+    answered
 }
 
 /// Decodes one token and forgets it, so the first request does not pay for the first

@@ -9,7 +9,8 @@
 //! - [`validate`]: range checks of inference requests.
 //! - [`fault`]: injected faults for the tests of failure paths.
 //! - [`output`]: UTF-8 joining and stop strings.
-//! - [`prompt_cache`]: which sequence a request gets and how much of its prompt is cached.
+//! - [`prompt_cache`]: which sequence a request gets and how much of its prompt is cached;
+//!   [`next_turn`]: a finished chat prepared for its next turn.
 //! - [`lifecycle`]: startup, sd-notify, signals, the hive callback and draining.
 //! - [`state`]: what the threads share.
 
@@ -19,6 +20,7 @@ pub mod engine;
 pub mod fault;
 pub mod http;
 pub mod lifecycle;
+pub mod next_turn;
 pub mod openai;
 pub mod output;
 pub mod prompt_cache;

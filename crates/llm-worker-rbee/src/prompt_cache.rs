@@ -148,6 +148,16 @@ impl PromptCache {
         })
     }
 
+    /// The tokens in `seq`'s cells.
+    pub fn tokens(&self, seq: i32) -> &[LlamaToken] {
+        &self.seqs[seq as usize].tokens
+    }
+
+    /// No request runs on `seq`.
+    pub fn is_free(&self, seq: i32) -> bool {
+        !self.seqs[seq as usize].busy
+    }
+
     /// Records that `token` went into `seq`'s cells at the next position.
     pub fn push(&mut self, seq: i32, token: LlamaToken) {
         self.seqs[seq as usize].tokens.push(token);

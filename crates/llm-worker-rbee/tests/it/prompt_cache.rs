@@ -118,6 +118,37 @@ fn greedy_answers_with_the_cache_are_those_without_for_extended_shortened_and_di
 }
 
 #[test]
+fn a_chat_answer_that_ends_on_its_own_is_prepared_for_the_next_turn() {
+    let Some((w, plain)) = pair(1, 256) else {
+        return;
+    };
+    let turn1 = [("system", "Answer in one word."), ("user", "Say hi.")];
+    let r = w.complete(chat(&turn1, 40)).json();
+    assert_eq!(r["finish_reason"], "stop", "{r}");
+    let answer = r["text"].as_str().unwrap().to_owned();
+    let held = r["prompt_tokens"].as_u64().unwrap() + r["total_tokens"].as_u64().unwrap();
+    // Once idle, the worker decodes the template's end of the answer and the opening of
+    // the next user turn into the slot.
+    let prepared = (0..100).find_map(|_| {
+        let n = slots(&w)["slots"][0]["cached_tokens"].as_u64().unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        (n > held).then_some(n)
+    });
+    let prepared = prepared.expect("the next turn's opening decoded within 2 s");
+    let turn2 = [
+        turn1[0],
+        turn1[1],
+        ("assistant", &answer),
+        ("user", "Thanks!"),
+    ];
+    let body = chat(&turn2, 12);
+    assert!(prompt_tokens(&plain, &body) < 64);
+    let (text, cached) = ask(&w, &body);
+    assert_eq!(cached, prepared, "every prepared token was used");
+    assert_eq!(text, ask(&plain, &body).0, "and the answer is the same");
+}
+
+#[test]
 fn a_prefix_in_another_slot_is_copied_and_answers_stay_the_same() {
     let Some((w, plain)) = pair(4, 120) else {
         return;

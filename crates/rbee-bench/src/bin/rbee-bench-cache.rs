@@ -177,7 +177,13 @@ fn turn(runs: &[Vec<Run>], t: usize, f: fn(&Run) -> f64) -> f64 {
 
 /// Median over rounds of the worker's `f` divided by llama-server's in the same round.
 fn paired(w: &[Vec<Run>], l: &[Vec<Run>], f: impl Fn(&[Run]) -> f64) -> f64 {
-    median(&mut w.iter().zip(l).map(|(a, b)| f(a) / f(b)).collect::<Vec<_>>())
+    median(
+        &mut w
+            .iter()
+            .zip(l)
+            .map(|(a, b)| f(a) / f(b))
+            .collect::<Vec<_>>(),
+    )
 }
 
 fn main() -> anyhow::Result<()> {
