@@ -515,7 +515,6 @@ impl Engine {
             prefilled: reuse,
             cached: reuse as u32,
             answer: String::new(),
-            eog: false,
             next_token: None,
             logits_at: None,
             generated: 0,
@@ -555,8 +554,6 @@ struct Slot {
     cached: u32,
     /// The text sent so far.
     answer: String,
-    /// It ended on an end-of-generation token (not a stop string or a limit).
-    eog: bool,
     /// The sampled token that goes into the next batch (None while prefilling).
     next_token: Option<LlamaToken>,
     /// Where in the current batch this slot's logits are.
@@ -578,7 +575,6 @@ impl Slot {
         shared: &Shared,
     ) -> Option<FinishReason> {
         if vocab.is_eog(token) {
-            self.eog = true;
             return Some(FinishReason::Stop);
         }
         self.generated += 1;
@@ -609,7 +605,7 @@ impl Slot {
     }
 }
 
-/// A chat answer that ended on its own, kept in the cache: its conversation can be
+/// A chat answer that ended (not cancelled), kept in the cache: its conversation can be
 /// prepared for the next turn ([`crate::next_turn`]).
 struct Answered {
     seq: i32,
@@ -641,7 +637,7 @@ fn finish(
         ..
     } = job;
     let answered = match messages {
-        Some(messages) if slot.eog && !cleared => Some(Answered {
+        Some(messages) if reason != FinishReason::Cancelled && !cleared => Some(Answered {
             seq: slot.seq,
             messages,
             answer: slot.answer + &tail,

@@ -1,6 +1,7 @@
-//! A chat answer that ended on its own is followed, in the next turn's prompt, by tokens
-//! the chat template decides: the end of the assistant's turn and the opening of the
-//! user's (`<|im_end|>\n<|im_start|>user\n` for ChatML). They are known before the client
+//! A chat answer is followed, in the next turn's prompt, by tokens the chat template
+//! decides: the end of the assistant's turn and the opening of the user's
+//! (`<|im_end|>\n<|im_start|>user\n` for ChatML), and, for an answer cut at `max_tokens`,
+//! its last token (sampled and sent, never decoded). They are known before the client
 //! sends that turn, so an idle engine decodes them into the answer's sequence at once, and
 //! the next turn decodes only the user's words and the assistant's opening.
 //!

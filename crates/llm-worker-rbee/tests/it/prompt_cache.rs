@@ -117,35 +117,51 @@ fn greedy_answers_with_the_cache_are_those_without_for_extended_shortened_and_di
     assert_eq!(off["slots"][0]["cached_tokens"], 0, "{off}");
 }
 
+/// Waits (at most 2 s) until the only slot holds more than `held` tokens; how many.
+fn prepared_beyond(w: &Worker, held: u64) -> u64 {
+    (0..100)
+        .find_map(|_| {
+            let n = slots(w)["slots"][0]["cached_tokens"].as_u64().unwrap();
+            std::thread::sleep(Duration::from_millis(20));
+            (n > held).then_some(n)
+        })
+        .expect("the next turn's opening decoded within 2 s")
+}
+
 #[test]
-fn a_chat_answer_that_ends_on_its_own_is_prepared_for_the_next_turn() {
+fn a_finished_chat_answer_is_prepared_for_the_next_turn() {
     let Some((w, plain)) = pair(1, 256) else {
         return;
     };
-    let turn1 = [("system", "Answer in one word."), ("user", "Say hi.")];
-    let r = w.complete(chat(&turn1, 40)).json();
-    assert_eq!(r["finish_reason"], "stop", "{r}");
-    let answer = r["text"].as_str().unwrap().to_owned();
-    let held = r["prompt_tokens"].as_u64().unwrap() + r["total_tokens"].as_u64().unwrap();
-    // Once idle, the worker decodes the template's end of the answer and the opening of
-    // the next user turn into the slot.
-    let prepared = (0..100).find_map(|_| {
-        let n = slots(&w)["slots"][0]["cached_tokens"].as_u64().unwrap();
-        std::thread::sleep(Duration::from_millis(20));
-        (n > held).then_some(n)
-    });
-    let prepared = prepared.expect("the next turn's opening decoded within 2 s");
-    let turn2 = [
-        turn1[0],
-        turn1[1],
-        ("assistant", &answer),
-        ("user", "Thanks!"),
-    ];
-    let body = chat(&turn2, 12);
-    assert!(prompt_tokens(&plain, &body) < 64);
-    let (text, cached) = ask(&w, &body);
-    assert_eq!(cached, prepared, "every prepared token was used");
-    assert_eq!(text, ask(&plain, &body).0, "and the answer is the same");
+    let mut turns = vec![("system", "Answer in one word.".to_owned())];
+    // An answer that ends on its own, then one cut at max_tokens (whose last token was sent
+    // but never decoded): once idle, the worker decodes what the template puts before the
+    // next user message, and the next turn uses all of it.
+    let first = "Reply with one word: yes or no?";
+    for (question, max_tokens, finish) in [(first, 40, "stop"), ("Thanks!", 1, "length")] {
+        turns.push(("user", question.to_owned()));
+        let messages: Vec<(&str, &str)> = turns.iter().map(|(r, c)| (*r, c.as_str())).collect();
+        let body = chat(&messages, max_tokens);
+        assert!(prompt_tokens(&plain, &body) < 64);
+        let r = w.complete(body.clone()).json();
+        assert_eq!(r["finish_reason"], finish, "{r}");
+        assert_eq!(r["text"], ask(&plain, &body).0, "the same answer");
+        let cells = r["prompt_tokens"].as_u64().unwrap() + r["total_tokens"].as_u64().unwrap();
+        let prepared = prepared_beyond(&w, cells);
+        turns.push(("assistant", r["text"].as_str().unwrap().to_owned()));
+        turns.push(("user", "Bye.".to_owned()));
+        let messages: Vec<(&str, &str)> = turns.iter().map(|(r, c)| (*r, c.as_str())).collect();
+        let next = chat(&messages, 6);
+        assert!(prompt_tokens(&plain, &next) < 64);
+        turns.pop();
+        let (text, cached) = ask(&w, &next);
+        assert_eq!(cached, prepared, "every prepared token was used");
+        assert_eq!(
+            text,
+            ask(&plain, &next).0,
+            "after {question:?}: the same answer"
+        );
+    }
 }
 
 #[test]
