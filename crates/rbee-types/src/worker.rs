@@ -376,9 +376,12 @@ mod tests {
         let lines = [
             r#"{"request_id":"req-1"}"#,
             r#"{"token":"B","index":0}"#,
-            r#"{"done":true,"total_tokens":1,"duration_ms":3,"prompt_tokens":2,"time_to_first_token_ms":1,"finish_reason":"stop"}"#,
+            r#"{"done":true,"total_tokens":1,"duration_ms":3,"prompt_tokens":2,"cached_prompt_tokens":0,"time_to_first_token_ms":1,"finish_reason":"stop"}"#,
             r#"{"error":{"code":"INFERENCE_FAILED","message":"x"}}"#,
         ];
+        // A worker from before the prompt cache sends no `cached_prompt_tokens`.
+        let older: StreamEvent = serde_json::from_str(r#"{"done":true,"total_tokens":1,"duration_ms":3,"prompt_tokens":2,"time_to_first_token_ms":1,"finish_reason":"stop"}"#).unwrap();
+        assert!(matches!(older, StreamEvent::Done(d) if d.cached_prompt_tokens == 0));
         let events: Vec<StreamEvent> = lines
             .iter()
             .map(|l| serde_json::from_str(l).unwrap())
