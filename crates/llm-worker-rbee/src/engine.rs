@@ -228,51 +228,18 @@ impl Engine {
             .ok_or_else(|| anyhow::anyhow!("engine already running"))?;
         crate::fault::inject(crate::fault::Point::Loading);
         let backend = LlamaBackend::init()?;
-        let gpu = cfg.backend != Backend::Cpu;
-        let layers_total = lock(&shared.info)
-            .model
-            .as_ref()
-            .and_then(|m| m.layers)
-            .unwrap_or(0);
-        let progress_shared = Arc::clone(shared);
-        let mut params = LlamaModelParams::default()
-            .with_n_gpu_layers(if gpu { u32::MAX >> 1 } else { 0 })
-            .with_progress_callback(move |p| {
-                let loaded = (f64::from(p) * layers_total as f64).round() as u64;
-                progress_shared.update_load(|l| {
-                    l.layers_total = layers_total;
-                    l.layers_loaded = loaded.min(layers_total);
-                });
-                true
-            });
-        if gpu {
-            params = params
-                .with_main_gpu(cfg.device as i32)
-                .with_split_mode(LlamaSplitMode::None);
-        }
         let t0 = Instant::now();
-        let model = LlamaModel::load_from_file(&backend, &cfg.model_path, &params)
-            .map_err(|e| anyhow::anyhow!("llama.cpp could not load the model: {e}"))?;
-        let model = Arc::new(model);
+        let model = Arc::new(load_model(&backend, cfg, shared)?);
         let train_ctx = model.n_ctx_train().max(16);
         let ctx_size = cfg.ctx_size.unwrap_or(train_ctx.min(4096));
-        let ctx_params = LlamaContextParams::default()
-            .with_n_ctx(NonZeroU32::new(ctx_size * cfg.slots))
-            .with_n_batch(BATCH_TOKENS.max(cfg.slots))
-            .with_n_ubatch(BATCH_TOKENS.max(cfg.slots))
-            .with_n_seq_max(cfg.slots)
-            // One KV buffer shared by all slots (each still limited to ctx_size by the
-            // engine): measured here, batched decode of 4 slots is ~25% faster than with
-            // one KV stream per slot.
-            .with_kv_unified(true)
-            .with_n_threads(cfg.threads as i32)
-            .with_n_threads_batch(cfg.threads as i32);
-        let mut ctx = model.new_context(&backend, ctx_params).map_err(|e| {
-            anyhow::anyhow!(
-                "llama.cpp could not create a context of {ctx_size}×{} tokens: {e}",
-                cfg.slots
-            )
-        })?;
+        let mut ctx = model
+            .new_context(&backend, context_params(cfg, ctx_size))
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "llama.cpp could not create a context of {ctx_size}×{} tokens: {e}",
+                    cfg.slots
+                )
+            })?;
         warm_up(&model, &mut ctx);
         self.fill_metadata(&model, shared, ctx_size);
         let _ = self.prepared.set(Prepared {
@@ -289,7 +256,23 @@ impl Engine {
             "model loaded"
         );
         shared.set_phase(Phase::Ready);
+        self.serve(&rx, &mut ctx, &model, cfg, shared, ctx_size)?;
+        drop(ctx);
+        tracing::info!("model unloaded");
+        Ok(())
+    }
 
+    /// The decode loop: takes requests, decodes one batch per step for every active slot,
+    /// samples, and between requests prepares finished chats for their next turn.
+    fn serve(
+        &self,
+        rx: &Receiver<Command>,
+        ctx: &mut LlamaContext<'_>,
+        model: &LlamaModel,
+        cfg: &EngineConfig,
+        shared: &Arc<Shared>,
+        ctx_size: u32,
+    ) -> anyhow::Result<()> {
         let mut batch = LlamaBatch::new(BATCH_TOKENS.max(cfg.slots) as usize, cfg.slots as i32);
         let mut seqs = PromptCache::new(cfg.slots, cfg.prompt_cache);
         let mut next_turns: Vec<NextTurn> = Vec::new();
@@ -307,70 +290,32 @@ impl Engine {
             // request waits at most one short decode.
             if active.is_empty() {
                 if let Some(next) = next_turns.pop() {
-                    next.apply(&mut ctx, &mut batch, &mut seqs, ctx_size);
+                    next.apply(ctx, &mut batch, &mut seqs, ctx_size);
                     publish(&seqs, shared);
                     continue;
                 }
-            }
-            if active.is_empty() {
                 match rx.recv_timeout(IDLE_TICK) {
-                    Ok(cmd) => shutdown |= self.admit(cmd, &mut active, &mut seqs, &mut ctx),
+                    Ok(cmd) => shutdown |= self.admit(cmd, &mut active, &mut seqs, ctx),
                     Err(RecvTimeoutError::Timeout) => continue,
                     Err(RecvTimeoutError::Disconnected) => break,
                 }
             }
             while let Ok(cmd) = rx.try_recv() {
-                shutdown |= self.admit(cmd, &mut active, &mut seqs, &mut ctx);
+                shutdown |= self.admit(cmd, &mut active, &mut seqs, ctx);
             }
             if active.len() != running {
                 publish(&seqs, shared);
             }
-            // Drop cancelled requests before spending compute on them.
-            let mut i = 0;
-            while i < active.len() {
-                if active[i].job.cancel.load(Ordering::Acquire) {
-                    let slot = active.swap_remove(i);
-                    let _ = finish(slot, FinishReason::Cancelled, true, &mut ctx, &mut seqs);
-                } else {
-                    i += 1;
-                }
-            }
+            drop_cancelled(&mut active, ctx, &mut seqs);
             if active.is_empty() {
                 continue;
             }
-
-            // Build one batch: the next token of every decoding slot, then prompt chunks.
-            batch.clear();
-            let mut budget = BATCH_TOKENS.max(cfg.slots) as usize;
-            for s in active.iter_mut() {
-                s.logits_at = None;
-                if let Some(t) = s.next_token {
-                    s.logits_at = Some(batch.n_tokens());
-                    batch.add(t, s.pos, &[s.seq], true)?;
-                    seqs.push(s.seq, t);
-                    budget -= 1;
-                }
-            }
-            for s in active.iter_mut().filter(|s| s.next_token.is_none()) {
-                let remaining = s.job.tokens.len() - s.prefilled;
-                let take = remaining.min(budget);
-                for k in 0..take {
-                    let last = s.prefilled + k + 1 == s.job.tokens.len();
-                    if last {
-                        s.logits_at = Some(batch.n_tokens());
-                    }
-                    let t = s.job.tokens[s.prefilled + k];
-                    batch.add(t, s.pos, &[s.seq], last)?;
-                    seqs.push(s.seq, t);
-                    s.pos += 1;
-                }
-                s.prefilled += take;
-                budget -= take;
-                if budget == 0 {
-                    break;
-                }
-            }
-
+            fill_batch(
+                &mut batch,
+                &mut active,
+                &mut seqs,
+                BATCH_TOKENS.max(cfg.slots) as usize,
+            )?;
             let step_started = Instant::now();
             let decoded = ctx.decode(&mut batch);
             tracing::trace!(
@@ -387,11 +332,10 @@ impl Engine {
                         format!("llama.cpp failed to decode: {e}"),
                     )));
                     // What the failed step left in the cells is unknown: not kept.
-                    let _ = finish(s, FinishReason::Cancelled, false, &mut ctx, &mut seqs);
+                    let _ = finish(s, FinishReason::Cancelled, false, ctx, &mut seqs);
                 }
                 continue;
             }
-
             // Sample for every slot that produced logits; advance or finish it.
             let mut i = 0;
             while i < active.len() {
@@ -403,31 +347,27 @@ impl Engine {
                 if s.next_token.is_some() {
                     s.pos += 1;
                 }
-                let token = s.sampler.sample(&ctx, idx);
-                let outcome = s.step(token, &vocab, ctx_size, shared);
-                match outcome {
-                    None => i += 1,
-                    Some(reason) => {
-                        let slot = active.swap_remove(i);
-                        if let Some(a) = finish(slot, reason, true, &mut ctx, &mut seqs) {
-                            let prepared = self.prepared().expect("loaded");
-                            next_turns.extend(NextTurn::plan(
-                                prepared,
-                                &seqs,
-                                a.seq,
-                                &a.messages,
-                                &a.answer,
-                            ));
-                        }
-                    }
+                let token = s.sampler.sample(ctx, idx);
+                let Some(reason) = s.step(token, &vocab, ctx_size, shared) else {
+                    i += 1;
+                    continue;
+                };
+                let slot = active.swap_remove(i);
+                if let Some(a) = finish(slot, reason, true, ctx, &mut seqs) {
+                    let prepared = self.prepared().expect("loaded");
+                    next_turns.extend(NextTurn::plan(
+                        prepared,
+                        &seqs,
+                        a.seq,
+                        &a.messages,
+                        &a.answer,
+                    ));
                 }
             }
         }
         for s in active.drain(..) {
-            let _ = finish(s, FinishReason::Cancelled, false, &mut ctx, &mut seqs);
+            let _ = finish(s, FinishReason::Cancelled, false, ctx, &mut seqs);
         }
-        drop(ctx);
-        tracing::info!("model unloaded");
         Ok(())
     }
 
@@ -663,6 +603,107 @@ fn finish(
         finish_reason: reason,
     }));
     answered
+}
+
+/// Reads the model file into llama.cpp (all layers on the GPU for a GPU backend),
+/// reporting layers loaded to `/v1/loading/progress`.
+fn load_model(
+    backend: &LlamaBackend,
+    cfg: &EngineConfig,
+    shared: &Arc<Shared>,
+) -> anyhow::Result<LlamaModel> {
+    let gpu = cfg.backend != Backend::Cpu;
+    let layers_total = lock(&shared.info)
+        .model
+        .as_ref()
+        .and_then(|m| m.layers)
+        .unwrap_or(0);
+    let progress_shared = Arc::clone(shared);
+    let mut params = LlamaModelParams::default()
+        .with_n_gpu_layers(if gpu { u32::MAX >> 1 } else { 0 })
+        .with_progress_callback(move |p| {
+            let loaded = (f64::from(p) * layers_total as f64).round() as u64;
+            progress_shared.update_load(|l| {
+                l.layers_total = layers_total;
+                l.layers_loaded = loaded.min(layers_total);
+            });
+            true
+        });
+    if gpu {
+        params = params
+            .with_main_gpu(cfg.device as i32)
+            .with_split_mode(LlamaSplitMode::None);
+    }
+    LlamaModel::load_from_file(backend, &cfg.model_path, &params)
+        .map_err(|e| anyhow::anyhow!("llama.cpp could not load the model: {e}"))
+}
+
+/// The context: `slots` sequences of `ctx_size` tokens in one KV buffer.
+fn context_params(cfg: &EngineConfig, ctx_size: u32) -> LlamaContextParams {
+    LlamaContextParams::default()
+        .with_n_ctx(NonZeroU32::new(ctx_size * cfg.slots))
+        .with_n_batch(BATCH_TOKENS.max(cfg.slots))
+        .with_n_ubatch(BATCH_TOKENS.max(cfg.slots))
+        .with_n_seq_max(cfg.slots)
+        // One KV buffer shared by all slots (each still limited to ctx_size by the
+        // engine): measured here, batched decode of 4 slots is ~25% faster than with one
+        // KV stream per slot; it is also what lets the prompt cache share cells.
+        .with_kv_unified(true)
+        .with_n_threads(cfg.threads as i32)
+        .with_n_threads_batch(cfg.threads as i32)
+}
+
+/// Ends the requests whose clients cancelled, before compute is spent on them.
+fn drop_cancelled(active: &mut Vec<Slot>, ctx: &mut LlamaContext<'_>, seqs: &mut PromptCache) {
+    let mut i = 0;
+    while i < active.len() {
+        if active[i].job.cancel.load(Ordering::Acquire) {
+            let slot = active.swap_remove(i);
+            let _ = finish(slot, FinishReason::Cancelled, true, ctx, seqs);
+        } else {
+            i += 1;
+        }
+    }
+}
+
+/// One batch of at most `budget` tokens: the next token of every decoding slot, then
+/// prompt chunks of the slots still reading their prompt.
+fn fill_batch(
+    batch: &mut LlamaBatch,
+    active: &mut [Slot],
+    seqs: &mut PromptCache,
+    mut budget: usize,
+) -> Result<(), llama_cpp_2::llama_batch::BatchAddError> {
+    batch.clear();
+    for s in active.iter_mut() {
+        s.logits_at = None;
+        if let Some(t) = s.next_token {
+            s.logits_at = Some(batch.n_tokens());
+            batch.add(t, s.pos, &[s.seq], true)?;
+            seqs.push(s.seq, t);
+            budget -= 1;
+        }
+    }
+    for s in active.iter_mut().filter(|s| s.next_token.is_none()) {
+        let remaining = s.job.tokens.len() - s.prefilled;
+        let take = remaining.min(budget);
+        for k in 0..take {
+            let last = s.prefilled + k + 1 == s.job.tokens.len();
+            if last {
+                s.logits_at = Some(batch.n_tokens());
+            }
+            let t = s.job.tokens[s.prefilled + k];
+            batch.add(t, s.pos, &[s.seq], last)?;
+            seqs.push(s.seq, t);
+            s.pos += 1;
+        }
+        s.prefilled += take;
+        budget -= take;
+        if budget == 0 {
+            break;
+        }
+    }
+    Ok(())
 }
 
 /// Decodes one token and forgets it, so the first request does not pay for the first
