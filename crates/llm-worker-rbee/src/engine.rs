@@ -426,6 +426,7 @@ impl Engine {
             return false;
         };
         let seq = plan.seq;
+        let mut reuse = plan.reuse;
         if let Some((donor, n)) = plan.copy_from {
             let _ = ctx.clear_kv_cache_seq(Some(seq as u32), None, None);
             if ctx
@@ -433,11 +434,11 @@ impl Engine {
                 .is_err()
             {
                 seqs.truncate(seq, 0);
+                reuse = 0;
             }
         }
         // Drop the cells after the reused prefix. Memory that cannot drop part of a
         // sequence (recurrent models) starts from scratch instead.
-        let mut reuse = plan.reuse;
         let cut = ctx.clear_kv_cache_seq(Some(seq as u32), Some(reuse as u32), None);
         if !matches!(cut, Ok(true)) {
             let _ = ctx.clear_kv_cache_seq(Some(seq as u32), None, None);
