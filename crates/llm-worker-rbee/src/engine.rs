@@ -493,7 +493,7 @@ struct Slot {
     prefilled: usize,
     /// Prompt tokens that were in the cache.
     cached: u32,
-    /// The text sent so far.
+    /// The text sent so far (chat requests only: it is what the next turn will repeat).
     answer: String,
     /// The sampled token that goes into the next batch (None while prefilling).
     next_token: Option<LlamaToken>,
@@ -527,7 +527,9 @@ impl Slot {
             Emit::Stop(t) => (t, true),
         };
         if !text.is_empty() {
-            self.answer.push_str(&text);
+            if self.job.messages.is_some() {
+                self.answer.push_str(&text);
+            }
             if self.job.events.send(Event::Token(text)).is_err() {
                 return Some(FinishReason::Cancelled); // the client is gone
             }

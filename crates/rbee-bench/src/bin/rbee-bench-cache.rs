@@ -24,7 +24,7 @@ use serde_json::{json, Value};
 /// Measures the prompt cache against llama-server's.
 #[derive(Parser)]
 struct Args {
-    /// GGUF model (default: the test model).
+    /// GGUF model (scripts/bench-cache passes the test model).
     #[arg(long)]
     model: std::path::PathBuf,
     /// llama-server binary [default: what scripts/build-llama-server built].
