@@ -16,15 +16,23 @@ use llama_cpp_2::model::{LlamaChatMessage, LlamaModel};
 use llama_cpp_2::sampling::LlamaSampler;
 use serde::Serialize;
 
-/// A context of `n_seqs` sequences of `ctx_size` tokens each, in one unified KV buffer
-/// like the worker's.
-fn context_params(ctx_size: u32, n_seqs: u32, threads: i32) -> LlamaContextParams {
+/// How the KV cache holds several sequences.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum KvLayout {
+    /// One KV stream per sequence, as the worker and llama-server -np lay it out.
+    PerSequence,
+    /// One buffer shared by all sequences (llama.cpp's kv_unified).
+    Unified,
+}
+
+/// A context of `n_seqs` sequences of `ctx_size` tokens each.
+fn context_params(ctx_size: u32, n_seqs: u32, threads: i32, kv: KvLayout) -> LlamaContextParams {
     LlamaContextParams::default()
         .with_n_ctx(NonZeroU32::new(ctx_size * n_seqs))
         .with_n_batch(512)
         .with_n_ubatch(512)
         .with_n_seq_max(n_seqs)
-        .with_kv_unified(true)
+        .with_kv_unified(kv == KvLayout::Unified)
         .with_n_threads(threads)
         .with_n_threads_batch(threads)
 }
@@ -71,7 +79,10 @@ pub fn greedy(
         Prompt::Chat(user) => chat_prompt(&model, user)?,
         Prompt::Raw(p) => p.to_owned(),
     };
-    let mut ctx = model.new_context(&backend, context_params(ctx_size, 1, threads))?;
+    let mut ctx = model.new_context(
+        &backend,
+        context_params(ctx_size, 1, threads, KvLayout::PerSequence),
+    )?;
     let vocab = model.vocab();
     let tokens = vocab.tokenize(text.as_bytes(), true, true);
     let mut batch = LlamaBatch::new(512, 1);
@@ -125,8 +136,21 @@ pub enum Prompt<'a> {
     Raw(&'a str),
 }
 
-/// Aggregate tokens per second of `n_seqs` sequences decoded greedily together in one batch
-/// per step, with no HTTP and no threads: the floor for the worker's concurrent throughput.
+/// One timed batched run.
+#[derive(Debug, Clone, Copy, Serialize, serde::Deserialize)]
+pub struct BatchedRun {
+    /// Tokens per second, all sequences together, of the decode steps alone.
+    pub tok_s: f64,
+    /// Tokens per second over the whole run, the prefill of every prompt included (what
+    /// a server's aggregate measures: every stream's tokens over the wall time).
+    pub with_prefill_tok_s: f64,
+    /// CPU time of this process per generated token over the whole run, milliseconds.
+    pub cpu_ms_per_token: f64,
+}
+
+/// `n_seqs` sequences decoded greedily together, one batch per step, with no HTTP and no
+/// threads: the prompts prefilled in one batch, then `max_tokens` tokens each (the first
+/// from the prefill's logits). The floor for the worker's concurrent throughput.
 pub fn batched_tok_s(
     model_path: &Path,
     prompt: &str,
@@ -134,17 +158,25 @@ pub fn batched_tok_s(
     max_tokens: usize,
     threads: i32,
     ctx_size: u32,
-) -> anyhow::Result<f64> {
+    kv: KvLayout,
+) -> anyhow::Result<BatchedRun> {
     let backend = LlamaBackend::init()?;
     let model = LlamaModel::load_from_file(&backend, model_path, &LlamaModelParams::default())?;
-    let mut ctx = model.new_context(&backend, context_params(ctx_size, n_seqs, threads))?;
+    let mut ctx = model.new_context(&backend, context_params(ctx_size, n_seqs, threads, kv))?;
     let vocab = model.vocab();
     let tokens = vocab.tokenize(prompt.as_bytes(), true, true);
+    anyhow::ensure!(
+        tokens.len() * n_seqs as usize <= 512 && max_tokens >= 2,
+        "{n_seqs} prompts of {} tokens do not fit one batch of 512 (or fewer than 2 tokens asked)",
+        tokens.len()
+    );
     let mut batch = LlamaBatch::new(512, n_seqs as i32);
     let mut samplers: Vec<LlamaSampler> = (0..n_seqs).map(|_| LlamaSampler::greedy()).collect();
-    // Warm-up, then the timed run: prefill every sequence in one batch, then decode.
+    // Warm-up, then the timed run.
     for timed in [false, true] {
         ctx.clear_kv_cache();
+        let t0 = Instant::now();
+        let cpu0 = cpu_seconds(std::process::id());
         batch.clear();
         for s in 0..n_seqs as i32 {
             for (i, t) in tokens.iter().enumerate() {
@@ -155,9 +187,8 @@ pub fn batched_tok_s(
         let mut next: Vec<_> = (0..n_seqs as usize)
             .map(|s| samplers[s].sample(&ctx, ((s + 1) * tokens.len() - 1) as i32))
             .collect();
-        let t0 = Instant::now();
-        let mut generated = 0usize;
-        let steps = if timed { max_tokens } else { 4 };
+        let t1 = Instant::now();
+        let steps = if timed { max_tokens - 1 } else { 4 };
         for step in 0..steps {
             batch.clear();
             for (s, t) in next.iter().enumerate() {
@@ -167,13 +198,35 @@ pub fn batched_tok_s(
             for (s, t) in next.iter_mut().enumerate() {
                 *t = samplers[s].sample(&ctx, s as i32);
             }
-            generated += n_seqs as usize;
         }
         if timed {
-            return Ok(generated as f64 / t0.elapsed().as_secs_f64());
+            let cpu = cpu_seconds(std::process::id()) - cpu0;
+            let all = (n_seqs as usize * max_tokens) as f64;
+            return Ok(BatchedRun {
+                tok_s: (n_seqs as usize * steps) as f64 / t1.elapsed().as_secs_f64(),
+                with_prefill_tok_s: all / t0.elapsed().as_secs_f64(),
+                cpu_ms_per_token: cpu * 1e3 / all,
+            });
         }
     }
     unreachable!("the timed pass returns")
+}
+
+/// CPU time (user + system) a process has used so far, seconds (0 when unreadable).
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // The fields after the command name (which may hold spaces) start at "state";
+    // utime and stime are fields 14 and 15 of the line, in clock ticks.
+    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+        return 0.0;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (ticks(11) + ticks(12)) / hz.max(1.0)
 }
 
 pub mod harness;

@@ -79,9 +79,16 @@ fn main() -> anyhow::Result<()> {
         threads,
     })) = &cli.cmd
     {
-        let agg =
-            rbee_bench::batched_tok_s(model, PROMPT, 4, *tokens as usize, *threads as i32, 2048)?;
-        println!("{}", json!({"agg4_tok_s": agg}));
+        let agg = rbee_bench::batched_tok_s(
+            model,
+            PROMPT,
+            4,
+            *tokens as usize,
+            *threads as i32,
+            2048,
+            rbee_bench::KvLayout::PerSequence,
+        )?;
+        println!("{}", json!({"agg4_tok_s": agg.tok_s}));
         return Ok(());
     }
     if let Some(Sub::Bare(LoopArgs {
