@@ -26,6 +26,7 @@ use crate::next_turn::NextTurn;
 use crate::output::{Emit, OutputText};
 use crate::prompt_cache::PromptCache;
 use crate::state::{lock, Phase, Shared};
+use crate::step_plan::{self, Want};
 
 /// Largest number of tokens decoded in one step (prompt chunks plus one token per slot).
 const BATCH_TOKENS: u32 = 512;
@@ -352,7 +353,8 @@ impl Engine {
                     i += 1;
                     continue;
                 };
-                let slot = active.swap_remove(i);
+                // (`remove`, not `swap_remove`: prompts are read in arrival order.)
+                let slot = active.remove(i);
                 if let Some(a) = finish(slot, reason, true, ctx, &mut seqs) {
                     let prepared = self.prepared().expect("loaded");
                     next_turns.extend(NextTurn::plan(
@@ -427,12 +429,12 @@ impl Engine {
         };
         let seq = plan.seq;
         let mut reuse = plan.reuse;
-        if let Some((donor, n)) = plan.copy_from {
+        if let Some((donor, _)) = plan.copy_from {
+            // Each sequence has a KV stream of its own, and llama.cpp copies between
+            // streams only whole (a partial range aborts the process): the donor's stream
+            // is copied and the cut below drops what follows the shared prefix.
             let _ = ctx.clear_kv_cache_seq(Some(seq as u32), None, None);
-            if ctx
-                .copy_kv_cache_seq(donor, seq, None, Some(n as u32))
-                .is_err()
-            {
+            if ctx.copy_kv_cache_seq(donor, seq, None, None).is_err() {
                 seqs.truncate(seq, 0);
                 reuse = 0;
             }
@@ -641,17 +643,19 @@ fn load_model(
         .map_err(|e| anyhow::anyhow!("llama.cpp could not load the model: {e}"))
 }
 
-/// The context: `slots` sequences of `ctx_size` tokens in one KV buffer.
+/// The context: `slots` sequences with a KV stream of `ctx_size` tokens each.
 fn context_params(cfg: &EngineConfig, ctx_size: u32) -> LlamaContextParams {
     LlamaContextParams::default()
         .with_n_ctx(NonZeroU32::new(ctx_size * cfg.slots))
         .with_n_batch(BATCH_TOKENS.max(cfg.slots))
         .with_n_ubatch(BATCH_TOKENS.max(cfg.slots))
         .with_n_seq_max(cfg.slots)
-        // One KV buffer shared by all slots (each still limited to ctx_size by the
-        // engine): measured here, batched decode of 4 slots is ~25% faster than with one
-        // KV stream per slot; it is also what lets the prompt cache share cells.
-        .with_kv_unified(true)
+        // One KV stream per sequence (llama-server's layout with -np): each token attends
+        // only to its own sequence's cells. With one buffer shared by all sequences,
+        // attention and its mask span every slot's cells: measured with the bare loop,
+        // batched decode is 7–14% slower at 4 sequences and 20–28% slower at 16
+        // (docs/benchmarks.md, "Throughput under load").
+        .with_kv_unified(false)
         .with_n_threads(cfg.threads as i32)
         .with_n_threads_batch(cfg.threads as i32)
 }
@@ -661,7 +665,7 @@ fn drop_cancelled(active: &mut Vec<Slot>, ctx: &mut LlamaContext<'_>, seqs: &mut
     let mut i = 0;
     while i < active.len() {
         if active[i].job.cancel.load(Ordering::Acquire) {
-            let slot = active.swap_remove(i);
+            let slot = active.remove(i);
             let _ = finish(slot, FinishReason::Cancelled, true, ctx, seqs);
         } else {
             i += 1;
@@ -669,27 +673,33 @@ fn drop_cancelled(active: &mut Vec<Slot>, ctx: &mut LlamaContext<'_>, seqs: &mut
     }
 }
 
-/// One batch of at most `budget` tokens: the next token of every decoding slot, then
-/// prompt chunks of the slots still reading their prompt.
+/// One batch of at most `budget` tokens, as [`step_plan::plan`] lays it out.
 fn fill_batch(
     batch: &mut LlamaBatch,
     active: &mut [Slot],
     seqs: &mut PromptCache,
-    mut budget: usize,
+    budget: usize,
 ) -> Result<(), llama_cpp_2::llama_batch::BatchAddError> {
+    let wants: Vec<Want> = active
+        .iter()
+        .map(|s| Want {
+            seq: s.seq,
+            decoding: s.next_token.is_some(),
+            prompt_left: s.job.tokens.len() - s.prefilled,
+        })
+        .collect();
+    let plan = step_plan::plan(&wants, budget);
     batch.clear();
-    for s in active.iter_mut() {
+    for i in plan.order {
+        let s = &mut active[i];
         s.logits_at = None;
         if let Some(t) = s.next_token {
             s.logits_at = Some(batch.n_tokens());
             batch.add(t, s.pos, &[s.seq], true)?;
             seqs.push(s.seq, t);
-            budget -= 1;
+            continue;
         }
-    }
-    for s in active.iter_mut().filter(|s| s.next_token.is_none()) {
-        let remaining = s.job.tokens.len() - s.prefilled;
-        let take = remaining.min(budget);
+        let take = plan.take[i];
         for k in 0..take {
             let last = s.prefilled + k + 1 == s.job.tokens.len();
             if last {
@@ -701,10 +711,6 @@ fn fill_batch(
             s.pos += 1;
         }
         s.prefilled += take;
-        budget -= take;
-        if budget == 0 {
-            break;
-        }
     }
     Ok(())
 }

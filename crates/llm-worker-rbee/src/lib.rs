@@ -3,7 +3,8 @@
 //!
 //! - [`cli`]: command-line arguments.
 //! - [`app`]: what handlers share, and a request's way to the engine (checks, slot).
-//! - [`engine`]: the llama.cpp thread that decodes every slot in one batch.
+//! - [`engine`]: the llama.cpp thread that decodes every slot in one batch; `step_plan`:
+//!   which tokens go into each step.
 //! - [`http`]: the API (tiny_http), one thread per request; [`openai`]: OpenAI's routes
 //!   on the same engine.
 //! - [`validate`]: range checks of inference requests.
@@ -25,4 +26,5 @@ pub mod openai;
 pub mod output;
 pub mod prompt_cache;
 pub mod state;
+mod step_plan;
 pub mod validate;

@@ -12,13 +12,15 @@
 //! 2. else the one sharing the longest prefix with the prompt (its diverging tail is
 //!    dropped: an edited or regenerated turn);
 //!
-//! Ties, and no match at all: the least recently used.
+//! Ties, and no match at all: the one next to the most busy sequences (llama.cpp decodes
+//! a run of consecutive sequence ids in one pass over the weights, and each gap costs
+//! another pass), then the least recently used.
 //!
 //! When another sequence — busy or free — holds a longer prefix than the chosen one, it
-//! is copied over first: in llama.cpp's unified KV buffer a copy only tags the same cells
-//! with a second sequence id, so it costs no memory and no compute. So N conversations
-//! that open with the same system prompt decode it once, and each keeps its own history
-//! in a sequence of its own while there are free ones.
+//! is copied over first: a copy of the donor's KV stream (memory, no decoding), cut after
+//! the shared prefix. So N conversations that open with the same system prompt decode it
+//! once, and each keeps its own history in a sequence of its own while there are free
+//! ones.
 //!
 //! This module only plans; the engine applies the plan to the llama context.
 
@@ -97,17 +99,21 @@ impl PromptCache {
                 0
             }
         };
-        // Nothing lost first, then the longest shared prefix, then least recently used.
+        // Nothing lost first, then the longest shared prefix, then the most busy
+        // neighbours, then least recently used.
+        let busy = |i: usize| self.seqs.get(i).is_some_and(|s| s.busy);
         let (seq, own) = self
             .seqs
             .iter()
             .enumerate()
             .filter(|(_, s)| !s.busy)
-            .min_by_key(|(_, s)| {
+            .min_by_key(|(i, s)| {
                 let n = prefix(s);
+                let neighbours = usize::from(*i > 0 && busy(i - 1)) + usize::from(busy(i + 1));
                 (
                     std::cmp::Reverse(n == s.tokens.len()),
                     std::cmp::Reverse(n),
+                    std::cmp::Reverse(neighbours),
                     s.last_used,
                 )
             })
@@ -272,6 +278,28 @@ mod tests {
         // With no prefix anywhere: the least recently used.
         full.finish(p.seq, true);
         assert_eq!(full.start(&t(&[5]), true).unwrap().seq, 1);
+    }
+
+    #[test]
+    fn with_no_prefix_to_reuse_a_sequence_next_to_a_busy_one_wins_over_an_older_one() {
+        let mut c = PromptCache::new(4, true);
+        for x in 1..=4 {
+            assert_eq!(run(&mut c, &[x], &[]).seq, x - 1);
+        }
+        let busy = c.start(&t(&[3, 9]), true).unwrap();
+        assert_eq!(busy.seq, 2);
+        // Seq 0 is the least recently used, but seqs 1 and 3 sit next to the busy seq 2
+        // (one decoding pass instead of two); of those, 1 is the older.
+        assert_eq!(c.start(&t(&[7]), true).unwrap().seq, 1);
+        // Requests fill the sequences in order; a gap between two busy ones is filled
+        // before the older sequence at the end.
+        let mut gap = PromptCache::new(4, true);
+        let seqs: Vec<i32> = (0..3)
+            .map(|_| gap.start(&t(&[5]), false).unwrap().seq)
+            .collect();
+        assert_eq!(seqs, [0, 1, 2]);
+        gap.finish(1, true);
+        assert_eq!(gap.start(&t(&[6]), false).unwrap().seq, 1);
     }
 
     #[test]
