@@ -653,8 +653,8 @@ fn context_params(cfg: &EngineConfig, ctx_size: u32) -> LlamaContextParams {
         // One KV stream per sequence (llama-server's layout with -np): each token attends
         // only to its own sequence's cells. With one buffer shared by all sequences,
         // attention and its mask span every slot's cells: measured with the bare loop,
-        // batched decode is 7–14% slower at 4 sequences and 20–28% slower at 16
-        // (docs/benchmarks.md, "Throughput under load").
+        // batched decode is 10–18% slower at 8–16 sequences (docs/benchmarks.md,
+        // "Throughput under load").
         .with_kv_unified(false)
         .with_n_threads(cfg.threads as i32)
         .with_n_threads_batch(cfg.threads as i32)

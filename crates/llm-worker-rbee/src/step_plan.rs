@@ -5,7 +5,8 @@
 /// Once a step holds this many prompt tokens, the prompts behind them wait for the next
 /// step: a crowd of short prompts gets its first tokens in waves rather than all at the
 /// end of one long step (at 16 concurrent streams the median time to first token drops by
-/// about a third), while one long prompt still reads up to the whole batch a step.
+/// about a fifth, docs/benchmarks.md), while one long prompt still reads up to the whole
+/// batch a step.
 pub const PROMPT_WAVE_TOKENS: usize = 128;
 
 /// One active slot, as the planner sees it.
