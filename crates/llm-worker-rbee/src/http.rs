@@ -1,9 +1,8 @@
-//! The worker's HTTP API on tiny_http: routing, authentication, body limits, and the
-//! handlers. Each request runs on its own thread; at most [`MAX_IN_FLIGHT`] at once, beyond
-//! which the accept loop answers 503 `OVERLOADED` itself, so memory stays bounded under any
-//! load.
+//! The worker's HTTP API: routing, authentication, body limits, and the handlers. Each
+//! connection has its own thread ([`rbee_http::server`]); at most [`MAX_IN_FLIGHT`]
+//! requests at once, beyond which the server answers 503 `OVERLOADED` itself, so memory
+//! stays bounded under any load.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,7 +11,6 @@ use rbee_types::worker::{
 };
 use rbee_types::{ApiError, ErrorCode, API_VERSION};
 use serde_json::json;
-use tiny_http::{Method, Request, Response};
 
 use crate::app::{serving, start, tokens_for, Started};
 pub use crate::app::{App, ShutdownCause};
@@ -21,39 +19,23 @@ use crate::openai;
 use crate::state::{lock, Phase, Shared};
 use crate::validate::validate;
 use rbee_http::{
-    check_route, header, json_response, read_body, respond_error, respond_json, SseWriter,
+    check_route, header, json_response, read_body, respond_error, respond_json, Method, Request,
+    Response, SseWriter,
 };
 
 /// Requests handled at once before new ones get 503 `OVERLOADED`.
-pub const MAX_IN_FLIGHT: u32 = 256;
+pub const MAX_IN_FLIGHT: usize = 256;
 
-/// Accepts requests until the server is unblocked.
-pub fn serve(server: &tiny_http::Server, app: &Arc<App>) {
-    for request in server.incoming_requests() {
-        let in_flight = app.shared.in_flight.fetch_add(1, Ordering::AcqRel);
-        if in_flight >= MAX_IN_FLIGHT {
-            app.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
-            let e = ApiError::new(
-                ErrorCode::Overloaded,
-                format!("the worker is handling {MAX_IN_FLIGHT} requests; retry shortly"),
-            );
-            respond_error(request, &e);
-            continue;
-        }
-        let shared = Arc::clone(&app.shared);
-        let app = Arc::clone(app);
-        let spawned = std::thread::Builder::new()
-            .name("http".into())
-            .stack_size(256 * 1024)
-            .spawn(move || {
-                handle(&app, request);
-                app.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
-            });
-        if let Err(e) = spawned {
-            tracing::error!(error = %e, "cannot spawn a request thread");
-            shared.in_flight.fetch_sub(1, Ordering::AcqRel);
-        }
-    }
+/// What the worker's server admits.
+pub const LIMITS: rbee_http::Limits = rbee_http::Limits {
+    who: "worker",
+    max_in_flight: MAX_IN_FLIGHT,
+};
+
+/// Serves requests until the server is unblocked.
+pub fn serve(server: &rbee_http::Server, app: &Arc<App>) {
+    let app = Arc::clone(app);
+    server.serve(move |request| handle(&app, request));
 }
 
 enum Route {

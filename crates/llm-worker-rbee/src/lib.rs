@@ -5,8 +5,8 @@
 //! - [`app`]: what handlers share, and a request's way to the engine (checks, slot).
 //! - [`engine`]: the llama.cpp thread that decodes every slot in one batch; `step_plan`:
 //!   which tokens go into each step.
-//! - [`http`]: the API (tiny_http), one thread per request; [`openai`]: OpenAI's routes
-//!   on the same engine.
+//! - [`http`]: the API, a thread per connection ([`rbee_http::server`]); [`openai`]:
+//!   OpenAI's routes on the same engine.
 //! - [`validate`]: range checks of inference requests.
 //! - [`fault`]: injected faults for the tests of failure paths.
 //! - [`output`]: UTF-8 joining and stop strings.

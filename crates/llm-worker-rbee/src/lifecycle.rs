@@ -17,7 +17,7 @@ use sd_notify::NotifyState;
 use crate::app::{App, ShutdownCause};
 use crate::cli::{compiled_in, physical_cores, Args, Backend};
 use crate::engine::{metadata_from_header, Engine, EngineConfig};
-use crate::http::serve;
+use crate::http::{serve, LIMITS};
 use crate::state::{Phase, Shared};
 
 /// Runs the worker; returns the process exit code (see [`rbee_types::exit`]).
@@ -90,7 +90,7 @@ fn run_inner(args: Args) -> anyhow::Result<i32> {
         }
     };
 
-    let server = match rbee_http::daemon::listen(SocketAddr::new(args.host, args.port)) {
+    let server = match rbee_http::Server::bind(SocketAddr::new(args.host, args.port), LIMITS) {
         Ok(s) => Arc::new(s),
         Err(e) => {
             let in_use = e.kind() == ErrorKind::AddrInUse;
@@ -110,10 +110,7 @@ fn run_inner(args: Args) -> anyhow::Result<i32> {
             });
         }
     };
-    let addr = server
-        .server_addr()
-        .to_ip()
-        .context("the server has no IP address")?;
+    let addr = server.local_addr();
     let base_url = format!("http://{addr}");
     tracing::info!(url = %base_url, model = %model_file, "listening");
 
@@ -264,7 +261,7 @@ fn run_inner(args: Args) -> anyhow::Result<i32> {
     let _ = engine_thread.join();
     // Let handler threads write their last events before the listener goes away.
     let until = Instant::now() + Duration::from_secs(2);
-    while shared.in_flight.load(Ordering::Acquire) > 0 && Instant::now() < until {
+    while server.in_flight() > 0 && Instant::now() < until {
         std::thread::sleep(Duration::from_millis(20));
     }
     server.unblock();

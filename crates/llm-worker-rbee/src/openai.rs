@@ -6,6 +6,7 @@
 
 use std::time::Instant;
 
+use rbee_http::Request;
 use rbee_types::openai::{
     AnswerMessage, ChatChoice, ChatCompletion, ChatCompletionChunk, ChunkChoice, CompletionRequest,
     Content, Delta, ModelObject, ModelObjectList, OneOrMany, OpenAiError, RequestMessage,
@@ -14,7 +15,6 @@ use rbee_types::openai::{
 use rbee_types::worker::{ChatMessage, DoneEvent, FinishReason, InferenceRequest};
 use rbee_types::{ApiError, ErrorCode};
 use serde_json::Value;
-use tiny_http::Request;
 
 use crate::app::{serving, start, tokens_for, App, Started};
 use crate::engine::Event;

@@ -120,8 +120,6 @@ pub struct Shared {
     pub tokens_generated: AtomicU64,
     /// The slots' prompt cache as the engine last left it (`/v1/slots`, STATUS).
     pub cache: Mutex<SlotsView>,
-    /// Requests currently being handled by HTTP threads.
-    pub in_flight: AtomicU32,
     /// API key, if one is configured.
     pub api_key: Option<String>,
     /// The worker's base URL.
@@ -154,7 +152,6 @@ impl Shared {
                 prompt_cache: false,
                 slots: Vec::new(),
             }),
-            in_flight: AtomicU32::new(0),
             api_key,
             base_url,
             max_body_bytes,

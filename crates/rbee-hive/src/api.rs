@@ -1,53 +1,36 @@
-//! The hive's HTTP API (tiny_http, one thread per request): JSON, the error envelope, and
+//! The hive's HTTP API (a thread per connection, [`rbee_http::server`]): JSON, the error envelope, and
 //! Bearer auth when a key is configured (`/v1/health` stays open).
 
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use rbee_http::{
-    check_bearer, check_route, constant_time_eq, read_json, respond_error, respond_json,
+    check_bearer, check_route, constant_time_eq, read_json, respond_error, respond_json, Method,
+    Request,
 };
 use rbee_types::hive::{
     BackendList, DiskAt, HiveHealth, Resources, SpawnRequest, Stopped, WorkerAnswer, WorkerList,
 };
 use rbee_types::worker::{ReadyAck, ReadyCallback};
 use rbee_types::{ApiError, ErrorCode, API_VERSION};
-use tiny_http::{Method, Request};
 
 use crate::hive::{worker_not_found, Hive};
 use crate::{binaries, front, logs, models, resources};
 
 /// Requests handled at once before new ones get 503 `OVERLOADED`.
-pub const MAX_IN_FLIGHT: u32 = 256;
+pub const MAX_IN_FLIGHT: usize = 256;
 /// Largest request body, bytes.
 pub const MAX_BODY: usize = 64 << 10;
 
-/// Accepts requests until the server is unblocked.
-pub fn serve(server: &tiny_http::Server, hive: &Arc<Hive>) {
-    let in_flight = Arc::new(AtomicU32::new(0));
-    for request in server.incoming_requests() {
-        if in_flight.fetch_add(1, Ordering::AcqRel) >= MAX_IN_FLIGHT {
-            in_flight.fetch_sub(1, Ordering::AcqRel);
-            let e = ApiError::new(
-                ErrorCode::Overloaded,
-                format!("the hive is handling {MAX_IN_FLIGHT} requests; retry shortly"),
-            );
-            respond_error(request, &e);
-            continue;
-        }
-        let (hive, count) = (Arc::clone(hive), Arc::clone(&in_flight));
-        let spawned = std::thread::Builder::new()
-            .name("http".into())
-            .stack_size(256 * 1024)
-            .spawn(move || {
-                handle(&hive, request);
-                count.fetch_sub(1, Ordering::AcqRel);
-            });
-        if let Err(e) = spawned {
-            tracing::error!(error = %e, "cannot spawn a request thread");
-            in_flight.fetch_sub(1, Ordering::AcqRel);
-        }
-    }
+/// What the hive's server admits.
+pub const LIMITS: rbee_http::Limits = rbee_http::Limits {
+    who: "hive",
+    max_in_flight: MAX_IN_FLIGHT,
+};
+
+/// Serves requests until the server is unblocked.
+pub fn serve(server: &rbee_http::Server, hive: &Arc<Hive>) {
+    let hive = Arc::clone(hive);
+    server.serve(move |request| handle(&hive, request));
 }
 
 enum Route {
@@ -138,11 +121,7 @@ fn query_param<'a>(url: &'a str, name: &str) -> Option<&'a str> {
 /// (`OPTIONS`) itself: 204 for an allowed origin, 403 otherwise. Returns the request when
 /// it is not a preflight.
 fn cors(hive: &Hive, request: Request) -> Option<Request> {
-    let origin = request
-        .headers()
-        .iter()
-        .find(|h| h.field.equiv("Origin"))
-        .map(|h| h.value.as_str().to_owned());
+    let origin = request.header("Origin").map(str::to_owned);
     let allowed = origin
         .as_deref()
         .filter(|o| rbee_http::cors::matches(o, &hive.config.cors_origins));

@@ -1,9 +1,9 @@
 //! The hive's worker-binary routes: the catalogue, builds and their progress streams.
 
+use rbee_http::Request;
 use rbee_http::{read_json, respond_error, respond_json};
 use rbee_types::hive::{BinaryList, BuildRequest, BuildStarted, Origin, Removed};
 use rbee_types::{ApiError, ErrorCode};
-use tiny_http::Request;
 
 use crate::hive::Hive;
 

@@ -209,8 +209,8 @@ fn find_worker_binary(configured: Option<&Path>) -> anyhow::Result<PathBuf> {
     Ok(candidate)
 }
 
-fn listen(addr: SocketAddr) -> anyhow::Result<tiny_http::Server> {
-    rbee_http::daemon::listen(addr).map_err(|e| {
+fn listen(addr: SocketAddr) -> anyhow::Result<rbee_http::Server> {
+    rbee_http::Server::bind(addr, api::LIMITS).map_err(|e| {
         if e.kind() == std::io::ErrorKind::AddrInUse {
             anyhow::Error::new(PortInUse(addr.port()))
         } else {

@@ -6,8 +6,8 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use rbee_http::Request;
 use rbee_http::{respond_error, SseWriter};
-use tiny_http::Request;
 
 use crate::hive::{worker_not_found, Hive};
 use crate::registry::WorkerSpec;
@@ -72,11 +72,7 @@ fn respond_text(request: Request, lines: &[String]) {
     if !body.is_empty() {
         body.push('\n');
     }
-    let resp = tiny_http::Response::from_string(body).with_header(rbee_http::header(
-        "Content-Type",
-        "text/plain; charset=utf-8",
-    ));
-    let _ = request.respond(resp);
+    let _ = request.respond(rbee_http::Response::from_string(body));
 }
 
 fn send_line(sse: &mut SseWriter, line: &str) -> std::io::Result<()> {

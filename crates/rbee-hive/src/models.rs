@@ -1,12 +1,12 @@
 //! The hive's model routes: the catalogue, downloads and their progress streams.
 
+use rbee_http::Request;
 use rbee_http::{read_json, respond_error, respond_json};
 use rbee_models::provisioner::Ensured;
 use rbee_types::hive::{
     download_progress_path, DownloadRequest, DownloadStarted, ModelAnswer, ModelList, Removed,
 };
 use rbee_types::{ApiError, ErrorCode};
-use tiny_http::Request;
 
 use crate::hive::Hive;
 

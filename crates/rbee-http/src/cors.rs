@@ -5,9 +5,7 @@
 
 use std::cell::RefCell;
 
-use tiny_http::Header;
-
-use crate::header;
+use crate::{header, Header, Response};
 
 thread_local! {
     static ALLOWED: RefCell<Option<String>> = const { RefCell::new(None) };
@@ -35,15 +33,15 @@ pub fn headers() -> Vec<(String, String)> {
 }
 
 /// `resp` with this request's CORS headers.
-pub fn decorate<R: std::io::Read>(mut resp: tiny_http::Response<R>) -> tiny_http::Response<R> {
+pub fn decorate(mut resp: Response) -> Response {
     for (k, v) in headers() {
-        resp.add_header(header(&k, &v));
+        resp = resp.with_header(header(&k, &v));
     }
     resp
 }
 
 /// The answer to an allowed preflight (`OPTIONS` with `Access-Control-Request-Method`).
-pub fn preflight() -> tiny_http::Response<std::io::Empty> {
+pub fn preflight() -> Response {
     let extra: [Header; 3] = [
         header("Access-Control-Allow-Methods", "GET, POST, DELETE, OPTIONS"),
         header(
@@ -52,9 +50,9 @@ pub fn preflight() -> tiny_http::Response<std::io::Empty> {
         ),
         header("Access-Control-Max-Age", "600"),
     ];
-    let mut resp = decorate(tiny_http::Response::empty(204));
+    let mut resp = decorate(Response::empty(204));
     for h in extra {
-        resp.add_header(h);
+        resp = resp.with_header(h);
     }
     resp
 }

@@ -1,7 +1,6 @@
 //! What every rbee daemon does around its HTTP server: sd-notify messages, the watchdog
 //! tick, and SIGTERM/SIGINT taken synchronously with sigwait.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use sd_notify::NotifyState;
@@ -54,23 +53,4 @@ pub fn wait_for_termination() -> i32 {
             return sig;
         }
     }
-}
-
-/// Accept-queue length: a burst of connections beyond it would be dropped or reset by the
-/// kernel before the worker could answer them (even with 503).
-const LISTEN_BACKLOG: i32 = 1024;
-
-/// Binds a tiny_http server with a deep accept backlog and `TCP_NODELAY` (inherited by
-/// every accepted connection).
-pub fn listen(addr: SocketAddr) -> std::io::Result<tiny_http::Server> {
-    use socket2::{Domain, Socket, Type};
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
-    socket.set_reuse_address(true)?;
-    // Accepted connections inherit this: each SSE event is a small write that Nagle's
-    // algorithm would otherwise hold until the client's delayed ACK (up to 40 ms).
-    socket.set_nodelay(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(LISTEN_BACKLOG)?;
-    let listener: std::net::TcpListener = socket.into();
-    tiny_http::Server::from_listener(listener, None).map_err(std::io::Error::other)
 }

@@ -15,8 +15,8 @@
 
 use std::net::IpAddr;
 
+use crate::{Method, Request};
 use rbee_types::{ApiError, ErrorCode};
-use tiny_http::{Method, Request};
 
 /// The rules of one server.
 #[derive(Debug, Clone)]
@@ -116,11 +116,7 @@ impl Guard {
 }
 
 fn value(request: &Request, name: &'static str) -> Option<String> {
-    request
-        .headers()
-        .iter()
-        .find(|h| h.field.equiv(name))
-        .map(|h| h.value.as_str().to_owned())
+    request.header(name).map(str::to_owned)
 }
 
 /// `name` of `name:port`, `v6` of `[v6]:port`.

@@ -1,19 +1,19 @@
-//! Server plumbing shared by rbee's daemons (the worker and the hive): tiny_http JSON and
-//! error-envelope responses, bounded UTF-8 bodies, Bearer auth in constant time, route
+//! Server plumbing shared by rbee's daemons (the worker and the hive): the HTTP/1.1
+//! [`server`], JSON and error-envelope responses, bounded UTF-8 bodies, Bearer auth in constant time, route
 //! checks (404/405), server-sent events, and in [`daemon`] sd-notify and termination
 //! signals.
 
 use std::io::Read;
 
 use rbee_types::{ApiError, ErrorCode};
-use tiny_http::{Header, Method, Request, Response};
 
 pub mod cors;
 pub mod daemon;
 pub mod guard;
-pub mod peer;
+pub mod server;
 pub mod sse;
 
+pub use server::{Header, Limits, Method, Request, Response, Server, Stream};
 pub use sse::SseWriter;
 
 /// Reads the body, at most `limit` bytes, as UTF-8.
@@ -25,12 +25,12 @@ pub fn read_body(request: &mut Request, limit: usize) -> Result<String, ApiError
         )
         .detail("limit_bytes", limit)
     };
-    if request.body_length().is_some_and(|n| n > limit) {
+    if request.body_length().is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
     let mut buf = Vec::new();
     request
-        .as_reader()
+        .body()
         .take(limit as u64 + 1)
         .read_to_end(&mut buf)
         .map_err(|e| {
@@ -132,20 +132,16 @@ pub fn parse_named<T: serde::de::DeserializeOwned>(body: &str) -> Result<T, ApiE
 
 /// The token of an `Authorization: Bearer <token>` header, if any.
 pub fn bearer_token(request: &Request) -> Option<String> {
-    request
-        .headers()
-        .iter()
-        .find(|h| h.field.equiv("Authorization"))
-        .map(|h| {
-            // The scheme is case-insensitive (RFC 9110): `bearer` and `BEARER` too.
-            let v = h.value.as_str().trim();
-            match v.split_once(' ') {
-                Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => {
-                    token.trim().to_owned()
-                }
-                _ => String::new(),
+    request.header("Authorization").map(|v| {
+        // The scheme is case-insensitive (RFC 9110): `bearer` and `BEARER` too.
+        let v = v.trim();
+        match v.split_once(' ') {
+            Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => {
+                token.trim().to_owned()
             }
-        })
+            _ => String::new(),
+        }
+    })
 }
 
 /// Checks the request's Bearer token against `key` (no key: everything passes). `who`
@@ -183,14 +179,11 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// A header from static strings.
 pub fn header(k: &str, v: &str) -> Header {
-    Header::from_bytes(k.as_bytes(), v.as_bytes()).expect("static header is valid")
+    Header::new(k, v).expect("header names are tokens and values have no line breaks")
 }
 
 /// A JSON response.
-pub fn json_response(
-    status: u16,
-    body: &impl serde::Serialize,
-) -> Response<std::io::Cursor<Vec<u8>>> {
+pub fn json_response(status: u16, body: &impl serde::Serialize) -> Response {
     let data = serde_json::to_vec(body).unwrap_or_default();
     cors::decorate(
         Response::from_data(data)
@@ -205,7 +198,7 @@ pub fn respond_json(request: Request, status: u16, body: &impl serde::Serialize)
 }
 
 /// The error envelope as a response.
-pub fn error_response(e: &ApiError) -> Response<std::io::Cursor<Vec<u8>>> {
+pub fn error_response(e: &ApiError) -> Response {
     json_response(e.http_status(), e)
 }
 

@@ -1,8 +1,9 @@
 //! Slots: concurrent streams decode together, a full worker answers 503, cancellation by
 //! DELETE and by disconnect frees the slot within a second.
 
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
+use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
 use rbee_test_support::http;
@@ -44,6 +45,59 @@ fn two_slots_stream_together_and_a_third_request_gets_503() {
     assert_eq!(done_b.last().unwrap()["done"], true);
     assert!(w.slot_free_within(Duration::from_secs(1)));
     w.assert_serves();
+}
+
+#[test]
+fn sixteen_keep_alive_clients_all_stream_before_any_stream_ends() {
+    // Clients that keep their connections open (the openai SDK, browsers, the hive's proxy)
+    // arrive in bursts. Each must be served at once: a server that queued connections behind
+    // busy ones (tiny_http's pool did, behind four threads) left most of them waiting until
+    // other streams ended.
+    const CLIENTS: usize = 16;
+    let Some(model) = model() else { return };
+    let w = Worker::start(&model, &["--slots", "16", "--ctx-size", "4096"]);
+    let barrier = Barrier::new(CLIENTS);
+    let t0 = Instant::now();
+    let times: Vec<(Duration, Duration)> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..CLIENTS)
+            .map(|i| {
+                let (w, barrier) = (&w, &barrier);
+                s.spawn(move || {
+                    let agent = ureq::AgentBuilder::new()
+                        .timeout_read(Duration::from_secs(60))
+                        .build();
+                    // The client's connection is open and kept for the next request.
+                    agent.get(&format!("{}/v1/health", w.url)).call().unwrap();
+                    barrier.wait();
+                    let body = json!({"prompt": format!("Bee number {i} says"),
+                        "temperature": 0, "max_tokens": 48, "stream": true});
+                    let resp = agent
+                        .post(&format!("{}/v1/inference", w.url))
+                        .send_string(&body.to_string())
+                        .unwrap();
+                    let (mut first, mut end) = (None, None);
+                    for line in BufReader::new(resp.into_reader()).lines() {
+                        let line = line.unwrap();
+                        if first.is_none() && line.contains("\"token\"") {
+                            first = Some(t0.elapsed());
+                        }
+                        if line.contains("\"done\":true") {
+                            end = Some(t0.elapsed());
+                            break;
+                        }
+                    }
+                    (first.expect("no token"), end.expect("no end"))
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let last_first = times.iter().map(|t| t.0).max().unwrap();
+    let first_end = times.iter().map(|t| t.1).min().unwrap();
+    assert!(
+        last_first < first_end,
+        "a client got its first token at {last_first:?}, after a stream ended at {first_end:?}"
+    );
 }
 
 #[test]

@@ -12,10 +12,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rbee_http::Request;
 use rbee_types::hive::{SpawnRequest, WorkerState};
 use rbee_types::openai::{CompletionRequest, ModelObject, ModelObjectList};
 use rbee_types::{ApiError, Backend, ErrorCode, ModelRef};
-use tiny_http::Request;
 
 use crate::hive::Hive;
 use crate::queue::{self, Refused};
@@ -166,9 +166,7 @@ pub(crate) fn completion(hive: &Hive, front: &FrontDoor, mut request: Request, k
         Err(e) => return rbee_http::respond_openai_error(request, &e),
     };
     let stream = req.stream.unwrap_or(false);
-    let peer = request.remote_addr().copied();
-    let port = hive.config.port;
-    let client_gone = move || peer.is_some_and(|p| rbee_http::peer::closed_by_peer(p, port));
+    let client_gone = request.disconnect_probe();
     let admitted = ready_worker(hive, front, &model_ref, &client_gone)
         .and_then(|()| admit(hive, front, &model_ref, client_gone));
     let permit = match admitted {

@@ -9,10 +9,10 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use rbee_http::{header, SseWriter};
+use rbee_http::{Request, Response};
 use rbee_types::openai::OpenAiError;
 use rbee_types::worker::LoadProgress;
 use rbee_types::{ApiError, ErrorCode};
-use tiny_http::{Request, Response};
 
 use crate::registry::Worker;
 

@@ -1,0 +1,241 @@
+//! rbee's HTTP/1.1 server: one thread per client connection, created the moment the
+//! connection is accepted, which reads the connection's requests one after another and runs
+//! the handler for each.
+//!
+//! Why not a pool: a keep-alive connection occupies its thread for as long as the client
+//! keeps it open (between requests the thread waits for the next one), and an LLM answer
+//! streams for seconds to minutes. tiny_http 0.12's pool queues a new connection whenever
+//! it counts an idle thread, without counting connections already queued for it, so a
+//! burst of keep-alive clients (the `openai` SDK, browsers, the hive's own proxy) waited
+//! behind the four standing threads until those connections closed: seconds of time to
+//! first token at 8–16 streams (docs/benchmarks.md). A thread per connection cannot queue
+//! a client behind another; [`MAX_CONNECTIONS`] bounds the threads, and the handlers bound
+//! requests in progress ([`Limits::max_in_flight`]).
+
+mod body;
+mod head;
+mod request;
+mod response;
+
+use std::io::{BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+use rbee_types::{ApiError, ErrorCode};
+
+pub use head::Method;
+use request::Conn;
+pub use request::{Request, Stream};
+pub use response::{Header, Response};
+
+/// Open connections at most; one more is answered 503 and closed at once.
+pub const MAX_CONNECTIONS: usize = 1024;
+/// Accept-queue length: a burst of connections beyond it would be dropped or reset by the
+/// kernel before the server could answer them (even with 503).
+const LISTEN_BACKLOG: i32 = 1024;
+/// How long a connection may sit between requests (or stall inside one) before it is
+/// closed.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a write may block on a client that does not read before the answer is given
+/// up (a stream's handler sees an error and cancels).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Stack of a connection thread: handlers parse JSON and relay events, nothing deep.
+const STACK_SIZE: usize = 256 << 10;
+
+/// What a server admits at once.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// The server's name in errors ("worker", "hive").
+    pub who: &'static str,
+    /// Requests in progress at most; more get 503 `OVERLOADED`.
+    pub max_in_flight: usize,
+}
+
+struct Counts {
+    connections: AtomicUsize,
+    in_flight: AtomicUsize,
+}
+
+/// A listening HTTP server. [`Server::serve`] runs it; [`Server::unblock`] stops it from
+/// another thread.
+pub struct Server {
+    listener: TcpListener,
+    addr: SocketAddr,
+    limits: Limits,
+    closing: AtomicBool,
+    counts: Arc<Counts>,
+}
+
+impl Server {
+    /// Listens on `addr` with a deep accept backlog and `TCP_NODELAY` (inherited by every
+    /// accepted connection).
+    pub fn bind(addr: SocketAddr, limits: Limits) -> std::io::Result<Server> {
+        use socket2::{Domain, Socket, Type};
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+        socket.set_reuse_address(true)?;
+        // Each SSE event is a small write that Nagle's algorithm would otherwise hold
+        // until the client's delayed ACK (up to 40 ms).
+        socket.set_nodelay(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(LISTEN_BACKLOG)?;
+        let listener: TcpListener = socket.into();
+        Ok(Server {
+            addr: listener.local_addr()?,
+            listener,
+            limits,
+            closing: AtomicBool::new(false),
+            counts: Arc::new(Counts {
+                connections: AtomicUsize::new(0),
+                in_flight: AtomicUsize::new(0),
+            }),
+        })
+    }
+
+    /// The address the server listens on (with the port the kernel chose for port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Requests being handled now.
+    pub fn in_flight(&self) -> usize {
+        self.counts.in_flight.load(Ordering::Acquire)
+    }
+
+    /// Accepts connections and runs `handler` for each request until [`Server::unblock`].
+    /// Each connection has its own thread; connections still open then are served to
+    /// their end.
+    pub fn serve(&self, handler: impl Fn(Request) + Send + Sync + 'static) {
+        let handler: Arc<dyn Fn(Request) + Send + Sync> = Arc::new(handler);
+        loop {
+            let accepted = self.listener.accept();
+            if self.closing.load(Ordering::Acquire) {
+                return;
+            }
+            let (stream, peer) = match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors, or a connection reset while queued: wait a
+                    // moment rather than spin.
+                    tracing::warn!(error = %e, "cannot accept a connection");
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                }
+            };
+            let open = self.counts.connections.fetch_add(1, Ordering::AcqRel);
+            if open >= MAX_CONNECTIONS {
+                self.counts.connections.fetch_sub(1, Ordering::AcqRel);
+                refuse(stream, self.limits.who);
+                continue;
+            }
+            let (counts, handler, limits) =
+                (Arc::clone(&self.counts), Arc::clone(&handler), self.limits);
+            let spawned = std::thread::Builder::new()
+                .name("http".into())
+                .stack_size(STACK_SIZE)
+                .spawn(move || {
+                    let _closed = Leave(&counts.connections);
+                    connection(stream, peer, &counts, limits, &*handler);
+                });
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "cannot start a connection thread");
+                self.counts.connections.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+    }
+
+    /// Makes [`Server::serve`] return: the listening socket stops accepting.
+    pub fn unblock(&self) {
+        self.closing.store(true, Ordering::Release);
+        // SAFETY: shutdown on the listener's own open descriptor; on Linux it wakes a
+        // thread blocked in accept(), which then fails and sees `closing`.
+        unsafe {
+            libc::shutdown(self.listener.as_raw_fd(), libc::SHUT_RDWR);
+        }
+    }
+}
+
+/// Answers a connection beyond [`MAX_CONNECTIONS`] without reading it, then closes it.
+fn refuse(stream: TcpStream, who: &str) {
+    tracing::warn!(
+        max = MAX_CONNECTIONS,
+        "too many open connections; refusing one"
+    );
+    let e = ApiError::new(
+        ErrorCode::Overloaded,
+        format!("the {who} has {MAX_CONNECTIONS} open connections; retry shortly"),
+    );
+    let _ = stream.set_nonblocking(true);
+    let _ = (&stream).write_all(&crate::error_response(&e).encode(true, false, true));
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+}
+
+/// Serves the requests of one connection until it closes, idles out, or a request or
+/// answer ends it.
+fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    counts: &Counts,
+    limits: Limits,
+    handler: &(dyn Fn(Request) + Send + Sync),
+) {
+    let _ = stream.set_read_timeout(Some(IDLE_TIMEOUT));
+    let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
+    let Ok(writer) = stream.try_clone() else {
+        return;
+    };
+    let mut conn = Conn {
+        reader: BufReader::with_capacity(16 << 10, stream),
+        writer,
+    };
+    loop {
+        let head = match head::read(&mut conn.reader) {
+            Ok(h) => h,
+            Err(e) => {
+                if let Some(status) = e.status() {
+                    tracing::debug!(%peer, status, "malformed request: {e}");
+                    let body = ApiError::new(ErrorCode::InvalidRequest, e.to_string());
+                    let resp = crate::error_response(&body).with_status_code(status);
+                    let _ = conn.writer.write_all(&resp.encode(true, false, true));
+                    conn.close_gracefully();
+                }
+                return;
+            }
+        };
+        let (back, next) = mpsc::channel();
+        let request = Request::new(head, peer, conn, back);
+        // The allowed CORS origin is per request; this thread may have served another.
+        crate::cors::allow(None);
+        let admitted = counts.in_flight.fetch_add(1, Ordering::AcqRel) < limits.max_in_flight;
+        if admitted {
+            let _leave = Leave(&counts.in_flight);
+            handler(request);
+        } else {
+            counts.in_flight.fetch_sub(1, Ordering::AcqRel);
+            let e = ApiError::new(
+                ErrorCode::Overloaded,
+                format!(
+                    "the {} is handling {} requests; retry shortly",
+                    limits.who, limits.max_in_flight
+                ),
+            );
+            crate::respond_error(request, &e);
+        }
+        // The answer hands the connection back when it may carry another request.
+        match next.recv() {
+            Ok(c) => conn = c,
+            Err(_) => return,
+        }
+    }
+}
+
+/// Counts a request or connection out when it ends, also when a handler panics.
+struct Leave<'a>(&'a AtomicUsize);
+
+impl Drop for Leave<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
