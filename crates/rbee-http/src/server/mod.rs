@@ -181,6 +181,9 @@ fn connection(
     limits: Limits,
     handler: &(dyn Fn(Request) + Send + Sync),
 ) {
+    // Linux copies TCP_NODELAY from the listener; set it anyway (one syscall) so that no
+    // platform holds small event writes back (Nagle).
+    let _ = stream.set_nodelay(true);
     let _ = stream.set_read_timeout(Some(IDLE_TIMEOUT));
     let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
     let Ok(writer) = stream.try_clone() else {
