@@ -41,6 +41,8 @@ pub struct App {
     pub gpu: bool,
     /// Which `Host` names and origins are answered (DNS rebinding, cross-site requests).
     pub guard: rbee_http::guard::Guard,
+    /// Whether `/metrics` is served without the key to loopback clients.
+    pub open_metrics: bool,
 }
 
 /// A request that passed every check and holds a slot; the engine sends its events.

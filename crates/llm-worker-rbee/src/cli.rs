@@ -98,6 +98,11 @@ pub struct Args {
     #[arg(long, value_name = "PATH")]
     pub api_key_file: Option<PathBuf>,
 
+    /// Serve GET /metrics (Prometheus) without the API key to clients on this machine
+    /// (loopback), for a local Prometheus or agent. Other clients still need the key.
+    #[arg(long)]
+    pub open_metrics: bool,
+
     /// Concurrent requests, decoded together in one batch. A request beyond this gets
     /// 503 ALL_SLOTS_BUSY.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]

@@ -591,12 +591,13 @@ fn finish(
     };
     // Free the slot before the client hears "done", so its next request finds it free
     // (and `/v1/slots` shows what it left in the cache).
-    publish(seqs, &guard.shared);
+    let shared = Arc::clone(&guard.shared);
+    publish(seqs, &shared);
     drop(guard);
     if reason != FinishReason::Cancelled && !tail.is_empty() {
         let _ = events.send(Event::Token(tail));
     }
-    let _ = events.send(Event::Done(DoneEvent {
+    let done = DoneEvent {
         done: true,
         total_tokens: slot.generated,
         duration_ms: received.elapsed().as_millis() as u64,
@@ -606,7 +607,9 @@ fn finish(
             .first_token_at
             .map(|t| t.duration_since(received).as_millis() as u64),
         finish_reason: reason,
-    }));
+    };
+    shared.metrics.finished(&done);
+    let _ = events.send(Event::Done(done));
     answered
 }
 

@@ -35,7 +35,14 @@ pub const LIMITS: rbee_http::Limits = rbee_http::Limits {
 /// Serves requests until the server is unblocked.
 pub fn serve(server: &rbee_http::Server, app: &Arc<App>) {
     let app = Arc::clone(app);
-    server.serve(move |request| handle(&app, request));
+    server.serve(move |request| {
+        let outcome = request.outcome();
+        let path = request.url().split('?').next().unwrap_or("");
+        let label = route(path).map_or("other", |(r, _)| r.label());
+        handle(&app, request);
+        let status = outcome.status().unwrap_or(0).to_string();
+        app.shared.metrics.requests.with(&[label, &status]).inc();
+    });
 }
 
 enum Route {
@@ -50,9 +57,29 @@ enum Route {
     Models(Option<String>),
     ChatCompletions,
     Completions,
+    Metrics,
 }
 
 impl Route {
+    /// The route as a metrics label: its pattern, not the ids in it.
+    fn label(&self) -> &'static str {
+        match self {
+            Route::Health => "/v1/health",
+            Route::Info => "/v1/info",
+            Route::Slots => "/v1/slots",
+            Route::Ready => "/v1/ready",
+            Route::Progress => "/v1/loading/progress",
+            Route::Inference => "/v1/inference",
+            Route::Cancel(_) => "/v1/inference/{id}",
+            Route::Shutdown => "/v1/admin/shutdown",
+            Route::Models(None) => "/v1/models",
+            Route::Models(Some(_)) => "/v1/models/{id}",
+            Route::ChatCompletions => "/v1/chat/completions",
+            Route::Completions => "/v1/completions",
+            Route::Metrics => "/metrics",
+        }
+    }
+
     /// Routes whose answers and errors are in OpenAI's shapes.
     fn is_openai(&self) -> bool {
         matches!(
@@ -74,6 +101,7 @@ fn route(path: &str) -> Option<(Route, Method)> {
         "/v1/models" => (Route::Models(None), Method::Get),
         "/v1/chat/completions" => (Route::ChatCompletions, Method::Post),
         "/v1/completions" => (Route::Completions, Method::Post),
+        "/metrics" => (Route::Metrics, Method::Get),
         p if p.starts_with("/v1/models/") => {
             let id = p.strip_prefix("/v1/models/")?;
             if id.is_empty() {
@@ -104,7 +132,12 @@ fn handle(app: &App, request: Request) {
             respond_error(request, &e)
         };
     }
-    if !matches!(route, Route::Health) {
+    let open = match route {
+        Route::Health => true,
+        Route::Metrics => app.open_metrics && request.remote_addr().ip().is_loopback(),
+        _ => false,
+    };
+    if !open {
         if let Err(e) = check_auth(&app.shared, &request) {
             return if route.is_openai() {
                 openai::respond_error(request, &e)
@@ -138,6 +171,12 @@ fn handle(app: &App, request: Request) {
         Route::Models(id) => openai::models(app, request, id.as_deref()),
         Route::ChatCompletions => openai::completion(app, request, openai::Kind::Chat),
         Route::Completions => openai::completion(app, request, openai::Kind::Text),
+        Route::Metrics => {
+            let text = app.shared.metrics.render(&app.shared);
+            let resp = Response::from_string(text)
+                .with_header(header("Content-Type", rbee_metrics::CONTENT_TYPE));
+            let _ = request.respond(resp);
+        }
     }
 }
 

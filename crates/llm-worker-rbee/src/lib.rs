@@ -7,6 +7,7 @@
 //!   which tokens go into each step.
 //! - [`http`]: the API, a thread per connection ([`rbee_http::server`]); [`openai`]:
 //!   OpenAI's routes on the same engine.
+//! - [`metrics`]: the Prometheus metrics at `GET /metrics`.
 //! - [`validate`]: range checks of inference requests.
 //! - [`fault`]: injected faults for the tests of failure paths.
 //! - [`output`]: UTF-8 joining and stop strings.
@@ -21,6 +22,7 @@ pub mod engine;
 pub mod fault;
 pub mod http;
 pub mod lifecycle;
+pub mod metrics;
 pub mod next_turn;
 pub mod openai;
 pub mod output;

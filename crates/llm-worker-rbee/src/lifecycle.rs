@@ -145,6 +145,7 @@ fn run_inner(args: Args) -> anyhow::Result<i32> {
         shutdown: shutdown_tx.clone(),
         gpu,
         guard: rbee_http::guard::Guard::new(args.host, api_key.is_some(), &[], &[]),
+        open_metrics: args.open_metrics,
     });
 
     spawn_signal_thread(shutdown_tx.clone());

@@ -120,6 +120,8 @@ pub struct Shared {
     pub tokens_generated: AtomicU64,
     /// The slots' prompt cache as the engine last left it (`/v1/slots`, STATUS).
     pub cache: Mutex<SlotsView>,
+    /// Prometheus counters and histograms.
+    pub metrics: crate::metrics::Metrics,
     /// API key, if one is configured.
     pub api_key: Option<String>,
     /// The worker's base URL.
@@ -152,6 +154,7 @@ impl Shared {
                 prompt_cache: false,
                 slots: Vec::new(),
             }),
+            metrics: crate::metrics::Metrics::default(),
             api_key,
             base_url,
             max_body_bytes,

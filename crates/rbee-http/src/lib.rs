@@ -13,7 +13,7 @@ pub mod guard;
 pub mod server;
 pub mod sse;
 
-pub use server::{Header, Limits, Method, Request, Response, Server, Stream};
+pub use server::{Header, Limits, Method, Outcome, Request, Response, Server, Stream};
 pub use sse::SseWriter;
 
 /// Reads the body, at most `limit` bytes, as UTF-8.

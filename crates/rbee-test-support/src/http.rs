@@ -16,6 +16,8 @@ pub struct Reply {
     pub request_id: Option<String>,
     /// `Allow`, if present.
     pub allow: Option<String>,
+    /// `Content-Type`, if present.
+    pub content_type: Option<String>,
 }
 
 impl Reply {
@@ -59,12 +61,14 @@ fn finish(r: Result<ureq::Response, ureq::Error>) -> Reply {
     let status = resp.status();
     let request_id = resp.header("X-Request-Id").map(str::to_owned);
     let allow = resp.header("Allow").map(str::to_owned);
+    let content_type = resp.header("Content-Type").map(str::to_owned);
     let body = resp.into_string().unwrap_or_default();
     Reply {
         status,
         body,
         request_id,
         allow,
+        content_type,
     }
 }
 

@@ -6,6 +6,7 @@ pub mod container;
 pub mod disk;
 pub mod http;
 pub mod hub;
+pub mod metrics;
 pub mod model;
 pub mod openai_client;
 pub mod process;

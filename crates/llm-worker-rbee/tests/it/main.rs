@@ -8,6 +8,7 @@ mod bad_input;
 mod gguf_mutations;
 mod haiku;
 mod lifecycle;
+mod metrics;
 mod openai;
 mod prompt_cache;
 mod slots;

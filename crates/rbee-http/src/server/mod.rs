@@ -28,7 +28,7 @@ use rbee_types::{ApiError, ErrorCode};
 
 pub use head::Method;
 use request::Conn;
-pub use request::{Request, Stream};
+pub use request::{Outcome, Request, Stream};
 pub use response::{Header, Response};
 
 /// Open connections at most; one more is answered 503 and closed at once.

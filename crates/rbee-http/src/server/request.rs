@@ -5,7 +5,9 @@
 use std::io::{self, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::mpsc::Sender;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::body::Body;
@@ -51,6 +53,26 @@ pub struct Request {
     continue_pending: bool,
     conn: Option<Conn>,
     back: Sender<Conn>,
+    answered: Outcome,
+}
+
+/// The status a request was answered with, readable after the request has been handed on
+/// (for metrics and access logs).
+#[derive(Debug, Clone, Default)]
+pub struct Outcome(Arc<AtomicU16>);
+
+impl Outcome {
+    /// The status sent, or `None` while unanswered.
+    pub fn status(&self) -> Option<u16> {
+        match self.0.load(Ordering::Acquire) {
+            0 => None,
+            s => Some(s),
+        }
+    }
+
+    fn set(&self, status: u16) {
+        self.0.store(status, Ordering::Release);
+    }
 }
 
 impl Request {
@@ -62,7 +84,13 @@ impl Request {
             remote,
             conn: Some(conn),
             back,
+            answered: Outcome::default(),
         }
+    }
+
+    /// Where the status of this request's answer will be.
+    pub fn outcome(&self) -> Outcome {
+        self.answered.clone()
     }
 
     /// The method.
@@ -111,6 +139,7 @@ impl Request {
         let Some((mut conn, keep)) = self.finish_reading() else {
             return Ok(());
         };
+        self.answered.set(response.status());
         let head_only = self.head.method == Method::Head;
         let bytes = response.encode(self.head.http11, head_only, !keep);
         conn.writer.write_all(&bytes)?;
@@ -124,6 +153,7 @@ impl Request {
         let (mut conn, keep) = self
             .finish_reading()
             .ok_or_else(|| io::Error::other("the request was answered already"))?;
+        self.answered.set(200);
         let chunked = self.head.http11;
         // HTTP/1.0 has no chunks: the body ends when the connection does.
         let keep = keep && chunked;
@@ -164,6 +194,7 @@ impl Drop for Request {
     /// connection is closed, rather than the client waiting.
     fn drop(&mut self) {
         if let Some(mut conn) = self.conn.take() {
+            self.answered.set(500);
             let resp = Response::from_string("the server did not answer this request")
                 .with_status_code(500);
             let _ = conn
