@@ -240,3 +240,60 @@ fn every_nix_file_parses() {
         );
     }
 }
+
+#[test]
+fn the_grafana_dashboard_queries_are_valid_promql_over_documented_metrics() {
+    skip_unless!(
+        have("promtool"),
+        "promtool is not installed (Debian: apt-get install prometheus)"
+    );
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("docs/grafana-dashboard.json")).unwrap(),
+    )
+    .expect("the dashboard is JSON");
+    let exprs: Vec<String> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().unwrap().iter())
+        .map(|t| t["expr"].as_str().unwrap().replace("$job", ".+"))
+        .collect();
+    assert!(exprs.len() >= 8, "{exprs:?}");
+    // Every metric a panel shows is one the daemons export (documented in observability.md).
+    let documented = std::fs::read_to_string(repo().join("docs/observability.md")).unwrap();
+    for e in &exprs {
+        for name in e.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            if name.starts_with("rbee_") {
+                let base = name
+                    .trim_end_matches("_bucket")
+                    .trim_end_matches("_sum")
+                    .trim_end_matches("_count");
+                assert!(
+                    documented.contains(&format!("`{base}`")),
+                    "{base} is not a documented metric"
+                );
+            }
+        }
+    }
+    // promtool parses each query as a recording rule (a rules file in JSON, which is YAML).
+    let rules: Vec<serde_json::Value> = exprs
+        .iter()
+        .enumerate()
+        .map(|(i, e)| serde_json::json!({"record": format!("rbee:dashboard_{i}"), "expr": e}))
+        .collect();
+    let file = serde_json::json!({"groups": [{"name": "dashboard", "rules": rules}]});
+    let dir = TempDir::new("promql");
+    let path = dir.join("rules.yml");
+    std::fs::write(&path, file.to_string()).unwrap();
+    let out = Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -197,6 +197,7 @@ mod tests {
             model_ref: "hf:org/repo:Q4_K_M@v1".parse().unwrap(),
             hive_url: "http://127.0.0.1:9200".into(),
             drain_timeout_secs: 25,
+            open_metrics: true,
         };
         let args =
             Args::try_parse_from(std::iter::once("llm-worker-rbee".to_owned()).chain(w.to_args()))
@@ -212,8 +213,10 @@ mod tests {
         assert_eq!(args.model_ref.as_ref(), Some(&w.model_ref));
         assert_eq!(args.hive_url.as_deref(), Some(w.hive_url.as_str()));
         assert_eq!(args.drain_timeout, w.drain_timeout_secs);
+        assert!(args.open_metrics);
         let without = WorkerArgs {
             ctx_size: None,
+            open_metrics: false,
             ..w
         };
         let args = Args::try_parse_from(
@@ -221,6 +224,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(args.ctx_size, None);
+        assert!(!args.open_metrics);
     }
 
     #[test]

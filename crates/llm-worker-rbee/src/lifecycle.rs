@@ -26,22 +26,14 @@ pub fn run(args: Args) -> i32 {
     match run_inner(args) {
         Ok(code) => code,
         Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("llm-worker-rbee: error: {e:#}");
+            rbee_http::logging::fatal("llm-worker-rbee: error", &format!("{e:#}"));
             exit::FAILURE
         }
     }
 }
 
 fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env(env::LOG).unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("info,llama_cpp_2=warn,llama-cpp-2=warn")
-    });
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .try_init();
+    rbee_http::logging::init("info,llama_cpp_2=warn,llama-cpp-2=warn");
     llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default());
 }
 
@@ -56,8 +48,7 @@ fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
 }
 
 fn fatal(code: i32, msg: String) -> i32 {
-    tracing::error!("{msg}");
-    eprintln!("llm-worker-rbee: error: {msg}");
+    rbee_http::logging::fatal("llm-worker-rbee: error", &msg);
     code
 }
 

@@ -439,15 +439,16 @@ fn stream(request: Request, started: &Started, answer: &Answer, include_usage: b
                     Some(finish_reason(done.finish_reason)),
                     usage_field,
                 );
+                let u = Usage::new(
+                    done.prompt_tokens,
+                    done.total_tokens,
+                    done.cached_prompt_tokens,
+                );
                 let _ = sse.json(&last).and_then(|()| {
                     if include_usage {
-                        let u = Usage::new(
-                            done.prompt_tokens,
-                            done.total_tokens,
-                            done.cached_prompt_tokens,
-                        );
                         sse.json(&answer.usage_chunk(u))?;
                     }
+                    sse.comment(&u.comment())?;
                     sse.done()
                 });
                 return;

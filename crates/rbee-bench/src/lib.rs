@@ -214,19 +214,7 @@ pub fn batched_tok_s(
 
 /// CPU time (user + system) a process has used so far, seconds (0 when unreadable).
 pub fn cpu_seconds(pid: u32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
-    };
-    // The fields after the command name (which may hold spaces) start at "state";
-    // utime and stime are fields 14 and 15 of the line, in clock ticks.
-    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
-        return 0.0;
-    };
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    (ticks(11) + ticks(12)) / hz.max(1.0)
+    rbee_metrics::process::cpu_seconds(pid).unwrap_or(0.0)
 }
 
 pub mod harness;

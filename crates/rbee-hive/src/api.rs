@@ -30,7 +30,13 @@ pub const LIMITS: rbee_http::Limits = rbee_http::Limits {
 /// Serves requests until the server is unblocked.
 pub fn serve(server: &rbee_http::Server, hive: &Arc<Hive>) {
     let hive = Arc::clone(hive);
-    server.serve(move |request| handle(&hive, request));
+    server.serve(move |request| {
+        let outcome = request.outcome();
+        let path = request.url().split('?').next().unwrap_or("");
+        let label = route(path, request.method()).map_or("other", |(r, _)| r.label());
+        handle(&hive, request);
+        hive.metrics.request(label, outcome.status());
+    });
 }
 
 enum Route {
@@ -55,6 +61,36 @@ enum Route {
     Build,
     BuildProgress,
     DeleteBinary(String),
+    Metrics,
+}
+
+impl Route {
+    /// The route as a metrics label: its pattern, not the ids in it.
+    fn label(&self) -> &'static str {
+        match self {
+            Route::Health => "/v1/health",
+            Route::Backends => "/v1/backends",
+            Route::Resources => "/v1/resources",
+            Route::List => "/v1/workers/list",
+            Route::Get(_) => "/v1/workers/{id}",
+            Route::Spawn => "/v1/workers/spawn",
+            Route::Ready => "/v1/workers/ready",
+            Route::Shutdown(_) => "/v1/workers/{id}/shutdown",
+            Route::Logs(_) => "/v1/workers/{id}/logs",
+            Route::LoadingProgress(_) => "/v1/workers/{id}/loading/progress",
+            Route::Models => "/v1/models",
+            Route::Download => "/v1/models/download",
+            Route::DownloadProgress => "/v1/models/download/progress",
+            Route::DeleteModel(_) | Route::RetrieveModel(_) => "/v1/models/{id}",
+            Route::ChatCompletions => "/v1/chat/completions",
+            Route::Completions => "/v1/completions",
+            Route::Binaries => "/v1/worker-binaries",
+            Route::Build => "/v1/worker-binaries/build",
+            Route::BuildProgress => "/v1/worker-binaries/build/progress",
+            Route::DeleteBinary(_) => "/v1/worker-binaries/{id}",
+            Route::Metrics => "/metrics",
+        }
+    }
 }
 
 /// The route of `path`; `method` only tells apart routes that share a path.
@@ -63,6 +99,7 @@ fn route(path: &str, method: &Method) -> Option<(Route, Method)> {
         "/v1/chat/completions" => (Route::ChatCompletions, Method::Post),
         "/v1/completions" => (Route::Completions, Method::Post),
         "/v1/health" => (Route::Health, Method::Get),
+        "/metrics" => (Route::Metrics, Method::Get),
         "/v1/backends" => (Route::Backends, Method::Get),
         "/v1/resources" => (Route::Resources, Method::Get),
         "/v1/workers/list" => (Route::List, Method::Get),
@@ -173,6 +210,8 @@ fn handle(hive: &Hive, request: Request) {
         Route::Health => {}
         // The worker authenticates its callback with its own key.
         Route::Ready => {}
+        Route::Metrics if !hive.config.metrics_auth && request.remote_addr().ip().is_loopback() => {
+        }
         _ => {
             if let Err(e) = check_bearer(&request, hive.api_key.as_deref(), "this hive") {
                 return if openai {
@@ -184,6 +223,14 @@ fn handle(hive: &Hive, request: Request) {
         }
     }
     match route {
+        Route::Metrics => {
+            let text = hive.metrics.render(hive);
+            let resp = rbee_http::Response::from_string(text).with_header(rbee_http::header(
+                "Content-Type",
+                rbee_metrics::CONTENT_TYPE,
+            ));
+            let _ = request.respond(resp);
+        }
         Route::Health => respond_json(
             request,
             200,

@@ -241,6 +241,10 @@ pub struct Config {
     /// also serves from its user's home. Any
     /// other path gets the same "no readable file" answer as a missing one.
     pub model_dirs: Vec<PathBuf>,
+    /// Whether `GET /metrics` needs the API key. `false` serves it without the key to
+    /// clients on this machine (a local Prometheus or agent); others still need the key.
+    /// Workers started by the hive get the same.
+    pub metrics_auth: bool,
 }
 
 impl Default for Config {
@@ -275,6 +279,7 @@ impl Default for Config {
             cors_origins: vec![],
             allowed_hosts: vec![],
             model_dirs: vec![],
+            metrics_auth: true,
         }
     }
 }

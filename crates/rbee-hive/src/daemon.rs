@@ -28,8 +28,7 @@ pub fn run(config: Config) -> i32 {
             } else {
                 exit::FAILURE
             };
-            tracing::error!("{e:#}");
-            eprintln!("rbee-hive: {e:#}");
+            rbee_http::logging::fatal("rbee-hive", &format!("{e:#}"));
             code
         }
     }

@@ -93,6 +93,8 @@ pub struct Hive {
     pub models: Arc<Provisioner>,
     /// The front door's queue per model.
     pub(crate) queues: Arc<crate::queue::Queues>,
+    /// Prometheus counters and histograms.
+    pub(crate) metrics: crate::metrics::Metrics,
     /// Which `Host` names and browser origins are answered.
     pub(crate) guard: rbee_http::guard::Guard,
     spawn_lock: Mutex<()>,
@@ -125,6 +127,7 @@ impl Hive {
         );
         Hive {
             queues: Arc::default(),
+            metrics: crate::metrics::Metrics::default(),
             guard,
             config,
             api_key,
@@ -348,6 +351,7 @@ impl Hive {
             model_ref: spec.model_ref.clone(),
             hive_url: self.hive_url.clone(),
             drain_timeout_secs: self.config.stop_timeout_secs.saturating_sub(5).max(1),
+            open_metrics: !self.config.metrics_auth,
         }
         .to_args();
         let worker = Worker {
@@ -387,6 +391,7 @@ impl Hive {
                 Ok(Worker { pid, ..worker })
             }
             Err(e) => {
+                self.metrics.model_load(false);
                 self.registry.remove(&worker.spec.id);
                 store::remove(&dir, &worker.spec.id);
                 Err(e)
@@ -540,6 +545,9 @@ impl Hive {
                 let Some(w) = self.registry.find_unit(&unit) else {
                     return;
                 };
+                if w.state == WorkerState::Loading {
+                    self.metrics.model_load(true);
+                }
                 self.registry.update(&w.spec.id, |w| {
                     if w.state == WorkerState::Loading {
                         w.state = WorkerState::Idle;
@@ -564,6 +572,9 @@ impl Hive {
                     && self.retry_port(&w)
                 {
                     return;
+                }
+                if w.state == WorkerState::Loading {
+                    self.metrics.model_load(false);
                 }
                 let exit_text = exit.description;
                 let last_log_lines = worker_log::last_lines(self.user_journal(), &w.spec, 20);

@@ -9,7 +9,7 @@
 //! - [`hive`]: spawn (reuse, preflight, ports, unit names), stop, adoption, events.
 //! - [`registry`]: the workers in memory and their record files.
 //! - [`supervisor`]: systemd or child processes, behind one interface.
-//! - [`monitor`]: health checks and the idle timeout.
+//! - [`monitor`]: health checks and the idle timeout; [`metrics`]: `GET /metrics`.
 //! - [`preflight`], [`resources`]: what the machine has and whether a worker fits.
 //! - [`front`]: OpenAI's routes, the node's one front door (names, load on demand,
 //!   proxying); [`queue`]: admission per model.
@@ -23,6 +23,7 @@ pub mod daemon;
 pub mod front;
 pub mod hive;
 pub mod logs;
+pub mod metrics;
 pub mod models;
 pub mod monitor;
 pub mod naming;

@@ -2,7 +2,7 @@
 
 use clap::Parser;
 use rbee_hive::config::{Cli, Command, Config};
-use rbee_types::{env, exit};
+use rbee_types::exit;
 
 fn main() {
     let cli = Cli::parse();
@@ -21,7 +21,7 @@ fn main() {
         None => match Config::resolve(&cli.options) {
             Ok(config) => rbee_hive::daemon::run(config),
             Err(e) => {
-                eprintln!("rbee-hive: {e}");
+                rbee_http::logging::fatal("rbee-hive", &e.to_string());
                 exit::USAGE
             }
         },
@@ -30,17 +30,5 @@ fn main() {
 }
 
 fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env(env::LOG)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // Under systemd the journal adds its own timestamps.
-    let under_systemd = std::env::var_os("JOURNAL_STREAM").is_some();
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(false);
-    if under_systemd {
-        builder.without_time().init();
-    } else {
-        builder.init();
-    }
+    rbee_http::logging::init("info");
 }

@@ -60,6 +60,14 @@ impl Queues {
         self.lanes.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Requests waiting now, per key that has had requests.
+    pub(crate) fn depths(&self) -> Vec<(String, usize)> {
+        self.lock()
+            .iter()
+            .map(|(k, l)| (k.clone(), l.waiting.len()))
+            .collect()
+    }
+
     /// Requests of `key` running and waiting now.
     pub(crate) fn load(&self, key: &str) -> (u32, usize) {
         self.lock()

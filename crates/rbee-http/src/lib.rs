@@ -1,7 +1,7 @@
 //! Server plumbing shared by rbee's daemons (the worker and the hive): the HTTP/1.1
 //! [`server`], JSON and error-envelope responses, bounded UTF-8 bodies, Bearer auth in constant time, route
 //! checks (404/405), server-sent events, and in [`daemon`] sd-notify and termination
-//! signals.
+//! signals; in [`logging`] logs with journald priorities.
 
 use std::io::Read;
 
@@ -10,6 +10,7 @@ use rbee_types::{ApiError, ErrorCode};
 pub mod cors;
 pub mod daemon;
 pub mod guard;
+pub mod logging;
 pub mod server;
 pub mod sse;
 

@@ -1,12 +1,15 @@
 //! Prometheus metrics for rbee's daemons, without a metrics framework: [`Counter`] and
 //! [`Histogram`] are atomics a hot path updates without locks, [`Family`] keys them by label
 //! values, and [`Exposition`] writes the text format (version 0.0.4) that Prometheus
-//! scrapes. Gauges are read when scraped, so they need no storage here.
+//! scrapes. Gauges are read when scraped, so they need no storage here; [`process`] reads
+//! a process's CPU time and memory.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+
+pub mod process;
 
 /// The `Content-Type` of [`Exposition::finish`]'s text.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -186,6 +189,14 @@ impl Exposition {
     /// A gauge with one sample per label set.
     pub fn gauge(&mut self, name: &str, help: &str, samples: &[(Labels<'_>, f64)]) {
         self.header(name, "gauge", help);
+        for (labels, v) in samples {
+            self.sample(name, labels, &number(*v));
+        }
+    }
+
+    /// A counter with one sample per label set, read elsewhere (CPU time a process used).
+    pub fn counter_samples(&mut self, name: &str, help: &str, samples: &[(Labels<'_>, f64)]) {
+        self.header(name, "counter", help);
         for (labels, v) in samples {
             self.sample(name, labels, &number(*v));
         }

@@ -81,6 +81,7 @@ pub struct Provisioner {
     hub: HubConfig,
     transfers: Mutex<HashMap<String, Arc<Transfer>>>,
     next: AtomicU64,
+    downloaded: AtomicU64,
 }
 
 impl Provisioner {
@@ -118,6 +119,7 @@ impl Provisioner {
             hub,
             transfers: Mutex::default(),
             next: AtomicU64::new(1),
+            downloaded: AtomicU64::new(0),
         })
     }
 
@@ -247,6 +249,7 @@ impl Provisioner {
                 ApiError::new(ErrorCode::DownloadFailed, format!("{reference}: {e}"))
                     .detail("model_ref", reference)
             })?;
+        let mut last_bytes = 0;
         let sha = hub::download(
             &self.hub,
             repo,
@@ -255,6 +258,11 @@ impl Provisioner {
             &dest,
             reference,
             |tick| {
+                // Progress is cumulative per attempt (a resumed attempt starts from the
+                // bytes already on disk): count growth only.
+                let grew = tick.bytes.saturating_sub(last_bytes);
+                last_bytes = last_bytes.max(tick.bytes);
+                self.downloaded.fetch_add(grew, Ordering::Relaxed);
                 t.set(DownloadProgress::Downloading {
                     bytes_downloaded: tick.bytes,
                     bytes_total: tick.total,
@@ -349,6 +357,11 @@ impl Provisioner {
                 Ok(model)
             }
         }
+    }
+
+    /// Bytes of model files downloaded from the hub since the hive started.
+    pub fn downloaded_bytes(&self) -> u64 {
+        self.downloaded.load(Ordering::Relaxed)
     }
 
     /// Deletes a model's row and (for downloaded models) its file, never a file outside the

@@ -112,6 +112,20 @@ trait Service {
     fn exec_main_code(&self) -> zbus::Result<i32>;
     #[zbus(property, name = "StatusText")]
     fn status_text(&self) -> zbus::Result<String>;
+    #[zbus(property)]
+    fn memory_current(&self) -> zbus::Result<u64>;
+    #[zbus(property, name = "CPUUsageNSec")]
+    fn cpu_usage_nsec(&self) -> zbus::Result<u64>;
+}
+
+/// What a unit's processes use, as systemd accounts it (cgroup); `None` where systemd does
+/// not account it (accounting off, or a controller not delegated to a user manager).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Usage {
+    /// Memory of the unit's cgroup, bytes (`MemoryCurrent`).
+    pub memory_bytes: Option<u64>,
+    /// CPU time of the unit's processes, nanoseconds (`CPUUsageNSec`).
+    pub cpu_nsec: Option<u64>,
 }
 
 /// A unit's state as systemd reports it.
@@ -312,17 +326,23 @@ impl Systemd {
         Ok(units.into_iter().map(|u| u.0).collect())
     }
 
+    /// The unit's object path, or `None` when systemd does not know it (never started, or
+    /// collected after it stopped).
+    async fn unit_path(&self, name: &str) -> Result<Option<OwnedObjectPath>, SystemdError> {
+        match self.manager().await?.get_unit(name).await {
+            Ok(p) => Ok(Some(p)),
+            Err(e) => match map_err(e, name) {
+                SystemdError::NoSuchUnit(_) => Ok(None),
+                other => Err(other),
+            },
+        }
+    }
+
     /// The unit's state, or `None` when systemd does not know it (never started, or
     /// collected after it stopped).
     pub async fn state(&self, name: &str) -> Result<Option<UnitState>, SystemdError> {
-        let path = match self.manager().await?.get_unit(name).await {
-            Ok(p) => p,
-            Err(e) => {
-                return match map_err(e, name) {
-                    SystemdError::NoSuchUnit(_) => Ok(None),
-                    other => Err(other),
-                }
-            }
+        let Some(path) = self.unit_path(name).await? else {
+            return Ok(None);
         };
         let unit = UnitProxy::builder(&self.conn)
             .path(path.clone())?
@@ -340,6 +360,24 @@ impl Systemd {
             exit_status: service.exec_main_status().await?,
             exit_code: service.exec_main_code().await?,
             status_text: service.status_text().await?,
+        }))
+    }
+
+    /// What the unit uses now; `None` when systemd does not know the unit.
+    pub async fn usage(&self, name: &str) -> Result<Option<Usage>, SystemdError> {
+        let Some(path) = self.unit_path(name).await? else {
+            return Ok(None);
+        };
+        let service = ServiceProxy::builder(&self.conn)
+            .path(path)?
+            .cache_properties(zbus::proxy::CacheProperties::No)
+            .build()
+            .await?;
+        // systemd answers u64::MAX ("[not set]") for what it does not account.
+        let known = |v: u64| (v != u64::MAX).then_some(v);
+        Ok(Some(Usage {
+            memory_bytes: known(service.memory_current().await?),
+            cpu_nsec: known(service.cpu_usage_nsec().await?),
         }))
     }
 

@@ -128,7 +128,16 @@ impl Sse {
 
     /// GETs `url` as an event stream.
     pub fn get(url: &str) -> Result<Sse, Reply> {
-        Self::open(stream_agent().get(url).call())
+        Self::get_keyed(url, None)
+    }
+
+    /// GETs `url` as an event stream with an optional bearer key.
+    pub fn get_keyed(url: &str, key: Option<&str>) -> Result<Sse, Reply> {
+        let mut req = stream_agent().get(url);
+        if let Some(k) = key {
+            req = req.set("Authorization", &format!("Bearer {k}"));
+        }
+        Self::open(req.call())
     }
 
     fn open(r: Result<ureq::Response, ureq::Error>) -> Result<Sse, Reply> {

@@ -121,6 +121,16 @@ pub enum WorkerState {
 }
 
 impl WorkerState {
+    /// Every state, in the order of a worker's life.
+    pub const ALL: [WorkerState; 6] = [
+        Self::Loading,
+        Self::Idle,
+        Self::Busy,
+        Self::Draining,
+        Self::Unhealthy,
+        Self::Failed,
+    ];
+
     /// Whether a spawn request for the same model may reuse the worker.
     pub fn reusable(self) -> bool {
         matches!(self, Self::Loading | Self::Idle | Self::Busy)

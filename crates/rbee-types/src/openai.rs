@@ -161,7 +161,29 @@ pub struct PromptTokensDetails {
     pub cached_tokens: u32,
 }
 
+/// The SSE comment (`: usage {json}`) that ends every OpenAI stream of a worker, whether or
+/// not the client asked for usage: clients ignore comments; the hive's front door reads it
+/// for its token metrics.
+const USAGE_COMMENT: &str = "usage ";
+
 impl Usage {
+    /// The text of the usage comment (without the leading `: `).
+    pub fn comment(&self) -> String {
+        format!(
+            "{USAGE_COMMENT}{}",
+            serde_json::to_string(self).unwrap_or_default()
+        )
+    }
+
+    /// The usage in an SSE comment line (`: usage {…}`), if it is one.
+    pub fn from_comment(line: &str) -> Option<Usage> {
+        let json = line
+            .strip_prefix(':')?
+            .trim_start()
+            .strip_prefix(USAGE_COMMENT)?;
+        serde_json::from_str(json).ok()
+    }
+
     /// Counts with their sum; `cached` of the prompt tokens came from the prompt cache.
     pub fn new(prompt_tokens: u32, completion_tokens: u32, cached: u32) -> Self {
         Usage {
@@ -401,6 +423,16 @@ pub enum StreamItem<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn usage_travels_in_an_sse_comment() {
+        let u = Usage::new(12, 5, 4);
+        let line = format!(": {}", u.comment());
+        assert_eq!(Usage::from_comment(&line), Some(u));
+        assert_eq!(Usage::from_comment(": keep-alive"), None);
+        assert_eq!(Usage::from_comment("data: {}"), None);
+        assert_eq!(Usage::from_comment(": usage {broken"), None);
+    }
 
     #[test]
     fn known_parameters_are_typed_and_the_rest_kept_by_name() {

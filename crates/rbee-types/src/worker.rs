@@ -316,6 +316,8 @@ pub struct WorkerArgs {
     pub hive_url: String,
     /// Seconds active requests get to finish on shutdown.
     pub drain_timeout_secs: u64,
+    /// `/metrics` without the key for loopback clients (`--open-metrics`).
+    pub open_metrics: bool,
 }
 
 impl WorkerArgs {
@@ -338,6 +340,9 @@ impl WorkerArgs {
         .collect();
         if let Some(c) = self.ctx_size {
             args.extend(["--ctx-size".to_owned(), c.to_string()]);
+        }
+        if self.open_metrics {
+            args.push("--open-metrics".to_owned());
         }
         args
     }
@@ -411,6 +416,7 @@ mod tests {
             model_ref: "file:///m/x.gguf".parse().unwrap(),
             hive_url: "http://127.0.0.1:9200".into(),
             drain_timeout_secs: 25,
+            open_metrics: false,
         };
         let args = a.to_args();
         let flag = |f: &str| {

@@ -145,6 +145,7 @@ fn not_found(name: &str) -> ApiError {
 /// `POST /v1/chat/completions` or `/v1/completions`: the model's worker answers, through
 /// the queue; errors in OpenAI's envelope.
 pub(crate) fn completion(hive: &Hive, front: &FrontDoor, mut request: Request, kind: Kind) {
+    let arrived = Instant::now();
     let parsed = rbee_http::read_body(&mut request, front.settings.max_body).and_then(|body| {
         let req: CompletionRequest = rbee_http::parse_named(&body)?;
         Ok((body, req))
@@ -166,6 +167,8 @@ pub(crate) fn completion(hive: &Hive, front: &FrontDoor, mut request: Request, k
         Err(e) => return rbee_http::respond_openai_error(request, &e),
     };
     let stream = req.stream.unwrap_or(false);
+    let model = model_ref.to_string();
+    crate::metrics::label_model(&model);
     let client_gone = request.disconnect_probe();
     let admitted = ready_worker(hive, front, &model_ref, &client_gone)
         .and_then(|()| admit(hive, front, &model_ref, client_gone));
@@ -185,7 +188,15 @@ pub(crate) fn completion(hive: &Hive, front: &FrontDoor, mut request: Request, k
     hive.registry.update(&worker.spec.id, |w| {
         w.last_activity_unix = rbee_types::now_unix()
     });
-    proxy::forward(request, &worker, kind.path(), body.as_bytes(), stream);
+    let tally = crate::metrics::Tally::new(&hive.metrics, &model, arrived);
+    proxy::forward(
+        request,
+        &worker,
+        kind.path(),
+        body.as_bytes(),
+        stream,
+        tally,
+    );
     drop(permit);
 }
 

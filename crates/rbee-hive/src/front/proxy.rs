@@ -10,10 +10,11 @@ use std::time::Duration;
 
 use rbee_http::{header, SseWriter};
 use rbee_http::{Request, Response};
-use rbee_types::openai::OpenAiError;
+use rbee_types::openai::{OpenAiError, Usage};
 use rbee_types::worker::LoadProgress;
 use rbee_types::{ApiError, ErrorCode};
 
+use crate::metrics::Tally;
 use crate::registry::Worker;
 
 /// One agent for every worker call: connections are reused.
@@ -31,7 +32,14 @@ fn agent() -> &'static ureq::Agent {
 /// Sends `body` to `path` of `worker` with the worker's key and answers `request` with what
 /// the worker answers: an SSE stream event by event (`stream`), else the one document; the
 /// worker's errors (already in OpenAI's shape) with their status.
-pub(crate) fn forward(request: Request, worker: &Worker, path: &str, body: &[u8], stream: bool) {
+pub(crate) fn forward(
+    request: Request,
+    worker: &Worker,
+    path: &str,
+    body: &[u8],
+    stream: bool,
+    mut tally: Tally<'_>,
+) {
     let url = format!("{}{path}", worker.spec.url());
     let sent = agent()
         .post(&url)
@@ -40,7 +48,7 @@ pub(crate) fn forward(request: Request, worker: &Worker, path: &str, body: &[u8]
         .send_bytes(body);
     let resp = match sent {
         Ok(r) => r,
-        Err(ureq::Error::Status(status, r)) => return pass_through(request, status, r),
+        Err(ureq::Error::Status(status, r)) => return pass_through(request, status, r, None),
         Err(e) => {
             let e = ApiError::new(
                 ErrorCode::Internal,
@@ -55,11 +63,11 @@ pub(crate) fn forward(request: Request, worker: &Worker, path: &str, body: &[u8]
     if stream && is_sse {
         let why = broke_off(&worker.spec.id, "in the middle of the answer");
         let e = ApiError::new(ErrorCode::InferenceFailed, why);
-        relay_events(request, resp, &worker.spec.id, |sse| {
+        relay_events(request, resp, &worker.spec.id, Some(&mut tally), |sse| {
             sse.json(&OpenAiError::from_api(&e).1)
         });
     } else {
-        pass_through(request, resp.status(), resp);
+        pass_through(request, resp.status(), resp, Some(&tally));
     }
 }
 
@@ -80,9 +88,11 @@ pub(crate) fn loading_progress(request: Request, worker: &Worker) {
                 layers_total: None,
                 error: Some(broke_off(&worker.spec.id, "while loading")),
             };
-            relay_events(request, resp, &worker.spec.id, |sse| sse.json(&failed));
+            relay_events(request, resp, &worker.spec.id, None, |sse| {
+                sse.json(&failed)
+            });
         }
-        Err(ureq::Error::Status(status, r)) => pass_through(request, status, r),
+        Err(ureq::Error::Status(status, r)) => pass_through(request, status, r, None),
         Err(_) => {
             let e = ApiError::new(
                 ErrorCode::ModelLoading,
@@ -96,10 +106,19 @@ pub(crate) fn loading_progress(request: Request, worker: &Worker) {
     }
 }
 
-/// A whole answer, status and body as the worker sent them.
-fn pass_through(request: Request, status: u16, resp: ureq::Response) {
+/// A whole answer, status and body as the worker sent them; its usage counted.
+fn pass_through(request: Request, status: u16, resp: ureq::Response, tally: Option<&Tally<'_>>) {
     let request_id = resp.header("X-Request-Id").map(str::to_owned);
     let body = resp.into_string().unwrap_or_default();
+    if let Some(t) = tally.filter(|_| status == 200) {
+        #[derive(serde::Deserialize)]
+        struct Answer {
+            usage: Option<Usage>,
+        }
+        if let Ok(Answer { usage: Some(u) }) = serde_json::from_str(&body) {
+            t.usage(&u);
+        }
+    }
     let mut out = Response::from_string(body)
         .with_status_code(status)
         .with_header(header("Content-Type", "application/json"));
@@ -116,6 +135,7 @@ fn relay_events(
     request: Request,
     resp: ureq::Response,
     worker_id: &str,
+    mut tally: Option<&mut Tally<'_>>,
     last_words: impl FnOnce(&mut SseWriter) -> std::io::Result<()>,
 ) {
     let request_id = resp.header("X-Request-Id").unwrap_or("").to_owned();
@@ -138,11 +158,18 @@ fn relay_events(
             Ok(_) => {}
         }
         let Some(data) = line.trim_end().strip_prefix("data: ") else {
+            // The worker's usage comment ends its stream; clients do not need it.
+            if let (Some(t), Some(u)) = (tally.as_deref(), Usage::from_comment(line.trim_end())) {
+                t.usage(&u);
+            }
             continue;
         };
         if data == "[DONE]" {
             let _ = sse.done();
             return;
+        }
+        if let Some(t) = tally.as_deref_mut() {
+            t.event();
         }
         if sse.event(data).is_err() {
             // Dropping the worker's response closes its connection: the worker cancels.

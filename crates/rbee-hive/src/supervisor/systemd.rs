@@ -48,6 +48,11 @@ impl SystemdSupervisor {
         self.systemd.kind()
     }
 
+    /// What a worker's unit uses, as systemd accounts it (`None`: no such unit).
+    pub async fn usage(&self, unit: &str) -> Option<rbee_supervisor::systemd::Usage> {
+        self.systemd.usage(unit).await.ok().flatten()
+    }
+
     fn unit(&self, l: &Launch) -> WorkerUnit {
         let mut args = l.args.clone();
         let mut credentials = vec![];

@@ -507,6 +507,19 @@ fn under_systemd_the_front_door_runs_one_worker_unit_per_model() {
         .filter(|l| l.contains("rbee-worker@") && l.contains("running"))
         .collect();
     assert_eq!(running.len(), 2, "one unit per model:\n{units}");
+    // Each unit's memory and CPU time, from systemd's accounting (or the main process).
+    let metrics = rbee_test_support::http::get(&format!("{}/metrics", hive.url)).body;
+    for m in [&model, &other] {
+        let series = |name: &str| {
+            metrics
+                .lines()
+                .find(|l| l.starts_with(name) && l.contains(&format!("model=\"{}\"", file_ref(m))))
+                .and_then(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+                .unwrap_or_else(|| panic!("no {name} for {}:\n{metrics}", m.display()))
+        };
+        assert!(series("rbee_worker_memory_bytes") > 50e6, "{metrics}");
+        assert!(series("rbee_worker_cpu_seconds_total") > 0.0, "{metrics}");
+    }
     assert!(
         running.iter().any(|l| l.contains("SmolLM2"))
             && running.iter().any(|l| l.contains("Other")),

@@ -5,6 +5,7 @@ mod api;
 mod binaries;
 mod common;
 mod front;
+mod metrics;
 mod models;
 mod process;
 mod system;

@@ -161,3 +161,70 @@ fn state_has_log_file(c: &rbee_test_support::container::SystemContainer, id: &st
     c.exec(&["test", "-e", &format!("/var/lib/rbee/logs/{id}.log")])
         .0
 }
+
+#[test]
+fn under_journald_each_line_has_its_priority_and_a_fatal_error_is_written_once() {
+    let Some(model) = model() else { return };
+    let Some(c) = rbee_container_or_skip(&model) else {
+        return;
+    };
+    let port = free_port().to_string();
+    let hive = |unit: &str| {
+        c.exec(&[
+            "systemd-run",
+            &format!("--unit={unit}"),
+            "-p",
+            "Type=notify",
+            "-p",
+            &format!("StateDirectory={unit}"),
+            "/opt/rbee/rbee-hive",
+            "--supervisor",
+            "process",
+            "--port",
+            &port,
+        ])
+    };
+    let (ok, out) = hive("rbee-hive-a");
+    assert!(ok, "{out}");
+    // A second hive on the same port fails, saying why.
+    let _ = hive("rbee-hive-b");
+    let until = std::time::Instant::now() + Duration::from_secs(20);
+    while !c.systemctl(&["is-failed", "rbee-hive-b"]).0 {
+        assert!(
+            std::time::Instant::now() < until,
+            "the second hive did not fail"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = c.exec(&["journalctl", "--sync"]);
+    let journal = |args: &[&str]| {
+        let mut all = vec!["journalctl", "--no-pager", "-o", "cat"];
+        all.extend_from_slice(args);
+        c.exec(&all).1
+    };
+    let errors = journal(&["-p", "err", "-u", "rbee-hive-b"]);
+    assert_eq!(
+        errors.matches(&format!("port {port} is in use")).count(),
+        1,
+        "the error once, at error priority:\n{errors}"
+    );
+    assert!(!errors.contains("supervisor chosen"), "{errors}");
+    let info = journal(&["-p", "info..info", "-u", "rbee-hive-b"]);
+    assert!(info.contains("supervisor chosen"), "{info}");
+    // The running hive: info lines at info priority, nothing at error priority, and no
+    // timestamp of its own (the journal has one).
+    let running = journal(&["-u", "rbee-hive-a"]);
+    assert!(running.contains("rbee-hive ready"), "{running}");
+    assert!(
+        !running
+            .lines()
+            .any(|l| l.starts_with("20") || l.starts_with('<')),
+        "a timestamp or an unparsed priority in the message:\n{running}"
+    );
+    let running_errors = journal(&["-p", "err", "-u", "rbee-hive-a"]);
+    assert!(
+        !running_errors.contains("INFO") && !running_errors.contains("ready"),
+        "info lines at error priority:\n{running_errors}"
+    );
+    let _ = c.systemctl(&["stop", "rbee-hive-a"]);
+}
