@@ -62,6 +62,7 @@ enum Route {
     BuildProgress,
     DeleteBinary(String),
     Metrics,
+    StatusPage,
 }
 
 impl Route {
@@ -89,6 +90,7 @@ impl Route {
             Route::BuildProgress => "/v1/worker-binaries/build/progress",
             Route::DeleteBinary(_) => "/v1/worker-binaries/{id}",
             Route::Metrics => "/metrics",
+            Route::StatusPage => "/",
         }
     }
 }
@@ -100,6 +102,7 @@ fn route(path: &str, method: &Method) -> Option<(Route, Method)> {
         "/v1/completions" => (Route::Completions, Method::Post),
         "/v1/health" => (Route::Health, Method::Get),
         "/metrics" => (Route::Metrics, Method::Get),
+        "/" => (Route::StatusPage, Method::Get),
         "/v1/backends" => (Route::Backends, Method::Get),
         "/v1/resources" => (Route::Resources, Method::Get),
         "/v1/workers/list" => (Route::List, Method::Get),
@@ -207,7 +210,8 @@ fn handle(hive: &Hive, request: Request) {
         Route::RetrieveModel(_) | Route::ChatCompletions | Route::Completions
     );
     match route {
-        Route::Health => {}
+        // The page holds no data; it asks for the key and calls the API with it.
+        Route::Health | Route::StatusPage => {}
         // The worker authenticates its callback with its own key.
         Route::Ready => {}
         Route::Metrics if !hive.config.metrics_auth && request.remote_addr().ip().is_loopback() => {
@@ -223,6 +227,7 @@ fn handle(hive: &Hive, request: Request) {
         }
     }
     match route {
+        Route::StatusPage => status_page(request),
         Route::Metrics => {
             let text = hive.metrics.render(hive);
             let resp = rbee_http::Response::from_string(text).with_header(rbee_http::header(
@@ -263,6 +268,7 @@ fn handle(hive: &Hive, request: Request) {
         Route::List => {
             let list = WorkerList {
                 workers: hive.registry.views(),
+                failures: hive.registry.recent_failures(),
             };
             respond_json(request, 200, &list)
         }
@@ -329,6 +335,23 @@ fn handle(hive: &Hive, request: Request) {
             logs::serve(hive, request, &id, lines, follow)
         }
     }
+}
+
+/// The node's status page: one self-contained document (`status.html`) that polls the API.
+fn status_page(request: Request) {
+    const PAGE: &str = include_str!("status.html");
+    // Inline script and style only, requests to this origin only, never in a frame.
+    const CSP: &str = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+                       connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
+    let resp = rbee_http::Response::from_string(PAGE)
+        .with_header(rbee_http::header(
+            "Content-Type",
+            "text/html; charset=utf-8",
+        ))
+        .with_header(rbee_http::header("Content-Security-Policy", CSP))
+        .with_header(rbee_http::header("X-Content-Type-Options", "nosniff"))
+        .with_header(rbee_http::header("Cache-Control", "no-cache"));
+    let _ = request.respond(resp);
 }
 
 /// An unknown backend's error lists the backends available here, as preflight's does.

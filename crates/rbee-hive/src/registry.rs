@@ -8,7 +8,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
-use rbee_types::hive::{Failure, WorkerState, WorkerView};
+use rbee_types::hive::{Failure, RecentFailure, WorkerState, WorkerView};
 use rbee_types::{Backend, ModelRef};
 use serde::{Deserialize, Serialize};
 
@@ -111,7 +111,12 @@ impl Worker {
 struct Inner {
     workers: BTreeMap<String, Worker>,
     failures: BTreeMap<ModelRef, Failure>,
+    /// The last failures of any model, oldest first (for the status page).
+    recent: std::collections::VecDeque<RecentFailure>,
 }
+
+/// Failures kept for `GET /v1/workers/list`.
+const RECENT_FAILURES: usize = 10;
 
 /// The workers, behind one lock held only for short, non-blocking sections.
 #[derive(Default)]
@@ -218,7 +223,20 @@ impl Registry {
 
     /// Remembers why a worker of `model_ref` ended.
     pub fn record_failure(&self, model_ref: &ModelRef, f: Failure) {
-        self.lock().failures.insert(model_ref.clone(), f);
+        let mut inner = self.lock();
+        if inner.recent.len() == RECENT_FAILURES {
+            inner.recent.pop_front();
+        }
+        inner.recent.push_back(RecentFailure {
+            model_ref: model_ref.clone(),
+            failure: f.clone(),
+        });
+        inner.failures.insert(model_ref.clone(), f);
+    }
+
+    /// The last failures, newest first.
+    pub fn recent_failures(&self) -> Vec<RecentFailure> {
+        self.lock().recent.iter().rev().cloned().collect()
     }
 
     /// How the last worker of `model_ref` ended, if it failed (left in place).

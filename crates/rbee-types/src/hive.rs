@@ -208,11 +208,24 @@ pub struct Failure {
     pub at_unix: u64,
 }
 
+/// A failure of a model's worker, as the hive's recent failures list it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecentFailure {
+    /// The model the worker ran.
+    pub model_ref: ModelRef,
+    /// How it ended.
+    #[serde(flatten)]
+    pub failure: Failure,
+}
+
 /// `GET /v1/workers/list`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WorkerList {
     /// Every worker the hive runs.
     pub workers: Vec<WorkerView>,
+    /// The last few workers that failed (to start, load or run), newest first.
+    #[serde(default)]
+    pub failures: Vec<RecentFailure>,
 }
 
 /// `GET /v1/workers/{id}`.
@@ -791,6 +804,16 @@ mod tests {
         });
         round_trip(&WorkerList {
             workers: vec![view()],
+            failures: vec![RecentFailure {
+                model_ref: "hf:org/repo:Q4_K_M".parse().unwrap(),
+                failure: Failure {
+                    worker_id: "w-1".into(),
+                    unit: "rbee-worker@w.service".into(),
+                    exit: "exited with status 4 (exit-code)".into(),
+                    last_log_lines: vec!["bad model".into()],
+                    at_unix: 7,
+                },
+            }],
         });
         round_trip(&WorkerAnswer { worker: view() });
         round_trip(&Stopped {

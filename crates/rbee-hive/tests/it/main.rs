@@ -8,5 +8,6 @@ mod front;
 mod metrics;
 mod models;
 mod process;
+mod status_page;
 mod system;
 mod systemd;
