@@ -57,7 +57,10 @@ fn health_backends_and_resources_describe_the_node() {
         r["disk"]["space"]["available_bytes"].as_u64().unwrap() > 0,
         "{r}"
     );
-    assert_eq!(hive.get("/v1/workers/list").json(), json!({"workers": []}));
+    assert_eq!(
+        hive.get("/v1/workers/list").json(),
+        json!({"workers": [], "failures": []})
+    );
 }
 
 #[test]

@@ -139,6 +139,12 @@ fn a_worker_that_fails_while_loading_is_reported_with_its_status_and_log() {
         r.json()["worker"]["id"].as_str().unwrap(),
         Duration::from_secs(5),
     );
+    // Counted as a failed model load.
+    let metrics = hive.get("/metrics").body;
+    assert!(
+        metrics.contains("rbee_model_loads_total{result=\"failure\"} 1\n"),
+        "{metrics}"
+    );
     let failure = hive.spawn_model(&model).json()["previous_failure"].clone();
     assert_eq!(failure["exit"], "exited with status 4", "{failure}");
     assert_eq!(

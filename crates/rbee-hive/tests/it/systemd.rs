@@ -121,6 +121,15 @@ fn a_killed_worker_is_noticed_within_a_second_and_reported_on_the_next_spawn() {
     // Reported once.
     let again = hive.spawn_model(&model).json();
     assert!(again.get("previous_failure").is_none(), "{again}");
+    // The list of recent failures (the status page's) keeps it.
+    let list = hive.get("/v1/workers/list").json();
+    let recent = &list["failures"][0];
+    assert_eq!(recent["model_ref"], file_ref(&model), "{list}");
+    assert_eq!(recent["worker_id"], id, "{list}");
+    assert!(
+        recent["exit"].as_str().unwrap().contains("signal 9"),
+        "{list}"
+    );
 }
 
 #[test]

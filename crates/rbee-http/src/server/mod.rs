@@ -27,7 +27,7 @@ use std::time::Duration;
 use rbee_types::{ApiError, ErrorCode};
 
 pub use head::Method;
-use request::Conn;
+use request::{Conn, ConnSocket};
 pub use request::{Outcome, Request, Stream};
 pub use response::{Header, Response};
 
@@ -74,6 +74,7 @@ impl Server {
     /// accepted connection).
     pub fn bind(addr: SocketAddr, limits: Limits) -> std::io::Result<Server> {
         use socket2::{Domain, Socket, Type};
+        raise_open_files_limit();
         let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
         socket.set_reuse_address(true)?;
         // Each SSE event is a small write that Nagle's algorithm would otherwise hold
@@ -157,6 +158,23 @@ impl Server {
     }
 }
 
+/// Raises the soft limit on open files to the hard limit: systemd starts services with a
+/// soft limit of 1024 (for the sake of select(), which rbee does not use) and a hard limit
+/// far above, and every connection and model file takes a descriptor.
+fn raise_open_files_limit() {
+    // SAFETY: getrlimit and setrlimit on a valid, initialised rlimit.
+    unsafe {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
 /// Answers a connection beyond [`MAX_CONNECTIONS`] without reading it, then closes it.
 fn refuse(stream: TcpStream, who: &str) {
     tracing::warn!(
@@ -186,12 +204,10 @@ fn connection(
     let _ = stream.set_nodelay(true);
     let _ = stream.set_read_timeout(Some(IDLE_TIMEOUT));
     let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
-    let Ok(writer) = stream.try_clone() else {
-        return;
-    };
+    let socket = ConnSocket(Arc::new(stream));
     let mut conn = Conn {
-        reader: BufReader::with_capacity(16 << 10, stream),
-        writer,
+        reader: BufReader::with_capacity(16 << 10, socket.clone()),
+        writer: socket,
     };
     loop {
         let head = match head::read(&mut conn.reader) {

@@ -21,10 +21,32 @@ const DRAIN_LIMIT: u64 = 1 << 20;
 /// kernel does not reset it before the client has read the answer.
 const LINGER: Duration = Duration::from_secs(2);
 
+/// A connection's socket, shared by its buffered reader and its writer (one descriptor,
+/// not a duplicate per side: a server with many connections runs into the open-files
+/// limit twice as late).
+#[derive(Clone)]
+pub(crate) struct ConnSocket(pub Arc<TcpStream>);
+
+impl Read for ConnSocket {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        (&*self.0).read(buf)
+    }
+}
+
+impl Write for ConnSocket {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        (&*self.0).write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        (&*self.0).flush()
+    }
+}
+
 /// A client connection between requests.
 pub(crate) struct Conn {
-    pub reader: BufReader<TcpStream>,
-    pub writer: TcpStream,
+    pub reader: BufReader<ConnSocket>,
+    pub writer: ConnSocket,
 }
 
 impl Conn {
@@ -32,9 +54,9 @@ impl Conn {
     /// sending (a body nobody read) is read and dropped for a moment first, so that the
     /// client sees the answer rather than a reset.
     pub fn close_gracefully(mut self) {
-        let _ = self.writer.shutdown(Shutdown::Write);
+        let _ = self.writer.0.shutdown(Shutdown::Write);
         let until = Instant::now() + LINGER;
-        let _ = self.writer.set_read_timeout(Some(LINGER));
+        let _ = self.writer.0.set_read_timeout(Some(LINGER));
         let mut buf = [0u8; 8192];
         while Instant::now() < until {
             match self.reader.read(&mut buf) {
@@ -130,8 +152,8 @@ impl Request {
     /// A check, usable from any thread while the request waits, of whether the client
     /// closed its side of the connection (it gave up waiting).
     pub fn disconnect_probe(&self) -> impl Fn() -> bool + Send + Sync + 'static {
-        let socket = self.conn.as_ref().and_then(|c| c.writer.try_clone().ok());
-        move || socket.as_ref().is_some_and(peer_closed)
+        let socket = self.conn.as_ref().map(|c| Arc::clone(&c.writer.0));
+        move || socket.as_deref().is_some_and(peer_closed)
     }
 
     /// Sends `response`.
@@ -270,7 +292,7 @@ impl Stream {
 impl Drop for Stream {
     fn drop(&mut self) {
         if let Some(conn) = self.conn.take() {
-            let _ = conn.writer.shutdown(Shutdown::Both);
+            let _ = conn.writer.0.shutdown(Shutdown::Both);
         }
     }
 }
