@@ -111,8 +111,7 @@ impl Metrics {
             .iter()
             .map(|(m, n)| (vec![("model", m.as_str())], *n as f64))
             .collect();
-        gauge_rows(
-            &mut e,
+        e.gauge(
             "rbee_queue_depth",
             "Front-door requests waiting for a slot, per model.",
             &depth_samples,
@@ -125,7 +124,7 @@ impl Metrics {
                 (vec![("state", s.as_str())], n as f64)
             })
             .collect();
-        gauge_rows(&mut e, "rbee_workers", "Workers by state.", &states);
+        e.gauge("rbee_workers", "Workers by state.", &states);
         let usage: Vec<(String, String, Use)> = workers
             .iter()
             .map(|w| {
@@ -141,14 +140,12 @@ impl Metrics {
                 })
                 .collect()
         };
-        gauge_rows(
-            &mut e,
+        e.gauge(
             "rbee_worker_memory_bytes",
             "Memory of each worker (its unit's cgroup under systemd, else its resident set).",
             &rows(|u| u.memory_bytes.map(|b| b as f64)),
         );
-        counter_rows(
-            &mut e,
+        e.counter_samples(
             "rbee_worker_cpu_seconds_total",
             "CPU time of each worker since it started.",
             &rows(|u| u.cpu_seconds),
@@ -165,18 +162,6 @@ impl Metrics {
         );
         e.finish()
     }
-}
-
-fn gauge_rows(e: &mut Exposition, name: &str, help: &str, rows: &[(Vec<(&str, &str)>, f64)]) {
-    let samples: Vec<(&[(&str, &str)], f64)> =
-        rows.iter().map(|(l, v)| (l.as_slice(), *v)).collect();
-    e.gauge(name, help, &samples);
-}
-
-fn counter_rows(e: &mut Exposition, name: &str, help: &str, rows: &[(Vec<(&str, &str)>, f64)]) {
-    let samples: Vec<(&[(&str, &str)], f64)> =
-        rows.iter().map(|(l, v)| (l.as_slice(), *v)).collect();
-    e.counter_samples(name, help, &samples);
 }
 
 /// What one worker uses.

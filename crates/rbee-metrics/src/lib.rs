@@ -187,18 +187,35 @@ impl Exposition {
     }
 
     /// A gauge with one sample per label set.
-    pub fn gauge(&mut self, name: &str, help: &str, samples: &[(Labels<'_>, f64)]) {
-        self.header(name, "gauge", help);
-        for (labels, v) in samples {
-            self.sample(name, labels, &number(*v));
-        }
+    pub fn gauge<'a, L: AsRef<[(&'a str, &'a str)]>>(
+        &mut self,
+        name: &str,
+        help: &str,
+        samples: &[(L, f64)],
+    ) {
+        self.rows(name, "gauge", help, samples);
     }
 
     /// A counter with one sample per label set, read elsewhere (CPU time a process used).
-    pub fn counter_samples(&mut self, name: &str, help: &str, samples: &[(Labels<'_>, f64)]) {
-        self.header(name, "counter", help);
+    pub fn counter_samples<'a, L: AsRef<[(&'a str, &'a str)]>>(
+        &mut self,
+        name: &str,
+        help: &str,
+        samples: &[(L, f64)],
+    ) {
+        self.rows(name, "counter", help, samples);
+    }
+
+    fn rows<'a, L: AsRef<[(&'a str, &'a str)]>>(
+        &mut self,
+        name: &str,
+        kind: &str,
+        help: &str,
+        samples: &[(L, f64)],
+    ) {
+        self.header(name, kind, help);
         for (labels, v) in samples {
-            self.sample(name, labels, &number(*v));
+            self.sample(name, labels.as_ref(), &number(*v));
         }
     }
 
