@@ -61,6 +61,7 @@ pub(crate) fn models(app: &App, request: Request, which: Option<&str>) {
         object: "model".into(),
         created: now().saturating_sub(app.shared.started.elapsed().as_secs()),
         owned_by: "rbee".into(),
+        reference: None,
     };
     match which {
         None => rbee_http::respond_json(

@@ -8,7 +8,8 @@ use rbee_types::hive::{
     Resources, SpawnRequest, SpawnResponse, Stopped, WorkerAnswer, WorkerList, WorkerView,
 };
 use rbee_types::openai::{
-    ChatCompletionChunk, CompletionRequest, ModelObjectList, StreamItem, TextCompletion,
+    ChatCompletionChunk, CompletionRequest, ModelObject, ModelObjectList, StreamItem,
+    TextCompletion,
 };
 use rbee_types::worker::LoadProgress;
 use rbee_types::ModelRef;
@@ -43,6 +44,13 @@ impl HiveClient {
         HiveClient {
             http: self.http.with_timeout(t),
         }
+    }
+
+    /// The same hive, its errors naming `node` and its `address` as the user knows it
+    /// (`gpu1.lan:9200`, when the client goes through a tunnel).
+    pub fn at_node(mut self, node: &str, address: &str) -> HiveClient {
+        self.http.node = Some((node.to_owned(), address.to_owned()));
+        self
     }
 
     /// Its base URL.
@@ -173,6 +181,12 @@ impl HiveClient {
     /// `GET /v1/models` as OpenAI's list (the front door's names for its models).
     pub fn openai_models(&self) -> Result<ModelObjectList, ClientError> {
         self.http.get("/v1/models")
+    }
+
+    /// `GET /v1/models/{id}`: one name the front door serves (an id of the list, or an
+    /// alias of the hive's config), with the reference it stands for.
+    pub fn openai_model(&self, id: &str) -> Result<ModelObject, ClientError> {
+        self.http.get(&format!("/v1/models/{id}"))
     }
 
     /// `POST /v1/chat/completions` streamed through the front door: its chunks, or the

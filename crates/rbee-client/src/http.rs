@@ -18,8 +18,11 @@ pub enum ClientError {
     Unreachable {
         /// `rbee-hive` or `llm-worker-rbee`.
         server: &'static str,
-        /// Its base URL.
+        /// Its address as the user knows it (the base URL, or the node's host and port
+        /// when the client goes through a tunnel).
         base: String,
+        /// The node it runs on, when the client was told.
+        node: Option<String>,
         /// The transport's error.
         why: String,
     },
@@ -29,16 +32,20 @@ pub enum ClientError {
     Api {
         /// Who answered.
         server: &'static str,
+        /// The node it runs on, when the client was told.
+        node: Option<String>,
         /// The HTTP status.
         status: u16,
         /// The envelope.
-        error: ApiError,
+        error: Box<ApiError>,
     },
     /// A 2xx answer whose body is not what the API promises.
     #[error("{server} sent an answer to {path} that is not valid: {why}")]
     Decode {
         /// Who answered.
         server: &'static str,
+        /// The node it runs on, when the client was told.
+        node: Option<String>,
         /// What was asked.
         path: String,
         /// What serde said.
@@ -67,6 +74,8 @@ pub(crate) struct Http {
     pub(crate) base: String,
     pub(crate) key: Option<String>,
     pub(crate) server: &'static str,
+    /// The node and its address as the user knows them, for errors.
+    pub(crate) node: Option<(String, String)>,
     agent: ureq::Agent,
 }
 
@@ -83,6 +92,7 @@ impl Http {
             base: base.trim_end_matches('/').to_owned(),
             key,
             server,
+            node: None,
             agent: ureq::AgentBuilder::new()
                 .timeout_connect(Duration::from_secs(5))
                 .timeout_read(Duration::from_secs(60))
@@ -107,6 +117,17 @@ impl Http {
                 .build(),
             ..self.clone()
         }
+    }
+
+    fn node_name(&self) -> Option<String> {
+        self.node.as_ref().map(|(n, _)| n.clone())
+    }
+
+    /// The address errors name: the node's, else the base URL.
+    fn address(&self) -> String {
+        self.node
+            .as_ref()
+            .map_or_else(|| self.base.clone(), |(_, a)| a.clone())
     }
 
     fn request(&self, method: &str, path: &str) -> ureq::Request {
@@ -134,12 +155,14 @@ impl Http {
         result.map_err(|e| match e {
             ureq::Error::Status(status, resp) => ClientError::Api {
                 server: self.server,
+                node: self.node_name(),
                 status,
-                error: envelope(status, resp),
+                error: Box::new(envelope(status, resp)),
             },
             ureq::Error::Transport(t) => ClientError::Unreachable {
                 server: self.server,
-                base: self.base.clone(),
+                base: self.address(),
+                node: self.node_name(),
                 why: t.to_string(),
             },
         })
@@ -156,7 +179,8 @@ impl Http {
         let status = resp.status();
         let body = resp.into_string().map_err(|e| ClientError::Unreachable {
             server: self.server,
-            base: self.base.clone(),
+            base: self.address(),
+            node: self.node_name(),
             why: format!("the answer broke off: {e}"),
         })?;
         Ok(Reply { status, body })
@@ -189,6 +213,7 @@ impl Http {
     fn decode(&self, path: &str, e: &serde_json::Error) -> ClientError {
         ClientError::Decode {
             server: self.server,
+            node: self.node_name(),
             path: path.to_owned(),
             why: e.to_string(),
         }
@@ -205,6 +230,7 @@ impl Http {
         Ok(Events {
             lines: BufReader::new(Box::new(resp.into_reader())),
             server: self.server,
+            node: self.node_name(),
             path: path.to_owned(),
             item: PhantomData,
         })
@@ -230,6 +256,7 @@ fn envelope(status: u16, resp: ureq::Response) -> ApiError {
 pub struct Events<T> {
     lines: BufReader<Box<dyn Read + Send + Sync>>,
     server: &'static str,
+    node: Option<String>,
     path: String,
     item: PhantomData<fn() -> T>,
 }
@@ -252,6 +279,7 @@ impl<T: DeserializeOwned> Iterator for Events<T> {
             }
             return Some(serde_json::from_str(data).map_err(|e| ClientError::Decode {
                 server: self.server,
+                node: self.node.clone(),
                 path: self.path.clone(),
                 why: format!("{e}: {}", data.chars().take(200).collect::<String>()),
             }));

@@ -103,6 +103,7 @@ impl Worker {
             pid: self.pid,
             supervisor: self.spec.supervisor.clone(),
             binary: self.spec.binary.clone(),
+            model_path: Some(self.spec.model_path.clone()),
         }
     }
 }

@@ -133,9 +133,12 @@ pub fn run(a: &InstallNodeArgs, cfg: &Config, reg: &mut Registry) -> Result<(), 
         None => cfg.default_backend()?.unwrap_or_default(),
     };
     let shell = NodeShell::open(&n.node_name, cfg, reg)?;
-    eprintln!(
-        "[rbee-keeper] 📦 installing rbee on {} from {} ({}) into {}",
-        n.node_name, n.git_repo_url, n.git_branch, n.install_path
+    crate::say!(
+        "📦 installing rbee on {} from {} ({}) into {}",
+        n.node_name,
+        n.git_repo_url,
+        n.git_branch,
+        n.install_path
     );
     let commit = shell
         .run(
@@ -150,8 +153,8 @@ pub fn run(a: &InstallNodeArgs, cfg: &Config, reg: &mut Registry) -> Result<(), 
     n.last_connected_unix = Some(rbee_types::now_unix());
     n.status = "installed".into();
     reg.update(&n).map_err(db)?;
-    eprintln!(
-        "[rbee-keeper] ✅ rbee {} installed on {} ({})",
+    crate::say!(
+        "✅ rbee {} installed on {} ({})",
         &commit[..commit.len().min(12)],
         n.node_name,
         cfg.remote.binary_path

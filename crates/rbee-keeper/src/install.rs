@@ -249,12 +249,12 @@ pub fn run(a: &InstallArgs) -> Result<(), Failure> {
         done.push(format!("created {}", data.display()));
     }
     for d in &done {
-        eprintln!("[rbee-keeper] {d}");
+        crate::say!("{d}");
     }
     if a.no_next_steps {
         return Ok(());
     }
-    eprintln!("[rbee-keeper] ✅ installed. Next:");
+    crate::say!("✅ installed. Next:");
     if a.system {
         for step in [
             "systemd-sysusers                      # creates the rbee user",

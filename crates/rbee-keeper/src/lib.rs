@@ -10,24 +10,31 @@
 //!   [`deploy`]: `setup install`, building rbee on a node.
 //! - [`shell`]: scripts run on a node (here or over SSH), output streamed;
 //!   [`service`]: the hive as a unit on its node (`hive start|stop`, its journal).
-//! - [`infer`]: one-command inference; [`client`]: HTTP to hives and workers;
+//! - [`run`]: `run MODEL [PROMPT]`, one answer or a chat; [`infer`]: the same with
+//!   flags, for scripts; [`answer`]: what both share (the model made ready, the answer
+//!   streamed); [`names`]: model names and references; [`client`]: the hive's errors;
 //!   [`local`]: starting the local hive; [`progress`]: bars on stderr.
 //! - [`manage`]: `workers`, `models`, `hive` and `logs`, thin over the hive's API.
+//! - [`completions`]: shell completion scripts.
 //! - [`install`]: the binaries, configs and units in place.
 //! - [`node`]: reaching a node's hive and workers; [`tunnel`]: SSH port forwards.
 
+pub mod answer;
 pub mod client;
+pub mod completions;
 pub mod config;
 pub mod deploy;
 pub mod infer;
 pub mod install;
 pub mod local;
 pub mod manage;
+pub mod names;
 pub mod node;
 pub mod paths;
 pub mod progress;
 pub mod registry;
 pub mod report;
+pub mod run;
 pub mod service;
 pub mod setup;
 pub mod shell;

@@ -82,9 +82,10 @@ pub fn start_hive(port: u16) -> Result<String, Failure> {
         }
         format!("as the user unit {unit}.service (journalctl --user -u {unit})")
     } else {
-        let dir = crate::paths::data_dir();
-        let _ = std::fs::create_dir_all(&dir);
-        let log_path = dir.join("rbee-hive.log");
+        let log_path = background_log();
+        if let Some(dir) = log_path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -126,8 +127,22 @@ pub fn start_hive(port: u16) -> Result<String, Failure> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    Err(Failure::new(
+    let mut f = Failure::new(
         "rbee-keeper",
         format!("started rbee-hive {how}, but it did not answer within 20 s"),
-    ))
+    );
+    // What it said before it died (a background process; a unit's is in the journal).
+    if how.contains("background") {
+        let text = std::fs::read_to_string(background_log()).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        for l in &lines[lines.len().saturating_sub(5)..] {
+            f = f.detail(l.to_string());
+        }
+    }
+    Err(f)
+}
+
+/// Where a hive the keeper starts as a background process writes its log.
+pub fn background_log() -> PathBuf {
+    crate::paths::data_dir().join("rbee-hive.log")
 }

@@ -10,16 +10,17 @@ use rbee_keeper::manage::{self, HiveCommand, ModelsCommand, WorkersCommand};
 use rbee_keeper::paths;
 use rbee_keeper::registry::Registry;
 use rbee_keeper::report::Failure;
+use rbee_keeper::run::{self as run_cmd, RunArgs};
 use rbee_keeper::setup::{self, SetupCommand};
 use rbee_keeper::ssh::Ssh;
 
 /// rbee's command line: register the machines you own as nodes, then run models on them.
 ///
+///   rbee-keeper run hf:HuggingFaceTB/SmolLM2-135M-Instruct-GGUF:Q4_K_M "Write a haiku"
+///   rbee-keeper run smollm2-135m-instruct:q4_k_m          # a chat, by the model's name
 ///   rbee-keeper setup add-node --name workstation --ssh-host 192.168.1.20 \
 ///       --ssh-user bee --ssh-key ~/.ssh/id_ed25519
-///   rbee-keeper setup list-nodes
-///   rbee-keeper infer --model hf:HuggingFaceTB/SmolLM2-135M-Instruct-GGUF:Q4_K_M \
-///       --prompt "Write a haiku about bees"
+///   rbee-keeper run --node workstation smollm2-135m-instruct:q4_k_m < question.txt
 ///
 /// Nodes live in $XDG_DATA_HOME/rbee/beehives.db (~/.local/share/rbee); the config is
 /// $RBEE_CONFIG, else $XDG_CONFIG_HOME/rbee/config.toml, else /etc/rbee/config.toml.
@@ -27,12 +28,19 @@ use rbee_keeper::ssh::Ssh;
 #[derive(Debug, Parser)]
 #[command(name = "rbee-keeper", version, about, long_about, verbatim_doc_comment)]
 struct Cli {
+    /// One JSON document on stdout instead of text (errors too, as {"error": {…}});
+    /// progress stays on stderr.
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Talk to a model: `run MODEL "prompt"` streams one answer; without a prompt, a chat
+    /// (in a terminal) or the prompt read from stdin. Starts what is missing on the way.
+    Run(RunArgs),
     /// Run a prompt on a node: starts what is missing (hive, download, worker) and streams
     /// the answer to stdout; progress and errors go to stderr. Exit 0, 1, or 130 (Ctrl+C).
     Infer(InferArgs),
@@ -74,19 +82,6 @@ enum Command {
     },
 }
 
-impl Command {
-    /// Whether the command was asked for machine-readable output (its errors then go to
-    /// stdout as JSON too).
-    fn wants_json(&self) -> bool {
-        match self {
-            Command::Infer(a) => a.json,
-            Command::Workers(WorkersCommand::List { json, .. }) => *json,
-            Command::Setup(SetupCommand::ListNodes { json }) => *json,
-            _ => false,
-        }
-    }
-}
-
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
@@ -96,14 +91,15 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             let text = e.render().to_string();
-            eprint!(
+            let text = format!(
                 "[rbee-keeper] ❌ Error: {}",
                 text.strip_prefix("error: ").unwrap_or(&text)
             );
+            eprint!("{}", rbee_keeper::report::for_stderr(&text));
             return ExitCode::from(1);
         }
     };
-    let json = cli.command.wants_json();
+    let json = cli.json;
     match run(cli) {
         Ok(code) => ExitCode::from(code),
         Err(f) => {
@@ -119,12 +115,11 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<u8, Failure> {
     if let Command::Completions { shell } = cli.command {
         use clap::CommandFactory;
-        clap_complete::generate(
-            shell,
-            &mut Cli::command(),
-            "rbee-keeper",
-            &mut std::io::stdout(),
-        );
+        use std::io::Write;
+        let script = rbee_keeper::completions::script(shell, &mut Cli::command());
+        std::io::stdout()
+            .write_all(&script)
+            .map_err(|e| Failure::new("rbee-keeper", format!("cannot write the script: {e}")))?;
         return Ok(0);
     }
     let config = Config::load(paths::config_file().as_deref())
@@ -137,12 +132,14 @@ fn run(cli: Cli) -> Result<u8, Failure> {
         Failure::new("rbee-keeper", e.to_string())
             .suggest([format!("check that {} is writable", db.display())])
     })?;
+    let json = cli.json;
     match cli.command {
-        Command::Infer(args) => infer::run(&args.with_defaults(&config)?, &config, &reg),
-        Command::Setup(cmd) => setup::run(cmd, &config, &mut reg, &ssh).map(|()| 0),
-        Command::Workers(cmd) => manage::workers(cmd, &config, &reg).map(|()| 0),
-        Command::Models(cmd) => manage::models(cmd, &config, &reg).map(|()| 0),
-        Command::Hive(cmd) => manage::hive_cmd(cmd, &config, &reg).map(|()| 0),
+        Command::Run(args) => run_cmd::run(args, json, &config, &reg),
+        Command::Infer(args) => infer::run(args, json, &config, &reg),
+        Command::Setup(cmd) => setup::run(cmd, json, &config, &mut reg, &ssh).map(|()| 0),
+        Command::Workers(cmd) => manage::workers(cmd, json, &config, &reg).map(|()| 0),
+        Command::Models(cmd) => manage::models(cmd, json, &config, &reg).map(|()| 0),
+        Command::Hive(cmd) => manage::hive_cmd(cmd, json, &config, &reg).map(|()| 0),
         Command::Logs {
             node,
             worker,
@@ -151,12 +148,15 @@ fn run(cli: Cli) -> Result<u8, Failure> {
         } => manage::logs(
             &config.node_or_default(node),
             worker.as_deref(),
-            follow,
-            lines,
+            (follow, lines, json),
             &config,
             &reg,
         )
         .map(|()| 0),
+        Command::Install(_) if json => Err(Failure::new(
+            "rbee-keeper",
+            "install has no --json output; it prints what it installed on stderr",
+        )),
         Command::Install(args) => install::run(&args).map(|()| 0),
         Command::Completions { .. } => unreachable!("handled before the config is read"),
     }

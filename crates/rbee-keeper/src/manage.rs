@@ -4,14 +4,15 @@
 
 use clap::Subcommand;
 use rbee_client::Download;
-use rbee_types::hive::WorkerView;
-use rbee_types::ModelRef;
+use rbee_types::hive::{Model, WorkerView};
 use serde::Serialize;
+use serde_json::json;
 
 use crate::config::Config;
+use crate::names::ModelArg;
 use crate::node::Conn;
 use crate::registry::Registry;
-use crate::report::{table, Failure};
+use crate::report::{print_json, table, Failure};
 
 /// `workers …`.
 #[derive(Debug, Subcommand)]
@@ -22,9 +23,6 @@ pub enum WorkersCommand {
         /// Only this node.
         #[arg(long)]
         node: Option<String>,
-        /// Machine-readable output.
-        #[arg(long)]
-        json: bool,
     },
     /// Whether a node's hive answers, its version, and its workers' states.
     Health {
@@ -32,21 +30,26 @@ pub enum WorkersCommand {
         #[arg(long)]
         node: Option<String>,
     },
-    /// Drain and stop one worker.
+    /// Drain and stop a worker: by its id (from `workers list`), or every worker of a
+    /// model (its name or reference).
     Shutdown {
+        /// The worker's id, or a model.
+        #[arg(value_name = "ID_OR_MODEL", required_unless_present = "id")]
+        target: Option<String>,
+        /// The worker's id (the same as the argument).
+        #[arg(long, hide = true, conflicts_with = "target")]
+        id: Option<String>,
         /// The node [default: the config's `[defaults] node`, else localhost].
         #[arg(long)]
         node: Option<String>,
-        /// The worker's id (from `workers list`).
-        #[arg(long)]
-        id: String,
     },
 }
 
 /// `models …`.
 #[derive(Debug, Subcommand)]
 pub enum ModelsCommand {
-    /// The node's model catalogue.
+    /// The node's model catalogue: the name to use in `run` and OpenAI requests, the
+    /// catalogue id, reference, size, quantization and state.
     List {
         /// The node [default: the config's `[defaults] node`, else localhost].
         #[arg(long)]
@@ -54,21 +57,27 @@ pub enum ModelsCommand {
     },
     /// Download a model to the node, with a progress bar.
     Download {
+        /// The model: a reference (hf:org/repo:Q4_K_M), or an alias of the node's hive.
+        #[arg(value_name = "MODEL", required_unless_present = "model")]
+        name: Option<ModelArg>,
+        /// The same as the argument.
+        #[arg(long, hide = true, conflicts_with = "name")]
+        model: Option<ModelArg>,
         /// The node [default: the config's `[defaults] node`, else localhost].
         #[arg(long)]
         node: Option<String>,
-        /// The model reference.
-        #[arg(long)]
-        model: ModelRef,
     },
     /// Remove a model from the node's catalogue (and its file, if downloaded).
     Rm {
+        /// The model: its name or catalogue id (from `models list`), or its reference.
+        #[arg(value_name = "MODEL", required_unless_present = "id")]
+        name: Option<ModelArg>,
+        /// The same as the argument.
+        #[arg(long, hide = true, conflicts_with = "name")]
+        id: Option<ModelArg>,
         /// The node [default: the config's `[defaults] node`, else localhost].
         #[arg(long)]
         node: Option<String>,
-        /// The model's id (from `models list`).
-        #[arg(long)]
-        id: String,
     },
 }
 
@@ -97,8 +106,18 @@ pub enum HiveCommand {
     },
 }
 
+/// The node's hive, once it answered (see [`Conn::reach`]).
 fn hive(node: &str, cfg: &Config, reg: &Registry) -> Result<Conn, Failure> {
-    Conn::open(node, cfg, reg)
+    let conn = Conn::open(node, cfg, reg)?;
+    conn.reach().map_err(|e| {
+        let f = Failure::from(e);
+        if conn.local {
+            f.suggest(["or let the keeper start one: rbee-keeper hive start".to_string()])
+        } else {
+            f
+        }
+    })?;
+    Ok(conn)
 }
 
 /// A worker as `workers list --json` prints it: the hive's view (without its key) and
@@ -116,9 +135,14 @@ fn or_dash(v: Option<impl ToString>) -> String {
 }
 
 /// Runs a `workers` command.
-pub fn workers(cmd: WorkersCommand, cfg: &Config, reg: &Registry) -> Result<(), Failure> {
+pub fn workers(
+    cmd: WorkersCommand,
+    json: bool,
+    cfg: &Config,
+    reg: &Registry,
+) -> Result<(), Failure> {
     match cmd {
-        WorkersCommand::List { node, json } => {
+        WorkersCommand::List { node } => {
             let nodes: Vec<String> = match node {
                 Some(n) => vec![n],
                 None => std::iter::once("localhost".to_owned())
@@ -138,7 +162,7 @@ pub fn workers(cmd: WorkersCommand, cfg: &Config, reg: &Registry) -> Result<(), 
                     Ok(h) => h,
                     Err(f) if single => return Err(f),
                     Err(f) => {
-                        eprintln!("[rbee-keeper] ⚠️  {n}: {}", f.message);
+                        crate::say!("⚠️  {n}: {}", f.message);
                         continue;
                     }
                 };
@@ -161,17 +185,16 @@ pub fn workers(cmd: WorkersCommand, cfg: &Config, reg: &Registry) -> Result<(), 
                         }
                     }
                     Err(e) if single => return Err(e.into()),
-                    Err(e) if crate::client::unreachable(&e) => eprintln!(
-                        "[rbee-keeper] ⚠️  {n}: its hive does not answer at {}",
-                        h.base()
-                    ),
-                    Err(e) => eprintln!("[rbee-keeper] ⚠️  {n}: {}", Failure::from(e).message),
+                    Err(e) if crate::client::unreachable(&e) => {
+                        crate::say!("⚠️  {n}: its hive does not answer at {}", h.base())
+                    }
+                    Err(e) => crate::say!("⚠️  {n}: {}", Failure::from(e).message),
                 }
             }
             if json {
-                println!("{}", serde_json::to_string(&all).unwrap_or_default());
+                print_json(&all);
             } else if rows.is_empty() {
-                eprintln!("[rbee-keeper] no workers running");
+                crate::say!("no workers running");
             } else {
                 print!(
                     "{}",
@@ -188,6 +211,15 @@ pub fn workers(cmd: WorkersCommand, cfg: &Config, reg: &Registry) -> Result<(), 
             let h = hive(&node, cfg, reg)?;
             let health = h.health()?;
             let workers = h.workers()?;
+            if json {
+                print_json(&json!({
+                    "node": node,
+                    "version": health.version,
+                    "supervisor": health.supervisor,
+                    "workers": workers,
+                }));
+                return Ok(());
+            }
             println!(
                 "{node}: rbee-hive {} ({}), {} worker(s)",
                 health.version,
@@ -202,26 +234,98 @@ pub fn workers(cmd: WorkersCommand, cfg: &Config, reg: &Registry) -> Result<(), 
             }
             Ok(())
         }
-        WorkersCommand::Shutdown { node, id } => {
+        WorkersCommand::Shutdown { target, id, node } => {
             let node = cfg.node_or_default(node);
             let h = hive(&node, cfg, reg)?;
-            h.stop_worker(&id)?;
-            eprintln!("[rbee-keeper] ✅ worker {id} on {node} stopped");
+            let target = target.or(id).unwrap_or_default();
+            let ids = workers_named(&h, &node, &target)?;
+            for id in &ids {
+                h.stop_worker(id)?;
+                crate::say!("✅ worker {id} on {node} stopped");
+            }
+            if json {
+                print_json(&json!({ "node": node, "stopped": ids }));
+            }
             Ok(())
         }
     }
 }
 
+/// A catalogue entry as `models list --json` prints it: the name the front door serves it
+/// under, and the entry.
+#[derive(Serialize)]
+struct ListedModel {
+    name: Option<String>,
+    #[serde(flatten)]
+    model: Model,
+}
+
+/// The workers `target` names on the node: the worker of that id, else every worker of the
+/// model it names (started with that reference, or serving the same file).
+fn workers_named(h: &Conn, node: &str, target: &str) -> Result<Vec<String>, Failure> {
+    let workers = h.workers()?;
+    if workers.iter().any(|w| w.id == target) {
+        return Ok(vec![target.to_owned()]);
+    }
+    let none = || {
+        Failure::new("rbee-hive", format!("no worker {target:?} on {node}"))
+            .code("WORKER_NOT_FOUND")
+            .detail("code: WORKER_NOT_FOUND")
+            .suggest([format!(
+                "see the workers and their ids: rbee-keeper workers list --node {node}"
+            )])
+    };
+    let Ok(model) = target.parse::<ModelArg>() else {
+        return Err(none());
+    };
+    let r = match model.resolve(h, node) {
+        Ok(r) => r,
+        Err(f) if f.code.as_deref() == Some("MODEL_NOT_FOUND") => return Err(none()),
+        Err(f) => return Err(f),
+    };
+    let path = h
+        .models()?
+        .into_iter()
+        .find(|m| m.reference.parse().ok() == Some(r.clone()))
+        .map(|m| m.local_path);
+    let ids: Vec<String> = workers
+        .iter()
+        .filter(|w| w.model_ref == r || path.is_some() && w.model_path == path)
+        .map(|w| w.id.clone())
+        .collect();
+    if ids.is_empty() {
+        return Err(none());
+    }
+    Ok(ids)
+}
+
 /// Runs a `models` command.
-pub fn models(cmd: ModelsCommand, cfg: &Config, reg: &Registry) -> Result<(), Failure> {
+pub fn models(cmd: ModelsCommand, json: bool, cfg: &Config, reg: &Registry) -> Result<(), Failure> {
     match cmd {
         ModelsCommand::List { node } => {
             let node = cfg.node_or_default(node);
-            let models = hive(&node, cfg, reg)?.models()?;
-            let rows: Vec<Vec<String>> = models
+            let h = hive(&node, cfg, reg)?;
+            let names = h.openai_models()?.data;
+            let listed: Vec<ListedModel> = h
+                .models()?
                 .into_iter()
-                .map(|m| {
+                .map(|m| ListedModel {
+                    name: names
+                        .iter()
+                        .find(|n| n.reference.is_some() && n.reference == m.reference.parse().ok())
+                        .map(|n| n.id.clone()),
+                    model: m,
+                })
+                .collect();
+            if json {
+                print_json(&listed);
+                return Ok(());
+            }
+            let rows: Vec<Vec<String>> = listed
+                .into_iter()
+                .map(|ListedModel { name, model: m }| {
                     vec![
+                        or_dash(name),
                         m.id,
                         m.reference,
                         crate::progress::bytes(m.size_bytes),
@@ -234,43 +338,80 @@ pub fn models(cmd: ModelsCommand, cfg: &Config, reg: &Registry) -> Result<(), Fa
                 })
                 .collect();
             if rows.is_empty() {
-                eprintln!("[rbee-keeper] no models on {node}");
+                crate::say!("no models on {node}; download one: rbee-keeper models download hf:org/repo:Q4_K_M --node {node}");
             } else {
                 print!(
                     "{}",
-                    table(&["ID", "REFERENCE", "SIZE", "QUANT", "STATUS"], &rows)
+                    table(
+                        &["NAME", "ID", "REFERENCE", "SIZE", "QUANT", "STATUS"],
+                        &rows
+                    )
                 );
             }
             Ok(())
         }
-        ModelsCommand::Download { node, model } => {
+        ModelsCommand::Download { name, model, node } => {
             let node = cfg.node_or_default(node);
             let h = hive(&node, cfg, reg)?;
-            match h.download(&model)? {
+            let model = name.or(model).unwrap_or(ModelArg::Name(String::new()));
+            let r = model.resolve(&h, &node)?;
+            let m = match h.download(&r)? {
                 Download::Ready(m) => {
-                    eprintln!("[rbee-keeper] ✅ {} is on {node} already", m.id);
-                    Ok(())
+                    crate::say!("✅ {} is on {node} already", m.id);
+                    *m
                 }
-                Download::Started(d) => crate::infer::follow_download(&h, &d.progress_url),
+                Download::Started(d) => {
+                    let id = crate::answer::follow_download(&h, &d.progress_url)?;
+                    h.models()?
+                        .into_iter()
+                        .find(|m| m.id == id)
+                        .ok_or_else(|| {
+                            Failure::new(
+                                "rbee-hive",
+                                format!(
+                                    "the downloaded model {id} is not in the catalogue of {node}"
+                                ),
+                            )
+                        })?
+                }
+            };
+            if json {
+                print_json(&json!({ "node": node, "model": m }));
             }
+            Ok(())
         }
-        ModelsCommand::Rm { node, id } => {
+        ModelsCommand::Rm { name, id, node } => {
             let node = cfg.node_or_default(node);
-            hive(&node, cfg, reg)?.delete_model(&id)?;
-            eprintln!("[rbee-keeper] ✅ model {id} removed from {node}");
+            let h = hive(&node, cfg, reg)?;
+            let model = name.or(id).unwrap_or(ModelArg::Name(String::new()));
+            let m = model.catalogued(&h, &node)?;
+            h.delete_model(&m.id)?;
+            crate::say!("✅ model {} removed from {node}", m.id);
+            if json {
+                print_json(&json!({ "node": node, "removed": m.id }));
+            }
             Ok(())
         }
     }
 }
 
 /// Runs a `hive` command.
-pub fn hive_cmd(cmd: HiveCommand, cfg: &Config, reg: &Registry) -> Result<(), Failure> {
+pub fn hive_cmd(cmd: HiveCommand, json: bool, cfg: &Config, reg: &Registry) -> Result<(), Failure> {
     match cmd {
         HiveCommand::Status { node } => {
             let node = cfg.node_or_default(node);
             let h = hive(&node, cfg, reg)?;
             let health = h.health()?;
             let res = h.resources()?;
+            if json {
+                print_json(&json!({
+                    "node": node,
+                    "url": h.base(),
+                    "health": health,
+                    "resources": res,
+                }));
+                return Ok(());
+            }
             println!("node:        {node} ({})", h.base());
             println!("version:     rbee-hive {}", health.version);
             println!("supervisor:  {}", health.supervisor);
@@ -281,18 +422,34 @@ pub fn hive_cmd(cmd: HiveCommand, cfg: &Config, reg: &Registry) -> Result<(), Fa
             );
             Ok(())
         }
-        HiveCommand::Start { node } => crate::service::start(&cfg.node_or_default(node), cfg, reg),
-        HiveCommand::Stop { node } => crate::service::stop(&cfg.node_or_default(node), cfg, reg),
+        HiveCommand::Start { node } => {
+            let node = cfg.node_or_default(node);
+            crate::service::start(&node, cfg, reg)?;
+            if json {
+                print_json(&json!({ "node": node, "hive": "running" }));
+            }
+            Ok(())
+        }
+        HiveCommand::Stop { node } => {
+            let node = cfg.node_or_default(node);
+            crate::service::stop(&node, cfg, reg)?;
+            if json {
+                print_json(&json!({ "node": node, "hive": "stopped" }));
+            }
+            Ok(())
+        }
     }
 }
 
 /// `logs --node [--worker] [--follow] [--lines]`: a worker's log through its hive, or
 /// the hive's own journal on its node.
+///
+/// With `--json`: a worker's lines as `{"node", "worker", "lines": [...]}`, or when
+/// following one `{"line": "..."}` per line as they come.
 pub fn logs(
     node: &str,
     worker: Option<&str>,
-    follow: bool,
-    lines: usize,
+    (follow, lines, json): (bool, usize, bool),
     cfg: &Config,
     reg: &Registry,
 ) -> Result<(), Failure> {
@@ -300,22 +457,43 @@ pub fn logs(
         end_follow_on_ctrl_c();
     }
     let Some(worker) = worker else {
+        if json {
+            return Err(
+                Failure::new("rbee-keeper", "--json is for a worker's log (--worker ID)").suggest(
+                    [format!(
+                        "the hive's journal as JSON: journalctl -u rbee-hive -o json (on {node})"
+                    )],
+                ),
+            );
+        }
         return crate::service::journal(node, lines, follow, cfg, reg);
     };
     let h = hive(node, cfg, reg)?;
     if !follow {
-        print!("{}", h.logs(worker, lines)?);
+        let text = h.logs(worker, lines)?;
+        if json {
+            print_json(
+                &json!({ "node": node, "worker": worker, "lines": text.lines().collect::<Vec<_>>() }),
+            );
+        } else {
+            print!("{text}");
+        }
         return Ok(());
     }
     for line in h.follow_logs(worker, lines)? {
-        println!("{}", line?.line);
+        let line = line?.line;
+        if json {
+            println!("{}", json!({ "line": line }));
+        } else {
+            println!("{line}");
+        }
     }
     Ok(())
 }
 
 extern "C" fn exit_interrupted(_: libc::c_int) {
     // SAFETY: _exit is async-signal-safe; every printed line is already written.
-    unsafe { libc::_exit(i32::from(crate::infer::EXIT_INTERRUPTED)) }
+    unsafe { libc::_exit(i32::from(crate::answer::EXIT_INTERRUPTED)) }
 }
 
 /// A follow ends with Ctrl+C: exit 130 at once (what was printed is complete lines).

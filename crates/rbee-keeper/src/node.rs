@@ -7,7 +7,21 @@ use crate::registry::Registry;
 use crate::report::Failure;
 use crate::ssh::Ssh;
 use crate::tunnel::Tunnel;
-use rbee_client::HiveClient;
+use std::time::Duration;
+
+use rbee_client::{ClientError, HiveClient};
+use rbee_types::hive::HiveHealth;
+
+/// How long to wait before each attempt to reach a hive.
+const ATTEMPT_WAITS_MS: [u64; 3] = [0, 200, 400];
+/// How many attempts reach a hive.
+pub const ATTEMPTS: usize = ATTEMPT_WAITS_MS.len();
+
+/// `host:port` of a URL.
+fn address_of(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    rest.trim_end_matches('/')
+}
 
 /// An open way to one node; its tunnels close when it is dropped.
 pub struct Conn {
@@ -27,20 +41,23 @@ impl Conn {
         let node_cfg = cfg.nodes.get(node);
         let key = node_cfg.and_then(|n| n.api_key.clone());
         let configured_url = node_cfg.and_then(|n| n.hive_url.clone());
+        let client =
+            |url: &str, address: &str| HiveClient::new(url, key.clone()).at_node(node, address);
         if node == "localhost" {
             let url = configured_url.unwrap_or_else(|| "http://127.0.0.1:9200".into());
-            return Ok(Conn::plain(node, HiveClient::new(&url, key), true));
+            return Ok(Conn::plain(node, client(&url, address_of(&url)), true));
         }
         let n = reg
             .get(node)
             .map_err(|e| Failure::new("rbee-keeper", e.to_string()))?
             .ok_or_else(|| crate::registry::not_registered(node))?;
         if let Some(url) = configured_url {
-            return Ok(Conn::plain(node, HiveClient::new(&url, key), false));
+            return Ok(Conn::plain(node, client(&url, address_of(&url)), false));
         }
+        let address = format!("{}:{}", n.ssh_host, n.hive_port);
         if n.hive_access == "direct" {
-            let url = format!("http://{}:{}", n.ssh_host, n.hive_port);
-            return Ok(Conn::plain(node, HiveClient::new(&url, key), false));
+            let url = format!("http://{address}");
+            return Ok(Conn::plain(node, client(&url, &address), false));
         }
         let ssh = Ssh {
             options: cfg.ssh.options.clone(),
@@ -50,10 +67,26 @@ impl Conn {
         let url = format!("http://127.0.0.1:{}", t.local_port);
         Ok(Conn {
             node: node.to_owned(),
-            hive: HiveClient::new(&url, key),
+            hive: client(&url, &format!("{address} (through SSH)")),
             local: false,
             _tunnel: Some(t),
         })
+    }
+
+    /// The hive's health, asked up to [`ATTEMPTS`] times (each at most 10 s, waiting
+    /// 0, 200 and 400 ms before them) while nothing answers; an answer that is an error,
+    /// or the last attempt's failure, is returned as it is.
+    pub fn reach(&self) -> Result<HiveHealth, ClientError> {
+        let probe = self.hive.with_timeout(Duration::from_secs(10));
+        let mut last = None;
+        for wait in ATTEMPT_WAITS_MS {
+            std::thread::sleep(Duration::from_millis(wait));
+            match probe.health() {
+                Err(e) if crate::client::unreachable(&e) => last = Some(e),
+                other => return other,
+            }
+        }
+        Err(last.expect("at least one attempt"))
     }
 
     fn plain(node: &str, hive: HiveClient, local: bool) -> Conn {

@@ -81,7 +81,7 @@ impl Bar {
         if self.tty {
             let _ = writeln!(err, "\r\x1b[2K[rbee-keeper] {text}");
         } else {
-            let _ = writeln!(err, "[rbee-keeper] {text}");
+            let _ = writeln!(err, "[rbee-keeper] {}", crate::report::for_stderr(text));
         }
     }
 }

@@ -115,8 +115,7 @@ impl Registry {
     pub fn open(path: &Path) -> Result<Registry, DbError> {
         let db = Db::open(path, WHAT, MIGRATIONS)?;
         if let Some(aside) = &db.recovered {
-            eprintln!(
-                "[rbee-keeper] ⚠️  the node registry {} was damaged and is kept as {}; a new, empty one is in its place: register your nodes again (rbee-keeper setup add-node)",
+            crate::say!("⚠️  the node registry {} was damaged and is kept as {}; a new, empty one is in its place: register your nodes again (rbee-keeper setup add-node)",
                 path.display(),
                 aside.display()
             );

@@ -1,7 +1,63 @@
 //! What the keeper prints on stderr: errors in one shape — the component that failed in
-//! brackets, what went wrong, the numbers, then what to do — and tables.
+//! brackets, what went wrong, the numbers, then what to do — progress lines, and tables.
+//!
+//! Symbols (✅, ❌, ⏳ …) are for a person at a terminal: when stderr is not one (a file, a
+//! pipe, journald) or `NO_COLOR` is set, they are left out.
 
 use std::fmt::Write as _;
+use std::io::IsTerminal;
+use std::sync::OnceLock;
+
+/// Whether stderr gets plain text: not a terminal, or `NO_COLOR` set (to anything but "").
+pub fn plain() -> bool {
+    static PLAIN: OnceLock<bool> = OnceLock::new();
+    *PLAIN.get_or_init(|| {
+        std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty())
+            || !std::io::stderr().is_terminal()
+    })
+}
+
+/// Whether `c` is one of the pictographs the keeper decorates lines with.
+fn pictograph(c: char) -> bool {
+    matches!(c as u32,
+        0x2300..=0x23FF | 0x2600..=0x27BF | 0x2B00..=0x2BFF | 0xFE0F | 0x1F300..=0x1FAFF)
+}
+
+/// `text` without pictographs (and the spaces after each).
+pub fn strip_pictographs(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut after = false;
+    for c in text.chars() {
+        if pictograph(c) {
+            after = true;
+        } else if after && c == ' ' {
+        } else {
+            after = false;
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// `text` as stderr should get it (see [`plain`]).
+pub fn for_stderr(text: &str) -> std::borrow::Cow<'_, str> {
+    if plain() {
+        strip_pictographs(text).into()
+    } else {
+        text.into()
+    }
+}
+
+/// Prints one `[rbee-keeper] …` line on stderr.
+pub fn say_line(text: &str) {
+    eprintln!("[rbee-keeper] {}", for_stderr(text));
+}
+
+/// `say!("…", args)`: one `[rbee-keeper] …` line on stderr, plain when it is not a terminal.
+#[macro_export]
+macro_rules! say {
+    ($($arg:tt)*) => { $crate::report::say_line(&format!($($arg)*)) };
+}
 
 /// An error for a person.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -74,13 +130,19 @@ impl Failure {
     }
 }
 
+/// As stderr gets it (plain when it is not a terminal).
 impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.render())
+        f.write_str(&for_stderr(&self.render()))
     }
 }
 
 impl std::error::Error for Failure {}
+
+/// Prints `doc` as the one JSON document of `--json` on stdout.
+pub fn print_json(doc: &impl serde::Serialize) {
+    println!("{}", serde_json::to_string_pretty(doc).unwrap_or_default());
+}
 
 /// A plain-text table: a header row, then the rows, columns padded to their widest cell.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
@@ -121,6 +183,15 @@ mod tests {
             f.render(),
             "[rbee-hive] ❌ Error: Insufficient RAM on workstation\n    required: 4.0 GiB, available: 2.5 GiB\n  To fix:\n    • stop an idle worker\n"
         );
+    }
+
+    #[test]
+    fn plain_text_has_no_pictographs() {
+        assert_eq!(
+            strip_pictographs("[rbee-keeper] ✅ 20 tokens; ♻️  reusing; ⏳ wait • x"),
+            "[rbee-keeper] 20 tokens; reusing; wait • x"
+        );
+        assert_eq!(strip_pictographs("[x] ❌ Error: é"), "[x] Error: é");
     }
 
     #[test]

@@ -102,8 +102,8 @@ fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
 pub fn start(node: &str, cfg: &Config, reg: &Registry) -> Result<(), Failure> {
     let conn = Conn::open(node, cfg, reg)?;
     if let Some(h) = health(&conn) {
-        eprintln!(
-            "[rbee-keeper] ✅ the hive on {node} runs already (rbee-hive {}, {})",
+        crate::say!(
+            "✅ the hive on {node} runs already (rbee-hive {}, {})",
             h.version,
             conn.base()
         );
@@ -129,10 +129,7 @@ pub fn start(node: &str, cfg: &Config, reg: &Registry) -> Result<(), Failure> {
         )
         .suggest([format!("read its log: rbee-keeper logs --node {node}")]));
     }
-    eprintln!(
-        "[rbee-keeper] ✅ the hive on {node} runs ({how}), at {}",
-        conn.base()
-    );
+    crate::say!("✅ the hive on {node} runs ({how}), at {}", conn.base());
     Ok(())
 }
 
@@ -145,7 +142,7 @@ pub fn stop(node: &str, cfg: &Config, reg: &Registry) -> Result<(), Failure> {
     let outcome = shell.run(node, &script, Output::Progress)?;
     let how = if outcome.code == Some(NO_UNIT) && conn.local {
         let Some(pid) = health(&conn).map(|h| i64::from(h.pid)) else {
-            eprintln!("[rbee-keeper] no hive runs on {node}");
+            crate::say!("no hive runs on {node}");
             return Ok(());
         };
         // SAFETY: kill(2) has no memory-safety preconditions.
@@ -168,11 +165,50 @@ pub fn stop(node: &str, cfg: &Config, reg: &Registry) -> Result<(), Failure> {
             format!("the hive on {node} still answers after {how}"),
         ));
     }
-    eprintln!("[rbee-keeper] ✅ the hive on {node} stopped ({how})");
+    crate::say!("✅ the hive on {node} stopped ({how})");
     Ok(())
 }
 
-/// `logs --node` without `--worker`: the hive's journal on its node.
+/// The last `lines` lines of `path`, then (with `follow`) what is appended, until Ctrl+C.
+fn print_file(path: &std::path::Path, lines: usize, follow: bool) -> Result<(), Failure> {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let fail = |e: std::io::Error| Failure::new("rbee-keeper", format!("{}: {e}", path.display()));
+    let mut f = std::fs::File::open(path).map_err(fail)?;
+    let mut text = String::new();
+    f.read_to_string(&mut text).map_err(fail)?;
+    let all: Vec<&str> = text.lines().collect();
+    crate::say!(
+        "the hive on this machine runs as a background process; its log is {}",
+        path.display()
+    );
+    let mut out = std::io::stdout().lock();
+    for l in &all[all.len().saturating_sub(lines)..] {
+        let _ = writeln!(out, "{l}");
+    }
+    let _ = out.flush();
+    if !follow {
+        return Ok(());
+    }
+    let mut at = f.stream_position().map_err(fail)?;
+    loop {
+        std::thread::sleep(Duration::from_millis(200));
+        let len = std::fs::metadata(path).map_err(fail)?.len();
+        if len < at {
+            at = 0;
+        }
+        if len > at {
+            f.seek(SeekFrom::Start(at)).map_err(fail)?;
+            let mut more = Vec::new();
+            f.read_to_end(&mut more).map_err(fail)?;
+            at += more.len() as u64;
+            let _ = out.write_all(&more);
+            let _ = out.flush();
+        }
+    }
+}
+
+/// `logs --node` without `--worker`: the hive's journal on its node, or on this machine
+/// the log file of a hive the keeper started as a background process.
 pub fn journal(
     node: &str,
     lines: usize,
@@ -197,6 +233,10 @@ pub fn journal(
     let outcome = shell.run(node, &script, Output::Content)?;
     if follow && outcome.code == Some(0) {
         return Ok(());
+    }
+    let background = crate::local::background_log();
+    if node == "localhost" && outcome.code == Some(NO_UNIT) && background.is_file() {
+        return print_file(&background, lines, follow);
     }
     outcome
         .check("rbee-keeper", &format!("reading the hive's log on {node}"))

@@ -18,11 +18,7 @@ pub enum SetupCommand {
     /// Change a registered node (connection changes are checked over SSH first).
     UpdateNode(UpdateArgs),
     /// List registered nodes.
-    ListNodes {
-        /// Machine-readable output.
-        #[arg(long)]
-        json: bool,
-    },
+    ListNodes,
     /// Forget a node (nothing on the node is touched).
     RemoveNode {
         /// The node's name.
@@ -157,16 +153,16 @@ fn check_names(name: &str, host: &str, user: &str) -> Result<(), Failure> {
 /// The SSH round trip, each attempt shown on stderr.
 fn check_ssh(ssh: &Ssh, n: &Node) -> Result<(), Failure> {
     let t = n.ssh_target();
-    eprintln!(
-        "[rbee-keeper] 🔌 checking SSH to {}@{}:{} with {}",
+    crate::say!(
+        "🔌 checking SSH to {}@{}:{} with {}",
         t.user,
         t.host,
         t.port,
         n.ssh_key_path.display()
     );
     let result = ssh.check(&t, &mut |i, r| match r {
-        Ok(()) => eprintln!("[rbee-keeper]   attempt {i}/{}: ok", BACKOFF_MS.len()),
-        Err(e) => eprintln!("[rbee-keeper]   attempt {i}/{}: {e}", BACKOFF_MS.len()),
+        Ok(()) => crate::say!("  attempt {i}/{}: ok", BACKOFF_MS.len()),
+        Err(e) => crate::say!("  attempt {i}/{}: {e}", BACKOFF_MS.len()),
     });
     result.map_err(|e| crate::ssh::failure(&n.node_name, &t, &e))
 }
@@ -174,6 +170,7 @@ fn check_ssh(ssh: &Ssh, n: &Node) -> Result<(), Failure> {
 /// Runs one `setup` command.
 pub fn run(
     cmd: SetupCommand,
+    json: bool,
     cfg: &crate::config::Config,
     reg: &mut Registry,
     ssh: &Ssh,
@@ -221,7 +218,10 @@ pub fn run(
                     node.node_name
                 )));
             }
-            eprintln!("[rbee-keeper] ✅ node {} registered", node.node_name);
+            crate::say!("✅ node {} registered", node.node_name);
+            if json {
+                crate::report::print_json(&node);
+            }
             Ok(())
         }
         SetupCommand::UpdateNode(u) => {
@@ -248,10 +248,13 @@ pub fn run(
                 n.status = "reachable".into();
             }
             reg.update(&n).map_err(db)?;
-            eprintln!("[rbee-keeper] ✅ node {} updated", n.node_name);
+            crate::say!("✅ node {} updated", n.node_name);
+            if json {
+                crate::report::print_json(&n);
+            }
             Ok(())
         }
-        SetupCommand::ListNodes { json } => {
+        SetupCommand::ListNodes => {
             let nodes = reg.list().map_err(db)?;
             if json {
                 println!(
@@ -261,7 +264,7 @@ pub fn run(
                 return Ok(());
             }
             if nodes.is_empty() {
-                eprintln!("[rbee-keeper] no nodes registered; add one with: rbee-keeper setup add-node --name … --ssh-host … --ssh-user … --ssh-key …");
+                crate::say!("no nodes registered; add one with: rbee-keeper setup add-node --name … --ssh-host … --ssh-user … --ssh-key …");
                 return Ok(());
             }
             let rows: Vec<Vec<String>> = nodes
@@ -287,12 +290,18 @@ pub fn run(
             );
             Ok(())
         }
+        SetupCommand::Install(_) if json => Err(keeper(
+            "setup install has no --json output; the node's build output streams on stderr",
+        )),
         SetupCommand::Install(a) => crate::deploy::run(&a, cfg, reg),
         SetupCommand::RemoveNode { name } => {
             if !reg.remove(&name).map_err(db)? {
                 return Err(crate::registry::not_registered(&name));
             }
-            eprintln!("[rbee-keeper] ✅ node {name} removed from the registry");
+            crate::say!("✅ node {name} removed from the registry");
+            if json {
+                crate::report::print_json(&serde_json::json!({ "removed": name }));
+            }
             Ok(())
         }
     }

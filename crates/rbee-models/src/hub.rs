@@ -28,12 +28,15 @@ pub struct HubConfig {
     pub attempts: u32,
     /// First backoff; doubled after each failed attempt.
     pub backoff: Duration,
+    /// The Hugging Face cache to take models from before downloading them (read only;
+    /// see [`crate::hf_cache`]).
+    pub cache: Option<PathBuf>,
 }
 
 impl HubConfig {
     /// From the environment, as the official clients read it: `HF_ENDPOINT`, `HF_TOKEN`,
     /// else the file `HF_TOKEN_PATH`, else `$HF_HOME/token` (default
-    /// `~/.cache/huggingface/token`).
+    /// `~/.cache/huggingface/token`); the cache from `HF_HUB_CACHE`, `HF_HOME`, ….
     pub fn from_env() -> HubConfig {
         let endpoint = std::env::var("HF_ENDPOINT")
             .ok()
@@ -62,6 +65,7 @@ impl HubConfig {
             stall: Duration::from_secs(60),
             attempts: 6,
             backoff: Duration::from_secs(1),
+            cache: crate::hf_cache::dir_from_env(),
         }
     }
 }

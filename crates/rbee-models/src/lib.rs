@@ -6,6 +6,7 @@
 //! (`sink`).
 
 pub mod catalog;
+pub mod hf_cache;
 pub mod hub;
 pub mod models_dir;
 pub mod provisioner;

@@ -195,6 +195,68 @@ impl Provisioner {
         }
     }
 
+    /// Where the model a reference names is on disk, when it is here already (nothing is
+    /// downloaded or imported to find out). Two references that name the same file (`hf:org/
+    /// repo` and `hf:org/repo:Q4_1`) give the same path.
+    pub fn local_path(&self, model_ref: &ModelRef) -> Option<std::path::PathBuf> {
+        match model_ref {
+            ModelRef::File { path } => Some(path.clone()),
+            ModelRef::Hf {
+                repo,
+                selector,
+                revision,
+            } => self.cached(repo, revision, selector).map(|m| m.local_path),
+        }
+    }
+
+    /// The model from the Hugging Face cache, used in place, when the file is there at
+    /// this revision and its SHA-256 is the one its blob is named by (the hub's LFS hash);
+    /// `None` sends the caller to the hub. Nothing is asked of the hub.
+    fn in_hf_cache(
+        &self,
+        reference: &str,
+        repo: &str,
+        revision: &str,
+        selector: &Selector,
+    ) -> Result<Option<Model>, ApiError> {
+        let Some(cache) = &self.hub.cache else {
+            return Ok(None);
+        };
+        let Some((info, dir)) = crate::hf_cache::snapshot(cache, repo, revision) else {
+            return Ok(None);
+        };
+        let Ok(file) = hub::choose(&info, selector, reference) else {
+            return Ok(None);
+        };
+        let Some(expected) = file.sha256.clone() else {
+            return Ok(None); // not an LFS blob: nothing to check it against
+        };
+        let path = dir.join(&file.path);
+        match crate::hf_cache::sha256_file(&path) {
+            Ok(got) if got == expected => {}
+            Ok(got) => {
+                tracing::warn!(path = %path.display(), %expected, %got, "a file in the Hugging Face cache does not match its hash; downloading instead");
+                return Ok(None);
+            }
+            Err(e) => {
+                tracing::warn!(path = %path.display(), "cannot read a file in the Hugging Face cache ({e}); downloading instead");
+                return Ok(None);
+            }
+        }
+        if let Err(e) = rbee_gguf::read_header(&path) {
+            tracing::warn!(path = %path.display(), "the Hugging Face cache's file is not a usable GGUF model ({e}); downloading instead");
+            return Ok(None);
+        }
+        let model = Model {
+            sha256: Some(expected),
+            hub_verified: Some(true),
+            ..hf_model(repo, revision, &info.commit, &file.path, path, file.size)
+        };
+        self.catalog().insert(&model).map_err(catalog_error)?;
+        tracing::info!(model = %model.id, path = %model.local_path.display(), "found in the Hugging Face cache and verified; used in place");
+        Ok(Some(model))
+    }
+
     /// A ready catalogue row for this repository, revision and selector.
     fn cached(&self, repo: &str, revision: &str, selector: &Selector) -> Option<Model> {
         let all = self.catalog().by_provider("hf").ok()?;
@@ -234,6 +296,9 @@ impl Provisioner {
         selector: &Selector,
         t: &Transfer,
     ) -> Result<Model, ApiError> {
+        if let Some(m) = self.in_hf_cache(reference, repo, revision, selector)? {
+            return Ok(m);
+        }
         let info = hub::repo_info(&self.hub, repo, revision, reference)?;
         let file = hub::choose(&info, selector, reference)?;
         let name = file

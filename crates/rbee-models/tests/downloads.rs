@@ -47,6 +47,7 @@ fn env_with(attempts: u32, token: Option<&str>, models: Option<PathBuf>) -> Env 
         stall: Duration::from_millis(700),
         attempts,
         backoff: Duration::from_millis(10),
+        cache: None,
     };
     let prov = Arc::new(Provisioner::open(&state.0, &models, cfg).unwrap());
     Env {
@@ -560,4 +561,93 @@ fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+/// A Hugging Face cache in huggingface_hub's layout holding `file` of `repo` at `COMMIT`
+/// (`main` points at it) in a blob named `blob`.
+fn hf_cache(dir: &TempDir, repo: &str, file: &std::path::Path, blob: &str) -> PathBuf {
+    let root = dir
+        .join("hub")
+        .join(format!("models--{}", repo.replace('/', "--")));
+    let snap = root.join("snapshots").join(COMMIT);
+    std::fs::create_dir_all(root.join("refs")).unwrap();
+    std::fs::create_dir_all(root.join("blobs")).unwrap();
+    std::fs::create_dir_all(&snap).unwrap();
+    std::fs::write(root.join("refs/main"), COMMIT).unwrap();
+    std::fs::copy(file, root.join("blobs").join(blob)).unwrap();
+    let name = file.file_name().unwrap();
+    std::os::unix::fs::symlink(format!("../../blobs/{blob}"), snap.join(name)).unwrap();
+    snap.join(name)
+}
+
+#[test]
+fn a_model_in_the_hugging_face_cache_is_verified_and_used_in_place_without_the_hub() {
+    let fixtures = TempDir::new("hf-cache-fixtures");
+    let src = fixture(&fixtures, "smol-Q4_1.gguf", 4);
+    let hub = Hub::start();
+    hub.add_repo("org/smol", COMMIT, &[("smol-Q4_1.gguf", &src)]);
+    hub.add_repo("org/bad", COMMIT, &[("smol-Q4_1.gguf", &src)]);
+    let cache = TempDir::new("hf-cache");
+    let good = hf_cache(&cache, "org/smol", &src, &sha256_file(&src));
+    // A blob whose content is not what its name says (a damaged cache).
+    let bad = hf_cache(&cache, "org/bad", &src, &"0".repeat(64));
+    let state = TempDir::new("prov-state");
+    let cfg = HubConfig {
+        endpoint: hub.endpoint(),
+        token: None,
+        stall: Duration::from_millis(700),
+        attempts: 2,
+        backoff: Duration::from_millis(10),
+        cache: Some(cache.join("hub")),
+    };
+    let prov = Arc::new(Provisioner::open(&state.0, &state.join("models"), cfg).unwrap());
+    let from_cache = |reference: &str| match prov.ensure(&reference.parse().unwrap()).unwrap() {
+        Ensured::Downloading(t) => follow(&t),
+        Ensured::Ready(m) => vec![Progress::Complete {
+            local_path: m.local_path,
+            model_id: m.id,
+        }],
+    };
+    let events = from_cache("hf:org/smol:Q4_1");
+    let Some(Progress::Complete {
+        local_path,
+        model_id,
+    }) = events.last()
+    else {
+        panic!("{events:?}")
+    };
+    assert_eq!(local_path, &good, "used in place");
+    assert_eq!(
+        hub.counters.requests.load(Ordering::Relaxed),
+        0,
+        "the hub was asked"
+    );
+    let row = prov.catalog().get(model_id).unwrap().unwrap();
+    assert_eq!(row.hub_verified, Some(true));
+    assert_eq!(row.commit_sha.as_deref(), Some(COMMIT));
+    // Asked again: from the catalogue.
+    assert!(matches!(
+        prov.ensure(&"hf:org/smol".parse().unwrap()).unwrap(),
+        Ensured::Ready(_)
+    ));
+    // Removing it from the catalogue leaves the cache as it was.
+    prov.remove(model_id).unwrap();
+    assert_eq!(
+        sha256_file(&good),
+        sha256_file(&src),
+        "the cache's file was touched"
+    );
+    // The damaged blob is not used: the model comes from the hub, the cache is untouched.
+    let events = from_cache("hf:org/bad");
+    let Some(Progress::Complete { local_path, .. }) = events.last() else {
+        panic!("{events:?}")
+    };
+    assert_ne!(local_path, &bad);
+    assert!(
+        local_path.starts_with(state.join("models")),
+        "{}",
+        local_path.display()
+    );
+    assert_eq!(hub.counters.downloads.load(Ordering::Relaxed), 1);
+    assert!(bad.exists());
 }

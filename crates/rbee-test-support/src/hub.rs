@@ -41,6 +41,8 @@ pub struct Faults {
 /// What the hub saw.
 #[derive(Debug, Default)]
 pub struct Counters {
+    /// Every request, of any kind.
+    pub requests: AtomicU64,
     /// `resolve` (and CDN) requests.
     pub downloads: AtomicU64,
     /// Body bytes sent.
@@ -178,6 +180,7 @@ fn auth_of(req: &tiny_http::Request) -> Option<String> {
 }
 
 fn handle(req: tiny_http::Request, state: &Mutex<State>, counters: &Counters, port: u16) {
+    counters.requests.fetch_add(1, Ordering::Relaxed);
     let url = req.url().to_owned();
     let path = url.split('?').next().unwrap_or("").to_owned();
     let faults = state

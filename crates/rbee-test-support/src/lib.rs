@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod model;
 pub mod openai_client;
 pub mod process;
+pub mod pty;
 pub mod sshd;
 pub mod systemd;
 pub mod worker_repo;

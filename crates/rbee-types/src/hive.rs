@@ -191,6 +191,9 @@ pub struct WorkerView {
     pub supervisor: String,
     /// The executable it runs.
     pub binary: Option<PathBuf>,
+    /// The model file it serves (two references may name one file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_path: Option<PathBuf>,
 }
 
 /// Why a worker ended, kept for the next request for its model.
@@ -724,6 +727,7 @@ mod tests {
             pid: Some(42),
             supervisor: "systemd-user".into(),
             binary: Some("/usr/bin/llm-worker-rbee".into()),
+            model_path: Some("/m/smollm2.gguf".into()),
         }
     }
 
@@ -851,6 +855,7 @@ mod tests {
                 object: "model".into(),
                 created: 1,
                 owned_by: "org".into(),
+                reference: Some("hf:org/m:Q4_1".parse().unwrap()),
             }],
             models: vec![model()],
         });

@@ -321,6 +321,10 @@ pub struct ModelObject {
     pub created: u64,
     /// `rbee`, or the Hugging Face organisation.
     pub owned_by: String,
+    /// rbee's own field (clients ignore it): the model reference the id stands for, so a
+    /// name can be turned into what the hive's management API takes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<crate::ModelRef>,
 }
 
 /// `GET /v1/models`.

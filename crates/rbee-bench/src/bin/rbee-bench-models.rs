@@ -119,6 +119,7 @@ fn main() -> anyhow::Result<()> {
         stall: Duration::from_secs(30),
         attempts: 1,
         backoff: Duration::from_millis(10),
+        cache: None,
     };
     let file = RepoFile {
         path: "m.gguf".into(),

@@ -86,7 +86,15 @@ fn entries(hive: &Hive) -> Result<Vec<names::Entry>, ApiError> {
         .catalog()
         .list()
         .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
-    Ok(names::entries(&models, &hive.registry.views()))
+    // A worker of a catalogued file is listed under the catalogue's name only.
+    let views: Vec<_> = hive
+        .registry
+        .all()
+        .into_iter()
+        .filter(|w| !models.iter().any(|m| m.local_path == w.spec.model_path))
+        .map(|w| w.view())
+        .collect();
+    Ok(names::entries(&models, &views))
 }
 
 fn model_objects(hive: &Hive, front: &FrontDoor) -> Result<Vec<ModelObject>, ApiError> {
@@ -98,10 +106,12 @@ fn model_objects(hive: &Hive, front: &FrontDoor) -> Result<Vec<ModelObject>, Api
             object: "model".into(),
             created: e.created,
             owned_by: e.owned_by.clone(),
+            reference: Some(e.model_ref.clone()),
         })
         .collect();
     for (alias, target) in &front.settings.aliases {
         if let Some(e) = names::resolve(target, &entries, &BTreeMap::new())
+            .map(|r| canonical(hive, r))
             .and_then(|r| entries.iter().find(|e| e.model_ref == r))
         {
             out.push(ModelObject {
@@ -109,10 +119,25 @@ fn model_objects(hive: &Hive, front: &FrontDoor) -> Result<Vec<ModelObject>, Api
                 object: "model".into(),
                 created: e.created,
                 owned_by: e.owned_by.clone(),
+                reference: Some(e.model_ref.clone()),
             });
         }
     }
     Ok(out)
+}
+
+/// The catalogue's own reference for the file `r` names when that file is here
+/// (`hf:org/repo` → `hf:org/repo/file.gguf@main`), else `r`.
+fn canonical(hive: &Hive, r: ModelRef) -> ModelRef {
+    let Some(path) = hive.models.local_path(&r) else {
+        return r;
+    };
+    let models = hive.models.catalog().list().unwrap_or_default();
+    models
+        .into_iter()
+        .find(|m| m.local_path == path)
+        .and_then(|m| m.reference.parse().ok())
+        .unwrap_or(r)
 }
 
 /// `GET /v1/models` as OpenAI lists models.
@@ -123,12 +148,28 @@ pub(crate) fn list(hive: &Hive, front: &FrontDoor) -> Result<ModelObjectList, Ap
     })
 }
 
-/// `GET /v1/models/{id}`.
+/// `GET /v1/models/{id}`: a listed model, or an alias of the config whose model is not
+/// on the node yet (a request naming it downloads it on demand; `created` is then 0).
 pub(crate) fn retrieve(hive: &Hive, front: &FrontDoor, id: &str) -> Result<ModelObject, ApiError> {
-    model_objects(hive, front)?
-        .into_iter()
-        .find(|m| m.id == id)
-        .ok_or_else(|| not_found(id))
+    if let Some(m) = model_objects(hive, front)?.into_iter().find(|m| m.id == id) {
+        return Ok(m);
+    }
+    let target = front
+        .settings
+        .aliases
+        .get(id)
+        .ok_or_else(|| not_found(id))?;
+    let model_ref = canonical(hive, resolve(hive, front, target)?);
+    Ok(ModelObject {
+        id: id.to_owned(),
+        object: "model".into(),
+        created: 0,
+        owned_by: match &model_ref {
+            ModelRef::Hf { repo, .. } => repo.split('/').next().unwrap_or("local").to_owned(),
+            ModelRef::File { .. } => "local".into(),
+        },
+        reference: Some(model_ref),
+    })
 }
 
 fn not_found(name: &str) -> ApiError {
@@ -205,13 +246,22 @@ fn resolve(hive: &Hive, front: &FrontDoor, name: &str) -> Result<ModelRef, ApiEr
     names::resolve(name, &entries(hive)?, &front.settings.aliases).ok_or_else(|| not_found(name))
 }
 
-/// Workers of `model_ref` that take requests now.
-fn ready_workers(hive: &Hive, model_ref: &ModelRef) -> Vec<crate::registry::Worker> {
+/// Workers of `model_ref`: started with that reference, or serving the file it names (a
+/// worker started for `hf:org/repo` serves a request naming the model by its short id).
+fn workers_of(hive: &Hive, model_ref: &ModelRef) -> Vec<crate::registry::Worker> {
+    let path = hive.models.local_path(model_ref);
     hive.registry
         .all()
         .into_iter()
-        .filter(|w| &w.spec.model_ref == model_ref && w.state.ready())
+        .filter(|w| &w.spec.model_ref == model_ref || path.as_ref() == Some(&w.spec.model_path))
         .collect()
+}
+
+/// Workers of `model_ref` that take requests now.
+fn ready_workers(hive: &Hive, model_ref: &ModelRef) -> Vec<crate::registry::Worker> {
+    let mut w = workers_of(hive, model_ref);
+    w.retain(|w| w.state.ready());
+    w
 }
 
 /// The ready worker of `model_ref` with the fewest busy slots.
@@ -257,11 +307,9 @@ fn ready_worker(
             return Err(ApiError::new(ErrorCode::ModelLoadFailed, msg)
                 .detail("last_log_lines", f.last_log_lines));
         }
-        let loading = hive
-            .registry
-            .all()
+        let loading = workers_of(hive, model_ref)
             .iter()
-            .any(|w| &w.spec.model_ref == model_ref && w.state == WorkerState::Loading);
+            .any(|w| w.state == WorkerState::Loading);
         if !loading && spawned.worker.is_some() && hive.registry.failure(model_ref).is_none() {
             // Started, then gone without a recorded failure (stopped by someone): try again.
             hive.spawn(&SpawnRequest::new(model_ref.clone(), Backend::Cpu, 0))?;

@@ -76,14 +76,20 @@ impl Env {
         self.hive_with(port, name, "")
     }
 
-    /// The same, with more top-level TOML for its config.
+    /// The same, with more TOML for its config (top-level keys, or tables when it starts
+    /// with `[`).
     pub fn hive_with(&self, port: u16, name: &str, extra: &str) -> ChildGuard {
+        let (top, tables) = if extra.starts_with('[') {
+            ("", extra)
+        } else {
+            (extra, "")
+        };
         let ports = worker_ports(20, port);
         let config = self.dir.join(&format!("{name}.toml"));
         std::fs::write(
             &config,
             format!(
-                "{extra}port = {port}\nstate_dir = {:?}\nsupervisor = \"systemd-user\"\nworker_ports = \"{ports}-{}\"\nworker_logs = \"file\"\n",
+                "{top}port = {port}\nstate_dir = {:?}\nsupervisor = \"systemd-user\"\nworker_ports = \"{ports}-{}\"\nworker_logs = \"file\"\n{tables}",
                 self.dir.join(name).display().to_string(),
                 ports + 20
             ),

@@ -34,9 +34,9 @@ fn a_cold_start_downloads_starts_a_worker_and_streams_then_a_warm_one_reuses_it(
             .find(s)
             .unwrap_or_else(|| panic!("no {s:?} in:\n{stderr}"))
     };
-    assert!(at("downloading [") < at("✅ model downloaded"));
-    assert!(at("✅ model downloaded") < at("started worker"));
-    assert!(at("started worker") < at("✅ 20 tokens in"));
+    assert!(at("downloading [") < at("model downloaded"));
+    assert!(at("model downloaded") < at("started worker"));
+    assert!(at("started worker") < at("20 tokens in"));
     assert!(stderr.contains("100%"), "{stderr}");
     // Only the answer on stdout.
     assert!(
@@ -157,7 +157,7 @@ fn a_worker_killed_mid_stream_keeps_the_partial_answer() {
     assert_eq!(code, 1, "{stderr}");
     let printed = reader.join().unwrap();
     assert!(
-        stderr.contains("[llm-worker-rbee] ❌ Error: the answer stopped after"),
+        stderr.contains("[llm-worker-rbee] Error: the answer stopped after"),
         "{stderr}"
     );
     // The hive says the worker broke off, rather than leaving the stream hanging.
@@ -258,6 +258,12 @@ fn without_a_user_manager_hive_start_and_stop_use_a_background_process() {
         rbee_test_support::http::get(&format!("http://127.0.0.1:{}/v1/health", env.hive_port))
             .json();
     let pid = health["pid"].as_i64().expect("the hive says its pid") as i32;
+    // Its log is the file it was started with, shown by `logs` like a journal would be.
+    let logs = keeper(&["logs", "--lines", "50"]);
+    let (stdout, stderr) = (text(&logs.stdout), text(&logs.stderr));
+    assert_eq!(logs.status.code(), Some(0), "{stderr}");
+    assert!(stdout.contains("rbee-hive ready"), "{stdout}");
+    assert!(stderr.contains("rbee-hive.log"), "{stderr}");
     let stop = keeper(&["hive", "stop"]);
     let stderr = text(&stop.stderr);
     // Whatever happened, the hive this test started does not outlive it.
@@ -319,7 +325,7 @@ fn bad_input_is_refused_before_any_network_with_the_accepted_values() {
         let stderr = text(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
         assert!(
-            stderr.starts_with("[rbee-keeper] ❌ Error:"),
+            stderr.starts_with("[rbee-keeper] Error:"),
             "{args:?}: {stderr}"
         );
         assert!(stderr.contains(says), "{args:?}: {stderr}");
@@ -429,6 +435,18 @@ fn in_a_terminal_the_progress_bar_redraws_in_place() {
         "{screen:?}"
     );
     assert!(screen.contains("✅ 5 tokens in"), "{screen:?}");
+    // NO_COLOR: the same terminal, no pictographs.
+    let mut cmd = std::process::Command::new("script");
+    cmd.args(["-qec", &line]).arg(&log).env("NO_COLOR", "1");
+    env.env(&mut cmd);
+    let out = cmd.output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    let screen = std::fs::read_to_string(&log).unwrap();
+    assert!(screen.contains("] 5 tokens in"), "{screen:?}");
+    assert!(
+        !screen.contains('✅') && !screen.contains('♻'),
+        "{screen:?}"
+    );
 }
 
 #[test]

@@ -211,7 +211,7 @@ fn without_the_other_binaries_next_to_it_install_says_what_to_build() {
         "{stderr}"
     );
     assert!(stderr.contains("cargo build --release"), "{stderr}");
-    assert!(stderr.starts_with("[rbee-keeper] ❌ Error:"), "{stderr}");
+    assert!(stderr.starts_with("[rbee-keeper] Error:"), "{stderr}");
     // Nothing half-done: not even the keeper was copied.
     assert!(!home.join(".local/bin").exists());
 }

@@ -88,7 +88,7 @@ fn workers_models_and_logs_across_two_hives() {
         no_lfs: true,
         ..Default::default()
     });
-    ok(&env, &["models", "download", "--model", "hf:org/smol"]);
+    ok(&env, &["models", "download", "hf:org/smol"]);
     let (models, _) = ok(&env, &["models", "list"]);
     let row = |needle: &str| {
         models
@@ -157,18 +157,20 @@ fn workers_models_and_logs_across_two_hives() {
     // One hive gone: the other is still listed, and the missing one is named.
     drop(second);
     let (table, warn) = ok(&env, &["workers", "list"]);
-    assert!(warn.contains("second: its hive does not answer"), "{warn}");
+    assert!(
+        warn.contains(&format!(
+            "second: cannot reach the hive of node second at 127.0.0.1:{second_port}"
+        )),
+        "{warn}"
+    );
     assert_eq!(table.lines().count(), 2, "{table}");
     // Stop the local worker.
-    ok(&env, &["workers", "shutdown", "--id", &id]);
+    ok(&env, &["workers", "shutdown", &id]);
     assert!(env.workers().is_empty());
-    let out = env
-        .keeper(&["workers", "shutdown", "--id", &id])
-        .output()
-        .unwrap();
+    let out = env.keeper(&["workers", "shutdown", &id]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        text(&out.stderr).contains("[rbee-hive] ❌ Error: no worker"),
+        text(&out.stderr).contains("[rbee-hive] Error: no worker"),
         "{}",
         text(&out.stderr)
     );
@@ -176,5 +178,82 @@ fn workers_models_and_logs_across_two_hives() {
         text(&out.stderr).contains("code: WORKER_NOT_FOUND"),
         "{}",
         text(&out.stderr)
+    );
+}
+
+#[test]
+fn every_command_takes_model_names_and_prints_one_json_document() {
+    let Some(mut env) = Env::new() else { return };
+    env.hive = Some(env.hive_with(
+        env.hive_port,
+        "hive-state",
+        "[aliases]\nbees = \"hf:org/smol\"\n",
+    ));
+    let j = |args: &[&str]| -> Value {
+        let mut all = args.to_vec();
+        all.push("--json");
+        let out = env.keeper(&all).output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{args:?}: {e}: {}", text(&out.stdout)))
+    };
+    // An alias whose model is not here yet is downloaded by it.
+    let d = j(&["models", "download", "bees"]);
+    assert_eq!(d["model"]["status"], "ready", "{d}");
+    let list = j(&["models", "list"]);
+    assert_eq!(list[0]["name"], "smol:q4_1", "{list}");
+    assert_eq!(list[0]["id"], d["model"]["id"]);
+    // The short id everywhere a model goes.
+    let r = j(&[
+        "run",
+        "smol:q4_1",
+        "Hi",
+        "--max-tokens",
+        "4",
+        "--temperature",
+        "0",
+    ]);
+    assert_eq!(r["tokens"], 4, "{r}");
+    let w = j(&["workers", "list"]);
+    assert_eq!(w.as_array().unwrap().len(), 1, "{w}");
+    let id = w[0]["id"].as_str().unwrap().to_owned();
+    let h = j(&["workers", "health"]);
+    assert_eq!(h["workers"][0]["id"], id.as_str(), "{h}");
+    let s = j(&["hive", "status"]);
+    assert_eq!(s["health"]["version"], env!("CARGO_PKG_VERSION"), "{s}");
+    assert!(
+        s["resources"]["memory"]["total_bytes"].as_u64().unwrap() > 0,
+        "{s}"
+    );
+    let l = j(&["logs", "--worker", &id, "--lines", "5"]);
+    assert!(!l["lines"].as_array().unwrap().is_empty(), "{l}");
+    let nodes = j(&["setup", "list-nodes"]);
+    assert!(nodes.as_array().unwrap().is_empty(), "{nodes}");
+    // Stopping by the model's alias stops its worker.
+    let st = j(&["workers", "shutdown", "bees"]);
+    assert_eq!(st["stopped"], serde_json::json!([id]), "{st}");
+    assert!(env.workers().is_empty());
+    let rm = j(&["models", "rm", "smol:q4_1"]);
+    assert_eq!(rm["removed"], d["model"]["id"], "{rm}");
+    assert_eq!(j(&["models", "list"]), serde_json::json!([]));
+    // A failure with --json: the error document on stdout, exit 1.
+    let out = env
+        .keeper(&["models", "rm", "smol:q4_1", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let e: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(e["error"]["code"], "MODEL_NOT_FOUND", "{e}");
+    assert!(
+        e["error"]["suggestions"][0]
+            .as_str()
+            .unwrap()
+            .contains("rbee-keeper models list --node localhost"),
+        "{e}"
     );
 }

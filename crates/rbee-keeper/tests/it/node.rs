@@ -301,7 +301,7 @@ fn install_and_start_failures_say_what_to_do_and_change_nothing() {
     node.fails(
         &install,
         &[
-            "[rbee-keeper] ❌ Error: cargo is not on the PATH of an SSH login on node gpu1",
+            "[rbee-keeper] Error: cargo is not on the PATH of an SSH login on node gpu1",
             "sh.rustup.rs",
         ],
     );

@@ -60,7 +60,7 @@ fn a_reachable_node_is_saved_listed_and_not_added_twice() {
     assert!(
         again
             .stderr
-            .starts_with("[rbee-keeper] ❌ Error: a node named bee1 is registered already"),
+            .starts_with("[rbee-keeper] Error: a node named bee1 is registered already"),
         "{}",
         again.stderr
     );
@@ -120,7 +120,7 @@ fn a_key_the_server_refuses_is_explained_and_nothing_is_saved() {
     assert_eq!(out.code, 1);
     assert!(
         out.stderr
-            .contains("[ssh] ❌ Error: cannot reach node bee2: the server refused the key"),
+            .contains("[ssh] Error: cannot reach node bee2: the server refused the key"),
         "{}",
         out.stderr
     );
@@ -295,7 +295,7 @@ fn bad_arguments_are_refused_before_any_connection() {
         let out = k.run(&all);
         assert_eq!(out.code, 1, "{args:?}: {}", out.stderr);
         assert!(
-            out.stderr.starts_with("[rbee-keeper] ❌ Error:"),
+            out.stderr.starts_with("[rbee-keeper] Error:"),
             "{args:?}: {}",
             out.stderr
         );
