@@ -80,6 +80,11 @@ impl HiveClient {
             .map(|l| l.workers)
     }
 
+    /// `GET /v1/workers/list` whole: the workers and the recent failures.
+    pub fn worker_list(&self) -> Result<WorkerList, ClientError> {
+        self.http.get("/v1/workers/list")
+    }
+
     /// `GET /v1/workers/{id}`.
     pub fn worker(&self, id: &str) -> Result<WorkerView, ClientError> {
         self.http

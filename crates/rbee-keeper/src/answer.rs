@@ -24,6 +24,7 @@ use crate::config::Config;
 use crate::names::ModelArg;
 use crate::node::Conn;
 use crate::progress::Bar;
+use crate::registry::Registry;
 use crate::report::Failure;
 
 /// Exit status of an interrupted command.
@@ -124,13 +125,18 @@ pub struct Ready {
 
 /// Makes `model` ready on the connection's node: the hive answering (started here when
 /// it is the local one), the name resolved, the model downloaded, a worker loaded.
-pub fn prepare(conn: &Conn, model: &ModelArg, o: &AnswerOptions) -> Result<Ready, Failure> {
+pub fn prepare(
+    conn: &Conn,
+    reg: &Registry,
+    model: &ModelArg,
+    o: &AnswerOptions,
+) -> Result<Ready, Failure> {
     let hive = &conn.hive;
-    check_hive(conn, o.node())?;
+    check_hive(conn, o.node(), reg)?;
     let model_ref = model.resolve(hive, o.node())?;
     let spawn = SpawnRequest::new(model_ref.clone(), o.backend(), o.device);
     let worker = worker_for(hive, &spawn)?;
-    wait_loaded(hive, &worker, &spawn, o)?;
+    wait_loaded(hive, &worker, o)?;
     Ok(Ready { model_ref, worker })
 }
 
@@ -143,9 +149,9 @@ fn major_minor(v: &str) -> &str {
 }
 
 /// Checks the hive answers (starting the local one when none does) and speaks our version.
-fn check_hive(conn: &Conn, node: &str) -> Result<(), Failure> {
+fn check_hive(conn: &Conn, node: &str, reg: &Registry) -> Result<(), Failure> {
     let hive = &conn.hive;
-    let health = match conn.reach() {
+    let health = match conn.reach(reg) {
         Ok(h) => h,
         Err(e) if conn.local && crate::client::unreachable(&e) => {
             let port = hive
@@ -278,12 +284,7 @@ fn worker_for(hive: &HiveClient, spawn: &SpawnRequest) -> Result<WorkerView, Fai
 
 /// Waits until the hive reports the worker ready, showing the layers it loads (from the
 /// worker's own progress stream, which the hive relays once the worker listens).
-fn wait_loaded(
-    hive: &HiveClient,
-    worker: &WorkerView,
-    spawn: &SpawnRequest,
-    a: &AnswerOptions,
-) -> Result<(), Failure> {
+fn wait_loaded(hive: &HiveClient, worker: &WorkerView, a: &AnswerOptions) -> Result<(), Failure> {
     let id = &worker.id;
     let mut bar = Bar::new("loading");
     let t0 = Instant::now();
@@ -293,20 +294,29 @@ fn wait_loaded(
         let state = match hive.worker(id) {
             Ok(v) => v.state,
             Err(ClientError::Api { status: 404, .. }) => {
-                // It ended while loading: the next spawn says how.
-                let (_, r) = hive.spawn(spawn)?;
-                let f = r.previous_failure;
+                // It ended while loading: the hive's recent failures say how (asking the
+                // spawn route would launch it again).
+                let f = hive
+                    .worker_list()?
+                    .failures
+                    .into_iter()
+                    .find(|f| f.failure.worker_id == *id)
+                    .map(|f| f.failure);
                 let mut failure = Failure::new(
                     "llm-worker-rbee",
                     format!(
                         "worker {id} failed while loading: {}",
                         f.as_ref().map_or("it is gone", |f| f.exit.as_str())
                     ),
-                );
+                )
+                .code("MODEL_LOAD_FAILED");
                 for l in f.into_iter().flat_map(|f| f.last_log_lines) {
                     failure = failure.detail(l);
                 }
-                return Err(failure);
+                return Err(failure.suggest([format!(
+                    "the hive's log around it: rbee-keeper logs --node {}",
+                    a.node()
+                )]));
             }
             Err(e) => return Err(e.into()),
         };

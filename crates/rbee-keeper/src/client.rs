@@ -66,6 +66,9 @@ pub(crate) fn next_step(code: ErrorCode, node: &str) -> Option<String> {
         E::NoWorkerSource | E::CargoNotFound | E::CudaToolkitNotFound | E::WorkerBuildFailed => format!(
             "see what the node has and needs: rbee-keeper setup install --node {n} (it checks the tools first)"
         ),
+        E::BinaryVerificationFailed | E::BinaryNotFound => format!(
+            "the worker binary must run `--version`: check worker_binary in the hive's config on {n}, or rebuild it: rbee-keeper setup install --node {n}"
+        ),
         E::Draining => format!("the hive on {n} is stopping; start it again: rbee-keeper hive start --node {n}"),
         _ => return None,
     })

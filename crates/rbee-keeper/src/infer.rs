@@ -36,7 +36,7 @@ pub fn run(mut a: InferArgs, json: bool, cfg: &Config, reg: &Registry) -> Result
     answer::check_prompt(&a.prompt, "e.g. --prompt \"Write a haiku about bees\"")?;
     let o = &a.options;
     let conn = Conn::open(o.node(), cfg, reg)?;
-    let ready = answer::prepare(&conn, &a.model, o)?;
+    let ready = answer::prepare(&conn, reg, &a.model, o)?;
     let input = if a.raw {
         Input::Raw(a.prompt.clone())
     } else {

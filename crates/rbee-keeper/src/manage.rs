@@ -109,7 +109,7 @@ pub enum HiveCommand {
 /// The node's hive, once it answered (see [`Conn::reach`]).
 fn hive(node: &str, cfg: &Config, reg: &Registry) -> Result<Conn, Failure> {
     let conn = Conn::open(node, cfg, reg)?;
-    conn.reach().map_err(|e| {
+    conn.reach(reg).map_err(|e| {
         let f = Failure::from(e);
         if conn.local {
             f.suggest(["or let the keeper start one: rbee-keeper hive start".to_string()])

@@ -76,13 +76,20 @@ impl Conn {
     /// The hive's health, asked up to [`ATTEMPTS`] times (each at most 10 s, waiting
     /// 0, 200 and 400 ms before them) while nothing answers; an answer that is an error,
     /// or the last attempt's failure, is returned as it is.
-    pub fn reach(&self) -> Result<HiveHealth, ClientError> {
+    /// An answer counts as a contact: the node's `last_connected` moves.
+    pub fn reach(&self, reg: &Registry) -> Result<HiveHealth, ClientError> {
         let probe = self.hive.with_timeout(Duration::from_secs(10));
         let mut last = None;
         for wait in ATTEMPT_WAITS_MS {
             std::thread::sleep(Duration::from_millis(wait));
             match probe.health() {
                 Err(e) if crate::client::unreachable(&e) => last = Some(e),
+                Ok(h) => {
+                    if let Err(e) = reg.touch(&self.node) {
+                        crate::say!("⚠️  the contact with {} is not recorded: {e}", self.node);
+                    }
+                    return Ok(h);
+                }
                 other => return other,
             }
         }

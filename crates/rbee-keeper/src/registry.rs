@@ -153,6 +153,19 @@ impl Registry {
             .map_err(|e| self.db.err(e))
     }
 
+    /// Records a successful contact with a node now: `last_connected_unix` and status
+    /// `reachable` (nothing when it is not registered, e.g. `localhost`).
+    pub fn touch(&self, name: &str) -> Result<(), DbError> {
+        self.db
+            .conn
+            .execute(
+                "UPDATE beehives SET last_connected_unix = ?2, status = 'reachable' WHERE node_name = ?1",
+                rusqlite::params![name, rbee_types::now_unix() as i64],
+            )
+            .map(|_| ())
+            .map_err(|e| self.db.err(e))
+    }
+
     /// One node by name.
     pub fn get(&self, name: &str) -> Result<Option<Node>, DbError> {
         self.db

@@ -56,7 +56,7 @@ pub fn run(mut a: RunArgs, json: bool, cfg: &Config, reg: &Registry) -> Result<u
     }
     let o = &a.options;
     let conn = Conn::open(o.node(), cfg, reg)?;
-    let ready = answer::prepare(&conn, &a.model, o)?;
+    let ready = answer::prepare(&conn, reg, &a.model, o)?;
     let mut history: Vec<RequestMessage> = a
         .system
         .iter()

@@ -275,7 +275,7 @@ pub fn run(
                         format!("{}@{}:{}", n.ssh_user, n.ssh_host, n.ssh_port),
                         n.status.clone(),
                         n.last_connected_unix
-                            .map(ago)
+                            .map(when)
                             .unwrap_or_else(|| "never".into()),
                         n.install_path.clone(),
                     ]
@@ -316,19 +316,49 @@ fn absolute(p: PathBuf) -> PathBuf {
 }
 
 /// `12 s ago`, `5 min ago`, `3 h ago`, `2 d ago`.
-fn ago(t: u64) -> String {
+/// `2026-12-04 05:40 (3 min ago)`: the local time, then how long ago.
+fn when(t: u64) -> String {
     let s = now_unix().saturating_sub(t);
-    match s {
+    let ago = match s {
         0..=59 => format!("{s} s ago"),
         60..=3599 => format!("{} min ago", s / 60),
         3600..=86_399 => format!("{} h ago", s / 3600),
         _ => format!("{} d ago", s / 86_400),
-    }
+    };
+    format!("{} ({ago})", local_time(t))
+}
+
+/// `YYYY-MM-DD HH:MM` in the local time zone (the C library's, which reads `TZ`).
+fn local_time(t: u64) -> String {
+    let secs = t as libc::time_t;
+    // SAFETY: localtime_r only writes the `tm` it is given.
+    let tm = unsafe {
+        let mut tm: libc::tm = std::mem::zeroed();
+        if libc::localtime_r(&secs, &mut tm).is_null() {
+            return format!("@{t}");
+        }
+        tm
+    };
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}",
+        tm.tm_year + 1900,
+        tm.tm_mon + 1,
+        tm.tm_mday,
+        tm.tm_hour,
+        tm.tm_min
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_are_local_and_absolute() {
+        std::env::set_var("TZ", "UTC");
+        assert_eq!(local_time(1_796_360_000), "2026-12-04 04:53");
+        assert!(when(now_unix() - 120).ends_with("(2 min ago)"));
+    }
 
     #[test]
     fn names_that_could_reach_ssh_as_options_are_refused() {

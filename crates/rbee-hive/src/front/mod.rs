@@ -226,9 +226,8 @@ pub(crate) fn completion(hive: &Hive, front: &FrontDoor, mut request: Request, k
         );
         return rbee_http::respond_openai_error(request, &e);
     };
-    hive.registry.update(&worker.spec.id, |w| {
-        w.last_activity_unix = rbee_types::now_unix()
-    });
+    // The hive's view follows the request (not only the next health poll).
+    hive.registry.update(&worker.spec.id, |w| busy_by(w, 1));
     let tally = crate::metrics::Tally::new(&hive.metrics, &model, arrived);
     proxy::forward(
         request,
@@ -238,7 +237,22 @@ pub(crate) fn completion(hive: &Hive, front: &FrontDoor, mut request: Request, k
         stream,
         tally,
     );
+    hive.registry.update(&worker.spec.id, |w| busy_by(w, -1));
     drop(permit);
+}
+
+/// One more (`1`) or one fewer (`-1`) busy slot on a serving worker, and activity now.
+fn busy_by(w: &mut crate::registry::Worker, delta: i32) {
+    w.last_activity_unix = rbee_types::now_unix();
+    if !matches!(w.state, WorkerState::Idle | WorkerState::Busy) {
+        return;
+    }
+    w.slots_busy = w.slots_busy.saturating_add_signed(delta).min(w.spec.slots);
+    w.state = if w.slots_busy > 0 {
+        WorkerState::Busy
+    } else {
+        WorkerState::Idle
+    };
 }
 
 /// What `name` stands for: an alias, an id, or a reference; else 404 `model_not_found`.

@@ -147,3 +147,45 @@ fn errors_relayed_from_the_hive_end_with_a_next_step() {
         "{e}"
     );
 }
+
+#[test]
+fn a_worker_that_fails_to_load_is_reported_from_its_only_launch() {
+    let Some(mut env) = Env::new() else { return };
+    let launches = env.dir.join("launches");
+    let script = env.dir.join("failing-worker.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n[ \"$1\" = --version ] && {{ echo 'llm-worker-rbee {}'; exit 0; }}\necho launched >> {}\necho 'llama: cannot load the model: bad tensor' >&2\nsleep 0.5\nexit 4\n",
+            env!("CARGO_PKG_VERSION"),
+            launches.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    env.hive = Some(env.hive_with(
+        env.hive_port,
+        "hive-state",
+        &format!("worker_binary = {:?}\n", script.display().to_string()),
+    ));
+    let out = env
+        .keeper(&["run", &env.file_ref(), "hi"])
+        .output()
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("failed while loading: exited with status 4"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("cannot load the model: bad tensor"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("rbee-keeper logs --node localhost"),
+        "{stderr}"
+    );
+    let n = std::fs::read_to_string(&launches).unwrap().lines().count();
+    assert_eq!(n, 1, "the worker was launched {n} times");
+}

@@ -52,11 +52,32 @@ fn workers_models_and_logs_across_two_hives() {
             &second_port.to_string(),
         ],
     );
+    let last_connected = || {
+        let (nodes, _) = ok(&env, &["setup", "list-nodes", "--json"]);
+        let v: Value = serde_json::from_str(&nodes).unwrap();
+        v[0]["last_connected_unix"].as_u64().unwrap()
+    };
+    let registered = last_connected();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
     let m = env.file_ref();
     for node in ["localhost", "second"] {
         let out = env.infer(&m, "Bees", &["--node", node, "--max-tokens", "4"]);
         assert_eq!(out.status.code(), Some(0), "{node}: {}", text(&out.stderr));
     }
+    // Every contact moves the node's last contact; the list shows it as a local time.
+    assert!(last_connected() > registered);
+    let (nodes, _) = ok(&env, &["setup", "list-nodes"]);
+    let shape: String = nodes
+        .lines()
+        .nth(1)
+        .and_then(|row| row.split("  ").find(|c| c.contains(" ago)")))
+        .unwrap_or_else(|| panic!("{nodes}"))
+        .trim()
+        .chars()
+        .take(16)
+        .map(|c| if c.is_ascii_digit() { 'd' } else { c })
+        .collect();
+    assert_eq!(shape, "dddd-dd-dd dd:dd", "{nodes}");
     // Every node at once: a table a person reads, and JSON without keys.
     let (table, _) = ok(&env, &["workers", "list"]);
     let lines: Vec<&str> = table.lines().collect();

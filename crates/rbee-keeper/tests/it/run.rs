@@ -156,3 +156,40 @@ fn in_a_terminal_run_is_a_chat_that_keeps_the_conversation_until_bye() {
     };
     assert_eq!(status.code(), Some(0));
 }
+
+#[test]
+fn the_hive_shows_a_slot_busy_while_an_answer_streams_and_free_as_soon_as_it_ends() {
+    let Some(mut env) = Env::new() else { return };
+    // No health poll during the test: what the list shows comes from the request itself.
+    env.hive = Some(env.hive_with(env.hive_port, "hive-state", "health_interval_secs = 600\n"));
+    let model = env.file_ref();
+    let mut args = greedy(&model, Some("Count from 1 to 1000, one number per line."));
+    let at = args.iter().position(|a| *a == "16").unwrap();
+    args[at] = "3000";
+    let mut child = env
+        .keeper(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 1];
+    std::io::Read::read_exact(child.stdout.as_mut().unwrap(), &mut first).unwrap();
+    let w = &env.workers()[0];
+    assert_eq!(
+        (w["slots_busy"].as_u64(), w["state"].as_str()),
+        (Some(1), Some("busy")),
+        "{w}"
+    );
+    // SAFETY: SIGINT to the keeper this test started.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    assert_eq!(child.wait().unwrap().code(), Some(130));
+    let t0 = std::time::Instant::now();
+    loop {
+        let w = &env.workers()[0];
+        if w["slots_busy"] == 0 && w["state"] == "idle" {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(3), "still busy: {w}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
