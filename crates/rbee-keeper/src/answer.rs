@@ -211,6 +211,20 @@ pub fn follow_download(hive: &HiveClient, url: &str) -> Result<String, Failure> 
                 bar.finish("❌ download failed");
                 return Err(api_failure("rbee-hive", &ApiError { error }));
             }
+            DownloadProgress::Retrying {
+                attempt,
+                attempts,
+                reason,
+                bytes_downloaded,
+                bytes_total,
+            } => {
+                let pct = (bytes_downloaded * 100)
+                    .checked_div(bytes_total)
+                    .unwrap_or(0);
+                bar.finish(&format!(
+                    "⚠️  {reason} at {pct} %, retrying {attempt}/{attempts}"
+                ));
+            }
             DownloadProgress::Resolving => {}
         }
     }

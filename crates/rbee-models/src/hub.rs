@@ -359,6 +359,8 @@ pub struct Tick {
     pub attempt: u32,
     /// Recent speed, MB/s.
     pub speed_mbps: f64,
+    /// Why the last attempt failed, when this tick says the next one is about to start.
+    pub retrying: Option<String>,
 }
 
 /// Reads until `buf` is full, the stream ends, or an error; returns the bytes read and how
@@ -426,6 +428,7 @@ impl Meter {
             total: self.total,
             attempt: self.attempt,
             speed_mbps: self.speed,
+            retrying: None,
         }
     }
 }
@@ -510,6 +513,13 @@ pub fn download(
         if attempt > 1 {
             let wait = cfg.backoff * 2u32.pow((attempt - 2).min(10));
             tracing::warn!(%reference, attempt, error = %last.0, ?wait, "download attempt failed; retrying");
+            progress(&Tick {
+                bytes: std::fs::metadata(&partial).map_or(0, |m| m.len()),
+                total: file.size,
+                attempt,
+                speed_mbps: 0.0,
+                retrying: Some(last.0.clone()),
+            });
             std::thread::sleep(wait);
         }
         match attempt_once(

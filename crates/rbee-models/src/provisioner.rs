@@ -323,6 +323,15 @@ impl Provisioner {
             &dest,
             reference,
             |tick| {
+                if let Some(reason) = &tick.retrying {
+                    return t.set(DownloadProgress::Retrying {
+                        attempt: tick.attempt,
+                        attempts: self.hub.attempts,
+                        reason: reason.clone(),
+                        bytes_downloaded: tick.bytes,
+                        bytes_total: tick.total,
+                    });
+                }
                 // Progress is cumulative per attempt (a resumed attempt starts from the
                 // bytes already on disk): count growth only.
                 let grew = tick.bytes.saturating_sub(last_bytes);

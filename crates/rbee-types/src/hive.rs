@@ -501,6 +501,19 @@ pub enum DownloadProgress {
         /// Attempt (1-based).
         attempt: u32,
     },
+    /// An attempt failed; the next starts after a pause (resuming where it stopped).
+    Retrying {
+        /// The attempt about to start (2 for the first retry).
+        attempt: u32,
+        /// How many attempts there are in all.
+        attempts: u32,
+        /// Why the last attempt failed.
+        reason: String,
+        /// Bytes kept so far.
+        bytes_downloaded: u64,
+        /// File size.
+        bytes_total: u64,
+    },
     /// Verified and catalogued.
     Complete {
         /// Where the file is.
@@ -874,6 +887,13 @@ mod tests {
                 bytes_total: 2,
                 speed_mbps: 0.5,
                 attempt: 1,
+            },
+            DownloadProgress::Retrying {
+                attempt: 2,
+                attempts: 6,
+                reason: "the connection closed".into(),
+                bytes_downloaded: 1,
+                bytes_total: 2,
             },
             DownloadProgress::Complete {
                 local_path: "/m".into(),

@@ -189,3 +189,32 @@ fn a_worker_that_fails_to_load_is_reported_from_its_only_launch() {
     let n = std::fs::read_to_string(&launches).unwrap().lines().count();
     assert_eq!(n, 1, "the worker was launched {n} times");
 }
+
+#[test]
+fn a_download_retry_is_shown_as_it_happens() {
+    let Some(mut env) = Env::new() else { return };
+    env.start_hive();
+    env.hub.set_faults(rbee_test_support::hub::Faults {
+        cut_at: Some((0.4, 1)),
+        ..Default::default()
+    });
+    let out = env
+        .keeper(&["models", "download", "hf:org/smol"])
+        .output()
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("retrying 2/6"))
+        .unwrap_or_else(|| panic!("no retry shown:\n{stderr}"));
+    assert!(line.contains("the connection closed at byte"), "{line}");
+    let pct: u64 = line
+        .split(" %, retrying")
+        .next()
+        .and_then(|s| s.rsplit(' ').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!((35..=45).contains(&pct), "{line}");
+    assert!(stderr.contains("model downloaded"), "{stderr}");
+}
