@@ -141,7 +141,7 @@ pub fn prepare(
 }
 
 /// `major.minor` of a version.
-fn major_minor(v: &str) -> &str {
+pub(crate) fn major_minor(v: &str) -> &str {
     match v.match_indices('.').nth(1) {
         Some((i, _)) => &v[..i],
         None => v,

@@ -35,6 +35,7 @@ pub fn run(mut a: InferArgs, json: bool, cfg: &Config, reg: &Registry) -> Result
     a.options = a.options.with_defaults(cfg)?;
     answer::check_prompt(&a.prompt, "e.g. --prompt \"Write a haiku about bees\"")?;
     let o = &a.options;
+    crate::check::if_stale(o.node(), cfg, reg)?;
     let conn = Conn::open(o.node(), cfg, reg)?;
     let ready = answer::prepare(&conn, reg, &a.model, o)?;
     let input = if a.raw {

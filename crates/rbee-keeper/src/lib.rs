@@ -6,7 +6,8 @@
 //! - [`registry`]: `beehives.db`, the registered nodes.
 //! - [`ssh`]: the system's OpenSSH client, with retries and explained failures.
 //! - [`report`]: errors as a person reads them (`[rbee-keeper] ❌ Error: …`) and tables.
-//! - [`setup`]: the `setup` commands (add, update, list, remove nodes);
+//! - [`setup`]: the `setup` commands (add, update, list, remove nodes); [`check`]:
+//!   `setup check`, every layer to a node checked;
 //!   [`deploy`]: `setup install`, building rbee on a node.
 //! - [`shell`]: scripts run on a node (here or over SSH), output streamed;
 //!   [`service`]: the hive as a unit on its node (`hive start|stop`, its journal).
@@ -20,6 +21,7 @@
 //! - [`node`]: reaching a node's hive and workers; [`tunnel`]: SSH port forwards.
 
 pub mod answer;
+pub mod check;
 pub mod client;
 pub mod completions;
 pub mod config;

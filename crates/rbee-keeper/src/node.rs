@@ -31,6 +31,8 @@ pub struct Conn {
     pub hive: HiveClient,
     /// Whether it is this machine (the keeper may start its hive).
     pub local: bool,
+    /// The hive's address as the user knows it (`gpu1.lan:9200 (through SSH)`).
+    pub address: String,
     /// The forward to the hive, when the node is reached over SSH (closed when dropped).
     _tunnel: Option<Tunnel>,
 }
@@ -45,19 +47,21 @@ impl Conn {
             |url: &str, address: &str| HiveClient::new(url, key.clone()).at_node(node, address);
         if node == "localhost" {
             let url = configured_url.unwrap_or_else(|| "http://127.0.0.1:9200".into());
-            return Ok(Conn::plain(node, client(&url, address_of(&url)), true));
+            let address = address_of(&url);
+            return Ok(Conn::plain(node, client(&url, address), address, true));
         }
         let n = reg
             .get(node)
             .map_err(|e| Failure::new("rbee-keeper", e.to_string()))?
             .ok_or_else(|| crate::registry::not_registered(node))?;
         if let Some(url) = configured_url {
-            return Ok(Conn::plain(node, client(&url, address_of(&url)), false));
+            let address = address_of(&url);
+            return Ok(Conn::plain(node, client(&url, address), address, false));
         }
         let address = format!("{}:{}", n.ssh_host, n.hive_port);
         if n.hive_access == "direct" {
             let url = format!("http://{address}");
-            return Ok(Conn::plain(node, client(&url, &address), false));
+            return Ok(Conn::plain(node, client(&url, &address), &address, false));
         }
         let ssh = Ssh {
             options: cfg.ssh.options.clone(),
@@ -65,10 +69,12 @@ impl Conn {
         let target = n.ssh_target();
         let t = Tunnel::open(&ssh, node, &target, n.hive_port)?;
         let url = format!("http://127.0.0.1:{}", t.local_port);
+        let address = format!("{address} (through SSH)");
         Ok(Conn {
             node: node.to_owned(),
-            hive: client(&url, &format!("{address} (through SSH)")),
+            hive: client(&url, &address),
             local: false,
+            address,
             _tunnel: Some(t),
         })
     }
@@ -96,11 +102,12 @@ impl Conn {
         Err(last.expect("at least one attempt"))
     }
 
-    fn plain(node: &str, hive: HiveClient, local: bool) -> Conn {
+    fn plain(node: &str, hive: HiveClient, address: &str, local: bool) -> Conn {
         Conn {
             node: node.to_owned(),
             hive,
             local,
+            address: address.to_owned(),
             _tunnel: None,
         }
     }

@@ -48,6 +48,17 @@ pub fn for_stderr(text: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
+/// `text` as stdout should get it: without pictographs when stdout is not a terminal or
+/// `NO_COLOR` is set.
+pub fn for_stdout(text: &str) -> std::borrow::Cow<'_, str> {
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+    if no_color || !std::io::stdout().is_terminal() {
+        strip_pictographs(text).into()
+    } else {
+        text.into()
+    }
+}
+
 /// Prints one `[rbee-keeper] …` line on stderr.
 pub fn say_line(text: &str) {
     eprintln!("[rbee-keeper] {}", for_stderr(text));

@@ -55,6 +55,7 @@ pub fn run(mut a: RunArgs, json: bool, cfg: &Config, reg: &Registry) -> Result<u
         ));
     }
     let o = &a.options;
+    crate::check::if_stale(o.node(), cfg, reg)?;
     let conn = Conn::open(o.node(), cfg, reg)?;
     let ready = answer::prepare(&conn, reg, &a.model, o)?;
     let mut history: Vec<RequestMessage> = a

@@ -19,6 +19,14 @@ pub enum SetupCommand {
     UpdateNode(UpdateArgs),
     /// List registered nodes.
     ListNodes,
+    /// Check every layer between this keeper and a node's models, one line per check with
+    /// its figure: SSH (key, latency, the rbee-hive binary and version), then the hive
+    /// (API, version, backends, memory and disk). Stops at the first failure with its fix.
+    Check {
+        /// The node [default: the config's `[defaults] node`, else localhost].
+        #[arg(long)]
+        node: Option<String>,
+    },
     /// Forget a node (nothing on the node is touched).
     RemoveNode {
         /// The node's name.
@@ -289,6 +297,9 @@ pub fn run(
                 )
             );
             Ok(())
+        }
+        SetupCommand::Check { node } => {
+            crate::check::run(&cfg.node_or_default(node), json, cfg, reg)
         }
         SetupCommand::Install(_) if json => Err(keeper(
             "setup install has no --json output; the node's build output streams on stderr",

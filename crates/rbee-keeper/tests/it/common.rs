@@ -113,6 +113,30 @@ impl Env {
         cmd
     }
 
+    /// Registers `name` as a node reached through `sshd`, its hive on `hive_port`.
+    pub fn add_node(&self, name: &str, sshd: &rbee_test_support::sshd::Sshd, hive_port: u16) {
+        let out = self
+            .keeper(&[
+                "setup",
+                "add-node",
+                "--name",
+                name,
+                "--ssh-host",
+                "127.0.0.1",
+                "--ssh-port",
+                &sshd.port.to_string(),
+                "--ssh-user",
+                &sshd.user(),
+                "--ssh-key",
+                sshd.client_key.to_str().unwrap(),
+                "--hive-port",
+                &hive_port.to_string(),
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    }
+
     pub fn infer(&self, model: &str, prompt: &str, extra: &[&str]) -> Output {
         let mut args = vec!["infer", "--model", model, "--prompt", prompt];
         args.extend(extra);

@@ -1,5 +1,6 @@
 //! rbee-keeper through its real binary, against a real sshd on loopback.
 
+mod check;
 mod common;
 mod completions;
 mod errors;

@@ -33,25 +33,7 @@ fn workers_models_and_logs_across_two_hives() {
         ),
     )
     .unwrap();
-    ok(
-        &env,
-        &[
-            "setup",
-            "add-node",
-            "--name",
-            "second",
-            "--ssh-host",
-            "127.0.0.1",
-            "--ssh-port",
-            &sshd.port.to_string(),
-            "--ssh-user",
-            &sshd.user(),
-            "--ssh-key",
-            sshd.client_key.to_str().unwrap(),
-            "--hive-port",
-            &second_port.to_string(),
-        ],
-    );
+    env.add_node("second", &sshd, second_port);
     let last_connected = || {
         let (nodes, _) = ok(&env, &["setup", "list-nodes", "--json"]);
         let v: Value = serde_json::from_str(&nodes).unwrap();
