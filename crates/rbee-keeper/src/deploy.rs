@@ -116,7 +116,8 @@ echo "rbee-done: $commit" >&2
 "#;
 
 /// Runs `setup install`.
-pub fn run(a: &InstallNodeArgs, cfg: &Config, reg: &mut Registry) -> Result<(), Failure> {
+/// Runs `setup install`; the commit installed.
+pub fn run(a: &InstallNodeArgs, cfg: &Config, reg: &mut Registry) -> Result<String, Failure> {
     let db = |e: rbee_sqlite::DbError| Failure::new("rbee-keeper", e.to_string());
     if a.node == "localhost" {
         return Err(Failure::new(
@@ -163,5 +164,5 @@ pub fn run(a: &InstallNodeArgs, cfg: &Config, reg: &mut Registry) -> Result<(), 
         "    start its hive: rbee-keeper hive start --node {}",
         n.node_name
     );
-    Ok(())
+    Ok(commit)
 }

@@ -142,7 +142,8 @@ fn put_once(path: &Path, content: &str, done: &mut Vec<String>) -> Result<(), Fa
 }
 
 /// Runs `install`.
-pub fn run(a: &InstallArgs) -> Result<(), Failure> {
+/// Runs `install`; what it did, one line each (also said on stderr).
+pub fn run(a: &InstallArgs) -> Result<Vec<String>, Failure> {
     let root = a.root.clone().unwrap_or_else(|| PathBuf::from("/"));
     let here = match &a.from {
         Some(d) => d.clone(),
@@ -252,7 +253,7 @@ pub fn run(a: &InstallArgs) -> Result<(), Failure> {
         crate::say!("{d}");
     }
     if a.no_next_steps {
-        return Ok(());
+        return Ok(done);
     }
     crate::say!("✅ installed. Next:");
     if a.system {
@@ -261,18 +262,18 @@ pub fn run(a: &InstallArgs) -> Result<(), Failure> {
             "systemd-tmpfiles --create rbee.conf   # /etc/rbee, /var/lib/rbee",
             "systemctl daemon-reload",
             "systemctl enable --now rbee-hive      # the hive, on 127.0.0.1:9200",
-            "rbee-keeper infer --model … --prompt …",
+            "rbee-keeper run MODEL \"…\"",
         ] {
             eprintln!("    {step}");
         }
     } else {
         eprintln!("    make sure {} is on your PATH, then:", bin_dir.display());
         for step in [
-            "rbee-keeper infer --model … --prompt …   # starts a hive when none runs",
+            "rbee-keeper run MODEL \"…\"             # starts a hive when none runs",
             "systemctl --user enable --now rbee-hive  # or keep one running as a user service",
         ] {
             eprintln!("    {step}");
         }
     }
-    Ok(())
+    Ok(done)
 }

@@ -153,11 +153,12 @@ fn run(cli: Cli) -> Result<u8, Failure> {
             &reg,
         )
         .map(|()| 0),
-        Command::Install(_) if json => Err(Failure::new(
-            "rbee-keeper",
-            "install has no --json output; it prints what it installed on stderr",
-        )),
-        Command::Install(args) => install::run(&args).map(|()| 0),
+        Command::Install(args) => install::run(&args).map(|done| {
+            if json {
+                rbee_keeper::report::print_json(&serde_json::json!({ "done": done }));
+            }
+            0
+        }),
         Command::Completions { .. } => unreachable!("handled before the config is read"),
     }
 }

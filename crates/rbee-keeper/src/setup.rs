@@ -301,10 +301,17 @@ pub fn run(
         SetupCommand::Check { node } => {
             crate::check::run(&cfg.node_or_default(node), json, cfg, reg)
         }
-        SetupCommand::Install(_) if json => Err(keeper(
-            "setup install has no --json output; the node's build output streams on stderr",
-        )),
-        SetupCommand::Install(a) => crate::deploy::run(&a, cfg, reg),
+        SetupCommand::Install(a) => {
+            let commit = crate::deploy::run(&a, cfg, reg)?;
+            if json {
+                crate::report::print_json(&serde_json::json!({
+                    "node": a.node,
+                    "commit": commit,
+                    "binary_path": cfg.remote.binary_path,
+                }));
+            }
+            Ok(())
+        }
         SetupCommand::RemoveNode { name } => {
             if !reg.remove(&name).map_err(db)? {
                 return Err(crate::registry::not_registered(&name));

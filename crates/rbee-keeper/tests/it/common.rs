@@ -18,6 +18,8 @@ pub struct Env {
     pub dir: TempDir,
     pub hive: Option<ChildGuard>,
     pub model: PathBuf,
+    /// More environment for every command started (the hive's too).
+    pub extra_env: Vec<(String, PathBuf)>,
 }
 
 fn hive_binary() -> PathBuf {
@@ -53,6 +55,7 @@ impl Env {
             dir,
             hive: None,
             model,
+            extra_env: vec![],
         })
     }
 
@@ -64,6 +67,9 @@ impl Env {
             .env("XDG_STATE_HOME", self.dir.join("state"))
             .env("XDG_DATA_HOME", self.dir.join("data"))
             .env("RBEE_CONFIG", self.dir.join("config.toml"));
+        for (k, v) in &self.extra_env {
+            cmd.env(k, v);
+        }
     }
 
     /// Starts the local node's hive.

@@ -250,9 +250,11 @@ fn without_a_user_manager_hive_start_and_stop_use_a_background_process() {
             .env_remove("DBUS_SESSION_BUS_ADDRESS");
         cmd.output().unwrap()
     };
-    let start = keeper(&["hive", "start"]);
+    let start = keeper(&["hive", "start", "--json"]);
     let stderr = text(&start.stderr);
     assert_eq!(start.status.code(), Some(0), "{stderr}");
+    let v: serde_json::Value = serde_json::from_slice(&start.stdout).unwrap();
+    assert_eq!(v["hive"], "running", "{v}");
     assert!(stderr.contains("as a background process (pid"), "{stderr}");
     let health =
         rbee_test_support::http::get(&format!("http://127.0.0.1:{}/v1/health", env.hive_port))
@@ -264,7 +266,7 @@ fn without_a_user_manager_hive_start_and_stop_use_a_background_process() {
     assert_eq!(logs.status.code(), Some(0), "{stderr}");
     assert!(stdout.contains("rbee-hive ready"), "{stdout}");
     assert!(stderr.contains("rbee-hive.log"), "{stderr}");
-    let stop = keeper(&["hive", "stop"]);
+    let stop = keeper(&["hive", "stop", "--json"]);
     let stderr = text(&stop.stderr);
     // Whatever happened, the hive this test started does not outlive it.
     let alive = !gone_within(pid, Duration::from_secs(10));
@@ -278,6 +280,8 @@ fn without_a_user_manager_hive_start_and_stop_use_a_background_process() {
         "{stderr}"
     );
     assert!(!alive, "the hive (pid {pid}) still runs after hive stop");
+    let v: serde_json::Value = serde_json::from_slice(&stop.stdout).unwrap();
+    assert_eq!(v["hive"], "stopped", "{v}");
     let again = keeper(&["hive", "stop"]);
     assert_eq!(again.status.code(), Some(0));
     assert!(text(&again.stderr).contains("no hive runs on localhost"));

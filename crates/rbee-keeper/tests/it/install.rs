@@ -39,8 +39,17 @@ fn a_user_install_puts_binaries_config_and_unit_in_place_and_keeps_edits() {
         "rbee-hive and llm-worker-rbee not built (cargo build --release)"
     );
     let home = TempDir::new("install-home");
-    let out = install(&keeper(), &home.0, &[]);
+    let out = install(&keeper(), &home.0, &["--json"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let done: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        done["done"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l.as_str().unwrap().contains("rbee-hive.service")),
+        "{done}"
+    );
     let here = keeper().parent().unwrap().to_path_buf();
     for name in ["rbee-keeper", "rbee-hive", "llm-worker-rbee"] {
         let dest = home.join(".local/bin").join(name);

@@ -219,7 +219,10 @@ fn setup_install_builds_on_the_node_then_its_hive_starts_answers_upgrades_and_st
 
     // A new commit: fetched, rebuilt, installed, the running hive restarted onto it.
     node.repo.commit(&Variant::AllBinaries { mark: 3 }, "next");
-    let out = node.ok(&["setup", "install", "--node", "gpu1"]);
+    let out = node.ok(&["setup", "install", "--node", "gpu1", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v["node"], "gpu1", "{v}");
+    assert_eq!(v["commit"].as_str().map(str::len), Some(40), "{v}");
     for expected in ["[gpu1] ==> fetching main", "restarting the running hive"] {
         assert!(
             out.stderr.contains(expected),

@@ -137,11 +137,25 @@ fn in_a_terminal_run_is_a_chat_that_keeps_the_conversation_until_bye() {
     assert!(p[2] < p[1], "/clear did not forget: {p:?}");
     assert!(screen.contains("the conversation is forgotten"), "{screen}");
 
-    // Ctrl+D at the start of a line ends the chat too.
-    let mut cmd = env.keeper(&greedy(&model, None));
+    // Ctrl+C during an answer stops that answer and the chat goes on; Ctrl+D at the
+    // start of a line ends it.
+    let mut args = greedy(&model, None);
+    let at = args.iter().position(|a| *a == "16").unwrap();
+    args[at] = "3000";
+    let mut cmd = env.keeper(&args);
     cmd.stderr(Stdio::piped());
     let (mut child, mut pty) = Pty::spawn(&mut cmd);
     pty.wait_for(">>> ", 1, long);
+    let before = pty.screen().len();
+    pty.type_line("Write a long story about a bee named Ada.");
+    let t0 = std::time::Instant::now();
+    while pty.screen().len() < before + 120 {
+        assert!(t0.elapsed() < long, "no answer:\n{}", pty.screen());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // SAFETY: SIGINT (what Ctrl+C at its terminal sends) to the keeper this test started.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    pty.wait_for(">>> ", 2, Duration::from_secs(5));
     pty.type_raw(b"\x04");
     let t0 = std::time::Instant::now();
     let status = loop {
@@ -155,6 +169,9 @@ fn in_a_terminal_run_is_a_chat_that_keeps_the_conversation_until_bye() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert_eq!(status.code(), Some(0));
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(stderr.contains("stopped"), "{stderr}");
 }
 
 #[test]
@@ -192,4 +209,64 @@ fn the_hive_shows_a_slot_busy_while_an_answer_streams_and_free_as_soon_as_it_end
         assert!(t0.elapsed() < Duration::from_secs(3), "still busy: {w}");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+#[test]
+fn a_model_in_the_hugging_face_cache_is_used_in_place_without_asking_the_hub() {
+    let Some(mut env) = Env::new() else { return };
+    // huggingface_hub's layout: refs/main → a commit, snapshots/<commit>/file → blobs/<sha256>.
+    let cache = env.dir.join("hf-hub");
+    let commit = "0123456789abcdef0123456789abcdef01234567";
+    let repo = cache.join("models--org--cached");
+    let sha = rbee_test_support::hub::sha256_file(&env.model);
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::create_dir_all(repo.join("blobs")).unwrap();
+    std::fs::create_dir_all(repo.join("snapshots").join(commit)).unwrap();
+    std::fs::write(repo.join("refs/main"), commit).unwrap();
+    std::fs::copy(&env.model, repo.join("blobs").join(&sha)).unwrap();
+    let file = repo.join("snapshots").join(commit).join("cached.Q4_1.gguf");
+    std::os::unix::fs::symlink(format!("../../blobs/{sha}"), &file).unwrap();
+    env.extra_env.push(("HF_HUB_CACHE".into(), cache.clone()));
+    env.start_hive();
+    let out = env
+        .keeper(&greedy("hf:org/cached:Q4_1", Some(PROMPT)))
+        .output()
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!text(&out.stdout).trim().is_empty());
+    let requests = env
+        .hub
+        .counters
+        .requests
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(requests, 0, "the hub was asked");
+    let out = env.keeper(&["models", "list", "--json"]).output().unwrap();
+    let models: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        models[0]["local_path"],
+        file.display().to_string(),
+        "{models}"
+    );
+    assert_eq!(models[0]["hub_verified"], true);
+    // Removed from the hive's catalogue, the cache keeps its file.
+    let out = env
+        .keeper(&["models", "rm", "cached:q4_1"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "its worker runs: {}",
+        text(&out.stderr)
+    );
+    env.keeper(&["workers", "shutdown", "cached:q4_1"])
+        .output()
+        .unwrap();
+    let out = env
+        .keeper(&["models", "rm", "cached:q4_1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(rbee_test_support::hub::sha256_file(&file), sha);
 }

@@ -83,8 +83,11 @@ fn a_reachable_node_is_saved_listed_and_not_added_twice() {
         "bee1",
         "--install-path",
         "/opt/rbee",
+        "--json",
     ]);
     assert_eq!(out.code, 0, "{}", out.stderr);
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v["install_path"], "/opt/rbee", "{v}");
     assert!(k.run(&["setup", "list-nodes"]).stdout.contains("/opt/rbee"));
     // A change to a port where nothing listens is checked, refused, and not saved.
     let closed = free_port().to_string();
@@ -99,7 +102,10 @@ fn a_reachable_node_is_saved_listed_and_not_added_twice() {
     assert_eq!(out.code, 1, "{}", out.stderr);
     let list = k.run(&["setup", "list-nodes"]).stdout;
     assert!(list.contains(&format!(":{}", sshd.port)), "{list}");
-    assert_eq!(k.run(&["setup", "remove-node", "--name", "bee1"]).code, 0);
+    let out = k.run(&["setup", "remove-node", "--name", "bee1", "--json"]);
+    assert_eq!(out.code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v["removed"], "bee1");
     assert!(k.names().is_empty());
     let out = k.run(&["setup", "remove-node", "--name", "bee1"]);
     assert_eq!(out.code, 1);
