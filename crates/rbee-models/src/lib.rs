@@ -1,5 +1,6 @@
 //! rbee's models (references are `rbee_types::ModelRef`): the SQLite catalogue ([`catalog`]), the
-//! Hugging Face hub client and verified, resumable downloads ([`hub`]), and the provisioner
+//! Hugging Face hub client and verified, resumable downloads ([`hub`]), models already in
+//! the official clients' cache, used in place ([`hf_cache`]), and the provisioner
 //! that ties them together with shared transfers and progress ([`provisioner`]); the one
 //! place that decides which paths may be written or deleted ([`models_dir`]); free disk
 //! space ([`space`]). A download's bytes are written and hashed off the receiving thread
