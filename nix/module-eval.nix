@@ -56,6 +56,8 @@ in
   hive = if hive == null then null else {
     inherit (hive) environment wantedBy;
     serviceConfig = hive.serviceConfig;
+    restartIfChanged = hive.restartIfChanged or null;
+    stopIfChanged = hive.stopIfChanged or null;
   };
   slice = c.systemd.slices.rbee-workers or null;
   tmpfiles = c.systemd.tmpfiles;

@@ -233,9 +233,12 @@ in
       wants = [ "network-online.target" ];
       environment = cfg.environmentVariables
         // lib.optionalAttrs (cfg.hfTokenFile != null) { HF_TOKEN_PATH = "${credentialsDir}/hf-token"; };
-      # The workers are siblings (transient units), not children: restarting the hive
-      # does not kill them (the next hive adopts them); stopping it stops them (SIGTERM).
+      # The workers are siblings (transient units), not children. A changed unit is
+      # restarted, not stopped and started (switch-to-configuration's X-StopIfChanged):
+      # on a restart job the hive leaves its workers running and the next hive adopts them;
+      # a stop (systemctl stop, shutdown) stops them (SIGTERM).
       restartIfChanged = true;
+      stopIfChanged = false;
       serviceConfig = {
         Type = "notify";
         NotifyAccess = "main";

@@ -149,10 +149,14 @@ fn run_inner(config: Config) -> anyhow::Result<()> {
         NotifyState::Status("stopping workers"),
     ]);
     hive.draining.store(true, Ordering::Release);
-    if hive.config.stop_workers_on_exit {
-        hive.stop_all("the hive is stopping");
-    } else {
+    if !hive.config.stop_workers_on_exit {
         tracing::info!("stop_workers_on_exit = false: workers keep running for the next hive");
+    } else if rt.block_on(hive.supervisor.restarting_self()) {
+        // systemctl restart, or nixos-rebuild switch with a changed unit: the next hive
+        // adopts them. A stop (systemctl stop, shutdown) still stops them.
+        tracing::info!("systemd restarts the hive: workers keep running for the next hive");
+    } else {
+        hive.stop_all("the hive is stopping");
     }
     server.unblock();
     let _ = http.join();

@@ -54,6 +54,8 @@ trait Manager {
     ) -> zbus::Result<OwnedObjectPath>;
     fn stop_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
     fn get_unit(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
+    #[zbus(name = "GetUnitByPID")]
+    fn get_unit_by_pid(&self, pid: u32) -> zbus::Result<OwnedObjectPath>;
     fn kill_unit(&self, name: &str, whom: &str, signal: i32) -> zbus::Result<()>;
     fn reset_failed_unit(&self, name: &str) -> zbus::Result<()>;
     #[allow(clippy::type_complexity)]
@@ -95,6 +97,17 @@ trait Unit {
     fn active_state(&self) -> zbus::Result<String>;
     #[zbus(property)]
     fn sub_state(&self) -> zbus::Result<String>;
+    #[zbus(property)]
+    fn job(&self) -> zbus::Result<(u32, OwnedObjectPath)>;
+}
+
+#[zbus::proxy(
+    interface = "org.freedesktop.systemd1.Job",
+    default_service = "org.freedesktop.systemd1"
+)]
+trait Job {
+    #[zbus(property)]
+    fn job_type(&self) -> zbus::Result<String>;
 }
 
 #[zbus::proxy(
@@ -361,6 +374,31 @@ impl Systemd {
             exit_code: service.exec_main_code().await?,
             status_text: service.status_text().await?,
         }))
+    }
+
+    /// The type of the job systemd runs on the unit of process `pid` now (`stop`,
+    /// `restart`, …); `None` when there is none or the process is in no unit of this
+    /// manager. A service told to stop asks this to learn whether it comes back at once.
+    pub async fn job_of_pid(&self, pid: u32) -> Result<Option<String>, SystemdError> {
+        let path = match self.manager().await?.get_unit_by_pid(pid).await {
+            Ok(p) => p,
+            Err(_) => return Ok(None),
+        };
+        let unit = UnitProxy::builder(&self.conn)
+            .path(path)?
+            .cache_properties(zbus::proxy::CacheProperties::No)
+            .build()
+            .await?;
+        let (id, job) = unit.job().await?;
+        if id == 0 {
+            return Ok(None);
+        }
+        let job = JobProxy::builder(&self.conn)
+            .path(job)?
+            .cache_properties(zbus::proxy::CacheProperties::No)
+            .build()
+            .await?;
+        Ok(job.job_type().await.ok())
     }
 
     /// What the unit uses now; `None` when systemd does not know the unit.

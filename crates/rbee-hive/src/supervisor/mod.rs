@@ -132,6 +132,15 @@ impl Supervisor {
         }
     }
 
+    /// Whether the hive's own unit is being restarted by its systemd manager (workers then
+    /// stay for the hive that comes back, which adopts them).
+    pub async fn restarting_self(&self) -> bool {
+        match self {
+            Supervisor::Systemd(s) => s.restarting_self().await,
+            Supervisor::Process(_) => false,
+        }
+    }
+
     /// Workers still running from an earlier hive (systemd only: child processes do not
     /// survive their hive). Each returned unit is watched from then on.
     pub async fn adoptable(&self) -> Vec<(String, Option<u32>, bool)> {

@@ -48,6 +48,17 @@ impl SystemdSupervisor {
         self.systemd.kind()
     }
 
+    /// Whether systemd is restarting the hive's own unit (a `restart` job on it), as
+    /// opposed to stopping it.
+    pub async fn restarting_self(&self) -> bool {
+        let job = self.systemd.job_of_pid(std::process::id()).await;
+        tracing::debug!(?job, "the job on the hive's own unit");
+        matches!(
+            job.as_ref().map(|j| j.as_deref()),
+            Ok(Some("restart" | "try-restart"))
+        )
+    }
+
     /// What a worker's unit uses, as systemd accounts it (`None`: no such unit).
     pub async fn usage(&self, unit: &str) -> Option<rbee_supervisor::systemd::Usage> {
         self.systemd.usage(unit).await.ok().flatten()

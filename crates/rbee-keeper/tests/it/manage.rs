@@ -260,3 +260,53 @@ fn every_command_takes_model_names_and_prints_one_json_document() {
         "{e}"
     );
 }
+
+#[test]
+fn a_restarted_hive_unit_keeps_its_workers_and_adopts_them_while_a_stop_stops_them() {
+    let Some(env) = Env::new() else { return };
+    let out = env.keeper(&["hive", "start"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let hive_unit = format!("rbee-hive-{}.service", env.hive_port);
+    assert!(env.manager.systemctl(&["is-active", &hive_unit]).0);
+    let m = env.file_ref();
+    let out = env.infer(&m, "Bees", &["--max-tokens", "2"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let unit = env.workers()[0]["unit"].as_str().unwrap().to_owned();
+    let pid = |unit: &str| {
+        env.manager
+            .systemctl(&["show", "-p", "MainPID", "--value", unit])
+            .1
+            .trim()
+            .to_owned()
+    };
+    let before = pid(&unit);
+    assert_ne!(before, "0");
+    // systemctl restart (what nixos-rebuild does to a changed unit): the worker stays, the
+    // new hive adopts it and serves with it.
+    let (ok, out) = env.manager.systemctl(&["restart", &hive_unit]);
+    assert!(ok, "{out}");
+    assert!(rbee_test_support::process::wait_for_port(
+        env.hive_port,
+        std::time::Duration::from_secs(20)
+    ));
+    assert_eq!(pid(&unit), before, "the worker was restarted");
+    let t0 = std::time::Instant::now();
+    while env.workers().is_empty() {
+        assert!(t0.elapsed().as_secs() < 20, "the worker was not adopted");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let out = env.infer(&m, "Bees", &["--max-tokens", "2"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("reusing worker"),
+        "{}",
+        text(&out.stderr)
+    );
+    // A stop stops them.
+    let out = env.keeper(&["hive", "stop"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        !env.manager.systemctl(&["is-active", &unit]).0,
+        "{unit} outlived a stop"
+    );
+}

@@ -216,9 +216,33 @@ fn install_system_runs_the_hive_as_rbee_with_sandboxed_workers_polkit_and_journa
     let (ok, status) = keeper(&c, &["hive", "status"]);
     assert!(ok && status.contains("systemd-system"), "{status}");
 
-    // And by name, rbee may stop a worker unit (what the hive does on shutdown).
+    // systemctl restart (what nixos-rebuild switch does to a changed unit): the worker keeps
+    // its process, and the new hive adopts it (a stop, above, stopped it).
     infer_there(&c, &m, "4");
     let unit = worker_units(&c).pop().expect("a worker again");
+    let main_pid = |u: &str| {
+        exec(&c, &["systemctl", "show", "-p", "MainPID", "--value", u])
+            .trim()
+            .to_owned()
+    };
+    let before = main_pid(&unit);
+    let (ok, out) = c.systemctl(&["restart", "rbee-hive"]);
+    assert!(ok, "{out}");
+    assert_eq!(
+        main_pid(&unit),
+        before,
+        "{unit} was restarted with the hive"
+    );
+    let (ok, list) = keeper(&c, &["workers", "list", "--json"]);
+    assert!(ok, "{list}");
+    let listed: serde_json::Value = list
+        .find('[')
+        .and_then(|i| serde_json::from_str(&list[i..]).ok())
+        .unwrap_or_else(|| panic!("{list}"));
+    assert_eq!(listed[0]["unit"], unit.as_str(), "not adopted: {list}");
+
+    // And by name, rbee may stop a worker unit (what the hive does on shutdown).
+    infer_there(&c, &m, "4");
     let (ok, out) = c.exec(&["runuser", "-u", "rbee", "--", "systemctl", "stop", &unit]);
     assert!(ok, "rbee may stop {unit}: {out}");
     assert!(!c.systemctl(&["is-active", &unit]).0);
