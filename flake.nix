@@ -15,8 +15,13 @@
       packages = forAllSystems (system: pkgs:
         let
           # CUDA is unfree: its own package set, so that evaluating (and building) it works
-          # without a GPU and without changing anyone's nixpkgs config.
-          pkgsUnfree = import nixpkgs { inherit system; config.allowUnfree = true; };
+          # without a GPU and without changing anyone's nixpkgs config. cudaSupport too:
+          # nixpkgs marks every CUDA redistributable broken without it (cuda-modules'
+          # buildRedist), so rbee-cuda would not even evaluate.
+          pkgsUnfree = import nixpkgs {
+            inherit system;
+            config = { allowUnfree = true; cudaSupport = true; };
+          };
         in
         {
           rbee = pkgs.callPackage ./nix/package.nix { };
@@ -25,6 +30,15 @@
         } // lib.optionalAttrs pkgs.stdenv.hostPlatform.isLinux {
           rbee-cuda = pkgsUnfree.callPackage ./nix/package.nix { cudaSupport = true; };
         });
+
+      # pkgs.rbee (and on Linux pkgs.rbee-cuda, built with the user's nixpkgs config, which
+      # then needs allowUnfree and cudaSupport) for a NixOS that imports nixos-module/
+      # directly.
+      overlays.default = final: prev: {
+        rbee = final.callPackage ./nix/package.nix { };
+      } // lib.optionalAttrs final.stdenv.hostPlatform.isLinux {
+        rbee-cuda = final.callPackage ./nix/package.nix { cudaSupport = true; };
+      };
 
       nixosModules.rbee = { config, lib, pkgs, ... }: {
         imports = [ ./nixos-module ];

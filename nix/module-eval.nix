@@ -7,7 +7,9 @@
 #     --arg lib 'import /path/to/nixpkgs/lib' --arg config '{ services.rbee.enable = true; }'
 #
 # scripts/check-nixos-module runs it over a set of configurations and checks the results.
-{ lib, config ? { }, systemdVersion ? "258" }:
+# `overlay = false` leaves pkgs.rbee out (a NixOS without rbee's overlay); `assertionsOnly`
+# evaluates the failed assertions alone (what NixOS reports before anything else).
+{ lib, config ? { }, systemdVersion ? "258", overlay ? true, assertionsOnly ? false }:
 
 let
   loose = lib.mkOption { type = lib.types.anything; default = { }; };
@@ -17,8 +19,10 @@ let
     outPath = "/nix/store/00000000000000000000000000000000-${name}";
     meta.mainProgram = "rbee-keeper";
   };
-  pkgs = {
-    rbee = fakeDrv "rbee";
+  pkgs = lib.optionalAttrs overlay {
+    rbee = fakeDrv "rbee" // { cudaSupport = false; };
+    rbee-cuda = fakeDrv "rbee-cuda" // { cudaSupport = true; };
+  } // {
     formats.toml = { }: {
       type = lib.types.attrsOf lib.types.anything;
       # JSON instead of TOML: what the generated file would hold, readable here.
@@ -48,9 +52,12 @@ let
   };
   c = evaluated.config;
   hive = c.systemd.services.rbee-hive or null;
-in
-{
   failedAssertions = map (a: a.message) (lib.filter (a: !a.assertion) c.assertions);
+in
+if assertionsOnly then { inherit failedAssertions; } else
+{
+  inherit failedAssertions;
+  package = c.services.rbee.package.name;
   warnings = c.warnings;
   settings = c.services.rbee.settings;
   hive = if hive == null then null else {

@@ -52,6 +52,9 @@ rustPlatform.buildRustPackage {
   # The test suite runs as its own check (nix/checks.nix) with the test model provided.
   doCheck = false;
 
+  # The NixOS module checks that acceleration = "cuda" comes with a CUDA build.
+  passthru = { inherit cudaSupport; };
+
   meta = {
     description = "rbee: the machines you own as one pool for running open LLMs (llama.cpp workers as systemd units)";
     homepage = "https://github.com/rbee-project/rbee";

@@ -5,7 +5,7 @@
 { config, lib, pkgs, ... }:
 
 let
-  inherit (lib) mkOption mkEnableOption mkPackageOption mkIf mkDefault types literalExpression;
+  inherit (lib) mkOption mkEnableOption mkIf mkDefault types literalExpression;
 
   cfg = config.services.rbee;
   settingsFormat = pkgs.formats.toml { };
@@ -35,10 +35,15 @@ in
   options.services.rbee = {
     enable = mkEnableOption "rbee-hive, the node daemon of an rbee pool (LLM workers as systemd units)";
 
-    package = mkPackageOption pkgs "rbee" {
-      extraDescription = ''
-        The three binaries (rbee-hive, llm-worker-rbee, rbee-keeper). The flake's module
-        picks its `rbee` or, with `acceleration = "cuda"`, its `rbee-cuda` package.
+    package = mkOption {
+      type = types.nullOr types.package;
+      default = if cuda then pkgs.rbee-cuda or null else pkgs.rbee or null;
+      defaultText = lib.literalExpression ''if acceleration == "cuda" then pkgs.rbee-cuda else pkgs.rbee'';
+      description = ''
+        The three binaries (rbee-hive, llm-worker-rbee, rbee-keeper). From rbee's overlay
+        (`nixpkgs.overlays = [ rbee.overlays.default ]`), or set by the flake's
+        `nixosModules.default`, which picks its `rbee` or, with `acceleration = "cuda"`, its
+        `rbee-cuda` package.
       '';
     };
 
@@ -179,6 +184,18 @@ in
   config = mkIf cfg.enable {
     assertions = [
       {
+        assertion = cfg.package != null;
+        message = "services.rbee.package is not set and pkgs has no ${if cuda then "rbee-cuda" else "rbee"}: import rbee's flake module (rbee.nixosModules.default), add its overlay (nixpkgs.overlays = [ rbee.overlays.default ]), or set services.rbee.package.";
+      }
+      {
+        assertion = !cuda || cfg.package == null || (cfg.package.cudaSupport or false);
+        message = "services.rbee.acceleration is \"cuda\" but services.rbee.package (${cfg.package.name or "?"}) is not a CUDA build: use rbee-cuda (the overlay's pkgs.rbee-cuda, or the flake's packages.<system>.rbee-cuda).";
+      }
+      {
+        assertion = config.security.polkit.enable;
+        message = "services.rbee needs polkit: the rbee user starts and stops worker units through it. Remove security.polkit.enable = false.";
+      }
+      {
         assertion = cfg.apiKeyFile == null || !lib.hasPrefix builtins.storeDir (toString cfg.apiKeyFile);
         message = "services.rbee.apiKeyFile must not be in the Nix store (everyone can read it): use a path such as /run/secrets/rbee-api-key.";
       }
@@ -264,7 +281,12 @@ in
         # Loosened: no PrivateDevices — with CUDA the hive reads GPU memory through NVML,
         # which opens /dev/nvidiactl and /dev/nvidiaN; an allow-list instead.
         DevicePolicy = "closed";
-        DeviceAllow = lib.optional cuda "char-nvidia-frontend rw";
+        DeviceAllow = lib.optionals cuda [
+          "char-nvidiactl rw"
+          "char-nvidia-caps rw"
+          "char-nvidia-frontend rw"
+          "char-nvidia-uvm rw"
+        ];
         ProtectKernelTunables = true;
         ProtectKernelModules = true;
         ProtectKernelLogs = true;
@@ -295,14 +317,15 @@ in
     # else (see ../systemd/rbee-hive.polkit.rules). systemd passes the unit name to polkit
     # for transient units from v257 on; with an older systemd the second rule answers the
     # requests that carry no unit name (root-equivalent; see its file).
-    security.polkit.enable = true;
+    security.polkit.enable = mkDefault true;
     security.polkit.extraConfig =
       builtins.readFile ../systemd/rbee-hive.polkit.rules
       + lib.optionalString (lib.versionOlder config.systemd.package.version "257")
         (builtins.readFile ../systemd/rbee-hive-systemd-pre257.polkit.rules);
 
-    networking.firewall.allowedTCPPorts = lib.optional cfg.openFirewall cfg.port;
+    # The port the hive listens on: settings win over the option.
+    networking.firewall.allowedTCPPorts = lib.optional cfg.openFirewall cfg.settings.port;
 
-    environment.systemPackages = [ cfg.package ];
+    environment.systemPackages = lib.optional (cfg.package != null) cfg.package;
   };
 }
