@@ -16,7 +16,26 @@
 , metalSupport ? stdenv.hostPlatform.isDarwin
 }:
 
-rustPlatform.buildRustPackage {
+let
+  # nixpkgs' llama-cpp builds CUDA with the CUDA set's stdenv (the host compiler nvcc
+  # supports); so does this package.
+  buildRustPackage =
+    if cudaSupport
+    then rustPlatform.buildRustPackage.override { stdenv = cudaPackages.backendStdenv; }
+    else rustPlatform.buildRustPackage;
+  # llama-cpp-sys-2 links cudart_static, cublas_static, cublasLt_static and culibos as
+  # static archives (rustc looks for them itself, so they go on its -L) and libcuda
+  # dynamically; nixpkgs keeps the archives in the `static` outputs and the libcuda stub in
+  # cuda_cudart's `stubs` output. Its own search (CUDA_LIBRARY_PATH, /usr/local/cuda)
+  # finds none of them in the sandbox.
+  cudaLinkDirs = with cudaPackages; [
+    "${lib.getOutput "static" cuda_cudart}/lib"
+    "${lib.getOutput "static" libcublas}/lib"
+    "${lib.getOutput "stubs" cuda_cudart}/lib/stubs"
+    "${lib.getOutput "stubs" cuda_cudart}/lib"
+  ];
+in
+buildRustPackage {
   pname = if cudaSupport then "rbee-cuda" else "rbee";
   version = (lib.importTOML ../Cargo.toml).workspace.package.version;
 
@@ -44,9 +63,12 @@ rustPlatform.buildRustPackage {
     ++ lib.optionals metalSupport [ "llm-worker-rbee/metal" ];
 
   env = lib.optionalAttrs cudaSupport {
-    # The GPU generations nixpkgs' CUDA set is configured for (cudaCapabilities); CMake
-    # reads CUDAARCHS for CMAKE_CUDA_ARCHITECTURES.
-    CUDAARCHS = cudaPackages.flags.cmakeCudaArchitecturesString;
+    # The GPU generations nixpkgs' CUDA set is configured for (cudaCapabilities), as
+    # nixpkgs' llama-cpp passes them. CUDAARCHS had no effect: ggml's CMakeLists sets
+    # CMAKE_CUDA_ARCHITECTURES itself unless it is defined, and llama-cpp-sys-2 passes
+    # every CMAKE_* variable of its environment to cmake as a definition.
+    CMAKE_CUDA_ARCHITECTURES = cudaPackages.flags.cmakeCudaArchitecturesString;
+    RUSTFLAGS = lib.concatMapStringsSep " " (d: "-L native=${d}") cudaLinkDirs;
   };
 
   # The test suite runs as its own check (nix/checks.nix) with the test model provided.
