@@ -9,7 +9,7 @@
 # scripts/check-nixos-module runs it over a set of configurations and checks the results.
 # `overlay = false` leaves pkgs.rbee out (a NixOS without rbee's overlay); `assertionsOnly`
 # evaluates the failed assertions alone (what NixOS reports before anything else).
-{ lib, config ? { }, systemdVersion ? "258", overlay ? true, assertionsOnly ? false }:
+{ lib, config ? { }, systemdVersion ? "258", overlay ? true, assertionsOnly ? false, cudaSupport ? false }:
 
 let
   loose = lib.mkOption { type = lib.types.anything; default = { }; };
@@ -23,6 +23,7 @@ let
     rbee = fakeDrv "rbee" // { cudaSupport = false; };
     rbee-cuda = fakeDrv "rbee-cuda" // { cudaSupport = true; };
   } // {
+    config = { inherit cudaSupport; };
     formats.toml = { }: {
       type = lib.types.attrsOf lib.types.anything;
       # JSON instead of TOML: what the generated file would hold, readable here.

@@ -72,7 +72,8 @@ in
 
     acceleration = mkOption {
       type = types.nullOr (types.enum [ "cpu" "cuda" ]);
-      default = null;
+      default = if pkgs.config.cudaSupport or false then "cuda" else null;
+      defaultText = literalExpression ''if config.nixpkgs.config.cudaSupport then "cuda" else null'';
       example = "cuda";
       description = ''
         What the workers run on. `null` and `"cpu"`: the CPU build, and the hive sees no GPU
