@@ -1,7 +1,8 @@
 # Evaluates nixos-module/ with nixpkgs' lib alone (no nixpkgs packages, no NixOS): the
 # options it declares, their defaults, its assertions and the units and files it defines.
-# The NixOS options the module sets are declared here loosely, and `pkgs` is a stand-in
-# whose derivations are fake store paths; what comes out is the module's own logic.
+# The NixOS options the module sets are declared here with nixpkgs' types (below), and
+# `pkgs` is a stand-in whose derivations are fake store paths; what comes out is the
+# module's own logic.
 #
 #   nix-instantiate --eval --strict --json nix/module-eval.nix \
 #     --arg lib 'import /path/to/nixpkgs/lib' --arg config '{ services.rbee.enable = true; }'
@@ -12,7 +13,6 @@
 { lib, config ? { }, systemdVersion ? "258", overlay ? true, assertionsOnly ? false, cudaSupport ? false }:
 
 let
-  loose = lib.mkOption { type = lib.types.anything; default = { }; };
   fakeDrv = name: {
     type = "derivation";
     inherit name;
@@ -31,14 +31,58 @@ let
     };
     runCommand = name: env: script: "/nix/store/00000000000000000000000000000000-${name}";
   };
+  # The NixOS options the module sets, with the types nixpkgs declares them with (read from
+  # nixos/lib/systemd-unit-options.nix, nixos/modules/system/boot/systemd/tmpfiles.nix and
+  # nixos/modules/config/users-groups.nix): a submodule refuses an option name it does not
+  # declare, and a unit setting must be what systemd's unit checks accept.
+  t = lib.types;
+  opt = type: default: lib.mkOption { inherit type default; };
+  atom = t.oneOf [ t.bool t.int t.str t.path ];
+  # systemd-unit-options' unitOption: a value or a list (lists of definitions concatenate).
+  unitOption = t.oneOf [ atom (t.listOf atom) ];
+  unitCommon = {
+    description = opt t.str "";
+    documentation = opt (t.listOf t.str) [ ];
+    wantedBy = opt (t.listOf t.str) [ ];
+    after = opt (t.listOf t.str) [ ];
+    wants = opt (t.listOf t.str) [ ];
+  };
+  service = t.submodule {
+    options = unitCommon // {
+      environment = opt (t.attrsOf (t.nullOr (t.oneOf [ t.str t.path t.package ]))) { };
+      restartIfChanged = opt t.bool true;
+      stopIfChanged = opt t.bool true;
+      serviceConfig = opt (t.attrsOf unitOption) { };
+    };
+  };
+  slice = t.submodule { options = unitCommon // { sliceConfig = opt (t.attrsOf unitOption) { }; }; };
+  user = t.submodule {
+    options = {
+      isSystemUser = opt t.bool false;
+      group = opt t.str "";
+      home = opt (t.passwdEntry t.path) "/var/empty";
+      description = opt (t.passwdEntry t.singleLineStr) "";
+    };
+  };
+  group = t.submodule { options.gid = opt (t.nullOr t.int) null; };
+  tmpfilesEntry = t.submodule {
+    options = {
+      mode = opt t.str "-";
+      user = opt t.str "-";
+      group = opt t.str "-";
+      age = opt t.str "-";
+      argument = opt t.str "";
+    };
+  };
   nixosStubs = {
     options = {
       assertions = lib.mkOption { type = lib.types.listOf lib.types.unspecified; default = [ ]; };
       warnings = lib.mkOption { type = lib.types.listOf lib.types.str; default = [ ]; };
-      users = loose;
-      systemd.services = lib.mkOption { type = lib.types.attrsOf lib.types.anything; default = { }; };
-      systemd.slices = lib.mkOption { type = lib.types.attrsOf lib.types.anything; default = { }; };
-      systemd.tmpfiles = loose;
+      users.users = opt (t.attrsOf user) { };
+      users.groups = opt (t.attrsOf group) { };
+      systemd.services = opt (t.attrsOf service) { };
+      systemd.slices = opt (t.attrsOf slice) { };
+      systemd.tmpfiles.settings = opt (t.attrsOf (t.attrsOf (t.attrsOf tmpfilesEntry))) { };
       systemd.package = lib.mkOption { type = lib.types.anything; };
       security.polkit.enable = lib.mkOption { type = lib.types.bool; default = false; };
       security.polkit.extraConfig = lib.mkOption { type = lib.types.lines; default = ""; };
