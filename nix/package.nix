@@ -53,8 +53,10 @@ buildRustPackage {
   nativeBuildInputs = [ cmake pkg-config rustPlatform.bindgenHook ]
     ++ lib.optionals cudaSupport [ cudaPackages.cuda_nvcc autoAddDriverRunpath ];
   buildInputs = [ openssl libssh2 zlib ]
-    # llama.cpp's CPU backend uses OpenMP: libgomp with gcc, libomp with clang.
-    ++ lib.optionals stdenv.cc.isClang [ llvmPackages.openmp ]
+    # llama.cpp's CPU backend uses OpenMP when CMake finds it. llama-cpp-sys-2 links the
+    # runtime only for GNU targets (libgomp), so on Darwin libomp would leave ___kmpc_*
+    # undefined: there ggml's own thread pool is used instead (no OpenMP found).
+    ++ lib.optionals (stdenv.cc.isClang && !stdenv.hostPlatform.isDarwin) [ llvmPackages.openmp ]
     ++ lib.optionals cudaSupport (with cudaPackages; [ cuda_cudart cuda_cccl libcublas ]);
   dontUseCmakeConfigure = true;
 
