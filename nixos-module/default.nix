@@ -298,6 +298,10 @@ in
         RestrictRealtime = true;
         RestrictSUIDSGID = true;
         LockPersonality = true;
+        # Other users' processes (the workers' dynamic users) stay hidden: the hive asks
+        # systemd about its workers. Not ProcSubset = "pid": preflight reads /proc/meminfo.
+        ProtectProc = "invisible";
+        RemoveIPC = true;
         MemoryDenyWriteExecute = true;
         SystemCallArchitectures = "native";
         SystemCallFilter = [ "@system-service" ];
