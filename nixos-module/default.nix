@@ -47,6 +47,22 @@ in
       '';
     };
 
+    user = mkOption {
+      type = types.str;
+      default = "rbee";
+      description = ''
+        The system user the hive runs as, created when it is `rbee`; the polkit rule lets
+        this user (and no other) start and stop `rbee-worker@*` units. A static user, not a
+        dynamic one: polkit decides by its name. Workers run as dynamic users of their own.
+      '';
+    };
+
+    group = mkOption {
+      type = types.str;
+      default = "rbee";
+      description = "The hive's group, created when it is `rbee`.";
+    };
+
     host = mkOption {
       type = types.str;
       default = "127.0.0.1";
@@ -222,16 +238,18 @@ in
       api_key_file = "${credentialsDir}/api-key";
     });
 
-    users.users.rbee = {
-      isSystemUser = true;
-      group = "rbee";
-      home = cfg.stateDir;
-      description = "rbee node daemon";
+    users.users = lib.optionalAttrs (cfg.user == "rbee") {
+      rbee = {
+        isSystemUser = true;
+        inherit (cfg) group;
+        home = cfg.stateDir;
+        description = "rbee node daemon";
+      };
     };
-    users.groups.rbee = { };
+    users.groups = lib.optionalAttrs (cfg.group == "rbee") { rbee = { }; };
 
     systemd.tmpfiles.settings."10-rbee" = lib.mkIf (!stateInVarLib) {
-      ${toString cfg.stateDir}.d = { user = "rbee"; group = "rbee"; mode = "0750"; };
+      ${toString cfg.stateDir}.d = { inherit (cfg) user group; mode = "0750"; };
     };
 
     # Every worker runs in this slice: one place to cap them all.
@@ -262,8 +280,8 @@ in
         NotifyAccess = "main";
         WatchdogSec = 60;
         ExecStart = "${lib.getExe' cfg.package "rbee-hive"} --config ${checkedConfig}";
-        User = "rbee";
-        Group = "rbee";
+        User = cfg.user;
+        Group = cfg.group;
         KillSignal = "SIGTERM";
         TimeoutStopSec = 90;
         Restart = "on-failure";
@@ -323,10 +341,12 @@ in
     # for transient units from v257 on; with an older systemd the second rule answers the
     # requests that carry no unit name (root-equivalent; see its file).
     security.polkit.enable = mkDefault true;
-    security.polkit.extraConfig =
-      builtins.readFile ../systemd/rbee-hive.polkit.rules
-      + lib.optionalString (lib.versionOlder config.systemd.package.version "257")
-        (builtins.readFile ../systemd/rbee-hive-systemd-pre257.polkit.rules);
+    security.polkit.extraConfig = lib.replaceStrings
+      [ ''subject.user === "rbee"'' ]
+      [ ''subject.user === ${builtins.toJSON cfg.user}'' ]
+      (builtins.readFile ../systemd/rbee-hive.polkit.rules
+        + lib.optionalString (lib.versionOlder config.systemd.package.version "257")
+          (builtins.readFile ../systemd/rbee-hive-systemd-pre257.polkit.rules));
 
     # The port the hive listens on: settings win over the option.
     networking.firewall.allowedTCPPorts = lib.optional cfg.openFirewall cfg.settings.port;
