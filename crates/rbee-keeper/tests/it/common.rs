@@ -121,25 +121,10 @@ impl Env {
 
     /// Registers `name` as a node reached through `sshd`, its hive on `hive_port`.
     pub fn add_node(&self, name: &str, sshd: &rbee_test_support::sshd::Sshd, hive_port: u16) {
-        let out = self
-            .keeper(&[
-                "setup",
-                "add-node",
-                "--name",
-                name,
-                "--ssh-host",
-                "127.0.0.1",
-                "--ssh-port",
-                &sshd.port.to_string(),
-                "--ssh-user",
-                &sshd.user(),
-                "--ssh-key",
-                sshd.client_key.to_str().unwrap(),
-                "--hive-port",
-                &hive_port.to_string(),
-            ])
-            .output()
-            .unwrap();
+        let (port, user, hive_port) = (sshd.port.to_string(), sshd.user(), hive_port.to_string());
+        let mut args = add_node_args(name, &port, &user, &sshd.client_key);
+        args.extend(["--hive-port", &hive_port]);
+        let out = self.keeper(&args).output().unwrap();
         assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     }
 
@@ -160,6 +145,24 @@ impl Env {
         ));
         r.json()["workers"].as_array().cloned().unwrap_or_default()
     }
+}
+
+/// `setup add-node` for a node on loopback's sshd.
+fn add_node_args<'a>(name: &'a str, port: &'a str, user: &'a str, key: &'a Path) -> Vec<&'a str> {
+    vec![
+        "setup",
+        "add-node",
+        "--name",
+        name,
+        "--ssh-host",
+        "127.0.0.1",
+        "--ssh-port",
+        port,
+        "--ssh-user",
+        user,
+        "--ssh-key",
+        key.to_str().unwrap(),
+    ]
 }
 
 /// Bytes as text.
@@ -215,20 +218,7 @@ impl Keeper {
     /// `add-node` with more arguments.
     pub fn add_with(&self, name: &str, port: u16, user: &str, key: &Path, extra: &[&str]) -> Out {
         let port = port.to_string();
-        let mut args = vec![
-            "setup",
-            "add-node",
-            "--name",
-            name,
-            "--ssh-host",
-            "127.0.0.1",
-            "--ssh-port",
-            &port,
-            "--ssh-user",
-            user,
-            "--ssh-key",
-            key.to_str().unwrap(),
-        ];
+        let mut args = add_node_args(name, &port, user, key);
         args.extend(extra);
         self.run(&args)
     }
