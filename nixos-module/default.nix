@@ -145,6 +145,18 @@ in
       '';
     };
 
+    syncModels = mkOption {
+      type = types.bool;
+      default = false;
+      description = ''
+        Make the catalogue exactly `models` at every start of the hive: a model it has that
+        `models` no longer lists is removed, and a file it downloaded for it is deleted
+        (Nix-provided and other local files, and the Hugging Face cache, are never
+        touched). A model a running worker serves is kept until a later start finds it
+        unused.
+      '';
+    };
+
     idleTimeout = mkOption {
       type = types.ints.unsigned;
       default = 300;
@@ -209,6 +221,10 @@ in
         message = "services.rbee.acceleration is \"cuda\" but services.rbee.package (${cfg.package.name or "?"}) is not a CUDA build: use rbee-cuda (the overlay's pkgs.rbee-cuda, or the flake's packages.<system>.rbee-cuda).";
       }
       {
+        assertion = !cfg.syncModels || cfg.models != [ ];
+        message = "services.rbee.syncModels = true with an empty services.rbee.models would remove every model the hive has: list the models to keep in services.rbee.models, or set syncModels = false.";
+      }
+      {
         assertion = config.security.polkit.enable;
         message = "services.rbee needs polkit: the rbee user starts and stops worker units through it. Remove security.polkit.enable = false.";
       }
@@ -234,6 +250,7 @@ in
       worker_binary = lib.getExe' cfg.package "llm-worker-rbee";
       worker_logs = "journal";
       provision = map modelRef cfg.models;
+      provision_sync = cfg.syncModels;
     } // lib.optionalAttrs (cfg.apiKeyFile != null) {
       api_key_file = "${credentialsDir}/api-key";
     });

@@ -218,6 +218,11 @@ pub struct Config {
     /// each missing one is downloaded (or imported) in the background once the hive runs;
     /// one that fails is logged and does not stop the hive.
     pub provision: Vec<rbee_types::ModelRef>,
+    /// Make the catalogue exactly `provision` at start: every catalogued model that
+    /// `provision` does not name is removed (a downloaded file is deleted; a `file://`
+    /// model's file and the Hugging Face cache are never touched), except one a running
+    /// worker serves, which is kept until a later start. Needs a non-empty `provision`.
+    pub provision_sync: bool,
     /// Names for models in OpenAI requests (`[aliases]`, e.g. `chat = "hf:org/repo:Q4_K_M"`
     /// or `chat = "smollm2-135m-instruct:q4_1"`): listed by `GET /v1/models` next to the
     /// models' own ids.
@@ -273,6 +278,7 @@ impl Default for Config {
             limits: Limits::default(),
             worker_source: None,
             provision: vec![],
+            provision_sync: false,
             aliases: Default::default(),
             queue_max: 64,
             queue_timeout_secs: 300,
@@ -441,6 +447,14 @@ impl Config {
         if let Some(src) = &self.worker_source {
             rbee_binaries::source::validate(src).map_err(ConfigError)?;
         }
+        if self.provision_sync && self.provision.is_empty() {
+            return err(
+                "provision_sync = true with an empty provision list would remove every model in \
+                 the catalogue; list the models to keep in provision, or set provision_sync = \
+                 false"
+                    .into(),
+            );
+        }
         if !(1..=10_000).contains(&self.queue_max) || self.queue_timeout_secs == 0 {
             return err(format!(
                 "queue_max must be between 1 and 10000 (not {}) and queue_timeout_secs at least 1",
@@ -517,6 +531,22 @@ mod tests {
 
     fn parse(s: &str) -> Result<Config, ConfigError> {
         Config::parse(s, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn provision_sync_needs_a_provision_list_and_a_boolean() {
+        let c = parse("provision = [\"hf:org/repo\"]\nprovision_sync = true").unwrap();
+        assert!(c.provision_sync);
+        assert!(!parse("").unwrap().provision_sync, "off by default");
+        let e = parse("provision_sync = true").unwrap_err().to_string();
+        assert!(
+            e.contains("would remove every model") && e.contains("provision_sync = false"),
+            "{e}"
+        );
+        let e = parse("provision = [\"hf:org/repo\"]\nprovision_sync = \"yes\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("provision_sync"), "{e}");
     }
 
     #[test]

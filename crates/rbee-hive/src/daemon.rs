@@ -116,6 +116,8 @@ fn run_inner(config: Config) -> anyhow::Result<()> {
             .set_in_use(move |p| me.upgrade().is_some_and(|h| h.registry.uses_binary(p)));
     }
     hive.adopt();
+    // Before the API opens: no request can start a worker for a model being removed.
+    sync_models(&hive);
 
     {
         let hive = Arc::clone(&hive);
@@ -242,6 +244,55 @@ fn spawn_status_thread(hive: Arc<Hive>) -> std::io::Result<()> {
             }
         })
         .map(|_| ())
+}
+
+/// With `provision_sync`, removes every catalogued model that `provision` does not name,
+/// keeping those a running (adopted) worker serves; each removal and each kept model is
+/// logged. The provisioner deletes only files it downloaded into the models directory.
+fn sync_models(hive: &Hive) {
+    if !hive.config.provision_sync {
+        return;
+    }
+    let declared: Vec<PathBuf> = hive
+        .config
+        .provision
+        .iter()
+        .filter_map(|r| hive.models.local_path(r))
+        .collect();
+    let models = match hive.models.catalog().list() {
+        Ok(models) => models,
+        Err(e) => {
+            tracing::error!(error = %e, "provision_sync: cannot read the catalogue; nothing removed");
+            return;
+        }
+    };
+    for m in models {
+        if declared.iter().any(|d| same_file(d, &m.local_path)) {
+            continue;
+        }
+        let users = hive.registry.users_of_model(&m.local_path);
+        if !users.is_empty() {
+            tracing::warn!(model = %m.id, workers = %users.join(", "), "provision_sync: not in provision but served by running workers; kept until a start finds it unused");
+            continue;
+        }
+        match hive.models.remove(&m.id) {
+            Ok((m, file_deleted)) => {
+                tracing::info!(model = %m.id, reference = %m.reference, file_deleted, "provision_sync: removed a model that provision does not name");
+            }
+            Err(e) => {
+                tracing::error!(model = %m.id, error = %e.error.message, "provision_sync: cannot remove");
+            }
+        }
+    }
+}
+
+/// Whether two paths name one file (as written, or after resolving links).
+fn same_file(a: &Path, b: &Path) -> bool {
+    a == b
+        || matches!(
+            (std::fs::canonicalize(a), std::fs::canonicalize(b)),
+            (Ok(x), Ok(y)) if x == y
+        )
 }
 
 /// Makes the configured `provision` models present: each missing one downloads (or is

@@ -91,13 +91,7 @@ pub fn delete(hive: &Hive, request: Request, id: &str) {
             return respond_error(request, &ApiError::new(ErrorCode::Internal, e.to_string()))
         }
     };
-    let users: Vec<String> = hive
-        .registry
-        .all()
-        .into_iter()
-        .filter(|w| w.spec.model_path == model.local_path)
-        .map(|w| w.spec.id)
-        .collect();
+    let users = hive.registry.users_of_model(&model.local_path);
     if !users.is_empty() {
         let e = ApiError::new(
             ErrorCode::ModelInUse,

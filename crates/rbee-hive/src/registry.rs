@@ -214,6 +214,16 @@ impl Registry {
             .sum()
     }
 
+    /// Ids of the workers serving the model file at `model_path`.
+    pub fn users_of_model(&self, model_path: &Path) -> Vec<String> {
+        self.lock()
+            .workers
+            .values()
+            .filter(|w| w.spec.model_path == model_path)
+            .map(|w| w.spec.id.clone())
+            .collect()
+    }
+
     /// Whether a worker runs the executable at `path`.
     pub fn uses_binary(&self, path: &std::path::Path) -> bool {
         self.lock()

@@ -58,6 +58,8 @@ pub struct Opts {
     pub worker_binary: PathBuf,
     /// Environment (the user manager's bus).
     pub env: Vec<(&'static str, String)>,
+    /// A file the hive's log is appended to (default: the test's stderr).
+    pub log: Option<PathBuf>,
 }
 
 impl Opts {
@@ -71,6 +73,7 @@ impl Opts {
             extra: String::new(),
             worker_binary: worker_binary(),
             env: vec![],
+            log: None,
         }
     }
 
@@ -137,6 +140,14 @@ impl Hive {
             .env("RBEE_LOG", "info");
         for (k, v) in &opts.env {
             cmd.env(k, v);
+        }
+        if let Some(log) = &opts.log {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log)
+                .unwrap();
+            cmd.stderr(file);
         }
         let child = ChildGuard::spawn(&mut cmd);
         assert!(

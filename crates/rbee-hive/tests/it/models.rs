@@ -330,6 +330,116 @@ fn provisioned_models_are_there_after_start_without_a_request() {
     );
 }
 
+/// The catalogue's model ids, once `count` are listed (or after 60 s).
+fn catalogue_ids(hive: &Hive, count: usize) -> Vec<String> {
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ids: Vec<String> = hive.get("/v1/models").json()["models"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|m| m["id"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if ids.len() == count || Instant::now() > until {
+            return ids;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn provision_sync_removes_models_no_longer_provisioned_but_keeps_served_ones_and_local_files() {
+    let Some((model, manager, state)) = setup() else {
+        return;
+    };
+    let hub = hub_with(&model);
+    hub.add_repo("org/other", COMMIT, &[("other.Q4_1.gguf", &model)]);
+    let local = temp("sync-local");
+    let local_model = local.join("local.gguf");
+    std::fs::copy(&model, &local_model).unwrap();
+    let mut env = manager.env();
+    env.push(("HF_ENDPOINT", hub.endpoint()));
+    let log = state.join("hive.log");
+    let opts = |extra: String| Opts {
+        env: env.clone(),
+        log: Some(log.clone()),
+        extra: format!("download_stall_secs = 5\n{extra}"),
+        ..Opts::systemd(&manager)
+    };
+    let hive = Hive::start(
+        &opts(format!(
+            "provision = [\"hf:org/smol\", \"hf:org/other\", {:?}]\n",
+            file_ref(&local_model)
+        )),
+        &state.0,
+    );
+    let ids = catalogue_ids(&hive, 3);
+    assert_eq!(ids.len(), 3, "{ids:?}");
+    let id_of = |part: &str| ids.iter().find(|i| i.contains(part)).cloned().unwrap();
+    let (smol, other, local_id) = (id_of("smol"), id_of("other"), id_of("local"));
+    let other_file = hive.get("/v1/models").json()["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == other.as_str())
+        .and_then(|m| m["local_path"].as_str())
+        .map(std::path::PathBuf::from)
+        .expect("local_path");
+    // A worker serves org/other and outlives the hive (systemd).
+    let w = hive.ready_worker_ref("hf:org/other");
+    let worker_id = w["id"].as_str().unwrap().to_owned();
+    hive.kill();
+
+    // provision now names only org/smol: the local file's row goes (the file stays), the
+    // served model stays.
+    let synced = opts("provision = [\"hf:org/smol\"]\nprovision_sync = true\n".into());
+    let hive = Hive::start(&synced, &state.0);
+    let mut ids = catalogue_ids(&hive, 2);
+    ids.sort();
+    let mut want = vec![smol.clone(), other.clone()];
+    want.sort();
+    assert_eq!(ids, want, "{local_id} removed, {other} kept while served");
+    assert!(
+        local_model.is_file(),
+        "a file:// model's file is never deleted"
+    );
+    assert!(other_file.is_file());
+    assert!(hive.worker(&worker_id).is_some(), "the worker was adopted");
+    let r = hive.post(&format!("/v1/workers/{worker_id}/shutdown"), &json!({}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    hive.wait_gone(&worker_id, Duration::from_secs(30));
+    hive.kill();
+
+    // Unused now: the next start removes it and deletes the file it downloaded.
+    let hive = Hive::start(&synced, &state.0);
+    assert_eq!(catalogue_ids(&hive, 1), vec![smol]);
+    assert!(
+        !other_file.exists(),
+        "the downloaded file of a removed model is deleted"
+    );
+    assert_eq!(
+        hub.counters.downloads.load(Ordering::Relaxed),
+        2,
+        "the model provision names was not fetched again"
+    );
+    drop(hive);
+    let log = std::fs::read_to_string(&log).unwrap();
+    for (model, what) in [
+        (&local_id, "removed"),
+        (&other, "kept until"),
+        (&other, "removed"),
+    ] {
+        assert!(
+            log.lines().any(|l| l.contains("provision_sync")
+                && l.contains(what)
+                && l.contains(model.as_str())),
+            "the log says {model} was {what}:\n{log}"
+        );
+    }
+}
+
 #[test]
 fn a_hostile_hub_cannot_write_or_delete_outside_the_models_directory() {
     let Some(model) = model() else { return };
