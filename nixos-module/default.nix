@@ -336,6 +336,8 @@ in
         # Other users' processes (the workers' dynamic users) stay hidden: the hive asks
         # systemd about its workers. Not ProcSubset = "pid": preflight reads /proc/meminfo.
         ProtectProc = "invisible";
+        # Only root and the service user mapped; the bus and polkit still see the real uid.
+        PrivateUsers = true;
         RemoveIPC = true;
         MemoryDenyWriteExecute = true;
         SystemCallArchitectures = "native";

@@ -138,6 +138,14 @@ fn install_system_runs_the_hive_as_rbee_with_sandboxed_workers_polkit_and_journa
     let uid = exec(&c, &["stat", "-c", "%u", &format!("/proc/{}", pid.trim())]);
     let rbee = exec(&c, &["id", "-u", "rbee"]);
     assert_eq!(uid.trim(), rbee.trim());
+    // In a user namespace of its own (PrivateUsers=yes), and still able to start workers
+    // over the bus below.
+    let ns = |p: &str| exec(&c, &["readlink", &format!("/proc/{p}/ns/user")]);
+    assert_ne!(
+        ns(pid.trim()),
+        ns("1"),
+        "the hive has its own user namespace"
+    );
     assert_ne!(uid.trim(), "0");
     let (hive_exposure, report) = exposure(&c, "rbee-hive.service");
     eprintln!("systemd-analyze security rbee-hive.service: {hive_exposure}");
