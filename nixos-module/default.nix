@@ -96,7 +96,9 @@ in
         device. `"cuda"`: the CUDA build of the worker (the flake's `rbee-cuda`), and the
         hive may open /dev/nvidia* to read GPU memory through NVML (workers get their GPU
         from the hive). The NVIDIA driver itself is configured as usual
-        (`hardware.nvidia`, `services.xserver.videoDrivers`).
+        (`hardware.nvidia`, `services.xserver.videoDrivers`). It is also the hive's
+        `default_backend`: where workers run that a request does not place (every OpenAI
+        request): `null` leaves it `auto` (a GPU when there is one, else the CPU).
       '';
     };
 
@@ -251,6 +253,7 @@ in
       worker_logs = "journal";
       provision = map modelRef cfg.models;
       provision_sync = cfg.syncModels;
+      default_backend = if cfg.acceleration == null then "auto" else cfg.acceleration;
     } // lib.optionalAttrs (cfg.apiKeyFile != null) {
       api_key_file = "${credentialsDir}/api-key";
     });

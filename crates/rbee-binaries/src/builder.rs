@@ -265,6 +265,20 @@ impl Builder {
             .cloned()
     }
 
+    /// Whether a worker of `backend` can start without a build: a binary built for it
+    /// (with a source), or the installed worker, whose `--version` lists it.
+    pub fn ready_for(&self, backend: Backend) -> bool {
+        if self.cfg.source.is_some() {
+            let features = features::for_backend(backend);
+            return self
+                .catalog()
+                .built_with(&features)
+                .is_ok_and(|built| self.pick(&built).is_some());
+        }
+        self.installed(backend)
+            .is_ok_and(|b| !backend.is_gpu() || b.features.iter().any(|f| f == backend.as_str()))
+    }
+
     /// The binary a worker of `backend` runs: the newest one built for its feature set,
     /// else a build (with a source), else the installed worker (without one).
     pub fn resolve(self: &Arc<Self>, backend: Backend) -> Result<Resolved, ApiError> {

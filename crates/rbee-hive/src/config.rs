@@ -223,6 +223,13 @@ pub struct Config {
     /// model's file and the Hugging Face cache are never touched), except one a running
     /// worker serves, which is kept until a later start. Needs a non-empty `provision`.
     pub provision_sync: bool,
+    /// Where workers run when a spawn names no backend (every front-door request, the
+    /// keeper without `--backend`): `auto` (a GPU the worker binary can drive, the one with
+    /// the most free memory, falling back to the CPU for a model it cannot hold), `cpu`,
+    /// `cuda` or `metal`.
+    pub default_backend: crate::placement::DefaultBackend,
+    /// The device such workers get (default: `auto` picks; `cuda` and `metal` take 0).
+    pub default_device: Option<u32>,
     /// Names for models in OpenAI requests (`[aliases]`, e.g. `chat = "hf:org/repo:Q4_K_M"`
     /// or `chat = "smollm2-135m-instruct:q4_1"`): listed by `GET /v1/models` next to the
     /// models' own ids.
@@ -279,6 +286,8 @@ impl Default for Config {
             worker_source: None,
             provision: vec![],
             provision_sync: false,
+            default_backend: Default::default(),
+            default_device: None,
             aliases: Default::default(),
             queue_max: 64,
             queue_timeout_secs: 300,
@@ -531,6 +540,28 @@ mod tests {
 
     fn parse(s: &str) -> Result<Config, ConfigError> {
         Config::parse(s, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn default_backend_is_auto_unless_set_to_a_known_backend() {
+        use crate::placement::DefaultBackend;
+        let c = parse("").unwrap();
+        assert_eq!(
+            (c.default_backend, c.default_device),
+            (DefaultBackend::Auto, None)
+        );
+        let c = parse("default_backend = \"cuda\"\ndefault_device = 1").unwrap();
+        assert_eq!(
+            (c.default_backend, c.default_device),
+            (DefaultBackend::Cuda, Some(1))
+        );
+        let e = parse("default_backend = \"rocm\"").unwrap_err().to_string();
+        assert!(
+            e.contains("unknown variant `rocm`") && e.contains("`auto`"),
+            "{e}"
+        );
+        let e = parse("default_device = -1").unwrap_err().to_string();
+        assert!(e.contains("default_device"), "{e}");
     }
 
     #[test]

@@ -17,6 +17,7 @@ use rbee_types::{exit, ApiError, Backend, ErrorCode};
 
 use crate::config::Config;
 use crate::naming::slug;
+use crate::placement::{self, Placement};
 use crate::preflight::{self, Need, Snapshot};
 use crate::registry::{now_unix, store, Registry, Worker, WorkerSpec};
 use crate::resources;
@@ -149,6 +150,63 @@ impl Hive {
     /// concurrent requests for one model get one worker. A model still to download or a
     /// worker binary still to build is answered with what the worker waits for.
     pub fn spawn(&self, req: &SpawnRequest) -> Result<(u16, SpawnResponse), ApiError> {
+        if req.backend.is_none() {
+            // Any ready worker of the model will do: no need to look at the GPUs.
+            if let Some(w) = self
+                .models
+                .local_path(&req.model_ref)
+                .and_then(|p| self.registry.reusable_any(&p))
+            {
+                tracing::info!(id = %w.spec.id, model = %req.model_ref, "reusing worker");
+                return Ok((200, SpawnResponse::reused(w.view())));
+            }
+        }
+        let at = match req.backend {
+            Some(backend) => Placement::fixed(
+                backend,
+                req.device.or(self.config.default_device).unwrap_or(0),
+            ),
+            None => {
+                let mut at = placement::place(
+                    self.config.default_backend,
+                    req.device.or(self.config.default_device),
+                    &resources::backends(),
+                    |b| self.binaries.ready_for(b),
+                );
+                if at.backend == Backend::Cpu {
+                    // A device the request names stays its own (preflight says if the CPU
+                    // has no such device); the config's default_device is for GPUs.
+                    at.device = req.device.unwrap_or(0);
+                }
+                at
+            }
+        };
+        match self.spawn_on(req, at) {
+            Err(e) if at.cpu_fallback && e.error.code == ErrorCode::InsufficientVram => {
+                tracing::info!(model = %req.model_ref, "does not fit on {} {}: {}; starting it on the CPU", at.backend, at.device, e.error.message);
+                self.spawn_on(req, Placement::fixed(Backend::Cpu, 0))
+            }
+            Err(mut e)
+                if req.backend.is_none()
+                    && self.config.default_backend != placement::DefaultBackend::Auto =>
+            {
+                // The operator's setting chose this backend: say so.
+                e.error.message.push_str(&format!(
+                    " (the hive's default_backend = \"{}\" chose it; the request named none)",
+                    at.backend
+                ));
+                Err(e)
+            }
+            other => other,
+        }
+    }
+
+    /// [`Hive::spawn`] on a chosen backend and device.
+    fn spawn_on(
+        &self,
+        req: &SpawnRequest,
+        at: Placement,
+    ) -> Result<(u16, SpawnResponse), ApiError> {
         let slots = check_sizes(req)?;
         let model = match self.models.ensure(&req.model_ref)? {
             Ensured::Ready(m) => LocalModel::from(*m),
@@ -161,33 +219,43 @@ impl Hive {
                 "the hive is shutting down and starts no workers",
             ));
         }
-        if let Some(w) = self.registry.reusable(&model.path, req.backend, req.device) {
+        // A spawn that leaves the backend to the hive takes any ready worker of the model.
+        let reusable = match req.backend {
+            None => self.registry.reusable_any(&model.path),
+            Some(_) => self.registry.reusable(&model.path, at.backend, at.device),
+        };
+        if let Some(w) = reusable {
             tracing::info!(id = %w.spec.id, model = %req.model_ref, "reusing worker");
             return Ok((200, SpawnResponse::reused(w.view())));
         }
-        let snapshot = self.preflight(req, &model)?;
-        let binary = match self.binaries.resolve(req.backend)? {
+        let snapshot = self.preflight(req, at, &model)?;
+        let binary = match self.binaries.resolve(at.backend)? {
             rbee_binaries::Resolved::Ready(b) => b.binary_path,
             rbee_binaries::Resolved::Building(b) => {
                 let build = BuildRef {
                     id: b.id.clone(),
                     progress_url: build_progress_path(&b.id),
                 };
-                tracing::info!(model = %req.model_ref, build = %b.id, "no worker binary for {} yet; the worker starts once it is built", req.backend);
+                tracing::info!(model = %req.model_ref, build = %b.id, "no worker binary for {} yet; the worker starts once it is built", at.backend);
                 self.spawn_when(req, move || b.wait().map(|_| ()), "worker binary build");
                 let previous = self.registry.take_failure(&req.model_ref);
                 return Ok((202, SpawnResponse::waiting_for_build(build, previous)));
             }
         };
-        let devices = gpu_device_nodes(&snapshot.backends, req.backend, req.device);
+        let devices = gpu_device_nodes(&snapshot.backends, at.backend, at.device);
         let previous = self.registry.take_failure(&req.model_ref);
-        let w = self.start_new(req, slots, &model, binary, devices)?;
+        let w = self.start_new(req, at, slots, &model, binary, devices)?;
         Ok((202, SpawnResponse::started(w.view(), previous)))
     }
 
     /// The model file is a GGUF model and the machine has room for it (backend, device,
     /// RAM or VRAM, disk); the snapshot the checks ran on.
-    fn preflight(&self, req: &SpawnRequest, model: &LocalModel) -> Result<Snapshot, ApiError> {
+    fn preflight(
+        &self,
+        req: &SpawnRequest,
+        at: Placement,
+        model: &LocalModel,
+    ) -> Result<Snapshot, ApiError> {
         if let Err(e) = rbee_gguf::read_header(&model.path) {
             return Err(ApiError::new(
                 ErrorCode::ModelInvalid,
@@ -202,8 +270,8 @@ impl Hive {
             ram_in_use_by_workers: self.registry.cpu_model_bytes(),
         };
         let need = Need {
-            backend: req.backend,
-            device: req.device,
+            backend: at.backend,
+            device: at.device,
             model_bytes: model.bytes,
         };
         preflight::check(&need, &snapshot, &self.config.limits).inspect_err(|e| {
@@ -217,6 +285,7 @@ impl Hive {
     fn start_new(
         &self,
         req: &SpawnRequest,
+        at: Placement,
         slots: u32,
         model: &LocalModel,
         binary: PathBuf,
@@ -245,8 +314,8 @@ impl Hive {
                 model_ref: req.model_ref.clone(),
                 model_path: model.path.clone(),
                 model_bytes: model.bytes,
-                backend: req.backend,
-                device: req.device,
+                backend: at.backend,
+                device: at.device,
                 slots,
                 ctx_size: req.ctx_size,
                 devices: devices.clone(),

@@ -27,6 +27,7 @@ pub mod metrics;
 pub mod models;
 pub mod monitor;
 pub mod naming;
+pub mod placement;
 pub mod preflight;
 pub mod queue;
 pub mod registry;

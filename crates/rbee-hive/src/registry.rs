@@ -191,6 +191,15 @@ impl Registry {
             .cloned()
     }
 
+    /// A worker serving `model_path` that a spawn may reuse, on any backend.
+    pub fn reusable_any(&self, model_path: &Path) -> Option<Worker> {
+        self.lock()
+            .workers
+            .values()
+            .find(|w| w.state.reusable() && w.spec.model_path == model_path)
+            .cloned()
+    }
+
     /// Whether an id, unit or port is taken.
     pub fn taken(&self, id: &str, unit: &str, port: Option<u16>) -> bool {
         self.lock()

@@ -43,12 +43,13 @@ pub struct AnswerOptions {
     /// Sampling temperature (0 = greedy … 2).
     #[arg(long, default_value_t = 0.7)]
     pub temperature: f32,
-    /// cpu, cuda or metal [default: the config's `[defaults] backend`, else cpu].
+    /// cpu, cuda or metal [default: the config's `[defaults] backend`, else the hive's
+    /// choice: a GPU when the node has one its worker can use and the model fits, else cpu].
     #[arg(long)]
     pub backend: Option<Backend>,
-    /// GPU index.
-    #[arg(long, default_value_t = 0)]
-    pub device: u32,
+    /// GPU index [default: the hive's choice].
+    #[arg(long)]
+    pub device: Option<u32>,
     /// Seconds the model may take to load.
     #[arg(long, default_value_t = 300)]
     pub loading_timeout_secs: u64,
@@ -75,11 +76,6 @@ impl AnswerOptions {
     /// The node.
     pub fn node(&self) -> &str {
         self.node.as_deref().unwrap_or("localhost")
-    }
-
-    /// The backend.
-    pub fn backend(&self) -> Backend {
-        self.backend.unwrap_or_default()
     }
 
     /// Checks everything that needs no network.
@@ -134,7 +130,11 @@ pub fn prepare(
     let hive = &conn.hive;
     check_hive(conn, o.node(), reg)?;
     let model_ref = model.resolve(hive, o.node())?;
-    let spawn = SpawnRequest::new(model_ref.clone(), o.backend(), o.device);
+    let spawn = SpawnRequest {
+        backend: o.backend,
+        device: o.device,
+        ..SpawnRequest::placed_by_hive(model_ref.clone())
+    };
     let worker = worker_for(hive, &spawn)?;
     wait_loaded(hive, &worker, o)?;
     Ok(Ready { model_ref, worker })

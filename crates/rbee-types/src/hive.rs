@@ -251,12 +251,14 @@ pub struct Stopped {
 pub struct SpawnRequest {
     /// Which model.
     pub model_ref: ModelRef,
-    /// Default `cpu`.
-    #[serde(default)]
-    pub backend: Backend,
-    /// Device index (default 0).
-    #[serde(default)]
-    pub device: u32,
+    /// Where the worker runs; absent: the hive's `default_backend` (`auto`: a GPU when
+    /// there is one the worker binary can drive and the model fits, else the CPU).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<Backend>,
+    /// Device index; absent: the hive's `default_device`, else 0 (with `auto`, the GPU
+    /// with the most free memory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<u32>,
     /// Concurrent requests (1–64, default 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slots: Option<u32>,
@@ -269,9 +271,18 @@ impl SpawnRequest {
     /// A request for `model_ref` on `backend`/`device`, other settings the hive's.
     pub fn new(model_ref: ModelRef, backend: Backend, device: u32) -> Self {
         SpawnRequest {
+            backend: Some(backend),
+            device: Some(device),
+            ..SpawnRequest::placed_by_hive(model_ref)
+        }
+    }
+
+    /// A request for `model_ref` that leaves backend, device and the rest to the hive.
+    pub fn placed_by_hive(model_ref: ModelRef) -> Self {
+        SpawnRequest {
             model_ref,
-            backend,
-            device,
+            backend: None,
+            device: None,
             slots: None,
             ctx_size: None,
         }
@@ -954,8 +965,12 @@ mod tests {
     #[test]
     fn a_spawn_body_takes_defaults_and_refuses_unknown_fields() {
         let r: SpawnRequest = serde_json::from_str(r#"{"model_ref":"file:///m.gguf"}"#).unwrap();
-        assert_eq!(r.backend, Backend::Cpu);
-        assert_eq!(r.device, 0);
+        assert_eq!(r.backend, None, "the hive's default_backend decides");
+        assert_eq!(r.device, None);
+        let r: SpawnRequest =
+            serde_json::from_str(r#"{"model_ref":"file:///m.gguf","backend":"cuda","device":1}"#)
+                .unwrap();
+        assert_eq!((r.backend, r.device), (Some(Backend::Cuda), Some(1)));
         let e = serde_json::from_str::<SpawnRequest>(r#"{"model_ref":"file:///m.gguf","x":1}"#)
             .unwrap_err();
         assert!(e.to_string().starts_with("unknown field"), "{e}");

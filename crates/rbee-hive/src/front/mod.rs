@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use rbee_http::Request;
 use rbee_types::hive::{SpawnRequest, WorkerState};
 use rbee_types::openai::{CompletionRequest, ModelObject, ModelObjectList};
-use rbee_types::{ApiError, Backend, ErrorCode, ModelRef};
+use rbee_types::{ApiError, ErrorCode, ModelRef};
 
 use crate::hive::Hive;
 use crate::queue::{self, Refused};
@@ -298,7 +298,7 @@ fn ready_worker(
         return Ok(());
     }
     let asked = rbee_types::now_unix();
-    let (_, spawned) = hive.spawn(&SpawnRequest::new(model_ref.clone(), Backend::Cpu, 0))?;
+    let (_, spawned) = hive.spawn(&SpawnRequest::placed_by_hive(model_ref.clone()))?;
     if let Some(f) = spawned.previous_failure {
         tracing::info!(model = %model_ref, exit = %f.exit, "the previous worker of this model failed; starting another");
     }
@@ -326,7 +326,7 @@ fn ready_worker(
             .any(|w| w.state == WorkerState::Loading);
         if !loading && spawned.worker.is_some() && hive.registry.failure(model_ref).is_none() {
             // Started, then gone without a recorded failure (stopped by someone): try again.
-            hive.spawn(&SpawnRequest::new(model_ref.clone(), Backend::Cpu, 0))?;
+            hive.spawn(&SpawnRequest::placed_by_hive(model_ref.clone()))?;
         }
         if Instant::now() >= deadline {
             return Err(ApiError::new(

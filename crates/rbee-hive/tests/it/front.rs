@@ -348,6 +348,50 @@ with ThreadPoolExecutor(3) as pool:
 }
 
 #[test]
+fn the_front_door_places_workers_where_default_backend_says() {
+    let Some(model) = model() else { return };
+    if openai_client::python().is_none() {
+        return;
+    }
+    let reference = file_ref(&model);
+    let chat = format!(
+        r#"
+try:
+    r = c.chat.completions.create(model="{reference}", messages=[{{"role": "user", "content": "hi"}}], max_tokens=4)
+    out(answered=r.choices[0].message.content)
+except openai.APIStatusError as e:
+    out(error=[type(e).__name__, e.body.get("code"), e.body.get("message")])
+"#
+    );
+    // auto (the default), on a machine whose worker has no GPU backend: the CPU.
+    let (auto, _state) = hive("", None);
+    let out = run(&auto, "none", &chat);
+    assert!(out[0]["answered"].is_string(), "{out:?}");
+    let workers = auto.workers();
+    assert_eq!(workers.len(), 1);
+    assert_eq!(workers[0]["backend"], "cpu", "{workers:?}");
+
+    // cuda where there is none: the client learns why, and that the hive's setting chose it.
+    let (cuda, _state) = hive("default_backend = \"cuda\"\n", None);
+    let out = run(&cuda, "none", &chat);
+    let e = &out[0]["error"];
+    assert_eq!(e[0], "BadRequestError", "{out:?}");
+    assert_eq!(e[1], "backend_unavailable", "{out:?}");
+    let msg = e[2].as_str().unwrap();
+    assert!(
+        msg.contains("cuda") && msg.contains("default_backend = \"cuda\""),
+        "{msg}"
+    );
+    // A spawn that names its backend is not overruled.
+    let r = cuda.post(
+        "/v1/workers/spawn",
+        &json!({"model_ref": reference, "backend": "cpu"}),
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    assert_eq!(r.json()["worker"]["backend"], "cpu");
+}
+
+#[test]
 fn raw_bad_bodies_get_openai_errors_from_the_hive() {
     let Some(_model) = model() else { return };
     let (hive, _state) = hive("", None);
