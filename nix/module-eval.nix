@@ -88,6 +88,9 @@ let
       security.polkit.extraConfig = lib.mkOption { type = lib.types.lines; default = ""; };
       networking.firewall.allowedTCPPorts = lib.mkOption { type = lib.types.listOf lib.types.port; default = [ ]; };
       environment.systemPackages = lib.mkOption { type = lib.types.listOf lib.types.anything; default = [ ]; };
+      # nixos/modules/services/x11/xserver.nix and hardware/video/nvidia.nix.
+      services.xserver.videoDrivers = opt (t.listOf t.str) [ "modesetting" "fbdev" ];
+      hardware.nvidia.datacenter.enable = opt t.bool false;
     };
     config.systemd.package = { version = systemdVersion; };
   };

@@ -240,7 +240,11 @@ in
       }
     ];
     warnings = lib.optional (!(lib.elem cfg.host [ "127.0.0.1" "::1" "localhost" ]) && cfg.apiKeyFile == null)
-      "services.rbee.host is ${cfg.host} but no apiKeyFile is set: anyone who reaches that address can start workers.";
+      "services.rbee.host is ${cfg.host} but no apiKeyFile is set: anyone who reaches that address can start workers."
+    # nixos/modules/hardware/video/nvidia.nix loads the driver for either of these.
+    ++ lib.optional (cuda && !(lib.elem "nvidia" (config.services.xserver.videoDrivers or [ ])
+                               || (config.hardware.nvidia.datacenter.enable or false)))
+      "services.rbee.acceleration is \"cuda\" but no NVIDIA driver is configured: set services.xserver.videoDrivers = [ \"nvidia\" ] (with hardware.nvidia.open as your GPU needs) or, on a server, hardware.nvidia.datacenter.enable = true; without it the hive finds no GPU.";
 
     services.rbee.settings = lib.mapAttrs (_: mkDefault) ({
       host = cfg.host;
