@@ -21,6 +21,7 @@ use llama_cpp_2::token::LlamaToken;
 use rbee_types::worker::{ChatMessage, DoneEvent, FinishReason, ModelMetadata, SlotsView};
 use rbee_types::{ApiError, ErrorCode};
 
+use crate::chat_template::JinjaTemplate;
 use crate::cli::Backend;
 use crate::next_turn::NextTurn;
 use crate::output::{Emit, OutputText};
@@ -141,6 +142,8 @@ pub struct Prepared {
     /// Context tokens per slot.
     pub ctx_size: u32,
     chat_template: Option<LlamaChatTemplate>,
+    /// The same template rendered as Jinja (as llama-server does), when it compiles.
+    jinja: Option<JinjaTemplate>,
 }
 
 impl Prepared {
@@ -151,6 +154,14 @@ impl Prepared {
 
     /// Renders chat messages, opening the assistant's turn at the end or not.
     pub fn render(&self, messages: &[ChatMessage], open_turn: bool) -> Result<String, ApiError> {
+        if let Some(jinja) = &self.jinja {
+            return jinja.render(messages, open_turn).map_err(|e| {
+                ApiError::new(
+                    ErrorCode::InvalidRequest,
+                    format!("the model's chat template refused these messages: {e}"),
+                )
+            });
+        }
         let tmpl = self.chat_template.as_ref().ok_or_else(|| {
             ApiError::new(
                 ErrorCode::InvalidRequest,
@@ -243,10 +254,15 @@ impl Engine {
             })?;
         warm_up(&model, &mut ctx);
         self.fill_metadata(&model, shared, ctx_size);
+        let chat_template = model.chat_template(None).ok();
+        let jinja = chat_template
+            .as_ref()
+            .and_then(|t| JinjaTemplate::of_model(&model, t));
         let _ = self.prepared.set(Prepared {
             model: Arc::clone(&model),
             ctx_size,
-            chat_template: model.chat_template(None).ok(),
+            chat_template,
+            jinja,
         });
         shared.update_load(|l| l.layers_loaded = l.layers_total);
         tracing::info!(

@@ -17,6 +17,7 @@
 //! - [`state`]: what the threads share.
 
 pub mod app;
+pub mod chat_template;
 pub mod cli;
 pub mod engine;
 pub mod fault;

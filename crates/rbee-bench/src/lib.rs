@@ -58,6 +58,13 @@ pub fn chat_prompt(model: &LlamaModel, user: &str) -> anyhow::Result<String> {
     let tmpl = model
         .chat_template(None)
         .context("model has no chat template")?;
+    if let Some(jinja) = llm_worker_rbee::chat_template::JinjaTemplate::of_model(model, &tmpl) {
+        let msg = rbee_types::worker::ChatMessage {
+            role: "user".into(),
+            content: user.into(),
+        };
+        return Ok(jinja.render(&[msg], true)?);
+    }
     let msg = LlamaChatMessage::new("user".into(), user.into())?;
     Ok(model.apply_chat_template(&tmpl, &[msg], true)?)
 }

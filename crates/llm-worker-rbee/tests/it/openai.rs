@@ -264,3 +264,37 @@ fn curl_sees_openais_wire_format() {
         "{body}"
     );
 }
+
+#[test]
+fn chats_are_rendered_by_the_models_own_jinja_template_default_system_message_included() {
+    let Some(model) = model() else { return };
+    let Some(py) = openai_client::python() else {
+        return;
+    };
+    let w = Worker::start(&model, &[]);
+    // SmolLM2's template opens with its own system message when the chat has none, as
+    // transformers and llama-server render it: the two chats are the same prompt.
+    let out = openai_client::run(
+        &py,
+        &format!("{}/v1", w.url),
+        "unused",
+        r#"
+default = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
+for msgs in ([{"role": "user", "content": "Name a flower."}],
+             [{"role": "system", "content": default}, {"role": "user", "content": "Name a flower."}],
+             [{"role": "system", "content": "Answer in French."}, {"role": "user", "content": "Name a flower."}]):
+    r = c.chat.completions.create(model="m", messages=msgs, temperature=0, max_tokens=12,
+                                  extra_body={"cache_prompt": False})
+    out(text=r.choices[0].message.content, prompt_tokens=r.usage.prompt_tokens)
+"#,
+    );
+    assert_eq!(out.len(), 3, "{out:?}");
+    assert_eq!(
+        out[0], out[1],
+        "no system message = the template's default one"
+    );
+    assert_ne!(
+        out[0]["prompt_tokens"], out[2]["prompt_tokens"],
+        "a system message of one's own replaces the default: {out:?}"
+    );
+}
