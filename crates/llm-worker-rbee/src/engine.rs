@@ -33,6 +33,10 @@ use crate::step_plan::{self, Want};
 const BATCH_TOKENS: u32 = 512;
 /// How often an idle engine wakes up to notice a shutdown.
 const IDLE_TICK: Duration = Duration::from_millis(200);
+/// How long the engine stays idle before it prepares a finished chat's next turn: a
+/// request that comes sooner (a program's next turn) decodes those tokens itself instead of
+/// waiting for them.
+const PREPARE_AFTER_IDLE: Duration = Duration::from_millis(50);
 
 /// What the engine needs to load the model.
 #[derive(Debug, Clone)]
@@ -303,17 +307,25 @@ impl Engine {
             }
             // Take new work: block only when there is nothing to decode.
             let running = active.len();
-            // Idle with a conversation to prepare: do that first, one at a time, so a new
-            // request waits at most one short decode.
+            // Idle with a conversation to prepare: do that once nothing has come for a
+            // moment (a script or an agent sends its next turn at once, and would otherwise
+            // wait behind the preparation's decode; a person takes longer), one at a time, so
+            // a request waits at most one short decode.
             if active.is_empty() {
-                if let Some(next) = next_turns.pop() {
-                    next.apply(ctx, &mut batch, &mut seqs, ctx_size);
-                    publish(&seqs, shared);
-                    continue;
-                }
-                match rx.recv_timeout(IDLE_TICK) {
+                let wait = if next_turns.is_empty() {
+                    IDLE_TICK
+                } else {
+                    PREPARE_AFTER_IDLE
+                };
+                match rx.recv_timeout(wait) {
                     Ok(cmd) => shutdown |= self.admit(cmd, &mut active, &mut seqs, ctx),
-                    Err(RecvTimeoutError::Timeout) => continue,
+                    Err(RecvTimeoutError::Timeout) => {
+                        if let Some(next) = next_turns.pop() {
+                            next.apply(ctx, &mut batch, &mut seqs, ctx_size);
+                            publish(&seqs, shared);
+                        }
+                        continue;
+                    }
                     Err(RecvTimeoutError::Disconnected) => break,
                 }
             }
