@@ -161,11 +161,13 @@ impl Hive {
                 return Ok((200, SpawnResponse::reused(w.view())));
             }
         }
+        // The config's default_device is for GPUs: a CPU worker is on device 0 unless the
+        // request names another (preflight then says the CPU has no such device).
         let at = match req.backend {
-            Some(backend) => Placement::fixed(
-                backend,
-                req.device.or(self.config.default_device).unwrap_or(0),
-            ),
+            Some(backend) => {
+                let default = self.config.default_device.filter(|_| backend.is_gpu());
+                Placement::fixed(backend, req.device.or(default).unwrap_or(0))
+            }
             None => {
                 let mut at = placement::place(
                     self.config.default_backend,
@@ -174,8 +176,6 @@ impl Hive {
                     |b| self.binaries.ready_for(b),
                 );
                 if at.backend == Backend::Cpu {
-                    // A device the request names stays its own (preflight says if the CPU
-                    // has no such device); the config's default_device is for GPUs.
                     at.device = req.device.unwrap_or(0);
                 }
                 at

@@ -372,7 +372,7 @@ except openai.APIStatusError as e:
     assert_eq!(workers[0]["backend"], "cpu", "{workers:?}");
 
     // cuda where there is none: the client learns why, and that the hive's setting chose it.
-    let (cuda, _state) = hive("default_backend = \"cuda\"\n", None);
+    let (cuda, _state) = hive("default_backend = \"cuda\"\ndefault_device = 1\n", None);
     let out = run(&cuda, "none", &chat);
     let e = &out[0]["error"];
     assert_eq!(e[0], "BadRequestError", "{out:?}");
@@ -382,7 +382,8 @@ except openai.APIStatusError as e:
         msg.contains("cuda") && msg.contains("default_backend = \"cuda\""),
         "{msg}"
     );
-    // A spawn that names its backend is not overruled.
+    // A spawn that names its backend is not overruled (nor moved to the GPUs'
+    // default_device).
     let r = cuda.post(
         "/v1/workers/spawn",
         &json!({"model_ref": reference, "backend": "cpu"}),
