@@ -21,13 +21,13 @@ use llama_cpp_2::token::LlamaToken;
 use rbee_types::worker::{ChatMessage, DoneEvent, FinishReason, ModelMetadata, SlotsView};
 use rbee_types::{ApiError, ErrorCode};
 
-use crate::chat_template::JinjaTemplate;
 use crate::cli::Backend;
 use crate::next_turn::NextTurn;
 use crate::output::{Emit, OutputText};
 use crate::prompt_cache::PromptCache;
 use crate::state::{lock, Phase, Shared};
 use crate::step_plan::{self, Want};
+use rbee_llama::chat_template::JinjaTemplate;
 
 /// Largest number of tokens decoded in one step (prompt chunks plus one token per slot).
 const BATCH_TOKENS: u32 = 512;

@@ -17,7 +17,6 @@
 //! - [`state`]: what the threads share.
 
 pub mod app;
-pub mod chat_template;
 pub mod cli;
 pub mod engine;
 pub mod fault;

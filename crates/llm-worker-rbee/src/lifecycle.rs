@@ -15,10 +15,11 @@ use rbee_types::worker::{ReadyCallback, WorkerInfo};
 use sd_notify::NotifyState;
 
 use crate::app::{App, ShutdownCause};
-use crate::cli::{compiled_in, physical_cores, Args, Backend};
+use crate::cli::{compiled_in, Args, Backend};
 use crate::engine::{metadata_from_header, Engine, EngineConfig};
 use crate::http::{serve, LIMITS};
 use crate::state::{Phase, Shared};
+use rbee_llama::physical_cores;
 
 /// Runs the worker; returns the process exit code (see [`rbee_types::exit`]).
 pub fn run(args: Args) -> i32 {

@@ -58,7 +58,7 @@ pub fn chat_prompt(model: &LlamaModel, user: &str) -> anyhow::Result<String> {
     let tmpl = model
         .chat_template(None)
         .context("model has no chat template")?;
-    if let Some(jinja) = llm_worker_rbee::chat_template::JinjaTemplate::of_model(model, &tmpl) {
+    if let Some(jinja) = rbee_llama::chat_template::JinjaTemplate::of_model(model, &tmpl) {
         let msg = rbee_types::worker::ChatMessage {
             role: "user".into(),
             content: user.into(),

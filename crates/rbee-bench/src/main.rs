@@ -121,9 +121,7 @@ fn main() -> anyhow::Result<()> {
         Some(m) => m,
         None => bail!("no model: pass --model or run scripts/fetch-test-model"),
     };
-    let threads = cli
-        .threads
-        .unwrap_or_else(llm_worker_rbee::cli::physical_cores);
+    let threads = cli.threads.unwrap_or_else(rbee_llama::physical_cores);
     let me = std::env::current_exe()?;
     let worker_bin = cli
         .worker

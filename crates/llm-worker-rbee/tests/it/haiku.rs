@@ -11,7 +11,7 @@ const PROMPT: &str = "Write a haiku about bees";
 #[test]
 fn haiku_streams_the_same_tokens_as_an_in_process_greedy_decode() {
     let Some(model) = model() else { return };
-    let threads = llm_worker_rbee::cli::physical_cores();
+    let threads = rbee_llama::physical_cores();
     let w = Worker::start(&model, &["--slots", "1", "--ctx-size", "4096"]);
     let mut sse = w
         .stream(json!({"messages": [{"role": "user", "content": PROMPT}], "temperature": 0, "max_tokens": 64}))
@@ -57,7 +57,7 @@ fn haiku_streams_the_same_tokens_as_an_in_process_greedy_decode() {
 #[test]
 fn raw_prompt_greedy_matches_too_and_stream_false_returns_one_document() {
     let Some(model) = model() else { return };
-    let threads = llm_worker_rbee::cli::physical_cores();
+    let threads = rbee_llama::physical_cores();
     let w = Worker::start(&model, &["--slots", "2", "--ctx-size", "2048"]);
     let prompt = "The three most important things about honey bees are";
     let r = w.complete(json!({"prompt": prompt, "temperature": 0, "max_tokens": 40}));
