@@ -18,7 +18,7 @@ use crate::validate::Valid;
 
 /// Why the main thread should start draining.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ShutdownCause {
+pub(crate) enum ShutdownCause {
     /// SIGTERM or SIGINT.
     Signal,
     /// `POST /v1/admin/shutdown`.
@@ -30,7 +30,7 @@ pub enum ShutdownCause {
 }
 
 /// What every handler needs.
-pub struct App {
+pub(crate) struct App {
     /// Shared state.
     pub shared: Arc<Shared>,
     /// The engine.

@@ -40,7 +40,7 @@ const PREPARE_AFTER_IDLE: Duration = Duration::from_millis(50);
 
 /// What the engine needs to load the model.
 #[derive(Debug, Clone)]
-pub struct EngineConfig {
+pub(crate) struct EngineConfig {
     /// GGUF file.
     pub model_path: PathBuf,
     /// Where the layers run.
@@ -59,7 +59,7 @@ pub struct EngineConfig {
 
 /// How to pick the next token.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Sampling {
+pub(crate) struct Sampling {
     /// 0 = greedy.
     pub temperature: f32,
     /// Nucleus.
@@ -75,11 +75,11 @@ pub struct Sampling {
 }
 
 /// Generated tokens the penalties look back on (llama.cpp's default).
-pub const PENALTY_WINDOW: i32 = 64;
+pub(crate) const PENALTY_WINDOW: i32 = 64;
 
 /// Something a request receives from the engine.
 #[derive(Debug)]
-pub enum Event {
+pub(crate) enum Event {
     /// Text of one generated token (may be empty while a stop string is pending).
     Token(String),
     /// Generation ended.
@@ -90,14 +90,14 @@ pub enum Event {
 
 /// Releases the request's slot and cancel flag when the engine is done with it (or when a
 /// job never reached the engine).
-pub struct RequestGuard {
+pub(crate) struct RequestGuard {
     shared: Arc<Shared>,
     request_id: String,
 }
 
 impl RequestGuard {
     /// Registers `cancel` for `request_id`; the caller must already hold a slot.
-    pub fn new(shared: Arc<Shared>, request_id: String, cancel: Arc<AtomicBool>) -> Self {
+    pub(crate) fn new(shared: Arc<Shared>, request_id: String, cancel: Arc<AtomicBool>) -> Self {
         lock(&shared.cancels).insert(request_id.clone(), cancel);
         Self { shared, request_id }
     }
@@ -111,7 +111,7 @@ impl Drop for RequestGuard {
 }
 
 /// One request for the engine.
-pub struct Job {
+pub(crate) struct Job {
     /// Prompt tokens (non-empty, shorter than the slot's context).
     pub tokens: Vec<LlamaToken>,
     /// Sampling parameters.
@@ -140,7 +140,7 @@ enum Command {
 }
 
 /// The loaded model, usable from any thread for tokenising and chat templates.
-pub struct Prepared {
+pub(crate) struct Prepared {
     /// The model.
     pub model: Arc<LlamaModel>,
     /// Context tokens per slot.
@@ -152,12 +152,16 @@ pub struct Prepared {
 
 impl Prepared {
     /// Renders chat messages with the model's own template (assistant turn opened).
-    pub fn render_chat(&self, messages: &[ChatMessage]) -> Result<String, ApiError> {
+    pub(crate) fn render_chat(&self, messages: &[ChatMessage]) -> Result<String, ApiError> {
         self.render(messages, true)
     }
 
     /// Renders chat messages, opening the assistant's turn at the end or not.
-    pub fn render(&self, messages: &[ChatMessage], open_turn: bool) -> Result<String, ApiError> {
+    pub(crate) fn render(
+        &self,
+        messages: &[ChatMessage],
+        open_turn: bool,
+    ) -> Result<String, ApiError> {
         if let Some(jinja) = &self.jinja {
             return jinja.render(messages, open_turn).map_err(|e| {
                 ApiError::new(
@@ -194,13 +198,13 @@ impl Prepared {
 
     /// Tokenises a prompt the way the engine decodes it (BOS as the model wants it,
     /// special tokens such as `<|im_start|>` parsed).
-    pub fn tokenize(&self, text: &str) -> Vec<LlamaToken> {
+    pub(crate) fn tokenize(&self, text: &str) -> Vec<LlamaToken> {
         self.model.vocab().tokenize(text.as_bytes(), true, true)
     }
 }
 
 /// Handle to the engine thread.
-pub struct Engine {
+pub(crate) struct Engine {
     prepared: OnceLock<Prepared>,
     commands: Sender<Command>,
     receiver: std::sync::Mutex<Option<Receiver<Command>>>,
@@ -208,7 +212,7 @@ pub struct Engine {
 
 impl Engine {
     /// An engine with no model yet; [`Engine::run`] loads it.
-    pub fn new() -> Arc<Self> {
+    pub(crate) fn new() -> Arc<Self> {
         let (tx, rx) = mpsc::channel();
         Arc::new(Self {
             prepared: OnceLock::new(),
@@ -218,13 +222,13 @@ impl Engine {
     }
 
     /// The model, once loaded.
-    pub fn prepared(&self) -> Option<&Prepared> {
+    pub(crate) fn prepared(&self) -> Option<&Prepared> {
         self.prepared.get()
     }
 
     /// Hands a job to the engine. On failure (engine gone) the job is dropped, which frees
     /// its slot.
-    pub fn submit(&self, job: Job) -> Result<(), ApiError> {
+    pub(crate) fn submit(&self, job: Job) -> Result<(), ApiError> {
         self.commands
             .send(Command::Run(Box::new(job)))
             .map_err(|_| ApiError::new(ErrorCode::Draining, "the worker is shutting down"))
@@ -232,13 +236,13 @@ impl Engine {
 
     /// Asks the engine loop to end once it is idle (active jobs are cancelled first by the
     /// caller).
-    pub fn shutdown(&self) {
+    pub(crate) fn shutdown(&self) {
         let _ = self.commands.send(Command::Shutdown);
     }
 
     /// Loads the model and runs the decode loop until [`Engine::shutdown`]. Call on its
     /// own thread. Returns an error (without paths) when loading fails.
-    pub fn run(&self, cfg: &EngineConfig, shared: &Arc<Shared>) -> anyhow::Result<()> {
+    pub(crate) fn run(&self, cfg: &EngineConfig, shared: &Arc<Shared>) -> anyhow::Result<()> {
         let rx = lock(&self.receiver)
             .take()
             .ok_or_else(|| anyhow::anyhow!("engine already running"))?;
@@ -766,7 +770,7 @@ fn publish(seqs: &PromptCache, shared: &Shared) {
 }
 
 /// Model metadata from the GGUF header, before llama.cpp has loaded anything.
-pub fn metadata_from_header(h: &rbee_gguf::GgufHeader) -> ModelMetadata {
+pub(crate) fn metadata_from_header(h: &rbee_gguf::GgufHeader) -> ModelMetadata {
     ModelMetadata {
         architecture: h.architecture().unwrap_or("unknown").to_owned(),
         name: h.name().map(str::to_owned),

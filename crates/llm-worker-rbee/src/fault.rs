@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 
 /// Where a fault can be injected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Point {
+pub(crate) enum Point {
     /// The engine thread starts loading the model.
     Loading,
     /// The engine admits a request.
@@ -31,7 +31,7 @@ fn configured() -> Option<Point> {
 }
 
 /// Panics when the fault configured for this run is `at`.
-pub fn inject(at: Point) {
+pub(crate) fn inject(at: Point) {
     if configured() == Some(at) {
         panic!("injected fault at {at:?} (RBEE_WORKER_FAULT)");
     }

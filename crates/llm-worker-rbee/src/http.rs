@@ -13,7 +13,7 @@ use rbee_types::{ApiError, ErrorCode, API_VERSION};
 use serde_json::json;
 
 use crate::app::{serving, start, tokens_for, Started};
-pub use crate::app::{App, ShutdownCause};
+pub(crate) use crate::app::{App, ShutdownCause};
 use crate::engine::Event;
 use crate::openai;
 use crate::state::{lock, Phase, Shared};
@@ -24,16 +24,16 @@ use rbee_http::{
 };
 
 /// Requests handled at once before new ones get 503 `OVERLOADED`.
-pub const MAX_IN_FLIGHT: usize = 256;
+pub(crate) const MAX_IN_FLIGHT: usize = 256;
 
 /// What the worker's server admits.
-pub const LIMITS: rbee_http::Limits = rbee_http::Limits {
+pub(crate) const LIMITS: rbee_http::Limits = rbee_http::Limits {
     who: "worker",
     max_in_flight: MAX_IN_FLIGHT,
 };
 
 /// Serves requests until the server is unblocked.
-pub fn serve(server: &rbee_http::Server, app: &Arc<App>) {
+pub(crate) fn serve(server: &rbee_http::Server, app: &Arc<App>) {
     let app = Arc::clone(app);
     server.serve(move |request| {
         let outcome = request.outcome();

@@ -16,17 +16,20 @@
 //! - [`lifecycle`]: startup, sd-notify, signals, the hive callback and draining.
 //! - [`state`]: what the threads share.
 
-pub mod app;
+// Everything but what main.rs calls is crate-private; the lint keeps it that way.
+#![warn(unreachable_pub)]
+
+mod app;
 pub mod cli;
-pub mod engine;
-pub mod fault;
-pub mod http;
+mod engine;
+mod fault;
+mod http;
 pub mod lifecycle;
-pub mod metrics;
-pub mod next_turn;
-pub mod openai;
-pub mod output;
-pub mod prompt_cache;
-pub mod state;
+mod metrics;
+mod next_turn;
+mod openai;
+mod output;
+mod prompt_cache;
+mod state;
 mod step_plan;
-pub mod validate;
+mod validate;

@@ -9,7 +9,7 @@ use crate::state::{lock, Shared};
 
 /// What the worker counts. Counters only go up for the life of the process.
 #[derive(Debug)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     /// Answered requests by route (a pattern such as `/v1/inference/{id}`) and status.
     pub requests: Family<Counter>,
     prompt_tokens: Counter,
@@ -32,7 +32,7 @@ impl Default for Metrics {
 
 impl Metrics {
     /// Counts a generation that ended (completed, stopped, cut or cancelled).
-    pub fn finished(&self, done: &DoneEvent) {
+    pub(crate) fn finished(&self, done: &DoneEvent) {
         self.prompt_tokens.add(u64::from(done.prompt_tokens));
         self.cached_prompt_tokens
             .add(u64::from(done.cached_prompt_tokens));
@@ -43,7 +43,7 @@ impl Metrics {
     }
 
     /// The text of a scrape.
-    pub fn render(&self, shared: &Shared) -> String {
+    pub(crate) fn render(&self, shared: &Shared) -> String {
         let mut e = Exposition::new();
         let info = lock(&shared.info).clone();
         e.gauge(

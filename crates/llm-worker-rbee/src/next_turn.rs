@@ -26,7 +26,7 @@ const MOST: usize = 32;
 
 /// Tokens to decode into a free sequence after its cached ones.
 #[derive(Debug)]
-pub struct NextTurn {
+pub(crate) struct NextTurn {
     seq: i32,
     /// How many tokens the sequence holds when they were planned.
     after: usize,
@@ -35,7 +35,7 @@ pub struct NextTurn {
 
 impl NextTurn {
     /// What to decode after `answer` (the end of the conversation `messages`) in `seq`.
-    pub fn plan(
+    pub(crate) fn plan(
         prepared: &Prepared,
         seqs: &PromptCache,
         seq: i32,
@@ -65,7 +65,7 @@ impl NextTurn {
 
     /// Decodes the tokens into the sequence if it is still free and unchanged and they fit
     /// its context (`ctx_size`).
-    pub fn apply(
+    pub(crate) fn apply(
         self,
         ctx: &mut LlamaContext<'_>,
         batch: &mut LlamaBatch,

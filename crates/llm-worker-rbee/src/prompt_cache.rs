@@ -44,7 +44,7 @@ struct Sequence {
 
 /// How a request starts on its sequence.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Plan {
+pub(crate) struct Plan {
     /// The sequence it runs on.
     pub seq: i32,
     /// First copy positions `0..n` of this other sequence into `seq` (after clearing it).
@@ -56,7 +56,7 @@ pub struct Plan {
 
 /// The sequences of one llama context.
 #[derive(Debug)]
-pub struct PromptCache {
+pub(crate) struct PromptCache {
     seqs: Vec<Sequence>,
     clock: u64,
     enabled: bool,
@@ -69,7 +69,7 @@ fn common_prefix(a: &[LlamaToken], b: &[LlamaToken]) -> usize {
 
 impl PromptCache {
     /// `slots` sequences, empty; `enabled = false` keeps nothing between requests.
-    pub fn new(slots: u32, enabled: bool) -> PromptCache {
+    pub(crate) fn new(slots: u32, enabled: bool) -> PromptCache {
         PromptCache {
             seqs: (0..slots).map(|_| Sequence::default()).collect(),
             clock: 0,
@@ -78,7 +78,7 @@ impl PromptCache {
     }
 
     /// Whether sequences keep their tokens between requests.
-    pub fn enabled(&self) -> bool {
+    pub(crate) fn enabled(&self) -> bool {
         self.enabled
     }
 
@@ -90,7 +90,7 @@ impl PromptCache {
     /// Picks a free sequence for `prompt` and marks it busy; `None` when all are busy.
     /// With `use_cache` false (or the cache off) the least recently used free sequence is
     /// taken and nothing is reused.
-    pub fn start(&mut self, prompt: &[LlamaToken], use_cache: bool) -> Option<Plan> {
+    pub(crate) fn start(&mut self, prompt: &[LlamaToken], use_cache: bool) -> Option<Plan> {
         let use_cache = use_cache && self.enabled;
         let prefix = |s: &Sequence| {
             if use_cache {
@@ -155,24 +155,24 @@ impl PromptCache {
     }
 
     /// The tokens in `seq`'s cells.
-    pub fn tokens(&self, seq: i32) -> &[LlamaToken] {
+    pub(crate) fn tokens(&self, seq: i32) -> &[LlamaToken] {
         &self.seqs[seq as usize].tokens
     }
 
     /// No request runs on `seq`.
-    pub fn is_free(&self, seq: i32) -> bool {
+    pub(crate) fn is_free(&self, seq: i32) -> bool {
         !self.seqs[seq as usize].busy
     }
 
     /// Records that `token` went into `seq`'s cells at the next position.
-    pub fn push(&mut self, seq: i32, token: LlamaToken) {
+    pub(crate) fn push(&mut self, seq: i32, token: LlamaToken) {
         self.seqs[seq as usize].tokens.push(token);
     }
 
     /// The request on `seq` ended. With `keep` (and the cache on) its cells stay for the
     /// next request; otherwise the caller clears them and so is the record here. Returns
     /// whether the cells are to be cleared.
-    pub fn finish(&mut self, seq: i32, keep: bool) -> bool {
+    pub(crate) fn finish(&mut self, seq: i32, keep: bool) -> bool {
         let now = self.tick();
         let enabled = self.enabled;
         let s = &mut self.seqs[seq as usize];
@@ -188,12 +188,12 @@ impl PromptCache {
 
     /// The cells of `seq` are gone from position `from` on (a partial removal failed and
     /// the engine cleared more than planned).
-    pub fn truncate(&mut self, seq: i32, from: usize) {
+    pub(crate) fn truncate(&mut self, seq: i32, from: usize) {
         self.seqs[seq as usize].tokens.truncate(from);
     }
 
     /// Tokens held by each sequence, and what reusing them saved, for `/v1/slots`.
-    pub fn view(&self) -> Vec<SlotCache> {
+    pub(crate) fn view(&self) -> Vec<SlotCache> {
         self.seqs
             .iter()
             .enumerate()

@@ -9,7 +9,7 @@ use rbee_types::worker::{LoadProgress, SlotsView, WorkerInfo};
 
 /// Lifecycle of the worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
+pub(crate) enum Phase {
     /// The model is being read.
     Loading,
     /// Serving.
@@ -22,7 +22,7 @@ pub enum Phase {
 
 /// Loading progress, watched by `/v1/loading/progress` clients.
 #[derive(Debug, Clone, Default)]
-pub struct LoadState {
+pub(crate) struct LoadState {
     /// Layers loaded so far.
     pub layers_loaded: u64,
     /// Layers in the model.
@@ -36,7 +36,7 @@ pub struct LoadState {
 /// Counts busy slots; taking one is a single compare-and-swap, so two requests can never
 /// both get the last slot.
 #[derive(Debug)]
-pub struct Slots {
+pub(crate) struct Slots {
     total: u32,
     busy: AtomicU32,
     created: Instant,
@@ -46,7 +46,7 @@ pub struct Slots {
 
 impl Slots {
     /// `total` slots, all free.
-    pub fn new(total: u32) -> Self {
+    pub(crate) fn new(total: u32) -> Self {
         Self {
             total,
             busy: AtomicU32::new(0),
@@ -56,14 +56,14 @@ impl Slots {
     }
 
     /// Records activity now (a slot taken or given back, the model becoming ready).
-    pub fn touch(&self) {
+    pub(crate) fn touch(&self) {
         let now = self.created.elapsed().as_millis() as u64;
         self.last_change_ms.fetch_max(now, Ordering::AcqRel);
     }
 
     /// How long no slot has been busy; `None` while one is. The hive's idle timeout reads
     /// this through `/v1/health`.
-    pub fn idle_for(&self) -> Option<Duration> {
+    pub(crate) fn idle_for(&self) -> Option<Duration> {
         if self.busy() > 0 {
             return None;
         }
@@ -76,7 +76,7 @@ impl Slots {
     }
 
     /// Takes a slot, or returns `None` when all are busy.
-    pub fn try_acquire(&self) -> Option<()> {
+    pub(crate) fn try_acquire(&self) -> Option<()> {
         self.busy
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
                 (b < self.total).then_some(b + 1)
@@ -86,24 +86,24 @@ impl Slots {
     }
 
     /// Gives a slot back.
-    pub fn release(&self) {
+    pub(crate) fn release(&self) {
         self.touch();
         self.busy.fetch_sub(1, Ordering::AcqRel);
     }
 
     /// Busy slots now.
-    pub fn busy(&self) -> u32 {
+    pub(crate) fn busy(&self) -> u32 {
         self.busy.load(Ordering::Acquire)
     }
 
     /// All slots.
-    pub fn total(&self) -> u32 {
+    pub(crate) fn total(&self) -> u32 {
         self.total
     }
 }
 
 /// Everything the threads share.
-pub struct Shared {
+pub(crate) struct Shared {
     /// Static facts for `/v1/info`.
     pub info: Mutex<WorkerInfo>,
     /// Current phase.
@@ -135,7 +135,7 @@ pub struct Shared {
 
 impl Shared {
     /// New state in the `Loading` phase.
-    pub fn new(
+    pub(crate) fn new(
         info: WorkerInfo,
         api_key: Option<String>,
         base_url: String,
@@ -164,12 +164,12 @@ impl Shared {
     }
 
     /// The current phase.
-    pub fn phase(&self) -> Phase {
+    pub(crate) fn phase(&self) -> Phase {
         *lock(&self.phase)
     }
 
     /// Moves to `phase` and wakes watchers.
-    pub fn set_phase(&self, phase: Phase) {
+    pub(crate) fn set_phase(&self, phase: Phase) {
         if phase == Phase::Ready {
             // Idle time counts from the moment the worker can serve.
             self.slots.touch();
@@ -179,7 +179,7 @@ impl Shared {
     }
 
     /// Updates the loading progress and wakes watchers.
-    pub fn update_load(&self, f: impl FnOnce(&mut LoadState)) {
+    pub(crate) fn update_load(&self, f: impl FnOnce(&mut LoadState)) {
         let mut l = lock(&self.load);
         f(&mut l);
         l.generation += 1;
@@ -192,7 +192,7 @@ impl Shared {
     }
 
     /// The progress event a watcher sends now.
-    pub fn progress_event(&self, backend_is_gpu: bool) -> LoadProgress {
+    pub(crate) fn progress_event(&self, backend_is_gpu: bool) -> LoadProgress {
         let phase = self.phase();
         let l = lock(&self.load).clone();
         let stage = match (phase, &l.error) {
@@ -210,13 +210,13 @@ impl Shared {
     }
 
     /// A fresh request id, unique within this process.
-    pub fn new_request_id(&self) -> String {
+    pub(crate) fn new_request_id(&self) -> String {
         let n = self.next_request.fetch_add(1, Ordering::Relaxed);
         format!("req-{:x}-{n}", std::process::id())
     }
 
     /// Sets the cancel flag of a request, if it is active. Returns whether it was.
-    pub fn cancel(&self, request_id: &str) -> bool {
+    pub(crate) fn cancel(&self, request_id: &str) -> bool {
         match lock(&self.cancels).get(request_id) {
             Some(flag) => {
                 flag.store(true, Ordering::Release);
@@ -227,7 +227,7 @@ impl Shared {
     }
 
     /// Cancels every active request (end of the drain deadline).
-    pub fn cancel_all(&self) {
+    pub(crate) fn cancel_all(&self) {
         for flag in lock(&self.cancels).values() {
             flag.store(true, Ordering::Release);
         }
@@ -236,7 +236,7 @@ impl Shared {
 
 /// Locks a mutex, recovering the data if a thread panicked while holding it (the state
 /// stays usable; a panic is already logged).
-pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 

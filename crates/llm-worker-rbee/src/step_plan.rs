@@ -7,11 +7,11 @@
 /// end of one long step (at 16 concurrent streams the median time to first token drops by
 /// about a fifth, docs/benchmarks.md), while one long prompt still reads up to the whole
 /// batch a step.
-pub const PROMPT_WAVE_TOKENS: usize = 128;
+pub(crate) const PROMPT_WAVE_TOKENS: usize = 128;
 
 /// One active slot, as the planner sees it.
 #[derive(Debug, Clone, Copy)]
-pub struct Want {
+pub(crate) struct Want {
     /// Its llama sequence id.
     pub seq: i32,
     /// It has a sampled token to decode (it is past its prompt).
@@ -22,7 +22,7 @@ pub struct Want {
 
 /// The plan of one step over the active slots (indices into them).
 #[derive(Debug, PartialEq, Eq)]
-pub struct StepPlan {
+pub(crate) struct StepPlan {
     /// Prompt tokens each slot reads.
     pub take: Vec<usize>,
     /// The slots in the order their tokens go into the batch.
@@ -36,7 +36,7 @@ pub struct StepPlan {
 /// The order is by sequence id: with a KV stream per sequence, llama.cpp computes a batch
 /// as one pass per run of consecutive sequence ids it finds in that order, and every pass
 /// reads all the weights again.
-pub fn plan(wants: &[Want], budget: usize) -> StepPlan {
+pub(crate) fn plan(wants: &[Want], budget: usize) -> StepPlan {
     let mut budget = budget.saturating_sub(wants.iter().filter(|w| w.decoding).count());
     let mut prompt_tokens = 0;
     let take = wants

@@ -7,13 +7,13 @@ use rbee_types::{ApiError, ErrorCode};
 use crate::engine::Sampling;
 
 /// Default `max_tokens`.
-pub const DEFAULT_MAX_TOKENS: u32 = 256;
+pub(crate) const DEFAULT_MAX_TOKENS: u32 = 256;
 /// Most stop strings per request.
-pub const MAX_STOPS: usize = 16;
+pub(crate) const MAX_STOPS: usize = 16;
 
 /// A request whose every field is in range.
 #[derive(Debug, Clone)]
-pub struct Valid {
+pub(crate) struct Valid {
     /// Raw prompt (exclusive with `messages`).
     pub prompt: Option<String>,
     /// Chat messages.
@@ -37,7 +37,7 @@ fn bad(field: &str, msg: String, got: impl Into<serde_json::Value>) -> ApiError 
 }
 
 /// Validates `r` for a worker whose slots hold `ctx_size` tokens.
-pub fn validate(r: &InferenceRequest, ctx_size: u32) -> Result<Valid, ApiError> {
+pub(crate) fn validate(r: &InferenceRequest, ctx_size: u32) -> Result<Valid, ApiError> {
     match (&r.prompt, &r.messages) {
         (Some(_), Some(_)) => {
             return Err(ApiError::new(

@@ -28,7 +28,7 @@ use crate::registry::Registry;
 use crate::report::Failure;
 
 /// Exit status of an interrupted command.
-pub const EXIT_INTERRUPTED: u8 = 130;
+pub(crate) const EXIT_INTERRUPTED: u8 = 130;
 
 /// The options of every command that generates an answer.
 #[derive(Debug, Clone, Args)]
@@ -104,7 +104,7 @@ impl AnswerOptions {
 }
 
 /// A prompt that is empty, as an error with an example.
-pub fn check_prompt(prompt: &str, example: &str) -> Result<(), Failure> {
+pub(crate) fn check_prompt(prompt: &str, example: &str) -> Result<(), Failure> {
     if prompt.trim().is_empty() {
         return Err(keeper("the prompt is empty").suggest([example.to_string()]));
     }
@@ -112,7 +112,7 @@ pub fn check_prompt(prompt: &str, example: &str) -> Result<(), Failure> {
 }
 
 /// The model ready on its node: its reference and the worker that serves it.
-pub struct Ready {
+pub(crate) struct Ready {
     /// What the model name stood for.
     pub model_ref: ModelRef,
     /// The worker.
@@ -121,7 +121,7 @@ pub struct Ready {
 
 /// Makes `model` ready on the connection's node: the hive answering (started here when
 /// it is the local one), the name resolved, the model downloaded, a worker loaded.
-pub fn prepare(
+pub(crate) fn prepare(
     conn: &Conn,
     reg: &Registry,
     model: &ModelArg,
@@ -182,7 +182,7 @@ fn check_hive(conn: &Conn, node: &str, reg: &Registry) -> Result<(), Failure> {
 }
 
 /// Follows a download's progress stream with a bar: the model's catalogue id, or the error.
-pub fn follow_download(hive: &HiveClient, url: &str) -> Result<String, Failure> {
+pub(crate) fn follow_download(hive: &HiveClient, url: &str) -> Result<String, Failure> {
     let events = hive
         .download_progress(url)
         .map_err(|_| keeper("the download's progress stream could not be opened"))?;
@@ -471,7 +471,7 @@ fn relay<T: Chunk + serde::de::DeserializeOwned>(
 
 /// What the stream brought.
 #[derive(Default)]
-pub struct Streamed {
+pub(crate) struct Streamed {
     /// The answer.
     pub text: String,
     /// Pieces of text received (the token count when the counts did not come).
@@ -490,7 +490,7 @@ pub struct Streamed {
 
 impl Streamed {
     /// Tokens generated.
-    pub fn tokens(&self) -> u64 {
+    pub(crate) fn tokens(&self) -> u64 {
         self.usage
             .as_ref()
             .map_or(self.pieces, |u| u.completion_tokens.into())
@@ -501,7 +501,7 @@ impl Streamed {
 /// (when `print`) until it ends, Ctrl+C, or no token for `--token-timeout-secs`. In the
 /// last two cases the keeper leaves, which closes the connection: the hive then cancels
 /// the generation on the worker (or takes the request out of the model's queue).
-pub fn stream_answer(
+pub(crate) fn stream_answer(
     hive: &HiveClient,
     req: CompletionRequest,
     raw: bool,
@@ -586,7 +586,7 @@ fn save_partial(text: &str) -> Option<std::path::PathBuf> {
 }
 
 /// A chat message.
-pub fn message(role: &str, text: &str) -> RequestMessage {
+pub(crate) fn message(role: &str, text: &str) -> RequestMessage {
     RequestMessage {
         role: role.into(),
         content: Some(Content::Text(text.to_owned())),
@@ -596,7 +596,7 @@ pub fn message(role: &str, text: &str) -> RequestMessage {
 }
 
 /// What to send: a conversation, or raw text to continue.
-pub enum Input {
+pub(crate) enum Input {
     /// Chat messages, rendered with the model's own template on the worker.
     Chat(Vec<RequestMessage>),
     /// Text to continue.
@@ -604,7 +604,7 @@ pub enum Input {
 }
 
 /// The request for the hive's front door, streamed with the token counts at the end.
-pub fn request(model_ref: &ModelRef, input: Input, o: &AnswerOptions) -> CompletionRequest {
+pub(crate) fn request(model_ref: &ModelRef, input: Input, o: &AnswerOptions) -> CompletionRequest {
     let (prompt, messages) = match input {
         Input::Raw(text) => (Some(OneOrMany::One(text)), None),
         Input::Chat(messages) => (None, Some(messages)),
@@ -643,7 +643,12 @@ struct JsonAnswer<'a> {
 
 /// How one answer ended, for the user: a summary on stderr (the document on stdout with
 /// `json`), and the exit status — 0, 130 after Ctrl+C, or the failure.
-pub fn conclude(s: &Streamed, ready: &Ready, o: &AnswerOptions, json: bool) -> Result<u8, Failure> {
+pub(crate) fn conclude(
+    s: &Streamed,
+    ready: &Ready,
+    o: &AnswerOptions,
+    json: bool,
+) -> Result<u8, Failure> {
     let tokens = s.tokens();
     let prompt_tokens = s.usage.as_ref().map(|u| u.prompt_tokens);
     match (s.cancelled, &s.finish) {
@@ -695,7 +700,7 @@ pub fn conclude(s: &Streamed, ready: &Ready, o: &AnswerOptions, json: bool) -> R
 
 /// An answer that stopped without an end (the worker crashed or the connection broke):
 /// what arrived is saved, the error says where.
-pub fn broken_off(s: &Streamed, o: &AnswerOptions) -> Failure {
+pub(crate) fn broken_off(s: &Streamed, o: &AnswerOptions) -> Failure {
     let tokens = s.tokens();
     let saved = save_partial(&s.text);
     let why = s.broken.as_ref().map_or_else(

@@ -23,7 +23,7 @@ const SLOW_MS: f64 = 50.0;
 
 /// One check that passed.
 #[derive(Debug, Serialize)]
-pub struct Passed {
+pub(crate) struct Passed {
     /// `ssh`, `latency`, `rbee-hive binary`, `hive API`, `version`, `backends`,
     /// `resources`.
     pub check: &'static str,
@@ -68,7 +68,7 @@ const STALE_SECS: u64 = 24 * 3600;
 
 /// Before an answer on a registered node not reached for a day (or never): the SSH checks,
 /// shown on stderr, so a broken layer is named before anything else is tried.
-pub fn if_stale(node: &str, cfg: &Config, reg: &Registry) -> Result<(), Failure> {
+pub(crate) fn if_stale(node: &str, cfg: &Config, reg: &Registry) -> Result<(), Failure> {
     let Ok(Some(n)) = reg.get(node) else {
         return Ok(());
     };
@@ -85,7 +85,7 @@ pub fn if_stale(node: &str, cfg: &Config, reg: &Registry) -> Result<(), Failure>
 
 /// Runs every check of `node`; the checks that passed (printed as they pass), or the first
 /// failure.
-pub fn run(node: &str, json: bool, cfg: &Config, reg: &Registry) -> Result<(), Failure> {
+pub(crate) fn run(node: &str, json: bool, cfg: &Config, reg: &Registry) -> Result<(), Failure> {
     let mut done = Vec::new();
     let show = if json { Show::Json } else { Show::Stdout };
     if node != "localhost" {

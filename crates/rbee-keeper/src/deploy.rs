@@ -117,7 +117,11 @@ echo "rbee-done: $commit" >&2
 
 /// Runs `setup install`.
 /// Runs `setup install`; the commit installed.
-pub fn run(a: &InstallNodeArgs, cfg: &Config, reg: &mut Registry) -> Result<String, Failure> {
+pub(crate) fn run(
+    a: &InstallNodeArgs,
+    cfg: &Config,
+    reg: &mut Registry,
+) -> Result<String, Failure> {
     let db = |e: rbee_sqlite::DbError| Failure::new("rbee-keeper", e.to_string());
     if a.node == "localhost" {
         return Err(Failure::new(

@@ -20,25 +20,28 @@
 //! - [`install`]: the binaries, configs and units in place.
 //! - [`node`]: reaching a node's hive and workers; [`tunnel`]: SSH port forwards.
 
-pub mod answer;
-pub mod check;
-pub mod client;
+// Modules main.rs does not call are crate-private; the lint keeps their items so.
+#![warn(unreachable_pub)]
+
+mod answer;
+mod check;
+mod client;
 pub mod completions;
 pub mod config;
-pub mod deploy;
+mod deploy;
 pub mod infer;
 pub mod install;
-pub mod local;
+mod local;
 pub mod manage;
-pub mod names;
-pub mod node;
+mod names;
+mod node;
 pub mod paths;
-pub mod progress;
+mod progress;
 pub mod registry;
 pub mod report;
 pub mod run;
-pub mod service;
+mod service;
 pub mod setup;
-pub mod shell;
+mod shell;
 pub mod ssh;
-pub mod tunnel;
+mod tunnel;

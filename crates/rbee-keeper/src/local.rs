@@ -12,7 +12,7 @@ use crate::report::Failure;
 use rbee_client::HiveClient;
 
 /// The hive binary: next to this keeper, else on PATH.
-pub fn hive_binary() -> Option<PathBuf> {
+pub(crate) fn hive_binary() -> Option<PathBuf> {
     let beside = std::env::current_exe()
         .ok()
         .and_then(|e| Some(e.parent()?.join("rbee-hive")))
@@ -41,7 +41,7 @@ fn passed_env() -> Vec<String> {
 }
 
 /// Whether `systemctl --user` reaches a manager.
-pub fn user_manager_reachable() -> bool {
+pub(crate) fn user_manager_reachable() -> bool {
     Command::new("systemctl")
         .args(["--user", "show", "--property=Version"])
         .stdin(Stdio::null())
@@ -53,7 +53,7 @@ pub fn user_manager_reachable() -> bool {
 
 /// Starts a hive listening on `port` of loopback and waits (at most 20 s) until it answers.
 /// Returns how it was started, for the user.
-pub fn start_hive(port: u16) -> Result<String, Failure> {
+pub(crate) fn start_hive(port: u16) -> Result<String, Failure> {
     let Some(bin) = hive_binary() else {
         return Err(Failure::new("rbee-keeper", "no hive answers on this machine, and rbee-hive is not installed next to rbee-keeper or on PATH")
             .suggest(["install it: rbee-keeper install (or cargo build --release -p rbee-hive)".to_string()]));
@@ -143,6 +143,6 @@ pub fn start_hive(port: u16) -> Result<String, Failure> {
 }
 
 /// Where a hive the keeper starts as a background process writes its log.
-pub fn background_log() -> PathBuf {
+pub(crate) fn background_log() -> PathBuf {
     crate::paths::data_dir().join("rbee-hive.log")
 }

@@ -15,7 +15,7 @@ use rbee_types::hive::HiveHealth;
 /// How long to wait before each attempt to reach a hive.
 const ATTEMPT_WAITS_MS: [u64; 3] = [0, 200, 400];
 /// How many attempts reach a hive.
-pub const ATTEMPTS: usize = ATTEMPT_WAITS_MS.len();
+pub(crate) const ATTEMPTS: usize = ATTEMPT_WAITS_MS.len();
 
 /// `host:port` of a URL.
 fn address_of(url: &str) -> &str {
@@ -24,7 +24,7 @@ fn address_of(url: &str) -> &str {
 }
 
 /// An open way to one node; its tunnels close when it is dropped.
-pub struct Conn {
+pub(crate) struct Conn {
     /// The node's name.
     pub node: String,
     /// Its hive.
@@ -39,7 +39,7 @@ pub struct Conn {
 
 impl Conn {
     /// Opens the way to `node`: `localhost` (no setup), or a registered node.
-    pub fn open(node: &str, cfg: &Config, reg: &Registry) -> Result<Conn, Failure> {
+    pub(crate) fn open(node: &str, cfg: &Config, reg: &Registry) -> Result<Conn, Failure> {
         let node_cfg = cfg.nodes.get(node);
         let key = node_cfg.and_then(|n| n.api_key.clone());
         let configured_url = node_cfg.and_then(|n| n.hive_url.clone());
@@ -83,7 +83,7 @@ impl Conn {
     /// 0, 200 and 400 ms before them) while nothing answers; an answer that is an error,
     /// or the last attempt's failure, is returned as it is.
     /// An answer counts as a contact: the node's `last_connected` moves.
-    pub fn reach(&self, reg: &Registry) -> Result<HiveHealth, ClientError> {
+    pub(crate) fn reach(&self, reg: &Registry) -> Result<HiveHealth, ClientError> {
         let probe = self.hive.with_timeout(Duration::from_secs(10));
         let mut last = None;
         for wait in ATTEMPT_WAITS_MS {

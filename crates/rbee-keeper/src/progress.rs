@@ -4,7 +4,7 @@ use std::io::{IsTerminal, Write};
 use std::time::Instant;
 
 /// A progress display for one long step.
-pub struct Bar {
+pub(crate) struct Bar {
     tty: bool,
     label: String,
     last_line: Instant,
@@ -12,7 +12,7 @@ pub struct Bar {
 }
 
 /// `1.2 GB`, `512.0 MB`.
-pub fn bytes(n: u64) -> String {
+pub(crate) fn bytes(n: u64) -> String {
     let n = n as f64;
     if n >= 1e9 {
         format!("{:.1} GB", n / 1e9)
@@ -23,7 +23,7 @@ pub fn bytes(n: u64) -> String {
 
 impl Bar {
     /// A bar for `label` (`downloading`).
-    pub fn new(label: &str) -> Bar {
+    pub(crate) fn new(label: &str) -> Bar {
         Bar {
             tty: std::io::stderr().is_terminal(),
             label: label.to_owned(),
@@ -33,7 +33,7 @@ impl Bar {
     }
 
     /// Shows `done` of `total` bytes at `speed_mbps`.
-    pub fn bytes(&mut self, done: u64, total: u64, speed_mbps: f64) {
+    pub(crate) fn bytes(&mut self, done: u64, total: u64, speed_mbps: f64) {
         let pct = (done * 100).checked_div(total).unwrap_or(0);
         let eta = if speed_mbps > 0.0 {
             let s = (total.saturating_sub(done)) as f64 / (speed_mbps * 1e6);
@@ -54,7 +54,7 @@ impl Bar {
     }
 
     /// Shows `done` of `total` steps (layers).
-    pub fn steps(&mut self, done: u64, total: u64, unit: &str) {
+    pub(crate) fn steps(&mut self, done: u64, total: u64, unit: &str) {
         let pct = (done * 100).checked_div(total).unwrap_or(0);
         let text = format!(
             "[rbee-keeper] {} {done}/{total} {unit} ({pct}%)",
@@ -76,7 +76,7 @@ impl Bar {
     }
 
     /// Ends the bar's line.
-    pub fn finish(&mut self, text: &str) {
+    pub(crate) fn finish(&mut self, text: &str) {
         let mut err = std::io::stderr().lock();
         if self.tty {
             let _ = writeln!(err, "\r\x1b[2K[rbee-keeper] {text}");

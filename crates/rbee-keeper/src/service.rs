@@ -99,7 +99,7 @@ fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
 }
 
 /// `hive start --node`.
-pub fn start(node: &str, cfg: &Config, reg: &Registry) -> Result<(), Failure> {
+pub(crate) fn start(node: &str, cfg: &Config, reg: &Registry) -> Result<(), Failure> {
     let conn = Conn::open(node, cfg, reg)?;
     if let Some(h) = health(&conn) {
         crate::say!(
@@ -134,7 +134,7 @@ pub fn start(node: &str, cfg: &Config, reg: &Registry) -> Result<(), Failure> {
 }
 
 /// `hive stop --node`: its workers stop with it (they are its units' or its children).
-pub fn stop(node: &str, cfg: &Config, reg: &Registry) -> Result<(), Failure> {
+pub(crate) fn stop(node: &str, cfg: &Config, reg: &Registry) -> Result<(), Failure> {
     let conn = Conn::open(node, cfg, reg)?;
     let port = port_of(&conn, cfg, reg);
     let shell = NodeShell::open(node, cfg, reg)?;
@@ -209,7 +209,7 @@ fn print_file(path: &std::path::Path, lines: usize, follow: bool) -> Result<(), 
 
 /// `logs --node` without `--worker`: the hive's journal on its node, or on this machine
 /// the log file of a hive the keeper started as a background process.
-pub fn journal(
+pub(crate) fn journal(
     node: &str,
     lines: usize,
     follow: bool,

@@ -17,7 +17,7 @@ use crate::ssh::{Ssh, Target};
 const TAIL: usize = 8;
 
 /// Where a script runs.
-pub enum NodeShell {
+pub(crate) enum NodeShell {
     /// This machine.
     Local,
     /// A registered node, over SSH.
@@ -31,7 +31,7 @@ pub enum NodeShell {
 
 /// What the script's output is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Output {
+pub(crate) enum Output {
     /// Progress: every line to stderr, prefixed with `[<node>]`.
     Progress,
     /// Content (a log): its stdout to stdout, unchanged.
@@ -40,7 +40,7 @@ pub enum Output {
 
 /// How a script ended.
 #[derive(Debug, Clone)]
-pub struct Outcome {
+pub(crate) struct Outcome {
     /// Its exit status (`None`: killed by a signal).
     pub code: Option<i32>,
     /// The `rbee-done:` value, if it printed one.
@@ -54,13 +54,13 @@ pub struct Outcome {
 }
 
 /// Quotes `s` for a POSIX shell.
-pub fn quote(s: &str) -> String {
+pub(crate) fn quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
 impl NodeShell {
     /// The shell of `node`: `localhost`, or a registered node.
-    pub fn open(node: &str, cfg: &Config, reg: &Registry) -> Result<NodeShell, Failure> {
+    pub(crate) fn open(node: &str, cfg: &Config, reg: &Registry) -> Result<NodeShell, Failure> {
         if node == "localhost" {
             return Ok(NodeShell::Local);
         }
@@ -90,7 +90,7 @@ impl NodeShell {
     /// Runs `script` on the node, streaming its output as `out` says; `node` names it in
     /// prefixes and errors. A failure to reach the node is an error; the script's own
     /// failure is in the [`Outcome`].
-    pub fn run(&self, node: &str, script: &str, out: Output) -> Result<Outcome, Failure> {
+    pub(crate) fn run(&self, node: &str, script: &str, out: Output) -> Result<Outcome, Failure> {
         let mut child = self
             .command()
             .stdin(Stdio::piped())
@@ -169,7 +169,7 @@ impl NodeShell {
 impl Outcome {
     /// Success (exit 0 and `rbee-done`), else a failure of `component` saying `what`
     /// failed, with the script's own words and the last lines it printed.
-    pub fn check(self, component: &'static str, what: &str) -> Result<String, Failure> {
+    pub(crate) fn check(self, component: &'static str, what: &str) -> Result<String, Failure> {
         if self.code == Some(0) {
             if let Some(done) = self.done {
                 return Ok(done);

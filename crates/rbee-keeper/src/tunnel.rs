@@ -10,7 +10,7 @@ use crate::report::Failure;
 use crate::ssh::{Ssh, Target};
 
 /// An open forward: `127.0.0.1:<local_port>` here reaches `127.0.0.1:<remote_port>` there.
-pub struct Tunnel {
+pub(crate) struct Tunnel {
     child: Child,
     /// The port on this machine.
     pub local_port: u16,
@@ -18,7 +18,12 @@ pub struct Tunnel {
 
 impl Tunnel {
     /// Opens a forward through `ssh` and waits (at most 15 s) until it carries connections.
-    pub fn open(ssh: &Ssh, node: &str, t: &Target, remote_port: u16) -> Result<Tunnel, Failure> {
+    pub(crate) fn open(
+        ssh: &Ssh,
+        node: &str,
+        t: &Target,
+        remote_port: u16,
+    ) -> Result<Tunnel, Failure> {
         let local_port = TcpListener::bind(("127.0.0.1", 0))
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
