@@ -88,7 +88,7 @@ fn run_inner(config: Config) -> anyhow::Result<()> {
     let system = supervisor.name() == "systemd-system";
     let models =
         rbee_models::provisioner::Provisioner::open(&config.state_dir, &config.models_dir(), hub)
-            .map_err(|e| anyhow::anyhow!("{}", e.error.message))?
+            .map_err(|e| anyhow::anyhow!("{e}"))?
             .with_file_dirs(&config.file_model_dirs(system));
     let binaries = rbee_binaries::Builder::open(rbee_binaries::BuilderConfig {
         state_dir: config.state_dir.clone(),
@@ -280,7 +280,7 @@ fn sync_models(hive: &Hive) {
                 tracing::info!(model = %m.id, reference = %m.reference, file_deleted, "provision_sync: removed a model that provision does not name");
             }
             Err(e) => {
-                tracing::error!(model = %m.id, error = %e.error.message, "provision_sync: cannot remove");
+                tracing::error!(model = %m.id, error = %e, "provision_sync: cannot remove");
             }
         }
     }
@@ -305,18 +305,21 @@ fn provision(hive: &Arc<Hive>) {
             }
             Ok(Ensured::Downloading(t)) => {
                 tracing::info!(%reference, download = %t.id, "provisioning model");
-                let spawned = std::thread::Builder::new()
-                    .name("provision".into())
-                    .spawn(move || match t.wait() {
-                        Ok(path) => tracing::info!(%reference, %path, "provisioned model"),
-                        Err(e) => tracing::error!(%reference, error = %e.error.message, "provisioning failed"),
-                    });
+                let spawned =
+                    std::thread::Builder::new()
+                        .name("provision".into())
+                        .spawn(move || match t.wait() {
+                            Ok(path) => tracing::info!(%reference, %path, "provisioned model"),
+                            Err(e) => {
+                                tracing::error!(%reference, error = %e, "provisioning failed")
+                            }
+                        });
                 if let Err(e) = spawned {
                     tracing::error!(error = %e, "cannot start a provisioning thread");
                 }
             }
             Err(e) => {
-                tracing::error!(%reference, error = %e.error.message, code = e.error.code.as_str(), "provisioning failed");
+                tracing::error!(%reference, error = %e, code = e.code().as_str(), "provisioning failed");
             }
         }
     }

@@ -47,7 +47,7 @@ pub fn download(hive: &Hive, mut request: Request, max_body: usize) {
                 progress_url: download_progress_path(&t.id),
             },
         ),
-        Err(e) => respond_error(request, &e),
+        Err(e) => respond_error(request, &e.into()),
     }
 }
 
@@ -112,6 +112,6 @@ pub fn delete(hive: &Hive, request: Request, id: &str) {
                 removed: m.id,
             },
         ),
-        Err(e) => respond_error(request, &e),
+        Err(e) => respond_error(request, &e.into()),
     }
 }

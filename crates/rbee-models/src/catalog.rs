@@ -6,6 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
+use rbee_gguf::GgufHeader;
 use rusqlite::{params, Row, TransactionBehavior};
 
 /// Catalogue failures.
@@ -23,7 +24,8 @@ pub(crate) fn slug(s: &str) -> String {
 }
 
 /// The row of `path_in_repo` downloaded from hub repository `repo` at `commit` (asked for
-/// as `revision`) to `local_path`; its id is `org--repo--<file name without .gguf>`.
+/// as `revision`) to `local_path`; its id is `org--repo--<file name without .gguf>`. Its
+/// metadata comes from `header`, the file's GGUF header as the caller checked it.
 pub(crate) fn hf_model(
     repo: &str,
     revision: &str,
@@ -31,6 +33,7 @@ pub(crate) fn hf_model(
     path_in_repo: &str,
     local_path: PathBuf,
     size_bytes: u64,
+    header: Option<&GgufHeader>,
 ) -> Model {
     let name = path_in_repo
         .rsplit('/')
@@ -53,13 +56,14 @@ pub(crate) fn hf_model(
             name,
             local_path,
             size_bytes,
+            header,
         )
     }
 }
 
 /// A ready row for a file recorded now, with the GGUF metadata (architecture, parameter
-/// count, quantization, context length, vocabulary size) read from its header when it has
-/// one.
+/// count, quantization, context length, vocabulary size) from `header`, the file's header
+/// as the caller read it when checking the file (the header is read once per admission).
 pub fn model_for_file(
     id: String,
     provider: &str,
@@ -67,9 +71,9 @@ pub fn model_for_file(
     file_name: String,
     local_path: PathBuf,
     size_bytes: u64,
+    header: Option<&GgufHeader>,
 ) -> Model {
-    let header = rbee_gguf::read_header(&local_path).ok();
-    let h = header.as_ref();
+    let h = header;
     Model {
         id,
         provider: provider.to_owned(),
@@ -299,7 +303,8 @@ impl Catalog {
                 continue;
             };
             let size = std::fs::metadata(&path).map_or(0, |m| m.len());
-            let model = hf_model(&repo, &commit, &commit, &name, path, size);
+            let header = rbee_gguf::read_header(&path).ok();
+            let model = hf_model(&repo, &commit, &commit, &name, path, size, header.as_ref());
             self.insert(&model)?;
             found += 1;
         }

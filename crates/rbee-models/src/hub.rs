@@ -7,10 +7,10 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use rbee_types::{ApiError, ErrorCode};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+pub use crate::error::{HubError, RetryCause};
 pub use crate::sink::direct_io;
 use crate::sink::Sink;
 use rbee_types::model_ref::Selector;
@@ -114,15 +114,12 @@ struct ApiLfs {
 
 /// The hub's answer, checked before anything of it reaches a path: the commit must be 40
 /// hex characters; files with names that could escape a directory are left out (logged).
-fn checked(api: ApiRepo, repo: &str, reference: &str) -> Result<RepoInfo, ApiError> {
+fn checked(api: ApiRepo, repo: &str, reference: &str) -> Result<RepoInfo, HubError> {
     if !crate::models_dir::valid_commit(&api.sha) {
-        return Err(ApiError::new(
-            ErrorCode::DownloadFailed,
-            format!(
-                "the hub's answer for {repo} is not valid: its commit id is not 40 hexadecimal characters"
-            ),
-        )
-        .detail("model_ref", reference));
+        return Err(HubError::BadCommit {
+            repo: repo.to_owned(),
+            reference: reference.to_owned(),
+        });
     }
     let files = api
         .siblings
@@ -206,27 +203,19 @@ fn get(cfg: &HubConfig, agent: &ureq::Agent, url: &str, range: Option<u64>) -> O
     Outcome::Transport("too many redirects".into())
 }
 
-fn status_error(code: u16, what: &str, reference: &str) -> ApiError {
-    match code {
-        404 => ApiError::new(
-            ErrorCode::ModelNotFound,
-            format!("{what} not found on the hub (404): check the reference {reference}"),
-        )
-        .detail("model_ref", reference),
-        401 | 403 => ApiError::new(
-            ErrorCode::ModelAccessDenied,
-            format!(
-                "the hub refused access to {what} ({code}): the repository is gated or private; \
-                 set HF_TOKEN to a token that may read it (and accept its terms on the hub)"
-            ),
-        )
-        .detail("model_ref", reference)
-        .detail("status", code),
-        _ => ApiError::new(
-            ErrorCode::DownloadFailed,
-            format!("the hub answered {code} for {what}"),
-        )
-        .detail("status", code),
+/// The error for a status not worth retrying (404, 401/403, other 4xx) for `what`.
+fn status_error(status: u16, what: String, reference: &str) -> HubError {
+    match status {
+        404 => HubError::NotFound {
+            what,
+            reference: reference.to_owned(),
+        },
+        401 | 403 => HubError::AccessDenied {
+            what,
+            status,
+            reference: reference.to_owned(),
+        },
+        _ => HubError::Status { what, status },
     }
 }
 
@@ -236,7 +225,7 @@ pub fn repo_info(
     repo: &str,
     revision: &str,
     reference: &str,
-) -> Result<RepoInfo, ApiError> {
+) -> Result<RepoInfo, HubError> {
     let url = format!(
         "{}/api/models/{repo}/revision/{revision}?blobs=true",
         cfg.endpoint
@@ -249,18 +238,16 @@ pub fn repo_info(
         }
         match get(cfg, &agent, &url, None) {
             Outcome::Response(r) => {
-                let api: ApiRepo = r.into_json().map_err(|e| {
-                    ApiError::new(
-                        ErrorCode::DownloadFailed,
-                        format!("the hub's file list for {repo} is not understood: {e}"),
-                    )
+                let api: ApiRepo = r.into_json().map_err(|source| HubError::BadFileList {
+                    repo: repo.to_owned(),
+                    source,
                 })?;
                 return checked(api, repo, reference);
             }
             Outcome::Status(code, _) if code < 500 => {
                 return Err(status_error(
                     code,
-                    &format!("repository {repo}@{revision}"),
+                    format!("repository {repo}@{revision}"),
                     reference,
                 ))
             }
@@ -268,63 +255,41 @@ pub fn repo_info(
             Outcome::Transport(e) => last = e,
         }
     }
-    Err(ApiError::new(
-        ErrorCode::DownloadFailed,
-        format!(
-            "cannot reach the hub at {} for {repo}: {last}",
-            cfg.endpoint
-        ),
-    )
-    .detail("endpoint", cfg.endpoint.as_str()))
+    Err(HubError::Unreachable {
+        endpoint: cfg.endpoint.clone(),
+        repo: repo.to_owned(),
+        last,
+    })
 }
 
 /// The GGUF file a selector names.
-pub fn choose(info: &RepoInfo, selector: &Selector, reference: &str) -> Result<RepoFile, ApiError> {
+pub fn choose(info: &RepoInfo, selector: &Selector, reference: &str) -> Result<RepoFile, HubError> {
     let ggufs: Vec<&RepoFile> = info
         .files
         .iter()
         .filter(|f| f.path.ends_with(".gguf"))
         .collect();
-    let names: Vec<&str> = ggufs.iter().map(|f| f.path.as_str()).collect();
+    let paths =
+        |files: &[&RepoFile]| -> Vec<String> { files.iter().map(|f| f.path.clone()).collect() };
     let pick = |matches: Vec<&RepoFile>, what: String| match matches.as_slice() {
         [one] => Ok((*one).clone()),
-        [] => Err(ApiError::new(
-            ErrorCode::ModelNotFound,
-            format!(
-                "{what} in {reference}; its GGUF files: {}",
-                names.join(", ")
-            ),
-        )
-        .detail("model_ref", reference)
-        .detail("candidates", names.clone())),
-        several => {
-            let list: Vec<&str> = several.iter().map(|f| f.path.as_str()).collect();
-            Err(ApiError::new(
-                ErrorCode::InvalidModelRef,
-                format!(
-                    "{what}: {} match in {reference}; name one with :QUANT or /file.gguf: {}",
-                    list.len(),
-                    list.join(", ")
-                ),
-            )
-            .detail("model_ref", reference)
-            .detail("candidates", list))
-        }
+        [] => Err(HubError::NoMatch {
+            what,
+            reference: reference.to_owned(),
+            candidates: paths(&ggufs),
+        }),
+        several => Err(HubError::Ambiguous {
+            what,
+            reference: reference.to_owned(),
+            candidates: paths(several),
+        }),
     };
     match selector {
-        Selector::Only => pick(ggufs.clone(), "no GGUF file".into()).map_err(|e| {
-            if ggufs.len() > 1 {
-                let mut e = e;
-                e.error.message = format!(
-                    "{reference} has {} GGUF files; choose one with :QUANT (e.g. {reference}:Q4_K_M) or /file.gguf: {}",
-                    ggufs.len(),
-                    names.join(", ")
-                );
-                e
-            } else {
-                e
-            }
+        Selector::Only if ggufs.len() > 1 => Err(HubError::Unchosen {
+            reference: reference.to_owned(),
+            candidates: paths(&ggufs),
         }),
+        Selector::Only => pick(ggufs.clone(), "no GGUF file".into()),
         Selector::Quant(q) => {
             let q = q.to_ascii_lowercase();
             let m = ggufs
@@ -434,7 +399,7 @@ impl Meter {
 }
 
 /// A failed write to the partial file: a full disk says how much more room it needs.
-fn write_failure(partial: &Path, e: &std::io::Error, left: u64) -> Failure {
+fn write_failure(partial: &Path, e: std::io::Error, left: u64) -> Failure {
     if e.raw_os_error() == Some(libc::ENOSPC) {
         Failure::Final(disk_full(partial, left))
     } else {
@@ -444,10 +409,10 @@ fn write_failure(partial: &Path, e: &std::io::Error, left: u64) -> Failure {
 
 /// What went wrong in one attempt.
 enum Failure {
-    /// Retry (transport error, 5xx, cut connection, checksum mismatch).
-    Retry(String, bool),
+    /// Retry (transport error, 5xx, cut connection, checksum mismatch): why, and how.
+    Retry(String, RetryCause),
     /// Give up now (404, 401/403, disk full).
-    Final(ApiError),
+    Final(HubError),
 }
 
 /// Free bytes for unprivileged users on the filesystem of `dir`.
@@ -456,22 +421,14 @@ pub fn available_bytes(dir: &Path) -> u64 {
     crate::space::space(dir).map_or(u64::MAX, |(_, available)| available)
 }
 
-fn disk_full(dest: &Path, required: u64) -> ApiError {
+/// Too little room for the `required` bytes of `dest`, with the room there is.
+fn disk_full(dest: &Path, required: u64) -> HubError {
     let dir = dest.parent().unwrap_or(Path::new("/"));
-    let available = available_bytes(dir);
-    ApiError::new(
-        ErrorCode::InsufficientDisk,
-        format!(
-            "not enough disk space for {} in the models directory: {:.2} GiB needed, {:.2} GiB free; free up {:.2} GiB",
-            dest.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(),
-            required as f64 / (1u64 << 30) as f64,
-            available as f64 / (1u64 << 30) as f64,
-            required.saturating_sub(available) as f64 / (1u64 << 30) as f64,
-        ),
-    )
-    .detail("required_bytes", required)
-    .detail("available_bytes", available)
-    .detail("free_up_bytes", required.saturating_sub(available))
+    HubError::DiskFull {
+        dest: dest.to_path_buf(),
+        required,
+        available: available_bytes(dir),
+    }
 }
 
 /// Whole downloads whose hash did not match before giving up.
@@ -496,9 +453,9 @@ pub fn download(
     dest: &Path,
     reference: &str,
     mut progress: impl FnMut(&Tick),
-) -> Result<String, ApiError> {
+) -> Result<String, HubError> {
     let dir = dest.parent().unwrap_or(Path::new("/"));
-    std::fs::create_dir_all(dir).map_err(|e| io_error(dir, &e))?;
+    std::fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
     let partial = partial_path(dest);
     let have = std::fs::metadata(&partial).map_or(0, |m| m.len());
     if available_bytes(dir) < file.size.saturating_sub(have) {
@@ -506,7 +463,7 @@ pub fn download(
     }
     let url = format!("{}/{repo}/resolve/{commit}/{}", cfg.endpoint, file.path);
     let agent = agent(cfg);
-    let mut last = (String::new(), false);
+    let mut last = (String::new(), RetryCause::Transfer);
     let (mut attempts, mut mismatches) = (0, 0);
     for attempt in 1..=cfg.attempts {
         attempts = attempt;
@@ -522,18 +479,18 @@ pub fn download(
             });
             std::thread::sleep(wait);
         }
-        match attempt_once(
+        let this = Attempt {
             cfg,
-            &agent,
-            &url,
+            agent: &agent,
+            url: &url,
             file,
-            &partial,
-            attempt,
-            &mut progress,
+            partial: &partial,
+            number: attempt,
             reference,
-        ) {
+        };
+        match this.run(&mut progress) {
             Ok(sha) => {
-                std::fs::rename(&partial, dest).map_err(|e| io_error(dest, &e))?;
+                std::fs::rename(&partial, dest).map_err(|e| io_error(dest, e))?;
                 if let Ok(d) = File::open(dir) {
                     let _ = d.sync_all();
                 }
@@ -541,217 +498,263 @@ pub fn download(
             }
             Err(Failure::Final(e)) => {
                 let empty = std::fs::metadata(&partial).is_ok_and(|m| m.len() == 0);
-                if e.error.code == ErrorCode::InsufficientDisk || empty {
+                if matches!(e, HubError::DiskFull { .. }) || empty {
                     let _ = std::fs::remove_file(&partial);
                 }
                 return Err(e);
             }
-            Err(Failure::Retry(why, stalled)) => {
-                let mismatch = why.starts_with("checksum");
-                last = (why, stalled);
+            Err(Failure::Retry(why, cause)) => {
+                last = (why, cause);
                 // A whole file fetched again each time: a few tries only.
-                mismatches += usize::from(mismatch);
+                mismatches += usize::from(cause == RetryCause::Checksum);
                 if mismatches >= CHECKSUM_ATTEMPTS {
                     break;
                 }
             }
         }
     }
-    let (why, stalled) = last;
-    let (code, kind) = if why.starts_with("checksum") {
-        (
-            ErrorCode::ChecksumMismatch,
-            "the file's SHA-256 did not match the hub's",
-        )
-    } else if stalled {
-        (ErrorCode::DownloadTimeout, "the transfer stalled")
-    } else {
-        (ErrorCode::DownloadFailed, "the transfer failed")
-    };
-    let kept = if code == ErrorCode::ChecksumMismatch {
-        "nothing of it is kept; the next request downloads it again"
-    } else {
-        "the partial file is kept and the next request resumes it"
-    };
-    Err(ApiError::new(
-        code,
-        format!("downloading {reference} failed after {attempts} attempts: {kind} ({why}); {kept}"),
-    )
-    .detail("attempts", attempts)
-    .detail("model_ref", reference))
+    let (last, cause) = last;
+    Err(HubError::Exhausted {
+        reference: reference.to_owned(),
+        attempts,
+        cause,
+        last,
+    })
 }
 
 /// A file error for a client: the file's name in the models directory, not its path (the
 /// log has that).
-fn io_error(p: &Path, e: &std::io::Error) -> ApiError {
+fn io_error(p: &Path, e: std::io::Error) -> HubError {
     tracing::error!(path = %p.display(), error = %e, "models directory");
-    let name = p
-        .file_name()
-        .map(|n| n.to_string_lossy())
-        .unwrap_or_default();
-    ApiError::new(
-        ErrorCode::Internal,
-        format!("{name} in the models directory: {e}"),
-    )
+    HubError::Io {
+        path: p.to_path_buf(),
+        source: e,
+    }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn attempt_once(
-    cfg: &HubConfig,
-    agent: &ureq::Agent,
-    url: &str,
-    file: &RepoFile,
-    partial: &Path,
-    attempt: u32,
-    progress: &mut impl FnMut(&Tick),
-    reference: &str,
-) -> Result<String, Failure> {
-    // For its length and the final fsync; the bytes go in through the [`Sink`].
-    let out = OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(false)
-        .open(partial)
-        .map_err(|e| Failure::Final(io_error(partial, &e)))?;
-    let mut offset = out.metadata().map(|m| m.len()).unwrap_or(0);
-    if offset > file.size {
-        out.set_len(0)
-            .map_err(|e| Failure::Final(io_error(partial, &e)))?;
-        offset = 0;
-    }
-    // Resuming: the hash covers the bytes already there.
-    let mut hasher = Sha256::new();
-    if offset > 0 {
-        let mut f = File::open(partial).map_err(|e| Failure::Final(io_error(partial, &e)))?;
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = f
-                .read(&mut buf)
-                .map_err(|e| Failure::Final(io_error(partial, &e)))?;
-            if n == 0 {
-                break;
+/// One attempt of a download: what it fetches and where it writes.
+struct Attempt<'a> {
+    cfg: &'a HubConfig,
+    agent: &'a ureq::Agent,
+    url: &'a str,
+    file: &'a RepoFile,
+    partial: &'a Path,
+    /// 1-based.
+    number: u32,
+    reference: &'a str,
+}
+
+impl Attempt<'_> {
+    /// Resumes (or starts) the partial file, receives the rest, fsyncs and verifies it.
+    fn run(&self, progress: &mut impl FnMut(&Tick)) -> Result<String, Failure> {
+        let (out, mut offset) = self.open_partial()?;
+        let mut hasher = self.hash_head(offset)?;
+        if offset < self.file.size {
+            let resp = self.request(offset, &out)?;
+            if resp.status() == 200 && offset > 0 {
+                // The server ignored the Range: start over from byte 0.
+                tracing::info!(reference = %self.reference, "the server sent the whole file instead of the rest; starting over");
+                out.set_len(0).map_err(|e| self.io_failure(e))?;
+                offset = 0;
+                hasher = Sha256::new();
             }
-            hasher.update(&buf[..n]);
+            hasher = self.receive(resp.into_reader(), offset, hasher, progress)?;
         }
+        out.sync_all()
+            .map_err(|e| write_failure(self.partial, e, self.file.size))?;
+        self.verify(hasher)
     }
-    if offset < file.size {
-        let resp = match get(cfg, agent, url, (offset > 0).then_some(offset)) {
-            Outcome::Response(r) => r,
+
+    /// The partial file, opened for its length and the final fsync (the bytes go in
+    /// through the [`Sink`]), and where to resume; one longer than the file is emptied.
+    fn open_partial(&self) -> Result<(File, u64), Failure> {
+        let out = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(false)
+            .open(self.partial)
+            .map_err(|e| self.io_failure(e))?;
+        let mut offset = out.metadata().map(|m| m.len()).unwrap_or(0);
+        if offset > self.file.size {
+            out.set_len(0).map_err(|e| self.io_failure(e))?;
+            offset = 0;
+        }
+        Ok((out, offset))
+    }
+
+    /// A hasher that has seen the first `offset` bytes of the partial file (resuming).
+    fn hash_head(&self, offset: u64) -> Result<Sha256, Failure> {
+        let mut hasher = Sha256::new();
+        if offset > 0 {
+            let mut f = File::open(self.partial).map_err(|e| self.io_failure(e))?;
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                let n = f.read(&mut buf).map_err(|e| self.io_failure(e))?;
+                if n == 0 {
+                    break;
+                }
+                hasher.update(&buf[..n]);
+            }
+        }
+        Ok(hasher)
+    }
+
+    /// GETs the file from byte `offset`; a status is a failure to retry or give up on.
+    fn request(&self, offset: u64, out: &File) -> Result<Box<ureq::Response>, Failure> {
+        match get(
+            self.cfg,
+            self.agent,
+            self.url,
+            (offset > 0).then_some(offset),
+        ) {
+            Outcome::Response(r) => Ok(r),
             Outcome::Status(416, _) => {
                 // Our partial is not a prefix the server can continue: start over.
                 let _ = out.set_len(0);
-                return Err(Failure::Retry(
+                Err(Failure::Retry(
                     "the server refused the range (416)".into(),
-                    false,
-                ));
+                    RetryCause::Transfer,
+                ))
             }
             Outcome::Status(code, _) if code < 500 && code != 408 && code != 429 => {
-                return Err(Failure::Final(status_error(
+                Err(Failure::Final(status_error(
                     code,
-                    &format!("file {}", file.path),
-                    reference,
+                    format!("file {}", self.file.path),
+                    self.reference,
                 )))
             }
-            Outcome::Status(code, _) => return Err(Failure::Retry(format!("HTTP {code}"), false)),
-            Outcome::Transport(e) => {
-                let stalled = e.contains("timed out");
-                return Err(Failure::Retry(e, stalled));
+            Outcome::Status(code, _) => {
+                Err(Failure::Retry(format!("HTTP {code}"), RetryCause::Transfer))
             }
-        };
-        if resp.status() == 200 && offset > 0 {
-            // The server ignored the Range: start over from byte 0.
-            tracing::info!(%reference, "the server sent the whole file instead of the rest; starting over");
-            out.set_len(0)
-                .map_err(|e| Failure::Final(io_error(partial, &e)))?;
-            offset = 0;
-            hasher = Sha256::new();
+            Outcome::Transport(e) => {
+                let cause = if e.contains("timed out") {
+                    RetryCause::Stalled
+                } else {
+                    RetryCause::Transfer
+                };
+                Err(Failure::Retry(e, cause))
+            }
         }
-        let mut body = resp.into_reader();
+    }
+
+    /// Streams `body` into the partial file from byte `offset` to the end, written and
+    /// hashed on the [`Sink`]'s threads, with progress ticks; the hasher of the whole file.
+    fn receive(
+        &self,
+        mut body: impl Read,
+        mut offset: u64,
+        hasher: Sha256,
+        progress: &mut impl FnMut(&Tick),
+    ) -> Result<Sha256, Failure> {
+        let size = self.file.size;
         // This thread only receives; writing and hashing run on threads of their own.
-        let sink = Sink::new(partial, offset, std::mem::take(&mut hasher))
-            .map_err(|e| Failure::Final(io_error(partial, &e)))?;
-        let mut meter = Meter::new(file.size, attempt, offset);
+        let sink = Sink::new(self.partial, offset, hasher).map_err(|e| self.io_failure(e))?;
+        let mut meter = Meter::new(size, self.number, offset);
         progress(&meter.tick(offset));
-        // The writer stopped on an error: finish hands it back.
-        let write_failed = |sink: Sink, offset: u64| {
-            let e = sink
-                .finish()
-                .err()
-                .unwrap_or_else(|| std::io::Error::other("the writer stopped"));
-            write_failure(partial, &e, file.size - offset)
-        };
-        while offset < file.size {
+        while offset < size {
             // Whole 1 MiB chunks (the socket yields a few KiB per read): one write and one
             // hand-over to the hashing thread per MiB instead of per packet, on 4 KiB
             // boundaries of the file (direct I/O).
             let Some(mut buf) = sink.buffer() else {
-                return Err(write_failed(sink, offset));
+                return Err(self.writer_stopped(sink, offset));
             };
-            let want = Sink::next_len(offset).min((file.size - offset) as usize);
+            let want = Sink::next_len(offset).min((size - offset) as usize);
             // Ticks while the chunk fills, short of the last byte (whose tick means written
             // and hashed).
             let (n, end) = fill(&mut body, &mut buf.as_mut()[..want], |got| {
                 let bytes = offset + got as u64;
-                if bytes < file.size {
+                if bytes < size {
                     if let Some(t) = meter.due(bytes) {
                         progress(&t);
                     }
                 }
             });
             if n == 0 {
-                let e = match end {
-                    Err(e) => e,
-                    Ok(()) => {
-                        return Err(Failure::Retry(
-                            format!("the connection closed at byte {offset} of {}", file.size),
-                            false,
-                        ))
-                    }
-                };
-                // ureq reports its read timeout as an io error whose kind varies.
-                let stalled = matches!(
-                    e.kind(),
-                    std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
-                ) || e.to_string().contains("timed out");
-                let why = if stalled {
-                    format!("no data for {:?} at byte {offset}", cfg.stall)
-                } else {
-                    format!("read failed at byte {offset}: {e}")
-                };
-                return Err(Failure::Retry(why, stalled));
+                return Err(self.cut(offset, end));
             }
             if !sink.push(buf, n) {
-                return Err(write_failed(sink, offset));
+                return Err(self.writer_stopped(sink, offset));
             }
             offset += n as u64;
         }
-        hasher = sink
+        let hasher = sink
             .finish()
-            .map_err(|e| write_failure(partial, &e, file.size - offset))?;
+            .map_err(|e| write_failure(self.partial, e, size - offset))?;
         progress(&meter.tick(offset));
+        Ok(hasher)
     }
-    out.sync_all()
-        .map_err(|e| write_failure(partial, &e, file.size))?;
-    let sha: String = hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    if let Some(expected) = &file.sha256 {
-        if !sha.eq_ignore_ascii_case(expected) {
-            let _ = std::fs::remove_file(partial);
-            return Err(Failure::Retry(
-                format!("checksum mismatch: got {sha}, the hub says {expected}"),
-                false,
-            ));
+
+    /// Why the body ended at `offset`, short of the file's end: closed, stalled or failed.
+    fn cut(&self, offset: u64, end: std::io::Result<()>) -> Failure {
+        let e = match end {
+            Err(e) => e,
+            Ok(()) => {
+                return Failure::Retry(
+                    format!(
+                        "the connection closed at byte {offset} of {}",
+                        self.file.size
+                    ),
+                    RetryCause::Transfer,
+                )
+            }
+        };
+        // ureq reports its read timeout as an io error whose kind varies.
+        let stalled = matches!(
+            e.kind(),
+            std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
+        ) || e.to_string().contains("timed out");
+        if stalled {
+            Failure::Retry(
+                format!("no data for {:?} at byte {offset}", self.cfg.stall),
+                RetryCause::Stalled,
+            )
+        } else {
+            Failure::Retry(
+                format!("read failed at byte {offset}: {e}"),
+                RetryCause::Transfer,
+            )
         }
     }
-    Ok(sha)
+
+    /// The writer stopped on an error: the sink's finish hands it back.
+    fn writer_stopped(&self, sink: Sink, offset: u64) -> Failure {
+        let e = sink
+            .finish()
+            .err()
+            .unwrap_or_else(|| std::io::Error::other("the writer stopped"));
+        write_failure(self.partial, e, self.file.size - offset)
+    }
+
+    /// The SHA-256 (hex) of the whole file, checked against the hub's; a mismatch deletes
+    /// the partial file.
+    fn verify(&self, hasher: Sha256) -> Result<String, Failure> {
+        let sha: String = hasher
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        if let Some(expected) = &self.file.sha256 {
+            if !sha.eq_ignore_ascii_case(expected) {
+                let _ = std::fs::remove_file(self.partial);
+                return Err(Failure::Retry(
+                    format!("checksum mismatch: got {sha}, the hub says {expected}"),
+                    RetryCause::Checksum,
+                ));
+            }
+        }
+        Ok(sha)
+    }
+
+    /// A file error of the partial file that ends the download.
+    fn io_failure(&self, e: std::io::Error) -> Failure {
+        Failure::Final(io_error(self.partial, e))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rbee_types::ErrorCode;
 
     fn info(names: &[&str]) -> RepoInfo {
         RepoInfo {
@@ -781,19 +784,20 @@ mod tests {
             "config.json",
         ]);
         let e = choose(&many, &Selector::Only, "hf:o/r").unwrap_err();
-        assert_eq!(e.error.code, ErrorCode::InvalidModelRef);
-        assert!(e.error.message.contains("m-Q8_0.gguf") && e.error.message.contains(":QUANT"));
+        assert_eq!(e.code(), ErrorCode::InvalidModelRef);
+        let message = e.to_string();
+        assert!(message.contains("m-Q8_0.gguf") && message.contains(":QUANT"));
         let q = |s: &str| choose(&many, &Selector::Quant(s.into()), "hf:o/r");
         assert_eq!(q("Q4_K_M").unwrap().path, "m-Q4_K_M.gguf");
         assert_eq!(q("q8_0").unwrap().path, "m-Q8_0.gguf");
         assert_eq!(q("Q4_K_S").unwrap().path, "m.Q4_K_S.gguf");
-        assert_eq!(q("Q2_K").unwrap_err().error.code, ErrorCode::ModelNotFound);
-        assert_eq!(q("K").unwrap_err().error.code, ErrorCode::InvalidModelRef);
+        assert_eq!(q("Q2_K").unwrap_err().code(), ErrorCode::ModelNotFound);
+        assert_eq!(q("K").unwrap_err().code(), ErrorCode::InvalidModelRef);
         let f = choose(&many, &Selector::File("m-Q8_0.gguf".into()), "hf:o/r").unwrap();
         assert_eq!(f.path, "m-Q8_0.gguf");
         let e = choose(&many, &Selector::File("x.gguf".into()), "hf:o/r").unwrap_err();
-        assert_eq!(e.error.code, ErrorCode::ModelNotFound);
-        assert!(e.error.message.contains("m-Q4_K_M.gguf"));
+        assert_eq!(e.code(), ErrorCode::ModelNotFound);
+        assert!(e.to_string().contains("m-Q4_K_M.gguf"));
     }
 
     #[test]

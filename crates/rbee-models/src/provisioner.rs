@@ -7,9 +7,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
-use rbee_types::{ApiError, ErrorCode};
+use rbee_types::ApiError;
 
 use crate::catalog::{hf_model, model_for_file, slug, Catalog, Model, ModelStatus};
+pub use crate::error::ProvisionError;
 use crate::hub::{self, HubConfig};
 use crate::models_dir::ModelsDir;
 use rbee_types::hive::DownloadProgress;
@@ -49,15 +50,16 @@ impl Transfer {
         guard.clone()
     }
 
-    /// Blocks until the transfer ends; the model, or the error.
-    pub fn wait(&self) -> Result<String, ApiError> {
+    /// Blocks until the transfer ends; the model, or the error its feed ended with
+    /// ([`ProvisionError::Failed`]).
+    pub fn wait(&self) -> Result<String, ProvisionError> {
         let mut seen = 0;
         loop {
             let (g, p) = self.wait_newer(seen, Duration::from_secs(3600));
             seen = g;
             match p {
                 DownloadProgress::Complete { model_id, .. } => return Ok(model_id),
-                DownloadProgress::Error { error } => return Err(ApiError { error }),
+                DownloadProgress::Error { error } => return Err(ProvisionError::Failed(error)),
                 _ => {}
             }
         }
@@ -91,23 +93,25 @@ impl Provisioner {
         state_dir: &Path,
         models_dir: &Path,
         hub: HubConfig,
-    ) -> Result<Provisioner, ApiError> {
-        let internal = |e: String| ApiError::new(ErrorCode::Internal, e);
+    ) -> Result<Provisioner, ProvisionError> {
         let mut catalog =
-            Catalog::open(&state_dir.join("models.db")).map_err(|e| internal(e.to_string()))?;
-        let models_dir = ModelsDir::open(models_dir)
-            .map_err(|e| internal(format!("cannot create {}: {e}", models_dir.display())))?;
+            Catalog::open(&state_dir.join("models.db")).map_err(ProvisionError::Open)?;
+        let models_dir =
+            ModelsDir::open(models_dir).map_err(|source| ProvisionError::ModelsDir {
+                dir: models_dir.to_path_buf(),
+                source,
+            })?;
         if let Some(aside) = catalog.recovered().map(Path::to_path_buf) {
             let n = catalog
                 .rebuild_from(models_dir.root())
-                .map_err(|e| internal(e.to_string()))?;
+                .map_err(ProvisionError::Open)?;
             tracing::error!(
                 moved_to = %aside.display(),
                 models = n,
                 "the model catalogue was damaged and is rebuilt from the files in models_dir (file:// models are recorded again when next asked for)"
             );
         }
-        let missing = catalog.reconcile().map_err(|e| internal(e.to_string()))?;
+        let missing = catalog.reconcile().map_err(ProvisionError::Open)?;
         for id in missing {
             tracing::warn!(%id, "catalogued model's file is gone; marked missing (it is fetched again when asked for)");
         }
@@ -140,7 +144,7 @@ impl Provisioner {
 
     /// The model a reference names: from the catalogue, imported (file), or a download
     /// started — or joined, when one for the same reference runs.
-    pub fn ensure(self: &Arc<Self>, model_ref: &ModelRef) -> Result<Ensured, ApiError> {
+    pub fn ensure(self: &Arc<Self>, model_ref: &ModelRef) -> Result<Ensured, ProvisionError> {
         let reference = &model_ref.to_string();
         match model_ref.clone() {
             ModelRef::File { path } => self
@@ -184,12 +188,14 @@ impl Provisioner {
                                 }
                             }
                             Err(e) => {
-                                tracing::error!(%reference, code = %e.error.code.as_str(), "download failed: {}", e.error.message);
-                                DownloadProgress::Error { error: e.error }
+                                tracing::error!(%reference, code = %e.code().as_str(), "download failed: {e}");
+                                DownloadProgress::Error {
+                                    error: ApiError::from(e).error,
+                                }
                             }
                         });
                     })
-                    .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
+                    .map_err(ProvisionError::Thread)?;
                 Ok(Ensured::Downloading(t))
             }
         }
@@ -218,7 +224,7 @@ impl Provisioner {
         repo: &str,
         revision: &str,
         selector: &Selector,
-    ) -> Result<Option<Model>, ApiError> {
+    ) -> Result<Option<Model>, ProvisionError> {
         let Some(cache) = &self.hub.cache else {
             return Ok(None);
         };
@@ -243,14 +249,25 @@ impl Provisioner {
                 return Ok(None);
             }
         }
-        if let Err(e) = rbee_gguf::read_header(&path) {
-            tracing::warn!(path = %path.display(), "the Hugging Face cache's file is not a usable GGUF model ({e}); downloading instead");
-            return Ok(None);
-        }
+        let header = match rbee_gguf::read_header(&path) {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), "the Hugging Face cache's file is not a usable GGUF model ({e}); downloading instead");
+                return Ok(None);
+            }
+        };
         let model = Model {
             sha256: Some(expected),
             hub_verified: Some(true),
-            ..hf_model(repo, revision, &info.commit, &file.path, path, file.size)
+            ..hf_model(
+                repo,
+                revision,
+                &info.commit,
+                &file.path,
+                path,
+                file.size,
+                Some(&header),
+            )
         };
         self.catalog().insert(&model).map_err(catalog_error)?;
         tracing::info!(model = %model.id, path = %model.local_path.display(), "found in the Hugging Face cache and verified; used in place");
@@ -295,7 +312,7 @@ impl Provisioner {
         revision: &str,
         selector: &Selector,
         t: &Transfer,
-    ) -> Result<Model, ApiError> {
+    ) -> Result<Model, ProvisionError> {
         if let Some(m) = self.in_hf_cache(reference, repo, revision, selector)? {
             return Ok(m);
         }
@@ -310,9 +327,9 @@ impl Provisioner {
         let dest = self
             .models_dir
             .download_path(repo, &info.commit, &name)
-            .map_err(|e| {
-                ApiError::new(ErrorCode::DownloadFailed, format!("{reference}: {e}"))
-                    .detail("model_ref", reference)
+            .map_err(|source| ProvisionError::DownloadPath {
+                reference: reference.to_owned(),
+                source,
             })?;
         let mut last_bytes = 0;
         let sha = hub::download(
@@ -347,18 +364,28 @@ impl Provisioner {
         )?;
         // Ready only once it passes the check the worker runs before llama.cpp: a hub that
         // gives no hash can send anything.
-        if let Err(e) = rbee_gguf::read_header(&dest) {
-            self.models_dir.remove(&dest);
-            return Err(ApiError::new(
-                ErrorCode::ModelInvalid,
-                format!("the hub's file for {reference} is not a usable GGUF model ({e}); it was deleted"),
-            )
-            .detail("model_ref", reference));
-        }
+        let header = match rbee_gguf::read_header(&dest) {
+            Ok(h) => h,
+            Err(source) => {
+                self.models_dir.remove(&dest);
+                return Err(ProvisionError::DownloadedNotGguf {
+                    reference: reference.to_owned(),
+                    source,
+                });
+            }
+        };
         let model = Model {
             sha256: Some(sha),
             hub_verified: Some(file.sha256.is_some()),
-            ..hf_model(repo, revision, &info.commit, &file.path, dest, file.size)
+            ..hf_model(
+                repo,
+                revision,
+                &info.commit,
+                &file.path,
+                dest,
+                file.size,
+                Some(&header),
+            )
         };
         self.catalog().insert(&model).map_err(catalog_error)?;
         Ok(model)
@@ -383,16 +410,9 @@ impl Provisioner {
     /// Records a local file in place (no copy). A file outside the allowed directories, a
     /// missing one and an unreadable one get the same answer, which names only the
     /// reference: a client cannot probe which files the hive can read.
-    fn import(&self, reference: &str, path: &Path) -> Result<Model, ApiError> {
-        let refused = || {
-            ApiError::new(
-                ErrorCode::ModelNotFound,
-                format!(
-                    "model {reference}: no readable regular file at that path in the directories \
-                     this hive serves file:// models from (models_dir and model_dirs in its config)"
-                ),
-            )
-            .detail("model_ref", reference)
+    fn import(&self, reference: &str, path: &Path) -> Result<Model, ProvisionError> {
+        let refused = || ProvisionError::FileRefused {
+            reference: reference.to_owned(),
         };
         let real = std::fs::canonicalize(path).map_err(|_| refused())?;
         if !self.file_dirs.iter().any(|d| real.starts_with(d)) {
@@ -402,13 +422,10 @@ impl Provisioner {
         if !meta.is_file() || std::fs::File::open(&real).is_err() {
             return Err(refused());
         }
-        if let Err(e) = rbee_gguf::read_header(&real) {
-            return Err(ApiError::new(
-                ErrorCode::ModelInvalid,
-                format!("{reference} is not a usable GGUF model: {e}"),
-            )
-            .detail("model_ref", reference));
-        }
+        let header = rbee_gguf::read_header(&real).map_err(|source| ProvisionError::NotGguf {
+            reference: reference.to_owned(),
+            source,
+        })?;
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -419,7 +436,15 @@ impl Provisioner {
             name.trim_end_matches(".gguf"),
             fnv32(reference)
         ));
-        let model = model_for_file(id, "file", reference.to_owned(), name, real, meta.len());
+        let model = model_for_file(
+            id,
+            "file",
+            reference.to_owned(),
+            name,
+            real,
+            meta.len(),
+            Some(&header),
+        );
         let mut cat = self.catalog();
         let existing = cat.by_reference(reference).ok().flatten();
         match existing {
@@ -440,46 +465,22 @@ impl Provisioner {
 
     /// Deletes a model's row and (for downloaded models) its file, never a file outside the
     /// models directory; the model and whether its file was deleted.
-    pub fn remove(&self, id: &str) -> Result<(Model, bool), ApiError> {
+    pub fn remove(&self, id: &str) -> Result<(Model, bool), ProvisionError> {
         let m = self
             .catalog()
             .remove(id)
             .map_err(catalog_error)?
-            .ok_or_else(|| {
-                ApiError::new(
-                    ErrorCode::ModelNotFound,
-                    format!("no model {id} in the catalogue"),
-                )
-                .detail("id", id)
-            })?;
+            .ok_or_else(|| ProvisionError::NoSuchModel { id: id.to_owned() })?;
         let deleted = m.provider == "hf" && self.models_dir.remove(&m.local_path);
         Ok((m, deleted))
     }
 }
 
-/// A catalogue error for a client: what SQLite said, not where the database is (that goes
-/// to the log).
-fn catalog_error(e: crate::catalog::CatalogError) -> ApiError {
+/// A catalogue error, logged with where the database is (the error's message leaves that
+/// out).
+fn catalog_error(e: crate::catalog::CatalogError) -> ProvisionError {
     tracing::error!(error = %e, "model catalogue");
-    let why = match &e {
-        rbee_sqlite::DbError::Sqlite { source, .. } => {
-            if let rusqlite::Error::SqliteFailure(f, _) = source {
-                if f.code == rusqlite::ErrorCode::DiskFull {
-                    return ApiError::new(
-                        ErrorCode::InsufficientDisk,
-                        "no space left on the disk of the hive's state directory for the model \
-                         catalogue; free some space and retry",
-                    );
-                }
-            }
-            source.to_string()
-        }
-        other => other.to_string(),
-    };
-    ApiError::new(
-        ErrorCode::Internal,
-        format!("the model catalogue failed: {why}"),
-    )
+    ProvisionError::Catalog(e)
 }
 
 /// Partial downloads untouched this long are removed on start (younger ones are resumed

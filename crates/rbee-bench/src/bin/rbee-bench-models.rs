@@ -255,6 +255,7 @@ fn main() -> anyhow::Result<()> {
                 "m.gguf".into(),
                 format!("/models/{i}.gguf").into(),
                 1,
+                None,
             )
         })
         .map_err(|e| anyhow::anyhow!("{e}"))?;

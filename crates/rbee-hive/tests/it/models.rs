@@ -511,6 +511,7 @@ fn a_hostile_hub_cannot_write_or_delete_outside_the_models_directory() {
             "victim.gguf".into(),
             victim.clone(),
             8,
+            None,
         );
         cat.insert(&row).unwrap();
     }
