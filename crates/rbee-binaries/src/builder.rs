@@ -8,11 +8,12 @@ use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 pub use rbee_types::hive::BuildEvent;
-use rbee_types::{now_unix, ApiError, Backend, ErrorCode};
+use rbee_types::{now_unix, ApiError, Backend};
 use sha2::{Digest, Sha256};
 
 use crate::cargo::{self, WORKER};
 use crate::catalog::{Binary, Catalog, Origin};
+use crate::error::BinaryError;
 use crate::features;
 use crate::feed::Feed;
 use crate::install;
@@ -71,8 +72,9 @@ impl Build {
         self.feed.since(from, timeout)
     }
 
-    /// Blocks until the build ends: the binary, or the error.
-    pub fn wait(&self) -> Result<Binary, ApiError> {
+    /// Blocks until the build ends: the binary, or the error its feed carried
+    /// ([`BinaryError::Failed`]).
+    pub fn wait(&self) -> Result<Binary, BinaryError> {
         let mut seen = 0;
         loop {
             let (events, done) = self.feed.since(seen, Duration::from_secs(3600));
@@ -80,11 +82,8 @@ impl Build {
             if done {
                 return match self.feed.last() {
                     Some(BuildEvent::Complete { binary, .. }) => Ok(*binary),
-                    Some(BuildEvent::Error { error }) => Err(ApiError { error }),
-                    _ => Err(ApiError::new(
-                        ErrorCode::Internal,
-                        "the build ended without a result",
-                    )),
+                    Some(BuildEvent::Error { error }) => Err(BinaryError::Failed(error)),
+                    _ => Err(BinaryError::NoResult),
                 };
             }
         }
@@ -246,13 +245,9 @@ impl Builder {
         self.catalog.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn db(e: rbee_sqlite::DbError) -> ApiError {
-        ApiError::new(ErrorCode::Internal, e.to_string())
-    }
-
     /// Every recorded binary, newest first.
-    pub fn list(&self) -> Result<Vec<Binary>, ApiError> {
-        self.catalog().list().map_err(Self::db)
+    pub fn list(&self) -> Result<Vec<Binary>, BinaryError> {
+        Ok(self.catalog().list()?)
     }
 
     /// A build by id (running, or recently ended).
@@ -281,14 +276,14 @@ impl Builder {
 
     /// The binary a worker of `backend` runs: the newest one built for its feature set,
     /// else a build (with a source), else the installed worker (without one).
-    pub fn resolve(self: &Arc<Self>, backend: Backend) -> Result<Resolved, ApiError> {
+    pub fn resolve(self: &Arc<Self>, backend: Backend) -> Result<Resolved, BinaryError> {
         let features = features::for_backend(backend);
         if self.cfg.source.is_none() {
             return self
                 .installed(backend)
                 .map(|b| Resolved::Ready(Box::new(b)));
         }
-        let built = self.catalog().built_with(&features).map_err(Self::db)?;
+        let built = self.catalog().built_with(&features)?;
         if let Some(b) = self.pick(&built) {
             return Ok(Resolved::Ready(Box::new(b.clone())));
         }
@@ -309,12 +304,9 @@ impl Builder {
     }
 
     /// The installed worker, verified (again only when the file changed) and recorded.
-    fn installed(&self, backend: Backend) -> Result<Binary, ApiError> {
+    fn installed(&self, backend: Backend) -> Result<Binary, BinaryError> {
         let Some(path) = &self.cfg.installed else {
-            return Err(ApiError::new(
-                ErrorCode::SpawnFailed,
-                "no worker binary: none is installed next to rbee-hive or on PATH, and no [worker_source] is configured to build one",
-            ));
+            return Err(BinaryError::NoWorker);
         };
         let meta = std::fs::metadata(path).ok();
         let stamp = meta
@@ -325,11 +317,9 @@ impl Builder {
             (Some((len, mtime, b)), Some((l, m))) if *len == l && *mtime == m => b.clone(),
             _ => {
                 let version = install::verify(path, &[])?;
-                let sha256 = install::sha256_file(path).map_err(|e| {
-                    ApiError::new(
-                        ErrorCode::BinaryVerificationFailed,
-                        format!("{}: {e}", path.display()),
-                    )
+                let sha256 = install::sha256_file(path).map_err(|source| BinaryError::Hash {
+                    path: path.clone(),
+                    source,
                 })?;
                 let features = install::backends(&version)
                     .map(|b| {
@@ -354,7 +344,7 @@ impl Builder {
                     build_secs: None,
                     sha256,
                 };
-                self.catalog().insert(&b).map_err(Self::db)?;
+                self.catalog().insert(&b)?;
                 if let Some((l, m)) = stamp {
                     *cache = Some((l, m, b.clone()));
                 }
@@ -366,15 +356,11 @@ impl Builder {
             && install::backends(&binary.version).is_some()
             && !binary.features.iter().any(|f| f == backend.as_str())
         {
-            return Err(ApiError::new(
-                ErrorCode::BackendUnavailable,
-                format!(
-                    "the installed worker {} was built without {backend} ({}); install a {backend} build, or configure [worker_source] so the hive builds one",
-                    path.display(),
-                    binary.version
-                ),
-            )
-            .detail("backend", backend.as_str()));
+            return Err(BinaryError::InstalledLacksBackend {
+                path: path.clone(),
+                version: binary.version,
+                backend,
+            });
         }
         Ok(binary)
     }
@@ -384,12 +370,9 @@ impl Builder {
         self: &Arc<Self>,
         features: &[String],
         git_ref: Option<&str>,
-    ) -> Result<Arc<Build>, ApiError> {
+    ) -> Result<Arc<Build>, BinaryError> {
         let Some(src) = &self.cfg.source else {
-            return Err(ApiError::new(
-                ErrorCode::NoWorkerSource,
-                "this hive has no [worker_source] to build workers from; add one to its config (git_url, git_ref) or install llm-worker-rbee next to rbee-hive",
-            ));
+            return Err(BinaryError::NoWorkerSource);
         };
         let features = features::normalize(features)?;
         let git_ref = git_ref.unwrap_or(&src.git_ref).to_owned();
@@ -435,17 +418,18 @@ impl Builder {
                         me.collect_garbage();
                     }
                     Err(e) => {
+                        let e = ApiError::from(e);
                         tracing::error!(id = %b.id, code = %e.error.code.as_str(), "worker build failed: {}", e.error.message);
                         b.feed.finish(BuildEvent::Error { error: e.error });
                     }
                 }
             })
-            .map_err(|e| ApiError::new(ErrorCode::Internal, format!("cannot start the build: {e}")))?;
+            .map_err(BinaryError::Thread)?;
         Ok(build)
     }
 
     /// One build from start to record. The catalogue changes only at its very end.
-    fn run(&self, b: &Build) -> Result<(Binary, bool), ApiError> {
+    fn run(&self, b: &Build) -> Result<(Binary, bool), BinaryError> {
         let src = self.cfg.source.clone().expect("builds need a source");
         let _slot = self.slot(b, src.max_concurrent_builds.max(1));
         let fkey = features::key(&b.features);
@@ -468,7 +452,7 @@ impl Builder {
         })?;
         let commit12 = &checkout.commit[..12];
         let id = format!("{WORKER}-{fkey}-{commit12}");
-        if let Some(old) = self.catalog().get(&id).map_err(Self::db)? {
+        if let Some(old) = self.catalog().get(&id)? {
             if old.binary_path.is_file() {
                 return Ok((old, true));
             }
@@ -504,8 +488,7 @@ impl Builder {
         b.feed.push(BuildEvent::Verifying {
             message: format!("checking {}", built.display()),
         });
-        let version = install::verify(&built, &b.features)
-            .map_err(|e| e.detail("log_path", log_path.display().to_string()))?;
+        let version = install::verify(&built, &b.features).map_err(|e| e.in_build(&log_path))?;
         let (path, sha256) = install::install(&built, &self.cfg.bin_dir(), &id)?;
         let binary = Binary {
             id,
@@ -522,7 +505,7 @@ impl Builder {
             build_secs: Some(t0.elapsed().as_secs_f64()),
             sha256,
         };
-        self.catalog().insert(&binary).map_err(Self::db)?;
+        self.catalog().insert(&binary)?;
         Ok((binary, false))
     }
 
@@ -543,23 +526,15 @@ impl Builder {
     }
 
     /// Removes a binary (and its file, if the hive built it); refused while a worker runs it.
-    pub fn remove(&self, id: &str) -> Result<Binary, ApiError> {
+    pub fn remove(&self, id: &str) -> Result<Binary, BinaryError> {
         let mut cat = self.catalog();
-        let Some(b) = cat.get(id).map_err(Self::db)? else {
-            return Err(ApiError::new(
-                ErrorCode::BinaryNotFound,
-                format!("no worker binary {id}; GET /v1/worker-binaries lists them"),
-            )
-            .detail("id", id));
+        let Some(b) = cat.get(id)? else {
+            return Err(BinaryError::BinaryNotFound { id: id.into() });
         };
         if self.used(&b.binary_path) {
-            return Err(ApiError::new(
-                ErrorCode::BinaryInUse,
-                format!("worker binary {id} is used by a running worker; stop it first"),
-            )
-            .detail("id", id));
+            return Err(BinaryError::BinaryInUse { id: id.into() });
         }
-        cat.remove(id).map_err(Self::db)?;
+        cat.remove(id)?;
         drop(cat);
         if b.origin == Origin::Git {
             let _ = std::fs::remove_file(&b.binary_path);

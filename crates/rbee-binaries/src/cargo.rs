@@ -6,20 +6,19 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use rbee_types::{ApiError, ErrorCode};
+use crate::error::{BinaryError, CargoMissing};
 
 /// The worker's binary (and package) name.
 pub const WORKER: &str = "llm-worker-rbee";
 
 /// The configured cargo, else `cargo` on PATH, in `$CARGO_HOME/bin` or `~/.cargo/bin`.
-pub fn find_cargo(configured: Option<&Path>) -> Result<PathBuf, ApiError> {
+pub fn find_cargo(configured: Option<&Path>) -> Result<PathBuf, BinaryError> {
     if let Some(c) = configured {
         return if c.is_file() {
             Ok(c.to_path_buf())
         } else {
-            Err(cargo_not_found(&format!(
-                "the configured cargo {} does not exist",
-                c.display()
+            Err(BinaryError::CargoNotFound(CargoMissing::Configured(
+                c.to_path_buf(),
             )))
         };
     }
@@ -33,16 +32,7 @@ pub fn find_cargo(configured: Option<&Path>) -> Result<PathBuf, ApiError> {
     dirs.into_iter()
         .map(|d| d.join("cargo"))
         .find(|c| c.is_file())
-        .ok_or_else(|| cargo_not_found("no cargo on PATH, in $CARGO_HOME/bin or ~/.cargo/bin"))
-}
-
-fn cargo_not_found(why: &str) -> ApiError {
-    ApiError::new(
-        ErrorCode::CargoNotFound,
-        format!(
-            "cannot build the worker: {why}; install Rust (https://rustup.rs) for the user the hive runs as, or set [worker_source] cargo to its path"
-        ),
-    )
+        .ok_or(BinaryError::CargoNotFound(CargoMissing::NotFound))
 }
 
 fn path_dirs() -> Vec<PathBuf> {
@@ -80,15 +70,10 @@ pub fn find_nvcc() -> Option<PathBuf> {
 }
 
 /// `CUDA_TOOLKIT_NOT_FOUND`, with where rbee looked and how to fix it.
-pub fn cuda_missing(log: Option<&Path>) -> ApiError {
-    let mut e = ApiError::new(
-        ErrorCode::CudaToolkitNotFound,
-        "a cuda worker needs the CUDA toolkit (nvcc) to build: install it (e.g. `apt install nvidia-cuda-toolkit`, or NVIDIA's packages into /usr/local/cuda) and set CUDA_PATH for the hive if it is elsewhere; rbee looked in $CUDA_PATH, $CUDA_HOME, PATH, /usr/local/cuda and /opt/cuda",
-    );
-    if let Some(l) = log {
-        e = e.detail("log_path", l.display().to_string());
+pub fn cuda_missing(log: Option<&Path>) -> BinaryError {
+    BinaryError::CudaToolkitNotFound {
+        log_path: log.map(Path::to_path_buf),
     }
-    e
 }
 
 /// What one build needs.
@@ -111,12 +96,10 @@ pub fn build(
     job: &BuildJob<'_>,
     started: &mut dyn FnMut(u32),
     line: &mut dyn FnMut(&str),
-) -> Result<PathBuf, ApiError> {
-    let log_err = |e: std::io::Error| {
-        ApiError::new(
-            ErrorCode::Internal,
-            format!("build log {}: {e}", job.log_path.display()),
-        )
+) -> Result<PathBuf, BinaryError> {
+    let log_err = |source| BinaryError::BuildLog {
+        path: job.log_path.to_path_buf(),
+        source,
     };
     if let Some(d) = job.log_path.parent() {
         std::fs::create_dir_all(d).map_err(log_err)?;
@@ -142,12 +125,12 @@ pub fn build(
     );
     let mut child = cmd.spawn().map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
-            cargo_not_found(&format!("{} cannot be run", job.cargo.display()))
+            BinaryError::CargoNotFound(CargoMissing::CannotRun(job.cargo.to_path_buf()))
         } else {
-            ApiError::new(
-                ErrorCode::Internal,
-                format!("cannot run {}: {e}", job.cargo.display()),
-            )
+            BinaryError::CargoSpawn {
+                cargo: job.cargo.to_path_buf(),
+                source: e,
+            }
         }
     })?;
     started(child.id());
@@ -172,9 +155,7 @@ pub fn build(
             line(&l);
         }
     }
-    let status = child
-        .wait()
-        .map_err(|e| ApiError::new(ErrorCode::Internal, format!("waiting for cargo: {e}")))?;
+    let status = child.wait().map_err(BinaryError::CargoWait)?;
     let _ = out_thread.join();
     for o in rx.try_iter() {
         let _ = writeln!(log, "{o}");
@@ -188,25 +169,11 @@ pub fn build(
     if cuda && errors.mentions_missing_cuda {
         return Err(cuda_missing(Some(job.log_path)));
     }
-    let why = match std::os::unix::process::ExitStatusExt::signal(&status) {
-        Some(sig) => format!("the build was killed by signal {sig}"),
-        None => format!("cargo build failed ({status})"),
-    };
-    let first = errors.first;
-    Err(ApiError::new(
-        ErrorCode::WorkerBuildFailed,
-        format!(
-            "{why}{}; the whole output is in {}",
-            if first.is_empty() {
-                String::new()
-            } else {
-                format!(":\n{}\n", first.join("\n"))
-            },
-            job.log_path.display()
-        ),
-    )
-    .detail("log_path", job.log_path.display().to_string())
-    .detail("first_errors", first))
+    Err(BinaryError::BuildFailed {
+        status,
+        first_errors: errors.first,
+        log_path: job.log_path.to_path_buf(),
+    })
 }
 
 fn features_arg(features: &[String]) -> String {
@@ -280,11 +247,7 @@ mod tests {
     #[test]
     fn a_configured_cargo_that_is_not_there_is_named() {
         let e = find_cargo(Some(Path::new("/nonexistent/cargo"))).unwrap_err();
-        assert_eq!(e.error.code, ErrorCode::CargoNotFound);
-        assert!(
-            e.error.message.contains("/nonexistent/cargo"),
-            "{}",
-            e.error.message
-        );
+        assert_eq!(e.code(), rbee_types::ErrorCode::CargoNotFound);
+        assert!(e.to_string().contains("/nonexistent/cargo"), "{e}");
     }
 }

@@ -1,6 +1,8 @@
 //! Backends and the cargo features that build them.
 
-use rbee_types::{ApiError, Backend, ErrorCode};
+use rbee_types::Backend;
+
+use crate::error::BinaryError;
 
 /// The worker's optional cargo features (CPU is always built in).
 pub const KNOWN: &[&str] = &["cuda", "metal"];
@@ -14,7 +16,7 @@ pub fn for_backend(backend: Backend) -> Vec<String> {
 }
 
 /// Checks, sorts and de-duplicates requested features (`cpu` means none).
-pub fn normalize(features: &[String]) -> Result<Vec<String>, ApiError> {
+pub fn normalize(features: &[String]) -> Result<Vec<String>, BinaryError> {
     let mut out = Vec::new();
     for f in features {
         let f = f.trim();
@@ -22,14 +24,7 @@ pub fn normalize(features: &[String]) -> Result<Vec<String>, ApiError> {
             continue;
         }
         if !KNOWN.contains(&f) {
-            return Err(ApiError::new(
-                ErrorCode::InvalidRequest,
-                format!(
-                    "unknown worker feature {f:?}; the worker has {} (an empty list builds the CPU worker)",
-                    KNOWN.join(", ")
-                ),
-            )
-            .detail("field", "features"));
+            return Err(BinaryError::UnknownFeature { feature: f.into() });
         }
         out.push(f.to_owned());
     }
@@ -64,12 +59,8 @@ mod tests {
         assert_eq!(key(&normalize(&v(&["cpu"])).unwrap()), "cpu");
         assert_eq!(key(&v(&["cuda", "metal"])), "cuda+metal");
         let e = normalize(&v(&["rocm"])).unwrap_err();
-        assert_eq!(e.error.code, ErrorCode::InvalidRequest);
-        assert!(
-            e.error.message.contains("cuda, metal"),
-            "{}",
-            e.error.message
-        );
+        assert_eq!(e.code(), rbee_types::ErrorCode::InvalidRequest);
+        assert!(e.to_string().contains("cuda, metal"), "{e}");
         assert_eq!(for_backend(Backend::Cuda), v(&["cuda"]));
         assert!(for_backend(Backend::Cpu).is_empty());
     }

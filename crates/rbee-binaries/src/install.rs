@@ -7,35 +7,31 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rbee_types::{ApiError, ErrorCode};
 use sha2::{Digest, Sha256};
+
+use crate::error::{BinaryError, VerifyFailure};
 
 /// How long `--version` may take.
 const VERSION_TIMEOUT: Duration = Duration::from_secs(10);
 
-fn failed(path: &Path, why: String) -> ApiError {
-    ApiError::new(
-        ErrorCode::BinaryVerificationFailed,
-        format!("worker binary {}: {why}", path.display()),
-    )
-    .detail("binary_path", path.display().to_string())
+fn failed(path: &Path, why: VerifyFailure) -> BinaryError {
+    BinaryError::Unverified {
+        path: path.to_path_buf(),
+        why,
+        log_path: None,
+    }
 }
 
 /// Checks that `path` is an executable file whose `--version` runs and names the worker,
 /// and that it was built with every one of `features`. Returns what `--version` printed.
-pub fn verify(path: &Path, features: &[String]) -> Result<String, ApiError> {
-    let meta = std::fs::metadata(path).map_err(|e| failed(path, format!("cannot be read: {e}")))?;
+pub fn verify(path: &Path, features: &[String]) -> Result<String, BinaryError> {
+    let meta = std::fs::metadata(path).map_err(|e| failed(path, VerifyFailure::CannotRead(e)))?;
     if !meta.is_file() {
-        return Err(failed(path, "is not a file".into()));
+        return Err(failed(path, VerifyFailure::NotAFile));
     }
     if meta.permissions().mode() & 0o111 == 0 {
-        return Err(failed(
-            path,
-            format!(
-                "is not executable (mode {:o}); `chmod +x` it or point worker_binary at the real worker",
-                meta.permissions().mode() & 0o7777
-            ),
-        ));
+        let mode = meta.permissions().mode() & 0o7777;
+        return Err(failed(path, VerifyFailure::NotExecutable { mode }));
     }
     let mut child = Command::new(path)
         .arg("--version")
@@ -43,7 +39,7 @@ pub fn verify(path: &Path, features: &[String]) -> Result<String, ApiError> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| failed(path, format!("cannot be run: {e}")))?;
+        .map_err(|e| failed(path, VerifyFailure::CannotRun(e)))?;
     let t0 = Instant::now();
     let status = loop {
         match child.try_wait() {
@@ -54,10 +50,7 @@ pub fn verify(path: &Path, features: &[String]) -> Result<String, ApiError> {
             _ => {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(failed(
-                    path,
-                    format!("`--version` did not finish in {VERSION_TIMEOUT:?}"),
-                ));
+                return Err(failed(path, VerifyFailure::Hung(VERSION_TIMEOUT)));
             }
         }
     };
@@ -71,22 +64,21 @@ pub fn verify(path: &Path, features: &[String]) -> Result<String, ApiError> {
     }
     let version = out.trim().to_owned();
     if !status.success() {
+        let stderr = err.trim().to_owned();
         return Err(failed(
             path,
-            format!("`--version` failed ({status}): {}", err.trim()),
+            VerifyFailure::VersionFailed { status, stderr },
         ));
     }
     if !version.starts_with(crate::cargo::WORKER) {
-        return Err(failed(
-            path,
-            format!("`--version` printed {version:?}, not llm-worker-rbee's version"),
-        ));
+        return Err(failed(path, VerifyFailure::NotTheWorker { version }));
     }
     if let Some(backends) = backends(&version) {
         if let Some(missing) = features.iter().find(|f| !backends.contains(&f.as_str())) {
+            let feature = missing.clone();
             return Err(failed(
                 path,
-                format!("was built without {missing} (it says {version:?})"),
+                VerifyFailure::MissingFeature { feature, version },
             ));
         }
     }
@@ -122,44 +114,41 @@ fn hex(bytes: &[u8]) -> String {
 /// Copies `built` into `dir` as `<prefix>-<sha256[..12]>` (written to a temporary name,
 /// fsynced, made executable, renamed, the directory fsynced). Returns the path and the
 /// SHA-256. A file of that name is the same content and is kept as it is.
-pub fn install(built: &Path, dir: &Path, prefix: &str) -> Result<(PathBuf, String), ApiError> {
-    let io = |what: &str, e: std::io::Error| {
-        if e.raw_os_error() == Some(libc::ENOSPC) {
-            ApiError::new(
-                ErrorCode::InsufficientDisk,
-                format!("no space left in {} to keep the worker binary; free some space and build again", dir.display()),
-            )
+pub fn install(built: &Path, dir: &Path, prefix: &str) -> Result<(PathBuf, String), BinaryError> {
+    let io = |path: &Path, source: std::io::Error| {
+        if source.raw_os_error() == Some(libc::ENOSPC) {
+            BinaryError::NoSpace {
+                dir: dir.to_path_buf(),
+            }
         } else {
-            ApiError::new(ErrorCode::Internal, format!("{what}: {e}"))
+            BinaryError::Install {
+                path: path.to_path_buf(),
+                source,
+            }
         }
     };
-    std::fs::create_dir_all(dir).map_err(|e| io(&dir.display().to_string(), e))?;
+    std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
     let tmp = dir.join(format!(".{prefix}.{}.tmp", std::process::id()));
     let result = (|| {
-        let mut src =
-            std::fs::File::open(built).map_err(|e| io(&built.display().to_string(), e))?;
-        let mut dst = std::fs::File::create(&tmp).map_err(|e| io(&tmp.display().to_string(), e))?;
+        let mut src = std::fs::File::open(built).map_err(|e| io(built, e))?;
+        let mut dst = std::fs::File::create(&tmp).map_err(|e| io(&tmp, e))?;
         let mut h = Sha256::new();
         let mut buf = vec![0u8; 1 << 20];
         loop {
-            let n = src
-                .read(&mut buf)
-                .map_err(|e| io(&built.display().to_string(), e))?;
+            let n = src.read(&mut buf).map_err(|e| io(built, e))?;
             if n == 0 {
                 break;
             }
             h.update(&buf[..n]);
-            dst.write_all(&buf[..n])
-                .map_err(|e| io(&tmp.display().to_string(), e))?;
+            dst.write_all(&buf[..n]).map_err(|e| io(&tmp, e))?;
         }
         dst.set_permissions(std::fs::Permissions::from_mode(0o755))
-            .map_err(|e| io(&tmp.display().to_string(), e))?;
-        dst.sync_all()
-            .map_err(|e| io(&tmp.display().to_string(), e))?;
+            .map_err(|e| io(&tmp, e))?;
+        dst.sync_all().map_err(|e| io(&tmp, e))?;
         let sha = hex(&h.finalize());
         let dest = dir.join(format!("{prefix}-{}", &sha[..12]));
         if !dest.is_file() {
-            std::fs::rename(&tmp, &dest).map_err(|e| io(&dest.display().to_string(), e))?;
+            std::fs::rename(&tmp, &dest).map_err(|e| io(&dest, e))?;
             if let Ok(d) = std::fs::File::open(dir) {
                 let _ = d.sync_all();
             }
@@ -220,12 +209,8 @@ mod tests {
         ];
         for (path, features, expect) in cases {
             let e = verify(&path, &features).unwrap_err();
-            assert_eq!(e.error.code, ErrorCode::BinaryVerificationFailed);
-            assert!(
-                e.error.message.contains(expect),
-                "{expect}: {}",
-                e.error.message
-            );
+            assert_eq!(e.code(), rbee_types::ErrorCode::BinaryVerificationFailed);
+            assert!(e.to_string().contains(expect), "{expect}: {e}");
         }
     }
 

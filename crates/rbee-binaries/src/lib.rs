@@ -7,6 +7,7 @@
 //! `workers.db`. [`builder::Builder`] ties these together: shared builds, a limit on
 //! concurrent builds, a progress feed per build, and old binaries removed once unused.
 //! Without a source, the worker installed next to the hive is recorded and used.
+//! Errors are [`BinaryError`]s; the hive turns them into its HTTP error envelope.
 //! [`child`]: child processes that die with the hive (builds, and the hive's process
 //! supervisor).
 
@@ -14,6 +15,7 @@ pub mod builder;
 pub mod cargo;
 pub mod catalog;
 pub mod child;
+pub mod error;
 pub mod features;
 pub mod feed;
 pub mod install;
@@ -21,4 +23,5 @@ pub mod source;
 
 pub use builder::{Build, BuildEvent, Builder, BuilderConfig, Resolved};
 pub use catalog::{Binary, Catalog};
+pub use error::BinaryError;
 pub use source::Source;

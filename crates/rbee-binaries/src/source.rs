@@ -4,7 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use git2::{build::CheckoutBuilder, Cred, CredentialType, FetchOptions, Oid, RemoteCallbacks};
-use rbee_types::{ApiError, ErrorCode};
+
+use crate::error::BinaryError;
 
 /// Where workers are built from (`[worker_source]` in the hive's config).
 pub use rbee_types::hive::WorkerSource as Source;
@@ -19,7 +20,7 @@ pub fn validate(src: &Source) -> Result<(), String> {
             src.git_url
         ));
     }
-    check_ref(&src.git_ref).map_err(|e| format!("[worker_source] git_ref: {}", e.error.message))?;
+    check_ref(&src.git_ref).map_err(|e| format!("[worker_source] git_ref: {e}"))?;
     for (name, path) in [("ssh_key", &src.ssh_key), ("cargo", &src.cargo)] {
         if let Some(p) = path {
             if !p.is_absolute() {
@@ -55,7 +56,7 @@ pub fn is_commit(r: &str) -> bool {
 
 /// Checks a ref name before any git work: no empty names, no option-like or path-escaping
 /// names, nothing git itself would refuse.
-pub fn check_ref(r: &str) -> Result<(), ApiError> {
+pub fn check_ref(r: &str) -> Result<(), BinaryError> {
     let bad = r.is_empty()
         || r.len() > 200
         || r.starts_with('-')
@@ -63,13 +64,7 @@ pub fn check_ref(r: &str) -> Result<(), ApiError> {
         || r.chars().any(|c| c.is_control() || " ~^:?*[\\".contains(c))
         || !git2::Reference::is_valid_name(&format!("refs/heads/{r}"));
     if bad {
-        return Err(ApiError::new(
-            ErrorCode::InvalidRequest,
-            format!(
-                "{r:?} is not a branch, tag or commit name (e.g. main, v0.1.0 or a 40-hex commit)"
-            ),
-        )
-        .detail("field", "ref"));
+        return Err(BinaryError::BadRef { git_ref: r.into() });
     }
     Ok(())
 }
@@ -81,7 +76,7 @@ pub fn checkout(
     git_ref: &str,
     dir: &Path,
     log: &mut dyn FnMut(String),
-) -> Result<Checkout, ApiError> {
+) -> Result<Checkout, BinaryError> {
     check_ref(git_ref)?;
     let url = &src.git_url;
     let repo = match git2::Repository::open(dir) {
@@ -96,7 +91,7 @@ pub fn checkout(
     {
         let mut remote = repo
             .remote_anonymous(url)
-            .map_err(|e| fetch_error(url, &e))?;
+            .map_err(|e| fetch_error(url, e))?;
         let mut fo = FetchOptions::new();
         fo.remote_callbacks(callbacks(src, log));
         fo.download_tags(git2::AutotagOption::All);
@@ -109,7 +104,7 @@ pub fn checkout(
                 Some(&mut fo),
                 None,
             )
-            .map_err(|e| fetch_error(url, &e))?;
+            .map_err(|e| fetch_error(url, e))?;
     }
     let oid = resolve(&repo, url, git_ref)?;
     let commit = repo
@@ -131,7 +126,7 @@ pub fn checkout(
 }
 
 /// The commit `git_ref` names: a full sha, a branch of the remote, or a tag.
-fn resolve(repo: &git2::Repository, url: &str, git_ref: &str) -> Result<Oid, ApiError> {
+fn resolve(repo: &git2::Repository, url: &str, git_ref: &str) -> Result<Oid, BinaryError> {
     if is_commit(git_ref) {
         let oid = Oid::from_str(git_ref).map_err(|_| ref_not_found(repo, url, git_ref))?;
         return repo
@@ -199,39 +194,23 @@ fn callbacks<'a>(src: &'a Source, log: &'a mut dyn FnMut(String)) -> RemoteCallb
     cb
 }
 
-fn fetch_error(url: &str, e: &git2::Error) -> ApiError {
-    let msg = e.message();
-    let auth = e.code() == git2::ErrorCode::Auth
+fn fetch_error(url: &str, source: git2::Error) -> BinaryError {
+    let msg = source.message();
+    let auth = source.code() == git2::ErrorCode::Auth
         || msg.contains("authentication")
         || msg.contains("credentials")
         || msg.contains("Permission denied");
+    let url = url.to_owned();
     if msg.contains("hostkey") || msg.contains("host key") {
-        return ApiError::new(
-            ErrorCode::GitFetchFailed,
-            format!(
-                "cannot fetch {url}: {msg}; the server's SSH host key must be in ~/.ssh/known_hosts of the user the hive runs as: check its fingerprint, then add it (`ssh-keyscan -p PORT HOST >> ~/.ssh/known_hosts`)"
-            ),
-        )
-        .detail("git_url", url);
-    }
-    if auth {
-        ApiError::new(
-            ErrorCode::GitAuthFailed,
-            format!(
-                "{url} refused the credentials: {msg}; for ssh:// or git@ URLs set [worker_source] ssh_key to a key the server accepts (readable by the hive, chmod 600), for https:// configure a git credential helper"
-            ),
-        )
-        .detail("git_url", url)
+        BinaryError::UnknownHostKey { url, source }
+    } else if auth {
+        BinaryError::GitAuth { url, source }
     } else {
-        ApiError::new(
-            ErrorCode::GitFetchFailed,
-            format!("cannot fetch {url}: {msg}; check [worker_source] git_url and that this node can reach it"),
-        )
-        .detail("git_url", url)
+        BinaryError::GitFetch { url, source }
     }
 }
 
-fn ref_not_found(repo: &git2::Repository, url: &str, git_ref: &str) -> ApiError {
+fn ref_not_found(repo: &git2::Repository, url: &str, git_ref: &str) -> BinaryError {
     let mut known: Vec<String> = repo
         .references()
         .map(|refs| {
@@ -248,27 +227,18 @@ fn ref_not_found(repo: &git2::Repository, url: &str, git_ref: &str) -> ApiError 
         .unwrap_or_default();
     known.sort();
     known.truncate(20);
-    ApiError::new(
-        ErrorCode::GitRefNotFound,
-        format!(
-            "{git_ref:?} is not a branch, tag or commit of {url}; known: {}",
-            if known.is_empty() {
-                "none".to_owned()
-            } else {
-                known.join(", ")
-            }
-        ),
-    )
-    .detail("git_url", url)
-    .detail("ref", git_ref)
-    .detail("known_refs", known)
+    BinaryError::RefNotFound {
+        url: url.into(),
+        git_ref: git_ref.into(),
+        known,
+    }
 }
 
-fn internal(dir: &Path, msg: &str) -> ApiError {
-    ApiError::new(
-        ErrorCode::Internal,
-        format!("worker source checkout {}: {msg}", dir.display()),
-    )
+fn internal(dir: &Path, msg: &str) -> BinaryError {
+    BinaryError::Checkout {
+        dir: dir.to_path_buf(),
+        message: msg.into(),
+    }
 }
 
 #[cfg(test)]
@@ -292,7 +262,7 @@ mod tests {
             &"x".repeat(201),
         ] {
             let e = check_ref(bad).unwrap_err();
-            assert_eq!(e.error.code, ErrorCode::InvalidRequest, "{bad:?}");
+            assert_eq!(e.code(), rbee_types::ErrorCode::InvalidRequest, "{bad:?}");
         }
         assert!(is_commit(&"0a".repeat(20)));
         assert!(!is_commit("main"));

@@ -11,7 +11,7 @@ use rbee_binaries::catalog::Origin;
 use rbee_binaries::Source;
 use rbee_test_support::model::TempDir;
 use rbee_test_support::worker_repo::{Variant, WorkerRepo};
-use rbee_types::{Backend, ErrorCode};
+use rbee_types::{ApiError, Backend, ErrorCode};
 
 fn builder(state: &TempDir, source: Option<Source>) -> Arc<Builder> {
     Builder::open(BuilderConfig {
@@ -169,7 +169,7 @@ fn a_new_commit_builds_a_new_binary_and_the_old_one_stays_until_unused() {
     }
     // Deleting it by hand is refused while used.
     let e = b.remove(&old.id).unwrap_err();
-    assert_eq!(e.error.code, ErrorCode::BinaryInUse);
+    assert_eq!(e.code(), ErrorCode::BinaryInUse);
     // The worker stops: the old binary goes.
     *running.lock().unwrap() = None;
     b.collect_garbage();
@@ -216,30 +216,26 @@ fn bad_refs_and_sources_fail_with_their_own_codes_and_record_nothing() {
         .unwrap()
         .wait()
         .unwrap_err();
-    assert_eq!(e.error.code, ErrorCode::GitRefNotFound, "{e:?}");
-    assert!(
-        e.error.message.contains("known: main"),
-        "{}",
-        e.error.message
-    );
+    assert_eq!(e.code(), ErrorCode::GitRefNotFound, "{e:?}");
+    assert!(e.to_string().contains("known: main"), "{}", e);
     let e = b
         .build(&[], Some(&"0".repeat(40)))
         .unwrap()
         .wait()
         .unwrap_err();
-    assert_eq!(e.error.code, ErrorCode::GitRefNotFound, "{e:?}");
+    assert_eq!(e.code(), ErrorCode::GitRefNotFound, "{e:?}");
     // Checked before any git work.
     for bad in ["a..b", "-rf", "x y", ""] {
         let e = b.build(&[], Some(bad)).err().expect(bad);
-        assert_eq!(e.error.code, ErrorCode::InvalidRequest, "{bad:?}");
+        assert_eq!(e.code(), ErrorCode::InvalidRequest, "{bad:?}");
     }
     let e = b.build(&["rocm".into()], None).err().unwrap();
-    assert_eq!(e.error.code, ErrorCode::InvalidRequest);
+    assert_eq!(e.code(), ErrorCode::InvalidRequest);
     // An unreachable repository.
     let gone = builder(&state, Some(Source::new("/nonexistent/rbee.git", "main")));
     let e = gone.build(&[], None).unwrap().wait().unwrap_err();
-    assert_eq!(e.error.code, ErrorCode::GitFetchFailed, "{e:?}");
-    assert!(e.error.message.contains("/nonexistent/rbee.git"));
+    assert_eq!(e.code(), ErrorCode::GitFetchFailed, "{e:?}");
+    assert!(e.to_string().contains("/nonexistent/rbee.git"));
     let e = builder(
         &state,
         Some(Source::new("https://127.0.0.1:1/rbee.git", "main")),
@@ -248,7 +244,7 @@ fn bad_refs_and_sources_fail_with_their_own_codes_and_record_nothing() {
     .unwrap()
     .wait()
     .unwrap_err();
-    assert_eq!(e.error.code, ErrorCode::GitFetchFailed, "{e:?}");
+    assert_eq!(e.code(), ErrorCode::GitFetchFailed, "{e:?}");
     // No cargo.
     let mut src = Source::new(repo.url(), "main");
     src.cargo = Some("/nonexistent/cargo".into());
@@ -257,8 +253,8 @@ fn bad_refs_and_sources_fail_with_their_own_codes_and_record_nothing() {
         .unwrap()
         .wait()
         .unwrap_err();
-    assert_eq!(e.error.code, ErrorCode::CargoNotFound, "{e:?}");
-    assert!(e.error.message.contains("rustup"), "{}", e.error.message);
+    assert_eq!(e.code(), ErrorCode::CargoNotFound, "{e:?}");
+    assert!(e.to_string().contains("rustup"), "{}", e);
     assert!(b.list().unwrap().is_empty());
     assert!(files_in(&state.join("worker-bin")).is_empty());
 }
@@ -272,17 +268,15 @@ fn a_commit_that_does_not_compile_reports_the_compiler_errors_and_the_log() {
     repo.commit(&Variant::Broken, "broken");
     let build = b.build(&[], None).unwrap();
     let e = build.wait().unwrap_err();
-    assert_eq!(e.error.code, ErrorCode::WorkerBuildFailed, "{e:?}");
+    assert_eq!(e.code(), ErrorCode::WorkerBuildFailed, "{e:?}");
     assert!(
-        e.error.message.contains("error[E0308]: mismatched types"),
+        e.to_string().contains("error[E0308]: mismatched types"),
         "{}",
-        e.error.message
+        e
     );
-    assert!(
-        e.error.message.contains("src/main.rs"),
-        "{}",
-        e.error.message
-    );
+    assert!(e.to_string().contains("src/main.rs"), "{}", e);
+    // The details are on the wire envelope the hive answers with.
+    let e = ApiError::from(e);
     let log = PathBuf::from(e.error.details["log_path"].as_str().unwrap());
     assert!(std::fs::read_to_string(&log)
         .unwrap()
@@ -303,12 +297,8 @@ fn a_binary_that_fails_verification_is_not_recorded() {
     let state = TempDir::new("builds");
     let b = builder(&state, Some(Source::new(repo.url(), "main")));
     let e = b.build(&[], None).unwrap().wait().unwrap_err();
-    assert_eq!(e.error.code, ErrorCode::BinaryVerificationFailed, "{e:?}");
-    assert!(
-        e.error.message.contains("this worker is broken"),
-        "{}",
-        e.error.message
-    );
+    assert_eq!(e.code(), ErrorCode::BinaryVerificationFailed, "{e:?}");
+    assert!(e.to_string().contains("this worker is broken"), "{}", e);
     assert!(b.list().unwrap().is_empty());
     assert!(files_in(&state.join("worker-bin")).is_empty());
 }
@@ -323,12 +313,8 @@ fn a_killed_build_fails_cleanly_and_the_next_one_works() {
     // SAFETY: a plain syscall on the cargo this test's builder started.
     unsafe { libc::kill(pid as i32, libc::SIGKILL) };
     let e = build.wait().unwrap_err();
-    assert_eq!(e.error.code, ErrorCode::WorkerBuildFailed);
-    assert!(
-        e.error.message.contains("killed by signal 9"),
-        "{}",
-        e.error.message
-    );
+    assert_eq!(e.code(), ErrorCode::WorkerBuildFailed);
+    assert!(e.to_string().contains("killed by signal 9"), "{}", e);
     assert!(b.list().unwrap().is_empty());
     std::fs::remove_file(&flag).unwrap();
     let bin = b.build(&[], None).unwrap().wait().unwrap();
@@ -375,8 +361,8 @@ fn concurrent_requests_for_one_build_share_it_and_builds_queue_for_a_slot() {
     let r = cuda.wait();
     if rbee_binaries::cargo::find_nvcc().is_none() {
         let e = r.unwrap_err();
-        assert_eq!(e.error.code, ErrorCode::CudaToolkitNotFound, "{e:?}");
-        assert!(e.error.message.contains("nvcc"));
+        assert_eq!(e.code(), ErrorCode::CudaToolkitNotFound, "{e:?}");
+        assert!(e.to_string().contains("nvcc"));
     }
 }
 
@@ -410,21 +396,17 @@ fn without_a_source_the_installed_worker_is_verified_and_recorded() {
     // A CPU-only build asked for CUDA: said before any worker starts.
     if !bin.features.iter().any(|f| f == "cuda") {
         let e = b.resolve(Backend::Cuda).err().unwrap();
-        assert_eq!(e.error.code, ErrorCode::BackendUnavailable);
-        assert!(
-            e.error.message.contains("[worker_source]"),
-            "{}",
-            e.error.message
-        );
+        assert_eq!(e.code(), ErrorCode::BackendUnavailable);
+        assert!(e.to_string().contains("[worker_source]"), "{}", e);
     }
     // Building needs a source.
     let e = b.build(&[], None).err().unwrap();
-    assert_eq!(e.error.code, ErrorCode::NoWorkerSource);
+    assert_eq!(e.code(), ErrorCode::NoWorkerSource);
     // Removing the record never deletes the installed file.
     b.remove(&bin.id).unwrap();
     assert!(installed.is_file());
     let e = b.remove(&bin.id).unwrap_err();
-    assert_eq!(e.error.code, ErrorCode::BinaryNotFound);
+    assert_eq!(e.code(), ErrorCode::BinaryNotFound);
 }
 
 #[test]
@@ -440,12 +422,8 @@ fn an_installed_worker_that_is_not_executable_is_refused() {
     })
     .unwrap();
     let e = b.resolve(Backend::Cpu).err().unwrap();
-    assert_eq!(e.error.code, ErrorCode::BinaryVerificationFailed);
-    assert!(
-        e.error.message.contains("not executable"),
-        "{}",
-        e.error.message
-    );
+    assert_eq!(e.code(), ErrorCode::BinaryVerificationFailed);
+    assert!(e.to_string().contains("not executable"), "{}", e);
     // Fixed on disk: picked up without a restart.
     std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
     assert!(matches!(
@@ -507,12 +485,8 @@ fn an_ssh_source_uses_the_configured_key_and_known_hosts() {
         .unwrap()
         .wait()
         .unwrap_err();
-    assert_eq!(e.error.code, ErrorCode::GitFetchFailed, "{e:?}");
-    assert!(
-        e.error.message.contains("known_hosts"),
-        "{}",
-        e.error.message
-    );
+    assert_eq!(e.code(), ErrorCode::GitFetchFailed, "{e:?}");
+    assert!(e.to_string().contains("known_hosts"), "{}", e);
     std::fs::copy(&sshd.known_hosts, home.join(".ssh/known_hosts")).unwrap();
     // A key the server does not accept.
     let e = builder(&state, Some(source(&sshd.wrong_key)))
@@ -520,13 +494,8 @@ fn an_ssh_source_uses_the_configured_key_and_known_hosts() {
         .unwrap()
         .wait()
         .unwrap_err();
-    assert_eq!(
-        e.error.code,
-        ErrorCode::GitAuthFailed,
-        "{e:?}\n{}",
-        sshd.log()
-    );
-    assert!(e.error.message.contains("ssh_key"), "{}", e.error.message);
+    assert_eq!(e.code(), ErrorCode::GitAuthFailed, "{e:?}\n{}", sshd.log());
+    assert!(e.to_string().contains("ssh_key"), "{}", e);
     // The right one.
     let b = builder(&state, Some(source(&sshd.client_key)));
     let bin = b
@@ -550,12 +519,8 @@ fn a_full_disk_when_installing_the_binary_is_insufficient_disk_and_records_nothi
     };
     let b = builder(&state, Some(Source::new(repo.url(), "main")));
     let e = b.build(&[], None).unwrap().wait().unwrap_err();
-    assert_eq!(e.error.code, ErrorCode::InsufficientDisk, "{e:?}");
-    assert!(
-        e.error.message.contains("worker-bin"),
-        "{}",
-        e.error.message
-    );
+    assert_eq!(e.code(), ErrorCode::InsufficientDisk, "{e:?}");
+    assert!(e.to_string().contains("worker-bin"), "{}", e);
     assert!(b.list().unwrap().is_empty());
     assert!(
         files_in(&state.join("worker-bin")).is_empty(),

@@ -18,7 +18,7 @@ pub fn list(hive: &Hive, request: Request) {
                 source: hive.binaries.config().source.clone(),
             },
         ),
-        Err(e) => respond_error(request, &e),
+        Err(e) => respond_error(request, &ApiError::from(e)),
     }
 }
 
@@ -30,7 +30,7 @@ pub fn build(hive: &Hive, mut request: Request, max_body: usize) {
     };
     match hive.binaries.build(&req.features, req.git_ref.as_deref()) {
         Ok(b) => respond_json(request, 202, &BuildStarted::new(&b.id)),
-        Err(e) => respond_error(request, &e),
+        Err(e) => respond_error(request, &ApiError::from(e)),
     }
 }
 
@@ -64,6 +64,6 @@ pub fn delete(hive: &Hive, request: Request, id: &str) {
                 removed: b.id,
             },
         ),
-        Err(e) => respond_error(request, &e),
+        Err(e) => respond_error(request, &ApiError::from(e)),
     }
 }

@@ -237,7 +237,11 @@ impl Hive {
                     progress_url: build_progress_path(&b.id),
                 };
                 tracing::info!(model = %req.model_ref, build = %b.id, "no worker binary for {} yet; the worker starts once it is built", at.backend);
-                self.spawn_when(req, move || b.wait().map(|_| ()), "worker binary build");
+                self.spawn_when(
+                    req,
+                    move || b.wait().map(|_| ()).map_err(ApiError::from),
+                    "worker binary build",
+                );
                 let previous = self.registry.take_failure(&req.model_ref);
                 return Ok((202, SpawnResponse::waiting_for_build(build, previous)));
             }
@@ -358,7 +362,11 @@ impl Hive {
             progress_url: download_progress_path(&t.id),
         };
         tracing::info!(model = %req.model_ref, download = %t.id, "model not here yet; the worker starts once it is downloaded");
-        self.spawn_when(req, move || t.wait().map(|_| ()), "model's download");
+        self.spawn_when(
+            req,
+            move || t.wait().map(|_| ()).map_err(ApiError::from),
+            "model's download",
+        );
         SpawnResponse::waiting_for_download(download, self.registry.take_failure(&req.model_ref))
     }
 
