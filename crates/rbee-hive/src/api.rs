@@ -17,18 +17,18 @@ use crate::hive::{worker_not_found, Hive};
 use crate::{binaries, front, logs, models, resources};
 
 /// Requests handled at once before new ones get 503 `OVERLOADED`.
-pub const MAX_IN_FLIGHT: usize = 256;
+pub(crate) const MAX_IN_FLIGHT: usize = 256;
 /// Largest request body, bytes.
-pub const MAX_BODY: usize = 64 << 10;
+pub(crate) const MAX_BODY: usize = 64 << 10;
 
 /// What the hive's server admits.
-pub const LIMITS: rbee_http::Limits = rbee_http::Limits {
+pub(crate) const LIMITS: rbee_http::Limits = rbee_http::Limits {
     who: "hive",
     max_in_flight: MAX_IN_FLIGHT,
 };
 
 /// Serves requests until the server is unblocked.
-pub fn serve(server: &rbee_http::Server, hive: &Arc<Hive>) {
+pub(crate) fn serve(server: &rbee_http::Server, hive: &Arc<Hive>) {
     let hive = Arc::clone(hive);
     server.serve(move |request| {
         let outcome = request.outcome();

@@ -8,7 +8,7 @@ use rbee_types::{ApiError, ErrorCode};
 use crate::hive::Hive;
 
 /// `GET /v1/worker-binaries`.
-pub fn list(hive: &Hive, request: Request) {
+pub(crate) fn list(hive: &Hive, request: Request) {
     match hive.binaries.list() {
         Ok(binaries) => respond_json(
             request,
@@ -23,7 +23,7 @@ pub fn list(hive: &Hive, request: Request) {
 }
 
 /// `POST /v1/worker-binaries/build` {features, ref?}: 202 with the (new or joined) build.
-pub fn build(hive: &Hive, mut request: Request, max_body: usize) {
+pub(crate) fn build(hive: &Hive, mut request: Request, max_body: usize) {
     let req: BuildRequest = match read_json(&mut request, max_body) {
         Ok(r) => r,
         Err(e) => return respond_error(request, &e),
@@ -36,7 +36,7 @@ pub fn build(hive: &Hive, mut request: Request, max_body: usize) {
 
 /// `GET /v1/worker-binaries/build/progress?id=…`: SSE of the build's events (every line
 /// of cargo's output), ending with `complete` or `error`, then `[DONE]`.
-pub fn progress(hive: &Hive, request: Request, id: Option<&str>) {
+pub(crate) fn progress(hive: &Hive, request: Request, id: Option<&str>) {
     let Some(b) = id.and_then(|id| hive.binaries.build_by_id(id)) else {
         let e = ApiError::new(
             ErrorCode::NotFound,
@@ -54,7 +54,7 @@ pub fn progress(hive: &Hive, request: Request, id: Option<&str>) {
 }
 
 /// `DELETE /v1/worker-binaries/{id}`: refused while a worker runs it.
-pub fn delete(hive: &Hive, request: Request, id: &str) {
+pub(crate) fn delete(hive: &Hive, request: Request, id: &str) {
     match hive.binaries.remove(id) {
         Ok(b) => respond_json(
             request,

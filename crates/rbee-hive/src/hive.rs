@@ -26,7 +26,7 @@ use crate::worker_log;
 use rbee_models::provisioner::{Ensured, Provisioner, Transfer};
 
 /// Port tries for one worker before the spawn is given up.
-pub const MAX_PORT_ATTEMPTS: u32 = 5;
+pub(crate) const MAX_PORT_ATTEMPTS: u32 = 5;
 
 /// A model resolved to a local file.
 struct LocalModel {
@@ -71,7 +71,7 @@ fn check_sizes(req: &SpawnRequest) -> Result<u32, ApiError> {
 }
 
 /// Everything the hive's threads share.
-pub struct Hive {
+pub(crate) struct Hive {
     /// Configuration.
     pub config: Config,
     /// The hive's own API key.
@@ -110,7 +110,7 @@ fn spawn_failed(msg: String) -> ApiError {
 impl Hive {
     /// A hive with no workers yet.
     #[allow(clippy::too_many_arguments)]
-    pub fn new(
+    pub(crate) fn new(
         config: Config,
         api_key: Option<String>,
         supervisor: Supervisor,
@@ -149,7 +149,7 @@ impl Hive {
     /// starts a new one (returned in state `loading`). Spawns are serialised, so two
     /// concurrent requests for one model get one worker. A model still to download or a
     /// worker binary still to build is answered with what the worker waits for.
-    pub fn spawn(&self, req: &SpawnRequest) -> Result<(u16, SpawnResponse), ApiError> {
+    pub(crate) fn spawn(&self, req: &SpawnRequest) -> Result<(u16, SpawnResponse), ApiError> {
         if req.backend.is_none() {
             // Any ready worker of the model will do: no need to look at the GPUs.
             if let Some(w) = self
@@ -492,13 +492,13 @@ impl Hive {
     }
 
     /// Whether workers log to the user's journal (a user manager runs them).
-    pub fn user_journal(&self) -> bool {
+    pub(crate) fn user_journal(&self) -> bool {
         matches!(&self.supervisor, Supervisor::Systemd(s) if s.kind() == rbee_supervisor::properties::ManagerKind::User)
     }
 
     /// Stops one worker gracefully: `/v1/admin/shutdown` (it drains), then the supervisor's
     /// stop (systemd's stop timeout does the force-kill). The worker leaves the registry.
-    pub fn stop_worker(&self, id: &str, reason: &str) -> Result<(), ApiError> {
+    pub(crate) fn stop_worker(&self, id: &str, reason: &str) -> Result<(), ApiError> {
         let mut found = None;
         self.registry.update(id, |w| {
             // An unhealthy worker stays listed as such until it is gone.
@@ -542,7 +542,7 @@ impl Hive {
     }
 
     /// Stops every worker at once, each bounded by the stop timeout.
-    pub fn stop_all(&self, reason: &str) {
+    pub(crate) fn stop_all(&self, reason: &str) {
         let workers = self.registry.all();
         if workers.is_empty() {
             return;
@@ -561,7 +561,7 @@ impl Hive {
 
     /// Rebuilds the registry from running units and the records on disk: a hive restart
     /// loses no worker. Records of units that no longer run are removed.
-    pub fn adopt(&self) {
+    pub(crate) fn adopt(&self) {
         let dir = self.config.workers_dir();
         let records = store::load_all(&dir);
         let running = self.rt.block_on(self.supervisor.adoptable());
@@ -616,7 +616,7 @@ impl Hive {
     }
 
     /// Reacts to a supervisor event.
-    pub fn handle(&self, event: Event) {
+    pub(crate) fn handle(&self, event: Event) {
         match event {
             Event::Ready { unit, pid } => {
                 let Some(w) = self.registry.find_unit(&unit) else {
@@ -703,7 +703,7 @@ impl Hive {
 }
 
 /// The API error for an unknown worker id.
-pub fn worker_not_found(id: &str) -> ApiError {
+pub(crate) fn worker_not_found(id: &str) -> ApiError {
     ApiError::new(
         ErrorCode::WorkerNotFound,
         format!("no worker {id}; GET /v1/workers/list shows the running ones"),

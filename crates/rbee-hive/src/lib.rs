@@ -16,21 +16,24 @@
 //! - [`naming`]: worker ids; [`worker_log`]: reading worker log lines; [`logs`]: the log
 //!   route; models come from `rbee-models`.
 
-pub mod api;
-pub mod binaries;
+// Everything but what main.rs calls is crate-private; the lint keeps it that way.
+#![warn(unreachable_pub)]
+
+mod api;
+mod binaries;
 pub mod config;
 pub mod daemon;
-pub mod front;
-pub mod hive;
-pub mod logs;
-pub mod metrics;
-pub mod models;
-pub mod monitor;
-pub mod naming;
-pub mod placement;
-pub mod preflight;
-pub mod queue;
-pub mod registry;
-pub mod resources;
-pub mod supervisor;
-pub mod worker_log;
+mod front;
+mod hive;
+mod logs;
+mod metrics;
+mod models;
+mod monitor;
+mod naming;
+mod placement;
+mod preflight;
+mod queue;
+mod registry;
+mod resources;
+mod supervisor;
+mod worker_log;

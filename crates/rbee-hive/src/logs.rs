@@ -14,7 +14,7 @@ use crate::registry::WorkerSpec;
 use crate::worker_log::{journalctl, last_lines, tail_file};
 
 /// Most lines a request may ask for.
-pub const MAX_LINES: usize = 10_000;
+pub(crate) const MAX_LINES: usize = 10_000;
 /// How long a journal stream goes on after its worker has gone, for its last lines.
 const JOURNAL_GRACE: Duration = Duration::from_secs(1);
 /// Keep-alive (and client-gone check) while following.
@@ -22,7 +22,7 @@ const KEEPALIVE: Duration = Duration::from_secs(10);
 
 /// `GET /v1/workers/{id}/logs[?lines=N][&follow=true]`: plain text, or with `follow` an
 /// SSE stream of `{"line": …}` events that ends when the worker has gone.
-pub fn serve(hive: &Hive, request: Request, id: &str, lines: usize, follow: bool) {
+pub(crate) fn serve(hive: &Hive, request: Request, id: &str, lines: usize, follow: bool) {
     let lines = lines.min(MAX_LINES);
     let spec = match hive.registry.get(id) {
         Some(w) => w.spec,

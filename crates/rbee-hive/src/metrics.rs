@@ -15,7 +15,7 @@ use crate::supervisor::Supervisor;
 
 /// What the hive counts. Counters only go up for the life of the process.
 #[derive(Debug)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     requests: Family<Counter>,
     prompt_tokens: Family<Counter>,
     generated_tokens: Family<Counter>,

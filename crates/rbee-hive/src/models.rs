@@ -11,7 +11,7 @@ use rbee_types::{ApiError, ErrorCode};
 use crate::hive::Hive;
 
 /// `GET /v1/models`: OpenAI's list (`object`, `data`) and the catalogue (`models`).
-pub fn list(hive: &Hive, request: Request) {
+pub(crate) fn list(hive: &Hive, request: Request) {
     // The catalogue's lock is released before the front door takes it again.
     let models = hive.models.catalog().list();
     let answer = models
@@ -32,7 +32,7 @@ pub fn list(hive: &Hive, request: Request) {
 
 /// `POST /v1/models/download` {model_ref}: 200 with the model when it is here, else 202
 /// with the (new or joined) download.
-pub fn download(hive: &Hive, mut request: Request, max_body: usize) {
+pub(crate) fn download(hive: &Hive, mut request: Request, max_body: usize) {
     let req: DownloadRequest = match read_json(&mut request, max_body) {
         Ok(r) => r,
         Err(e) => return respond_error(request, &e),
@@ -53,7 +53,7 @@ pub fn download(hive: &Hive, mut request: Request, max_body: usize) {
 
 /// `GET /v1/models/download/progress?id=…`: SSE of progress events, ending with
 /// `complete` or `error`, then `[DONE]`.
-pub fn progress(hive: &Hive, request: Request, id: Option<&str>) {
+pub(crate) fn progress(hive: &Hive, request: Request, id: Option<&str>) {
     let Some(t) = id.and_then(|id| hive.models.transfer(id)) else {
         let e = ApiError::new(
             ErrorCode::NotFound,
@@ -76,7 +76,7 @@ pub fn progress(hive: &Hive, request: Request, id: Option<&str>) {
 
 /// `DELETE /v1/models/{id}`: the row and (downloaded models) the file; refused while a
 /// worker uses it.
-pub fn delete(hive: &Hive, request: Request, id: &str) {
+pub(crate) fn delete(hive: &Hive, request: Request, id: &str) {
     let model = match hive.models.catalog().get(id) {
         Ok(Some(m)) => m,
         Ok(None) => {

@@ -14,10 +14,10 @@ use rbee_types::hive::WorkerState;
 use crate::registry::now_unix;
 
 /// Health checks a worker may miss in a row.
-pub const MAX_MISSES: u32 = 3;
+pub(crate) const MAX_MISSES: u32 = 3;
 
 /// Runs the loop on its own thread until the hive drains.
-pub fn spawn(hive: Arc<Hive>) -> std::io::Result<std::thread::JoinHandle<()>> {
+pub(crate) fn spawn(hive: Arc<Hive>) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("monitor".into())
         .spawn(move || {
@@ -34,7 +34,7 @@ pub fn spawn(hive: Arc<Hive>) -> std::io::Result<std::thread::JoinHandle<()>> {
 
 /// One round: checks every ready worker in parallel, then stops the idle and the
 /// unhealthy ones (each on its own thread, so a slow drain holds nothing up).
-pub fn check_all(hive: &Arc<Hive>, interval: Duration) {
+pub(crate) fn check_all(hive: &Arc<Hive>, interval: Duration) {
     let timeout = interval.min(Duration::from_secs(5));
     let workers: Vec<_> = hive
         .registry

@@ -2,7 +2,7 @@
 
 /// A short id for the API from a model id: lower-case letters, digits, `.`, `_`, `-`; other
 /// characters become `-`; at most 48 characters.
-pub fn slug(model_id: &str) -> String {
+pub(crate) fn slug(model_id: &str) -> String {
     let mut s = rbee_types::model_ref::url_safe(model_id);
     while s.contains("--") {
         s = s.replace("--", "-");

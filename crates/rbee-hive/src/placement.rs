@@ -26,7 +26,7 @@ pub enum DefaultBackend {
 
 /// The backend and device chosen for one worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Placement {
+pub(crate) struct Placement {
     /// Where the layers run.
     pub backend: Backend,
     /// Its device index.
@@ -37,7 +37,7 @@ pub struct Placement {
 
 impl Placement {
     /// Exactly this backend and device, no fallback.
-    pub fn fixed(backend: Backend, device: u32) -> Placement {
+    pub(crate) fn fixed(backend: Backend, device: u32) -> Placement {
         Placement {
             backend,
             device,
@@ -50,7 +50,7 @@ impl Placement {
 /// `default_device`; without one, `auto` takes the GPU with the most free memory and the
 /// fixed choices device 0. `worker_has` says whether a worker for a backend can start
 /// without building one.
-pub fn place(
+pub(crate) fn place(
     choice: DefaultBackend,
     device: Option<u32>,
     backends: &[BackendStatus],

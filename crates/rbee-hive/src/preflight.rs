@@ -8,13 +8,13 @@ use crate::config::Limits;
 use crate::resources::{BackendStatus, Disk, Memory};
 
 /// Memory a model needs beyond its file size (KV cache, buffers): file × 1.2.
-pub const MODEL_OVERHEAD: f64 = 1.2;
+pub(crate) const MODEL_OVERHEAD: f64 = 1.2;
 /// Free disk the state directory keeps by default (logs, records).
-pub const DEFAULT_MIN_FREE_DISK: u64 = 100 << 20;
+pub(crate) const DEFAULT_MIN_FREE_DISK: u64 = 100 << 20;
 
 /// What the new worker needs.
 #[derive(Debug, Clone)]
-pub struct Need {
+pub(crate) struct Need {
     /// Where the layers would run.
     pub backend: Backend,
     /// Device index.
@@ -25,7 +25,7 @@ pub struct Need {
 
 /// The machine at the time of the request.
 #[derive(Debug, Clone)]
-pub struct Snapshot {
+pub(crate) struct Snapshot {
     /// RAM.
     pub memory: Memory,
     /// The state directory's filesystem.
@@ -41,7 +41,7 @@ fn gib(b: u64) -> String {
 }
 
 /// Runs every check in order: backend, device, memory, disk.
-pub fn check(need: &Need, snap: &Snapshot, limits: &Limits) -> Result<(), ApiError> {
+pub(crate) fn check(need: &Need, snap: &Snapshot, limits: &Limits) -> Result<(), ApiError> {
     let available: Vec<&str> = snap
         .backends
         .iter()

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 /// What the hive decided when it started a worker; persisted as
 /// `<state-dir>/workers/<id>.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct WorkerSpec {
+pub(crate) struct WorkerSpec {
     /// Short id used in the API (`smollm2-135m-instruct.q4_1`).
     pub id: String,
     /// `rbee-worker@….service` (systemd) or the same name for a process.
@@ -55,7 +55,7 @@ pub struct WorkerSpec {
 
 impl WorkerSpec {
     /// The worker's base URL.
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         match self.host {
             IpAddr::V6(h) => format!("http://[{h}]:{}", self.port),
             IpAddr::V4(h) if h.is_unspecified() => format!("http://127.0.0.1:{}", self.port),
@@ -66,7 +66,7 @@ impl WorkerSpec {
 
 /// A worker as the registry holds it.
 #[derive(Debug, Clone)]
-pub struct Worker {
+pub(crate) struct Worker {
     /// What it was started as.
     pub spec: WorkerSpec,
     /// Its key (only the hive uses it: clients come through the front door).
@@ -87,7 +87,7 @@ pub struct Worker {
 
 impl Worker {
     /// The API's view.
-    pub fn view(&self) -> WorkerView {
+    pub(crate) fn view(&self) -> WorkerView {
         WorkerView {
             id: self.spec.id.clone(),
             unit: self.spec.unit.clone(),
@@ -121,11 +121,11 @@ const RECENT_FAILURES: usize = 10;
 
 /// The workers, behind one lock held only for short, non-blocking sections.
 #[derive(Default)]
-pub struct Registry {
+pub(crate) struct Registry {
     inner: Mutex<Inner>,
 }
 
-pub use rbee_types::now_unix;
+pub(crate) use rbee_types::now_unix;
 
 impl Registry {
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -133,22 +133,22 @@ impl Registry {
     }
 
     /// Adds (or replaces) a worker.
-    pub fn insert(&self, w: Worker) {
+    pub(crate) fn insert(&self, w: Worker) {
         self.lock().workers.insert(w.spec.id.clone(), w);
     }
 
     /// Removes a worker, returning it.
-    pub fn remove(&self, id: &str) -> Option<Worker> {
+    pub(crate) fn remove(&self, id: &str) -> Option<Worker> {
         self.lock().workers.remove(id)
     }
 
     /// A copy of one worker.
-    pub fn get(&self, id: &str) -> Option<Worker> {
+    pub(crate) fn get(&self, id: &str) -> Option<Worker> {
         self.lock().workers.get(id).cloned()
     }
 
     /// Changes one worker in place; false when it is not there.
-    pub fn update(&self, id: &str, f: impl FnOnce(&mut Worker)) -> bool {
+    pub(crate) fn update(&self, id: &str, f: impl FnOnce(&mut Worker)) -> bool {
         match self.lock().workers.get_mut(id) {
             Some(w) => {
                 f(w);
@@ -159,17 +159,17 @@ impl Registry {
     }
 
     /// Copies of every worker.
-    pub fn all(&self) -> Vec<Worker> {
+    pub(crate) fn all(&self) -> Vec<Worker> {
         self.lock().workers.values().cloned().collect()
     }
 
     /// The API's view of every worker.
-    pub fn views(&self) -> Vec<WorkerView> {
+    pub(crate) fn views(&self) -> Vec<WorkerView> {
         self.lock().workers.values().map(Worker::view).collect()
     }
 
     /// The worker with this unit name.
-    pub fn find_unit(&self, unit: &str) -> Option<Worker> {
+    pub(crate) fn find_unit(&self, unit: &str) -> Option<Worker> {
         self.lock()
             .workers
             .values()
@@ -178,7 +178,12 @@ impl Registry {
     }
 
     /// A worker serving `model_path` on that backend and device that a spawn may reuse.
-    pub fn reusable(&self, model_path: &Path, backend: Backend, device: u32) -> Option<Worker> {
+    pub(crate) fn reusable(
+        &self,
+        model_path: &Path,
+        backend: Backend,
+        device: u32,
+    ) -> Option<Worker> {
         self.lock()
             .workers
             .values()
@@ -192,7 +197,7 @@ impl Registry {
     }
 
     /// A worker serving `model_path` that a spawn may reuse, on any backend.
-    pub fn reusable_any(&self, model_path: &Path) -> Option<Worker> {
+    pub(crate) fn reusable_any(&self, model_path: &Path) -> Option<Worker> {
         self.lock()
             .workers
             .values()
@@ -201,7 +206,7 @@ impl Registry {
     }
 
     /// Whether an id, unit or port is taken.
-    pub fn taken(&self, id: &str, unit: &str, port: Option<u16>) -> bool {
+    pub(crate) fn taken(&self, id: &str, unit: &str, port: Option<u16>) -> bool {
         self.lock()
             .workers
             .values()
@@ -209,12 +214,12 @@ impl Registry {
     }
 
     /// Ports in use by workers.
-    pub fn ports(&self) -> Vec<u16> {
+    pub(crate) fn ports(&self) -> Vec<u16> {
         self.lock().workers.values().map(|w| w.spec.port).collect()
     }
 
     /// Bytes of model files of CPU workers (for the RAM budget).
-    pub fn cpu_model_bytes(&self) -> u64 {
+    pub(crate) fn cpu_model_bytes(&self) -> u64 {
         self.lock()
             .workers
             .values()
@@ -224,7 +229,7 @@ impl Registry {
     }
 
     /// Ids of the workers serving the model file at `model_path`.
-    pub fn users_of_model(&self, model_path: &Path) -> Vec<String> {
+    pub(crate) fn users_of_model(&self, model_path: &Path) -> Vec<String> {
         self.lock()
             .workers
             .values()
@@ -234,7 +239,7 @@ impl Registry {
     }
 
     /// Whether a worker runs the executable at `path`.
-    pub fn uses_binary(&self, path: &std::path::Path) -> bool {
+    pub(crate) fn uses_binary(&self, path: &std::path::Path) -> bool {
         self.lock()
             .workers
             .values()
@@ -242,7 +247,7 @@ impl Registry {
     }
 
     /// Remembers why a worker of `model_ref` ended.
-    pub fn record_failure(&self, model_ref: &ModelRef, f: Failure) {
+    pub(crate) fn record_failure(&self, model_ref: &ModelRef, f: Failure) {
         let mut inner = self.lock();
         if inner.recent.len() == RECENT_FAILURES {
             inner.recent.pop_front();
@@ -255,22 +260,22 @@ impl Registry {
     }
 
     /// The last failures, newest first.
-    pub fn recent_failures(&self) -> Vec<RecentFailure> {
+    pub(crate) fn recent_failures(&self) -> Vec<RecentFailure> {
         self.lock().recent.iter().rev().cloned().collect()
     }
 
     /// How the last worker of `model_ref` ended, if it failed (left in place).
-    pub fn failure(&self, model_ref: &ModelRef) -> Option<Failure> {
+    pub(crate) fn failure(&self, model_ref: &ModelRef) -> Option<Failure> {
         self.lock().failures.get(model_ref).cloned()
     }
 
     /// Hands out (once) the last failure of a model's worker.
-    pub fn take_failure(&self, model_ref: &ModelRef) -> Option<Failure> {
+    pub(crate) fn take_failure(&self, model_ref: &ModelRef) -> Option<Failure> {
         self.lock().failures.remove(model_ref)
     }
 
     /// `3 workers: 2 idle, 1 busy` — for `systemctl status rbee-hive`.
-    pub fn summary(&self) -> String {
+    pub(crate) fn summary(&self) -> String {
         let inner = self.lock();
         let n = inner.workers.len();
         let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
@@ -299,11 +304,11 @@ impl Registry {
 }
 
 /// Record files: `<dir>/<id>.json` (the spec) and `<dir>/<id>.key` (0600, the worker's key).
-pub mod store {
+pub(crate) mod store {
     use super::*;
 
     /// Writes the spec and key of a new worker (atomically: temp file, fsync, rename).
-    pub fn save(dir: &Path, spec: &WorkerSpec, key: &str) -> std::io::Result<PathBuf> {
+    pub(crate) fn save(dir: &Path, spec: &WorkerSpec, key: &str) -> std::io::Result<PathBuf> {
         std::fs::create_dir_all(dir)?;
         let key_path = dir.join(format!("{}.key", spec.id));
         write_atomic(&key_path, key.as_bytes(), 0o600)?;
@@ -313,7 +318,7 @@ pub mod store {
     }
 
     /// The key file of a worker.
-    pub fn key_path(dir: &Path, id: &str) -> PathBuf {
+    pub(crate) fn key_path(dir: &Path, id: &str) -> PathBuf {
         dir.join(format!("{id}.key"))
     }
 
@@ -331,7 +336,7 @@ pub mod store {
     }
 
     /// Every record (spec and key) in `dir`; unreadable ones are logged and skipped.
-    pub fn load_all(dir: &Path) -> Vec<(WorkerSpec, String)> {
+    pub(crate) fn load_all(dir: &Path) -> Vec<(WorkerSpec, String)> {
         let Ok(entries) = std::fs::read_dir(dir) else {
             return vec![];
         };
@@ -357,14 +362,14 @@ pub mod store {
     }
 
     /// Deletes a worker's record and key.
-    pub fn remove(dir: &Path, id: &str) {
+    pub(crate) fn remove(dir: &Path, id: &str) {
         for ext in ["json", "key"] {
             let _ = std::fs::remove_file(dir.join(format!("{id}.{ext}")));
         }
     }
 
     /// 32 random bytes from the kernel, hex.
-    pub fn random_key() -> std::io::Result<String> {
+    pub(crate) fn random_key() -> std::io::Result<String> {
         use std::io::Read;
         let mut buf = [0u8; 32];
         std::fs::File::open("/dev/urandom")?.read_exact(&mut buf)?;

@@ -5,11 +5,11 @@
 use std::path::Path;
 use std::sync::{Mutex, OnceLock};
 
-pub use rbee_types::hive::{BackendStatus, Device, Disk, Memory};
+pub(crate) use rbee_types::hive::{BackendStatus, Device, Disk, Memory};
 use rbee_types::Backend;
 
 /// The kernel's view of RAM (`/proc/meminfo`).
-pub fn memory() -> Memory {
+pub(crate) fn memory() -> Memory {
     let text = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
     let field = |name: &str| {
         text.lines()
@@ -24,7 +24,7 @@ pub fn memory() -> Memory {
 }
 
 /// Space on the filesystem holding `path` (its nearest existing ancestor).
-pub fn disk(path: &Path) -> Disk {
+pub(crate) fn disk(path: &Path) -> Disk {
     rbee_models::space::space(path)
         .map(|(total_bytes, available_bytes)| Disk {
             total_bytes,
@@ -92,7 +92,7 @@ fn cuda() -> BackendStatus {
 }
 
 /// Every backend, available or not (CPU first).
-pub fn backends() -> Vec<BackendStatus> {
+pub(crate) fn backends() -> Vec<BackendStatus> {
     let mem = memory();
     let cpu = BackendStatus {
         name: Backend::Cpu,

@@ -11,7 +11,7 @@ use crate::registry::WorkerSpec;
 const TAIL_WINDOW: u64 = 4 << 20;
 
 /// The last `n` lines of a file, and the offset where following should continue.
-pub fn tail_file(path: &Path, n: usize) -> std::io::Result<(Vec<String>, u64)> {
+pub(crate) fn tail_file(path: &Path, n: usize) -> std::io::Result<(Vec<String>, u64)> {
     let mut f = std::fs::File::open(path)?;
     let len = f.metadata()?.len();
     let start = len.saturating_sub(TAIL_WINDOW);
@@ -30,7 +30,7 @@ pub fn tail_file(path: &Path, n: usize) -> std::io::Result<(Vec<String>, u64)> {
 }
 
 /// `journalctl` for a worker's unit (`user`: in the user's journal).
-pub fn journalctl(user: bool, spec: &WorkerSpec, n: usize, follow: bool) -> Command {
+pub(crate) fn journalctl(user: bool, spec: &WorkerSpec, n: usize, follow: bool) -> Command {
     let mut cmd = Command::new("journalctl");
     if user {
         cmd.arg("--user");
@@ -56,7 +56,7 @@ const EXPLAIN_WINDOW: usize = 400;
 /// The last `n` log lines of a worker (empty when there are none), preceded by the line
 /// that explains a failure (a panic, an assert, the first error) and the one after it
 /// when those are further back: the cause often scrolls out behind what follows it.
-pub fn last_lines(user: bool, spec: &WorkerSpec, n: usize) -> Vec<String> {
+pub(crate) fn last_lines(user: bool, spec: &WorkerSpec, n: usize) -> Vec<String> {
     explained(read_last(user, spec, EXPLAIN_WINDOW), n)
 }
 

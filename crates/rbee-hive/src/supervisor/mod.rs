@@ -11,12 +11,12 @@ use tokio::sync::mpsc::UnboundedSender;
 use crate::config::SupervisorChoice;
 use crate::registry::WorkerSpec;
 
-pub mod process;
-pub mod systemd;
+pub(crate) mod process;
+pub(crate) mod systemd;
 
 /// Everything needed to start one worker.
 #[derive(Debug, Clone)]
-pub struct Launch {
+pub(crate) struct Launch {
     /// The record (unit name, port, model…).
     pub spec: WorkerSpec,
     /// The worker binary.
@@ -38,7 +38,7 @@ pub struct Launch {
 
 /// How a worker ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Exit {
+pub(crate) struct Exit {
     /// `exited with status 4 (exit-code)`, `killed by signal 9 (signal)`.
     pub description: String,
     /// Exit status 0 (or stopped on request).
@@ -49,7 +49,7 @@ pub struct Exit {
 
 /// What supervisors report, by unit name.
 #[derive(Debug, Clone)]
-pub enum Event {
+pub(crate) enum Event {
     /// The worker sent `READY=1` (its model is loaded).
     Ready {
         /// Unit.
@@ -68,7 +68,7 @@ pub enum Event {
 
 /// Why a start failed.
 #[derive(Debug, thiserror::Error)]
-pub enum StartError {
+pub(crate) enum StartError {
     /// A unit of that name is running already (pick another instance).
     #[error("unit {0} exists already")]
     Exists(String),
@@ -82,7 +82,7 @@ pub enum StartError {
 
 impl StartError {
     /// An I/O error of `what`: `NoSpace` for a full disk.
-    pub fn io(what: &str, e: &std::io::Error) -> StartError {
+    pub(crate) fn io(what: &str, e: &std::io::Error) -> StartError {
         if e.raw_os_error() == Some(libc::ENOSPC) {
             StartError::NoSpace
         } else {
@@ -92,7 +92,7 @@ impl StartError {
 }
 
 /// The supervisor in use.
-pub enum Supervisor {
+pub(crate) enum Supervisor {
     /// systemd over D-Bus.
     Systemd(systemd::SystemdSupervisor),
     /// Child processes.
@@ -101,7 +101,7 @@ pub enum Supervisor {
 
 impl Supervisor {
     /// `systemd-system`, `systemd-user` or `process`.
-    pub fn name(&self) -> &'static str {
+    pub(crate) fn name(&self) -> &'static str {
         match self {
             Supervisor::Systemd(s) => match s.kind() {
                 ManagerKind::System => "systemd-system",
@@ -112,12 +112,12 @@ impl Supervisor {
     }
 
     /// Whether worker output can go to the journal.
-    pub fn is_systemd(&self) -> bool {
+    pub(crate) fn is_systemd(&self) -> bool {
         matches!(self, Supervisor::Systemd(_))
     }
 
     /// Starts a worker; readiness and its end come later as events.
-    pub async fn start(&self, launch: &Launch) -> Result<Option<u32>, StartError> {
+    pub(crate) async fn start(&self, launch: &Launch) -> Result<Option<u32>, StartError> {
         match self {
             Supervisor::Systemd(s) => s.start(launch).await.map(|()| None),
             Supervisor::Process(p) => p.start(launch).map(Some),
@@ -125,7 +125,7 @@ impl Supervisor {
     }
 
     /// Stops a worker gracefully (SIGTERM, then SIGKILL after `timeout`) and waits for it.
-    pub async fn stop(&self, unit: &str, timeout: Duration) -> Result<(), String> {
+    pub(crate) async fn stop(&self, unit: &str, timeout: Duration) -> Result<(), String> {
         match self {
             Supervisor::Systemd(s) => s.stop(unit, timeout).await,
             Supervisor::Process(p) => p.stop(unit, timeout).await,
@@ -134,7 +134,7 @@ impl Supervisor {
 
     /// Whether the hive's own unit is being restarted by its systemd manager (workers then
     /// stay for the hive that comes back, which adopts them).
-    pub async fn restarting_self(&self) -> bool {
+    pub(crate) async fn restarting_self(&self) -> bool {
         match self {
             Supervisor::Systemd(s) => s.restarting_self().await,
             Supervisor::Process(_) => false,
@@ -143,7 +143,7 @@ impl Supervisor {
 
     /// Workers still running from an earlier hive (systemd only: child processes do not
     /// survive their hive). Each returned unit is watched from then on.
-    pub async fn adoptable(&self) -> Vec<(String, Option<u32>, bool)> {
+    pub(crate) async fn adoptable(&self) -> Vec<(String, Option<u32>, bool)> {
         match self {
             Supervisor::Systemd(s) => s.adoptable().await,
             Supervisor::Process(_) => vec![],
@@ -151,7 +151,7 @@ impl Supervisor {
     }
 
     /// Starts watching an adopted unit (its end, and readiness when still loading).
-    pub async fn watch_adopted(&self, unit: &str, loading: bool, load_timeout: Duration) {
+    pub(crate) async fn watch_adopted(&self, unit: &str, loading: bool, load_timeout: Duration) {
         if let Supervisor::Systemd(s) = self {
             s.watch_adopted(unit, loading, load_timeout).await;
         }
@@ -161,7 +161,7 @@ impl Supervisor {
 /// Picks the supervisor: the configured one, or for `auto` the first systemd manager that
 /// answers over D-Bus (system first as root, the user's first otherwise), else processes.
 /// Returns it with the reason, for the log.
-pub async fn choose(
+pub(crate) async fn choose(
     choice: SupervisorChoice,
     events: UnboundedSender<Event>,
     runtime_dir: PathBuf,

@@ -29,7 +29,7 @@ struct Running {
 }
 
 /// Runs workers as children of the hive.
-pub struct ProcessSupervisor {
+pub(crate) struct ProcessSupervisor {
     events: UnboundedSender<Event>,
     children: Arc<Mutex<HashMap<String, Running>>>,
     spawner: Mutex<mpsc::Sender<SpawnJob>>,
@@ -39,7 +39,10 @@ pub struct ProcessSupervisor {
 
 impl ProcessSupervisor {
     /// A supervisor whose notify sockets live in `runtime_dir` (created 0700).
-    pub fn new(events: UnboundedSender<Event>, runtime_dir: PathBuf) -> std::io::Result<Self> {
+    pub(crate) fn new(
+        events: UnboundedSender<Event>,
+        runtime_dir: PathBuf,
+    ) -> std::io::Result<Self> {
         std::fs::create_dir_all(&runtime_dir)?;
         std::fs::set_permissions(
             &runtime_dir,
@@ -63,7 +66,7 @@ impl ProcessSupervisor {
     }
 
     /// Forks the worker; returns its PID.
-    pub fn start(&self, l: &Launch) -> Result<u32, StartError> {
+    pub(crate) fn start(&self, l: &Launch) -> Result<u32, StartError> {
         let unit = l.spec.unit.clone();
         if self.lock().contains_key(&unit) {
             return Err(StartError::Exists(unit));
@@ -162,7 +165,7 @@ impl ProcessSupervisor {
     }
 
     /// SIGTERM, then SIGKILL after `timeout`; waits for the end.
-    pub async fn stop(&self, unit: &str, timeout: Duration) -> Result<(), String> {
+    pub(crate) async fn stop(&self, unit: &str, timeout: Duration) -> Result<(), String> {
         let Some((pid, exited)) = self
             .lock()
             .get(unit)

@@ -13,7 +13,7 @@ use super::{Event, Exit, Launch, StartError};
 const WATCHDOG: Duration = Duration::from_secs(30);
 
 /// Runs workers through one manager.
-pub struct SystemdSupervisor {
+pub(crate) struct SystemdSupervisor {
     systemd: Systemd,
     events: UnboundedSender<Event>,
 }
@@ -39,18 +39,18 @@ fn report_end(watch: UnitWatch, events: UnboundedSender<Event>) {
 
 impl SystemdSupervisor {
     /// A supervisor on a connected manager.
-    pub fn new(systemd: Systemd, events: UnboundedSender<Event>) -> Self {
+    pub(crate) fn new(systemd: Systemd, events: UnboundedSender<Event>) -> Self {
         Self { systemd, events }
     }
 
     /// System or user manager.
-    pub fn kind(&self) -> ManagerKind {
+    pub(crate) fn kind(&self) -> ManagerKind {
         self.systemd.kind()
     }
 
     /// Whether systemd is restarting the hive's own unit (a `restart` job on it), as
     /// opposed to stopping it.
-    pub async fn restarting_self(&self) -> bool {
+    pub(crate) async fn restarting_self(&self) -> bool {
         let job = self.systemd.job_of_pid(std::process::id()).await;
         tracing::debug!(?job, "the job on the hive's own unit");
         matches!(
@@ -60,7 +60,7 @@ impl SystemdSupervisor {
     }
 
     /// What a worker's unit uses, as systemd accounts it (`None`: no such unit).
-    pub async fn usage(&self, unit: &str) -> Option<rbee_supervisor::systemd::Usage> {
+    pub(crate) async fn usage(&self, unit: &str) -> Option<rbee_supervisor::systemd::Usage> {
         self.systemd.usage(unit).await.ok().flatten()
     }
 
@@ -105,7 +105,7 @@ impl SystemdSupervisor {
 
     /// Starts the unit; a task reports `Ready` when its start job ends (the worker sent
     /// `READY=1`), another `Exited` when the unit ends.
-    pub async fn start(&self, l: &Launch) -> Result<(), StartError> {
+    pub(crate) async fn start(&self, l: &Launch) -> Result<(), StartError> {
         let unit = self.unit(l);
         let other = |e: SystemdError| StartError::Other(e.to_string());
         let watch = self.systemd.watch(&unit.name, false).await.map_err(other)?;
@@ -146,7 +146,7 @@ impl SystemdSupervisor {
     }
 
     /// StopUnit, waiting for the stop job (systemd SIGKILLs after the unit's stop timeout).
-    pub async fn stop(&self, unit: &str, timeout: Duration) -> Result<(), String> {
+    pub(crate) async fn stop(&self, unit: &str, timeout: Duration) -> Result<(), String> {
         match self
             .systemd
             .stop(unit, timeout + Duration::from_secs(5))
@@ -158,7 +158,7 @@ impl SystemdSupervisor {
     }
 
     /// Running or loading `rbee-worker@*` units: (name, main PID, still loading).
-    pub async fn adoptable(&self) -> Vec<(String, Option<u32>, bool)> {
+    pub(crate) async fn adoptable(&self) -> Vec<(String, Option<u32>, bool)> {
         let names = match self.systemd.list_workers().await {
             Ok(n) => n,
             Err(e) => {
@@ -180,7 +180,7 @@ impl SystemdSupervisor {
     }
 
     /// Watches an adopted unit: `Exited` when it ends, `Ready` when a loading one is up.
-    pub async fn watch_adopted(&self, unit: &str, loading: bool, load_timeout: Duration) {
+    pub(crate) async fn watch_adopted(&self, unit: &str, loading: bool, load_timeout: Duration) {
         let watch = match self.systemd.watch(unit, true).await {
             Ok(w) => w,
             Err(e) => {
