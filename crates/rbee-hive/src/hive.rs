@@ -260,6 +260,9 @@ impl Hive {
         at: Placement,
         model: &LocalModel,
     ) -> Result<Snapshot, ApiError> {
+        // Read again although the catalogue checked it on admission: a `file://` model
+        // can be replaced on disk since, and a unit started on a damaged file fails only
+        // after its load timeout. (The worker reads it once more: it can run alone.)
         if let Err(e) = rbee_gguf::read_header(&model.path) {
             return Err(ApiError::new(
                 ErrorCode::ModelInvalid,
