@@ -15,9 +15,9 @@ use crate::cargo::{self, WORKER};
 use crate::catalog::{Binary, Catalog, Origin};
 use crate::error::BinaryError;
 use crate::features;
-use crate::feed::Feed;
 use crate::install;
 use crate::source::{self, Source};
+use rbee_types::watch::Feed;
 
 /// Where the builder keeps things, and what it builds from.
 #[derive(Debug, Clone)]

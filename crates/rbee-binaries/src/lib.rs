@@ -17,7 +17,6 @@ pub mod catalog;
 pub mod child;
 pub mod error;
 pub mod features;
-pub mod feed;
 pub mod install;
 pub mod source;
 

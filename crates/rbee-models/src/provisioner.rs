@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use rbee_types::ApiError;
@@ -15,6 +15,7 @@ use crate::hub::{self, HubConfig};
 use crate::models_dir::ModelsDir;
 use rbee_types::hive::DownloadProgress;
 use rbee_types::model_ref::{ModelRef, Selector};
+use rbee_types::watch::Watched;
 
 /// A download in flight (or finished), shared by everyone who asked for it.
 pub struct Transfer {
@@ -22,32 +23,22 @@ pub struct Transfer {
     pub id: String,
     /// The reference it was started for.
     pub reference: String,
-    state: Mutex<(u64, DownloadProgress)>,
-    changed: Condvar,
+    progress: Watched<DownloadProgress>,
 }
 
 impl Transfer {
     fn set(&self, p: DownloadProgress) {
-        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        s.0 += 1;
-        s.1 = p;
-        drop(s);
-        self.changed.notify_all();
+        self.progress.update(|now| *now = p);
     }
 
-    /// The latest progress and its generation.
+    /// The latest progress and its version.
     pub fn current(&self) -> (u64, DownloadProgress) {
-        self.state.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.progress.read(|v, p| (v, p.clone()))
     }
 
-    /// Waits (at most `timeout`) for progress newer than generation `seen`.
+    /// Waits (at most `timeout`) for progress newer than version `seen`.
     pub fn wait_newer(&self, seen: u64, timeout: Duration) -> (u64, DownloadProgress) {
-        let guard = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let (guard, _) = self
-            .changed
-            .wait_timeout_while(guard, timeout, |s| s.0 == seen)
-            .unwrap_or_else(|e| e.into_inner());
-        guard.clone()
+        self.progress.newer_than(seen, timeout)
     }
 
     /// Blocks until the transfer ends; the model, or the error its feed ended with
@@ -168,8 +159,7 @@ impl Provisioner {
                 let t = Arc::new(Transfer {
                     id: format!("dl-{}", self.next.fetch_add(1, Ordering::Relaxed)),
                     reference: reference.to_owned(),
-                    state: Mutex::new((1, DownloadProgress::Resolving)),
-                    changed: Condvar::new(),
+                    progress: Watched::new(DownloadProgress::Resolving),
                 });
                 transfers.insert(key, Arc::clone(&t));
                 drop(transfers);

@@ -7,6 +7,8 @@
 //! - [`ModelRef`], [`Backend`]: values that cross every boundary, with `FromStr`,
 //!   `Display` and serde going through them.
 //! - [`error`]: the error envelope and its codes; [`exit`]: exit codes; [`env`]: variables.
+//! - [`watch`]: how several threads follow a shared job's progress (a download's latest
+//!   state, a build's every event).
 
 pub mod backend;
 pub mod env;
@@ -15,6 +17,7 @@ pub mod exit;
 pub mod hive;
 pub mod model_ref;
 pub mod openai;
+pub mod watch;
 pub mod worker;
 
 pub use backend::Backend;
