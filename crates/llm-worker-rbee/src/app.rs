@@ -12,7 +12,8 @@ use llama_cpp_2::token::LlamaToken;
 use rbee_types::worker::DoneEvent;
 use rbee_types::{ApiError, ErrorCode};
 
-use crate::engine::{Engine, Event, Job, Prepared, RequestGuard};
+use crate::engine::{Engine, Event, Job, RequestGuard};
+use crate::prepared::Prepared;
 use crate::state::{Phase, Shared};
 use crate::validate::Valid;
 

@@ -15,7 +15,7 @@ use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::params::{LlamaModelParams, LlamaSplitMode};
-use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaModel};
+use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 use rbee_types::worker::{ChatMessage, DoneEvent, FinishReason, ModelMetadata, SlotsView};
@@ -24,10 +24,10 @@ use rbee_types::{ApiError, ErrorCode};
 use crate::cli::Backend;
 use crate::next_turn::NextTurn;
 use crate::output::{Emit, OutputText};
+use crate::prepared::Prepared;
 use crate::prompt_cache::PromptCache;
 use crate::state::{lock, Phase, Shared};
 use crate::step_plan::{self, Want};
-use rbee_llama::chat_template::JinjaTemplate;
 
 /// Largest number of tokens decoded in one step (prompt chunks plus one token per slot).
 const BATCH_TOKENS: u32 = 512;
@@ -139,70 +139,6 @@ enum Command {
     Shutdown,
 }
 
-/// The loaded model, usable from any thread for tokenising and chat templates.
-pub(crate) struct Prepared {
-    /// The model.
-    pub model: Arc<LlamaModel>,
-    /// Context tokens per slot.
-    pub ctx_size: u32,
-    chat_template: Option<LlamaChatTemplate>,
-    /// The same template rendered as Jinja (as llama-server does), when it compiles.
-    jinja: Option<JinjaTemplate>,
-}
-
-impl Prepared {
-    /// Renders chat messages with the model's own template (assistant turn opened).
-    pub(crate) fn render_chat(&self, messages: &[ChatMessage]) -> Result<String, ApiError> {
-        self.render(messages, true)
-    }
-
-    /// Renders chat messages, opening the assistant's turn at the end or not.
-    pub(crate) fn render(
-        &self,
-        messages: &[ChatMessage],
-        open_turn: bool,
-    ) -> Result<String, ApiError> {
-        if let Some(jinja) = &self.jinja {
-            return jinja.render(messages, open_turn).map_err(|e| {
-                ApiError::new(
-                    ErrorCode::InvalidRequest,
-                    format!("the model's chat template refused these messages: {e}"),
-                )
-            });
-        }
-        let tmpl = self.chat_template.as_ref().ok_or_else(|| {
-            ApiError::new(
-                ErrorCode::InvalidRequest,
-                "this model has no chat template: send a raw `prompt` instead of `messages`",
-            )
-        })?;
-        let chat = messages
-            .iter()
-            .map(|m| LlamaChatMessage::new(m.role.clone(), m.content.clone()))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|_| {
-                ApiError::new(
-                    ErrorCode::InvalidRequest,
-                    "messages must not contain NUL bytes",
-                )
-            })?;
-        self.model
-            .apply_chat_template(tmpl, &chat, open_turn)
-            .map_err(|e| {
-                ApiError::new(
-                    ErrorCode::InvalidRequest,
-                    format!("chat template failed: {e}"),
-                )
-            })
-    }
-
-    /// Tokenises a prompt the way the engine decodes it (BOS as the model wants it,
-    /// special tokens such as `<|im_start|>` parsed).
-    pub(crate) fn tokenize(&self, text: &str) -> Vec<LlamaToken> {
-        self.model.vocab().tokenize(text.as_bytes(), true, true)
-    }
-}
-
 /// Handle to the engine thread.
 pub(crate) struct Engine {
     prepared: OnceLock<Prepared>,
@@ -262,16 +198,9 @@ impl Engine {
             })?;
         warm_up(&model, &mut ctx);
         self.fill_metadata(&model, shared, ctx_size);
-        let chat_template = model.chat_template(None).ok();
-        let jinja = chat_template
-            .as_ref()
-            .and_then(|t| JinjaTemplate::of_model(&model, t));
-        let _ = self.prepared.set(Prepared {
-            model: Arc::clone(&model),
-            ctx_size,
-            chat_template,
-            jinja,
-        });
+        let _ = self
+            .prepared
+            .set(Prepared::new(Arc::clone(&model), ctx_size));
         shared.update_load(|l| l.layers_loaded = l.layers_total);
         tracing::info!(
             elapsed_ms = t0.elapsed().as_millis() as u64,

@@ -172,7 +172,7 @@ fn handle(app: &App, request: Request) {
         Route::ChatCompletions => openai::completion(app, request, openai::Kind::Chat),
         Route::Completions => openai::completion(app, request, openai::Kind::Text),
         Route::Metrics => {
-            let text = app.shared.metrics.render(&app.shared);
+            let text = app.shared.metrics_text();
             let resp = Response::from_string(text)
                 .with_header(header("Content-Type", rbee_metrics::CONTENT_TYPE));
             let _ = request.respond(resp);

@@ -4,7 +4,8 @@
 //! - [`cli`]: command-line arguments.
 //! - [`app`]: what handlers share, and a request's way to the engine (checks, slot).
 //! - [`engine`]: the llama.cpp thread that decodes every slot in one batch; `step_plan`:
-//!   which tokens go into each step.
+//!   which tokens go into each step; [`prepared`]: the loaded model as HTTP threads use it
+//!   (chat templates, tokenising).
 //! - [`http`]: the API, a thread per connection ([`rbee_http::server`]); [`openai`]:
 //!   OpenAI's routes on the same engine.
 //! - [`metrics`]: the Prometheus metrics at `GET /metrics`.
@@ -29,6 +30,7 @@ mod metrics;
 mod next_turn;
 mod openai;
 mod output;
+mod prepared;
 mod prompt_cache;
 mod state;
 mod step_plan;

@@ -5,7 +5,17 @@
 use rbee_metrics::{Counter, Exposition, Family, Histogram, LATENCY_BUCKETS};
 use rbee_types::worker::DoneEvent;
 
-use crate::state::{lock, Shared};
+/// What a scrape reads from the worker's state besides the counters.
+pub(crate) struct Gauges<'a> {
+    /// `cpu`, `cuda` or `metal`.
+    pub backend: &'a str,
+    /// Tokens generated since the worker started.
+    pub tokens_generated: u64,
+    /// Slots generating now.
+    pub slots_busy: u32,
+    /// All slots.
+    pub slots_total: u32,
+}
 
 /// What the worker counts. Counters only go up for the life of the process.
 #[derive(Debug)]
@@ -43,9 +53,8 @@ impl Metrics {
     }
 
     /// The text of a scrape.
-    pub(crate) fn render(&self, shared: &Shared) -> String {
+    pub(crate) fn render(&self, now: &Gauges<'_>) -> String {
         let mut e = Exposition::new();
-        let info = lock(&shared.info).clone();
         e.gauge(
             "rbee_build_info",
             "The worker's version and backend; always 1.",
@@ -53,7 +62,7 @@ impl Metrics {
                 &[
                     ("component", "llm-worker-rbee"),
                     ("version", env!("CARGO_PKG_VERSION")),
-                    ("backend", info.backend.as_str()),
+                    ("backend", now.backend),
                 ],
                 1.0,
             )],
@@ -76,9 +85,7 @@ impl Metrics {
         e.counter(
             "rbee_generated_tokens_total",
             "Tokens generated.",
-            shared
-                .tokens_generated
-                .load(std::sync::atomic::Ordering::Relaxed),
+            now.tokens_generated,
         );
         e.histogram(
             "rbee_time_to_first_token_seconds",
@@ -90,7 +97,7 @@ impl Metrics {
             "From a generation's arrival at the engine to its end.",
             &self.duration,
         );
-        let (busy, total) = (shared.slots.busy(), shared.slots.total());
+        let (busy, total) = (now.slots_busy, now.slots_total);
         e.gauge(
             "rbee_slots",
             "Slots by state.",

@@ -16,7 +16,7 @@ use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::token::LlamaToken;
 use rbee_types::worker::ChatMessage;
 
-use crate::engine::Prepared;
+use crate::prepared::Prepared;
 use crate::prompt_cache::PromptCache;
 
 /// Stands in for the next user message; cut off before tokenizing.

@@ -134,6 +134,17 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// The text of a `/metrics` scrape: the counters and the state now.
+    pub(crate) fn metrics_text(&self) -> String {
+        let backend = lock(&self.info).backend;
+        self.metrics.render(&crate::metrics::Gauges {
+            backend: backend.as_str(),
+            tokens_generated: self.tokens_generated.load(Ordering::Relaxed),
+            slots_busy: self.slots.busy(),
+            slots_total: self.slots.total(),
+        })
+    }
+
     /// New state in the `Loading` phase.
     pub(crate) fn new(
         info: WorkerInfo,

@@ -7,8 +7,6 @@ use std::time::Duration;
 
 use rbee_types::{ApiError, Backend, ErrorBody, ErrorCode};
 
-use crate::features::KNOWN;
-
 /// Why a worker binary could not be found, built, checked, kept or removed.
 #[derive(Debug, thiserror::Error)]
 pub enum BinaryError {
@@ -99,10 +97,12 @@ pub enum BinaryError {
         log_path: PathBuf,
     },
     /// A feature the worker does not have.
-    #[error("unknown worker feature {feature:?}; the worker has {} (an empty list builds the CPU worker)", KNOWN.join(", "))]
+    #[error("unknown worker feature {feature:?}; the worker has {} (an empty list builds the CPU worker)", .known.join(", "))]
     UnknownFeature {
         /// The feature asked for.
         feature: String,
+        /// The features the worker has.
+        known: &'static [&'static str],
     },
     /// A worker binary failed its check.
     #[error("worker binary {}: {why}", .path.display())]

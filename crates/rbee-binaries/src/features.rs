@@ -24,7 +24,10 @@ pub fn normalize(features: &[String]) -> Result<Vec<String>, BinaryError> {
             continue;
         }
         if !KNOWN.contains(&f) {
-            return Err(BinaryError::UnknownFeature { feature: f.into() });
+            return Err(BinaryError::UnknownFeature {
+                feature: f.into(),
+                known: KNOWN,
+            });
         }
         out.push(f.to_owned());
     }

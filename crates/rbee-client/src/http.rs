@@ -66,6 +66,11 @@ impl ClientError {
     pub fn code(&self) -> Option<ErrorCode> {
         self.api().map(|e| e.error.code)
     }
+
+    /// Whether nothing answered (as opposed to an answer that was an error).
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, ClientError::Unreachable { .. })
+    }
 }
 
 /// A base URL, a key and an agent: what every call to one server needs.

@@ -229,7 +229,7 @@ fn handle(hive: &Hive, request: Request) {
     match route {
         Route::StatusPage => status_page(request),
         Route::Metrics => {
-            let text = hive.metrics.render(hive);
+            let text = crate::scrape::scrape(hive);
             let resp = rbee_http::Response::from_string(text).with_header(rbee_http::header(
                 "Content-Type",
                 rbee_metrics::CONTENT_TYPE,

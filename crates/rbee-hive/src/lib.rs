@@ -9,7 +9,8 @@
 //! - [`hive`]: spawn (reuse, preflight, ports, unit names), stop, adoption, events.
 //! - [`registry`]: the workers in memory and their record files.
 //! - [`supervisor`]: systemd or child processes, behind one interface.
-//! - [`monitor`]: health checks and the idle timeout; [`metrics`]: `GET /metrics`.
+//! - [`monitor`]: health checks and the idle timeout; [`metrics`]: what the hive counts;
+//!   [`scrape`]: `GET /metrics`, the counters with the state now.
 //! - [`preflight`], [`resources`]: what the machine has and whether a worker fits.
 //! - [`front`]: OpenAI's routes, the node's one front door (names, load on demand,
 //!   proxying); [`queue`]: admission per model.
@@ -35,5 +36,6 @@ mod preflight;
 mod queue;
 mod registry;
 mod resources;
+mod scrape;
 mod supervisor;
 mod worker_log;

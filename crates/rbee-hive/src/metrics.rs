@@ -10,9 +10,6 @@ use rbee_metrics::{Counter, Exposition, Family, Histogram, LATENCY_BUCKETS};
 use rbee_types::hive::WorkerState;
 use rbee_types::openai::Usage;
 
-use crate::hive::Hive;
-use crate::supervisor::Supervisor;
-
 /// What the hive counts. Counters only go up for the life of the process.
 #[derive(Debug)]
 pub(crate) struct Metrics {
@@ -66,8 +63,8 @@ impl Metrics {
         self.model_loads.with(&[result]).inc();
     }
 
-    /// The text of a scrape.
-    pub(crate) fn render(&self, hive: &Hive) -> String {
+    /// The text of a scrape: the counters and `now`.
+    pub(crate) fn render(&self, now: &Gauges) -> String {
         let mut e = Exposition::new();
         e.gauge(
             "rbee_build_info",
@@ -76,7 +73,7 @@ impl Metrics {
                 &[
                     ("component", "rbee-hive"),
                     ("version", env!("CARGO_PKG_VERSION")),
-                    ("supervisor", hive.supervisor.name()),
+                    ("supervisor", now.supervisor),
                 ],
                 1.0,
             )],
@@ -106,8 +103,8 @@ impl Metrics {
             "From a front-door request's arrival at the hive to the end of its answer.",
             &self.duration,
         );
-        let depths = hive.queues.depths();
-        let depth_samples: Vec<(Vec<(&str, &str)>, f64)> = depths
+        let depth_samples: Vec<(Vec<(&str, &str)>, f64)> = now
+            .queue_depths
             .iter()
             .map(|(m, n)| (vec![("model", m.as_str())], *n as f64))
             .collect();
@@ -116,27 +113,22 @@ impl Metrics {
             "Front-door requests waiting for a slot, per model.",
             &depth_samples,
         );
-        let workers = hive.registry.all();
         let states: Vec<(Vec<(&str, &str)>, f64)> = WorkerState::ALL
             .iter()
             .map(|s| {
-                let n = workers.iter().filter(|w| w.state == *s).count();
+                let n = now.workers.iter().filter(|w| w.state == *s).count();
                 (vec![("state", s.as_str())], n as f64)
             })
             .collect();
         e.gauge("rbee_workers", "Workers by state.", &states);
-        let usage: Vec<(String, String, Use)> = workers
-            .iter()
-            .map(|w| {
-                let u = worker_use(hive, &w.spec.unit, w.pid);
-                (w.spec.id.clone(), w.spec.model_ref.to_string(), u)
-            })
-            .collect();
-        let rows = |f: fn(&Use) -> Option<f64>| -> Vec<(Vec<(&str, &str)>, f64)> {
-            usage
+        let rows = |f: fn(&WorkerUse) -> Option<f64>| -> Vec<(Vec<(&str, &str)>, f64)> {
+            now.workers
                 .iter()
-                .filter_map(|(id, m, u)| {
-                    Some((vec![("worker", id.as_str()), ("model", m.as_str())], f(u)?))
+                .filter_map(|w| {
+                    Some((
+                        vec![("worker", w.id.as_str()), ("model", w.model.as_str())],
+                        f(w)?,
+                    ))
                 })
                 .collect()
         };
@@ -153,7 +145,7 @@ impl Metrics {
         e.counter(
             "rbee_downloads_bytes_total",
             "Bytes of model files downloaded from the hub.",
-            hive.models.downloaded_bytes(),
+            now.downloaded_bytes,
         );
         e.counters(
             "rbee_model_loads_total",
@@ -164,32 +156,31 @@ impl Metrics {
     }
 }
 
-/// What one worker uses.
-#[derive(Debug, Default)]
-struct Use {
-    memory_bytes: Option<u64>,
-    cpu_seconds: Option<f64>,
+/// What a scrape reads from the hive besides the counters ([`crate::scrape`] gathers it).
+pub(crate) struct Gauges {
+    /// How workers run (`systemd-system`, `systemd-user`, `process`).
+    pub supervisor: &'static str,
+    /// Requests waiting, per model.
+    pub queue_depths: Vec<(String, usize)>,
+    /// Every worker.
+    pub workers: Vec<WorkerUse>,
+    /// Bytes downloaded from the hub since the hive started.
+    pub downloaded_bytes: u64,
 }
 
-/// A worker's memory and CPU time: systemd's accounting of its unit when there is one (all
-/// its processes), else (or where systemd does not account) its main process in `/proc`.
-fn worker_use(hive: &Hive, unit: &str, pid: Option<u32>) -> Use {
-    let mut u = Use::default();
-    if let Supervisor::Systemd(s) = &hive.supervisor {
-        if let Some(su) = hive.rt.block_on(s.usage(unit)) {
-            u.memory_bytes = su.memory_bytes;
-            u.cpu_seconds = su.cpu_nsec.map(|n| n as f64 / 1e9);
-        }
-    }
-    if let Some(pid) = pid {
-        u.memory_bytes = u
-            .memory_bytes
-            .or_else(|| rbee_metrics::process::rss_bytes(pid));
-        u.cpu_seconds = u
-            .cpu_seconds
-            .or_else(|| rbee_metrics::process::cpu_seconds(pid));
-    }
-    u
+/// One worker: its state and what it uses.
+#[derive(Debug)]
+pub(crate) struct WorkerUse {
+    /// Worker id.
+    pub id: String,
+    /// Its model reference.
+    pub model: String,
+    /// Its state.
+    pub state: WorkerState,
+    /// Memory in bytes, when known.
+    pub memory_bytes: Option<u64>,
+    /// CPU seconds since it started, when known.
+    pub cpu_seconds: Option<f64>,
 }
 
 /// One front-door request's figures, recorded as its answer passes through the hive.

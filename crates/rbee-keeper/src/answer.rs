@@ -153,7 +153,7 @@ fn check_hive(conn: &Conn, node: &str, reg: &Registry) -> Result<(), Failure> {
     let hive = &conn.hive;
     let health = match conn.reach(reg) {
         Ok(h) => h,
-        Err(e) if conn.local && crate::client::unreachable(&e) => {
+        Err(e) if conn.local && e.is_unreachable() => {
             let port = hive
                 .base()
                 .rsplit(':')

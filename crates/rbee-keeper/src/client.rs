@@ -121,8 +121,3 @@ impl From<ClientError> for Failure {
         }
     }
 }
-
-/// Whether nothing answered (as opposed to an answer that was an error).
-pub(crate) fn unreachable(e: &ClientError) -> bool {
-    matches!(e, ClientError::Unreachable { .. })
-}

@@ -185,7 +185,7 @@ pub fn workers(
                         }
                     }
                     Err(e) if single => return Err(e.into()),
-                    Err(e) if crate::client::unreachable(&e) => {
+                    Err(e) if e.is_unreachable() => {
                         crate::say!("⚠️  {n}: its hive does not answer at {}", h.base())
                     }
                     Err(e) => crate::say!("⚠️  {n}: {}", Failure::from(e).message),

@@ -89,7 +89,7 @@ impl Conn {
         for wait in ATTEMPT_WAITS_MS {
             std::thread::sleep(Duration::from_millis(wait));
             match probe.health() {
-                Err(e) if crate::client::unreachable(&e) => last = Some(e),
+                Err(e) if e.is_unreachable() => last = Some(e),
                 Ok(h) => {
                     if let Err(e) = reg.touch(&self.node) {
                         crate::say!("⚠️  the contact with {} is not recorded: {e}", self.node);

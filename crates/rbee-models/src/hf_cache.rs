@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use crate::hub::{RepoFile, RepoInfo};
+use crate::repo::{RepoFile, RepoInfo};
 
 /// The cache directory, as huggingface_hub finds it: `HF_HUB_CACHE`, else `$HF_HOME/hub`,
 /// else `$XDG_CACHE_HOME/huggingface/hub`, else `~/.cache/huggingface/hub`.

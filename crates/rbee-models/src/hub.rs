@@ -11,6 +11,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 pub use crate::error::{HubError, RetryCause};
+pub use crate::repo::{RepoFile, RepoInfo};
 pub use crate::sink::direct_io;
 use crate::sink::Sink;
 use rbee_types::model_ref::Selector;
@@ -68,26 +69,6 @@ impl HubConfig {
             cache: crate::hf_cache::dir_from_env(),
         }
     }
-}
-
-/// One file of a repository.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RepoFile {
-    /// Path in the repository.
-    pub path: String,
-    /// Size in bytes.
-    pub size: u64,
-    /// LFS SHA-256 (hex), when the file is in LFS.
-    pub sha256: Option<String>,
-}
-
-/// A repository at a commit.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RepoInfo {
-    /// The commit the revision resolved to.
-    pub commit: String,
-    /// Its files.
-    pub files: Vec<RepoFile>,
 }
 
 #[derive(Deserialize)]

@@ -12,5 +12,6 @@ pub mod hf_cache;
 pub mod hub;
 pub mod models_dir;
 pub mod provisioner;
+pub mod repo;
 mod sink;
 pub mod space;
