@@ -30,6 +30,7 @@ pub(crate) const MAX_IN_FLIGHT: usize = 256;
 pub(crate) const LIMITS: rbee_http::Limits = rbee_http::Limits {
     who: "worker",
     max_in_flight: MAX_IN_FLIGHT,
+    request_timeout: std::time::Duration::from_secs(30),
 };
 
 /// Serves requests until the server is unblocked.

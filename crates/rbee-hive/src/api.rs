@@ -25,6 +25,7 @@ pub(crate) const MAX_BODY: usize = 64 << 10;
 pub(crate) const LIMITS: rbee_http::Limits = rbee_http::Limits {
     who: "hive",
     max_in_flight: MAX_IN_FLIGHT,
+    request_timeout: std::time::Duration::from_secs(30),
 };
 
 /// Serves requests until the server is unblocked.

@@ -12,6 +12,7 @@ use rbee_http::{header, Limits, Request, Response, Server, SseWriter};
 const LIMITS: Limits = Limits {
     who: "test server",
     max_in_flight: 64,
+    request_timeout: Duration::from_secs(30),
 };
 
 /// A server on an ephemeral loopback port running `handler`; stopped when dropped.
@@ -362,8 +363,8 @@ fn requests_beyond_the_limit_get_503_and_the_server_stays_up() {
     let release = Arc::new((Mutex::new(false), Condvar::new()));
     let r = Arc::clone(&release);
     let limits = Limits {
-        who: "test server",
         max_in_flight: 2,
+        ..LIMITS
     };
     let srv = Running::start(limits, move |request| {
         let (go, cv) = &*r;
@@ -445,4 +446,59 @@ fn answers_carry_a_date_and_the_fields_the_handler_set() {
     assert_eq!(a.status, 204);
     assert_eq!(a.field("X-Thing"), Some("1"));
     assert!(a.field("Date").is_some_and(|d| d.ends_with(" GMT")));
+}
+
+#[test]
+fn a_request_sent_a_byte_at_a_time_is_cut_off_but_an_idle_keep_alive_connection_is_not() {
+    let limits = Limits {
+        request_timeout: Duration::from_secs(1),
+        ..LIMITS
+    };
+    let srv = Running::start(limits, echo);
+    // Slow-loris: a head that never ends, one field every 200 ms.
+    let mut c = srv.connect();
+    let t0 = Instant::now();
+    c.send("GET /slow HTTP/1.1\r\n");
+    let mut n = 0;
+    while c
+        .writer
+        .write_all(format!("X-{n}: y\r\n").as_bytes())
+        .is_ok()
+        && n < 50
+    {
+        std::thread::sleep(Duration::from_millis(200));
+        n += 1;
+        if t0.elapsed() > Duration::from_secs(2) {
+            break;
+        }
+    }
+    let a = c.answer();
+    assert_eq!(a.status, 408, "{}", a.text());
+    assert!(a.text().contains("did not arrive in time"), "{}", a.text());
+    assert!(c.closed());
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+
+    // A body trickled in: the handler's read fails at the deadline, the connection ends.
+    let mut c = srv.connect();
+    let t0 = Instant::now();
+    c.send("POST /slow HTTP/1.1\r\nContent-Length: 100\r\n\r\n");
+    for _ in 0..10 {
+        if c.writer.write_all(b"b").is_err() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let a = c.answer();
+    assert_eq!(a.status, 400, "{}", a.text());
+    assert!(a.text().contains("did not arrive in time"), "{}", a.text());
+    assert!(c.closed());
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+
+    // Time between requests is not a request's time: the idle timeout alone applies.
+    let mut c = srv.connect();
+    c.send("GET /first HTTP/1.1\r\n\r\n");
+    assert_eq!(c.answer().text(), "GET /first ");
+    std::thread::sleep(Duration::from_millis(1500));
+    c.send("POST /second HTTP/1.1\r\nContent-Length: 4\r\n\r\nbees");
+    assert_eq!(c.answer().text(), "POST /second bees");
 }

@@ -155,6 +155,9 @@ pub enum HeadError {
     /// A transfer coding other than `chunked`.
     #[error("only the chunked transfer coding is supported")]
     TransferCoding,
+    /// The head did not arrive within the request timeout (or stalled past the idle one).
+    #[error("the request head did not arrive in time")]
+    TooSlow,
 }
 
 impl HeadError {
@@ -167,6 +170,7 @@ impl HeadError {
             HeadError::HeadTooLarge => Some(431),
             HeadError::Version => Some(505),
             HeadError::TransferCoding => Some(501),
+            HeadError::TooSlow => Some(408),
         }
     }
 }
@@ -205,15 +209,30 @@ fn is_token(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
-/// Reads one request head. Idle time and a clean end before the first byte are
-/// [`HeadError::Closed`].
+/// Reads one request head, whose first byte has arrived. A clean end or a reset before the
+/// request line is [`HeadError::Closed`]; a head that stalls or outlasts the request
+/// deadline is [`HeadError::TooSlow`].
 pub fn read(r: &mut impl BufRead) -> Result<Head, HeadError> {
+    read_head(r).map_err(|e| match e {
+        HeadError::Io(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+            ) =>
+        {
+            HeadError::TooSlow
+        }
+        e => e,
+    })
+}
+
+fn read_head(r: &mut impl BufRead) -> Result<Head, HeadError> {
     let mut line = None;
     for _ in 0..=MAX_LEADING_EMPTY_LINES {
         let got = match read_line(r, MAX_REQUEST_LINE) {
             Ok(got) => got,
             Err(HeadError::HeadTooLarge) => return Err(HeadError::UriTooLong),
-            Err(HeadError::Io(e)) if is_idle(&e) => return Err(HeadError::Closed),
+            Err(HeadError::Io(e)) if is_reset(&e) => return Err(HeadError::Closed),
             Err(e) => return Err(e),
         };
         match got {
@@ -289,14 +308,11 @@ pub fn read(r: &mut impl BufRead) -> Result<Head, HeadError> {
     })
 }
 
-/// Whether a read error is the idle timeout (or a reset) before a request began.
-fn is_idle(e: &io::Error) -> bool {
+/// Whether a read error is the client resetting the connection.
+fn is_reset(e: &io::Error) -> bool {
     matches!(
         e.kind(),
-        io::ErrorKind::WouldBlock
-            | io::ErrorKind::TimedOut
-            | io::ErrorKind::ConnectionReset
-            | io::ErrorKind::ConnectionAborted
+        io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted
     )
 }
 

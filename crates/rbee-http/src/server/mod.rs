@@ -17,12 +17,12 @@ mod head;
 mod request;
 mod response;
 
-use std::io::{BufReader, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rbee_types::{ApiError, ErrorCode};
 
@@ -38,7 +38,7 @@ pub const MAX_CONNECTIONS: usize = 1024;
 const LISTEN_BACKLOG: i32 = 1024;
 /// How long a connection may sit between requests (or stall inside one) before it is
 /// closed.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a write may block on a client that does not read before the answer is given
 /// up (a stream's handler sees an error and cancels).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -52,6 +52,10 @@ pub struct Limits {
     pub who: &'static str,
     /// Requests in progress at most; more get 503 `OVERLOADED`.
     pub max_in_flight: usize,
+    /// Time a request's head and body have, from its first byte, to arrive: a head late
+    /// gets 408 and a body late fails to read, and the connection is closed. Without it a
+    /// client sending a byte a minute would hold a connection (or a request slot) forever.
+    pub request_timeout: Duration,
 }
 
 struct Counts {
@@ -204,12 +208,22 @@ fn connection(
     let _ = stream.set_nodelay(true);
     let _ = stream.set_read_timeout(Some(IDLE_TIMEOUT));
     let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
-    let socket = ConnSocket(Arc::new(stream));
+    let socket = ConnSocket::new(stream);
     let mut conn = Conn {
         reader: BufReader::with_capacity(16 << 10, socket.clone()),
         writer: socket,
     };
     loop {
+        // Between requests only the idle timeout applies; from a request's first byte on,
+        // the request timeout too.
+        match conn.reader.fill_buf() {
+            Ok([]) | Err(_) => return,
+            Ok(_) => {}
+        }
+        let deadline = Instant::now() + limits.request_timeout;
+        conn.reader
+            .get_mut()
+            .set_deadline(Some(deadline), IDLE_TIMEOUT);
         let head = match head::read(&mut conn.reader) {
             Ok(h) => h,
             Err(e) => {

@@ -23,12 +23,40 @@ const LINGER: Duration = Duration::from_secs(2);
 
 /// A connection's socket, shared by its buffered reader and its writer (one descriptor,
 /// not a duplicate per side: a server with many connections runs into the open-files
-/// limit twice as late).
+/// limit twice as late). The reader's copy may carry a deadline: the time by which the
+/// request being read must have arrived.
 #[derive(Clone)]
-pub(crate) struct ConnSocket(pub Arc<TcpStream>);
+pub(crate) struct ConnSocket(pub Arc<TcpStream>, Option<Instant>);
+
+impl ConnSocket {
+    /// The socket, with no deadline.
+    pub fn new(stream: TcpStream) -> ConnSocket {
+        ConnSocket(Arc::new(stream), None)
+    }
+
+    /// Reads must end by `deadline` (`None`: only the idle timeout, `idle`, applies).
+    pub fn set_deadline(&mut self, deadline: Option<Instant>, idle: Duration) {
+        if self.1.is_some() && deadline.is_none() {
+            let _ = self.0.set_read_timeout(Some(idle));
+        }
+        self.1 = deadline;
+    }
+}
 
 impl Read for ConnSocket {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(deadline) = self.1 {
+            // A client that sends a request a byte at a time must not hold its connection
+            // (and, once admitted, its request slot) for as long as it likes.
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the request did not arrive in time",
+                ));
+            }
+            let _ = self.0.set_read_timeout(Some(left));
+        }
         (&*self.0).read(buf)
     }
 }
@@ -54,6 +82,7 @@ impl Conn {
     /// sending (a body nobody read) is read and dropped for a moment first, so that the
     /// client sees the answer rather than a reset.
     pub fn close_gracefully(mut self) {
+        self.reader.get_mut().1 = None;
         let _ = self.writer.0.shutdown(Shutdown::Write);
         let until = Instant::now() + LINGER;
         let _ = self.writer.0.set_read_timeout(Some(LINGER));
@@ -199,6 +228,10 @@ impl Request {
         let mut conn = self.conn.take()?;
         // A client waiting for `100 Continue` sends no body when the answer comes first.
         let drained = !self.continue_pending && self.body.skip(&mut conn.reader, DRAIN_LIMIT);
+        // The request has arrived: until the next one begins, only the idle timeout applies.
+        conn.reader
+            .get_mut()
+            .set_deadline(None, super::IDLE_TIMEOUT);
         Some((conn, drained && self.head.keep_alive()))
     }
 
