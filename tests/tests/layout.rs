@@ -1,5 +1,10 @@
 //! The code's layout: no crate has modules that import each other in a loop (a newcomer
 //! reads a crate's modules in one order; a loop means neither can be read first).
+//!
+//! What it reads, as text: `crate::` paths (in `use` groups too) in each file up to its
+//! first `#[cfg(test)]`, whole-line comments left out. It does not follow `super::` paths
+//! (none cross a top-level module today), and a `crate::` path in a comment after code
+//! counts.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

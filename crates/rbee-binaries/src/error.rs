@@ -1,5 +1,6 @@
 //! What goes wrong with worker binaries: one typed error for the whole crate, turned into
-//! the HTTP error envelope ([`ApiError`]) only by the hive, when it answers.
+//! the HTTP error envelope ([`ApiError`]) by the hive when it answers, and by the builder
+//! for the last event of a build's feed (a wire event).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;

@@ -6,19 +6,19 @@
 //! - [`registry`]: `beehives.db`, the registered nodes.
 //! - [`ssh`]: the system's OpenSSH client, with retries and explained failures.
 //! - [`report`]: errors as a person reads them (`[rbee-keeper] ❌ Error: …`) and tables.
-//! - [`setup`]: the `setup` commands (add, update, list, remove nodes); [`check`]:
+//! - [`setup`]: the `setup` commands (add, update, list, remove nodes); `check`:
 //!   `setup check`, every layer to a node checked;
-//!   [`deploy`]: `setup install`, building rbee on a node.
-//! - [`shell`]: scripts run on a node (here or over SSH), output streamed;
-//!   [`service`]: the hive as a unit on its node (`hive start|stop`, its journal).
+//!   `deploy`: `setup install`, building rbee on a node.
+//! - `shell`: scripts run on a node (here or over SSH), output streamed;
+//!   `service`: the hive as a unit on its node (`hive start|stop`, its journal).
 //! - [`run`]: `run MODEL [PROMPT]`, one answer or a chat; [`infer`]: the same with
-//!   flags, for scripts; [`answer`]: what both share (the model made ready, the answer
-//!   streamed); [`names`]: model names and references; [`client`]: the hive's errors;
-//!   [`local`]: starting the local hive; [`progress`]: bars on stderr.
+//!   flags, for scripts; `answer`: what both share (the model made ready, the answer
+//!   streamed); `names`: model names and references; `client`: the hive's errors;
+//!   `local`: starting the local hive; `progress`: bars on stderr.
 //! - [`manage`]: `workers`, `models`, `hive` and `logs`, thin over the hive's API.
 //! - [`completions`]: shell completion scripts.
 //! - [`install`]: the binaries, configs and units in place.
-//! - [`node`]: reaching a node's hive and workers; [`tunnel`]: SSH port forwards.
+//! - `node`: reaching a node's hive and workers; `tunnel`: SSH port forwards.
 
 // Modules main.rs does not call are crate-private; the lint keeps their items so.
 #![warn(unreachable_pub)]

@@ -1,6 +1,7 @@
 //! What goes wrong with models: [`HubError`] for the hub client and its downloads,
 //! [`ProvisionError`] for the provisioner (which passes hub errors on). Both are turned into
-//! the HTTP error envelope ([`ApiError`]) only by the hive, when it answers.
+//! the HTTP error envelope ([`ApiError`]) by the hive when it answers, and by the
+//! provisioner for the last event of a download's progress feed (a wire event).
 
 use std::path::{Path, PathBuf};
 

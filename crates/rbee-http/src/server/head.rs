@@ -132,7 +132,7 @@ impl Head {
 /// Why a head could not be read. Each has the status the server answers with.
 #[derive(Debug, thiserror::Error)]
 pub enum HeadError {
-    /// The connection closed or idled out before a request began: not an error to answer.
+    /// The connection closed (or was reset) before a request began: not an error to answer.
     #[error("the connection ended before a request")]
     Closed,
     /// The socket failed mid-head.
@@ -155,7 +155,7 @@ pub enum HeadError {
     /// A transfer coding other than `chunked`.
     #[error("only the chunked transfer coding is supported")]
     TransferCoding,
-    /// The head did not arrive within the request timeout (or stalled past the idle one).
+    /// The head did not arrive within the request timeout.
     #[error("the request head did not arrive in time")]
     TooSlow,
 }

@@ -36,9 +36,9 @@ pub const MAX_CONNECTIONS: usize = 1024;
 /// Accept-queue length: a burst of connections beyond it would be dropped or reset by the
 /// kernel before the server could answer them (even with 503).
 const LISTEN_BACKLOG: i32 = 1024;
-/// How long a connection may sit between requests (or stall inside one) before it is
-/// closed.
-pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a connection may sit between requests, or a read inside one wait for a byte,
+/// before it is closed.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a write may block on a client that does not read before the answer is given
 /// up (a stream's handler sees an error and cancels).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -206,9 +206,8 @@ fn connection(
     // Linux copies TCP_NODELAY from the listener; set it anyway (one syscall) so that no
     // platform holds small event writes back (Nagle).
     let _ = stream.set_nodelay(true);
-    let _ = stream.set_read_timeout(Some(IDLE_TIMEOUT));
     let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
-    let socket = ConnSocket::new(stream);
+    let socket = ConnSocket::new(stream, IDLE_TIMEOUT);
     let mut conn = Conn {
         reader: BufReader::with_capacity(16 << 10, socket.clone()),
         writer: socket,
@@ -216,14 +215,11 @@ fn connection(
     loop {
         // Between requests only the idle timeout applies; from a request's first byte on,
         // the request timeout too.
-        match conn.reader.fill_buf() {
-            Ok([]) | Err(_) => return,
-            Ok(_) => {}
+        if !next_request_begins(&mut conn.reader) {
+            return;
         }
         let deadline = Instant::now() + limits.request_timeout;
-        conn.reader
-            .get_mut()
-            .set_deadline(Some(deadline), IDLE_TIMEOUT);
+        conn.reader.get_mut().set_deadline(Some(deadline));
         let head = match head::read(&mut conn.reader) {
             Ok(h) => h,
             Err(e) => {
@@ -262,6 +258,25 @@ fn connection(
             Err(_) => return,
         }
     }
+}
+
+/// Waits (for at most the idle timeout) until the next request's first byte is here,
+/// passing over the blank lines some clients send after a request; false when the
+/// connection ended or idled out first.
+fn next_request_begins(reader: &mut BufReader<ConnSocket>) -> bool {
+    // Bounded: a client that sends nothing but blank lines gets its deadline and the head
+    // reader's limit on them.
+    for _ in 0..4 {
+        let blank = match reader.fill_buf() {
+            Ok([]) | Err(_) => return false,
+            Ok(b) => b.iter().take_while(|c| matches!(c, b'\r' | b'\n')).count(),
+        };
+        if blank == 0 {
+            return true;
+        }
+        reader.consume(blank);
+    }
+    true
 }
 
 /// Counts a request or connection out when it ends, also when a handler panics.

@@ -26,48 +26,73 @@ const LINGER: Duration = Duration::from_secs(2);
 /// limit twice as late). The reader's copy may carry a deadline: the time by which the
 /// request being read must have arrived.
 #[derive(Clone)]
-pub(crate) struct ConnSocket(pub Arc<TcpStream>, Option<Instant>);
+pub(crate) struct ConnSocket {
+    pub stream: Arc<TcpStream>,
+    /// How long a read may wait for a byte.
+    idle: Duration,
+    deadline: Option<Instant>,
+}
 
 impl ConnSocket {
-    /// The socket, with no deadline.
-    pub fn new(stream: TcpStream) -> ConnSocket {
-        ConnSocket(Arc::new(stream), None)
+    /// The socket, reads waiting at most `idle` for a byte, with no deadline.
+    pub fn new(stream: TcpStream, idle: Duration) -> ConnSocket {
+        let _ = stream.set_read_timeout(Some(idle));
+        ConnSocket {
+            stream: Arc::new(stream),
+            idle,
+            deadline: None,
+        }
     }
 
-    /// Reads must end by `deadline` (`None`: only the idle timeout, `idle`, applies).
-    pub fn set_deadline(&mut self, deadline: Option<Instant>, idle: Duration) {
-        if self.1.is_some() && deadline.is_none() {
-            let _ = self.0.set_read_timeout(Some(idle));
+    /// Reads must also end by `deadline` (`None`: only the idle timeout applies).
+    pub fn set_deadline(&mut self, deadline: Option<Instant>) {
+        if self.deadline.is_some() && deadline.is_none() {
+            let _ = self.stream.set_read_timeout(Some(self.idle));
         }
-        self.1 = deadline;
+        self.deadline = deadline;
+    }
+
+    fn late() -> io::Error {
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the request did not arrive in time",
+        )
     }
 }
 
 impl Read for ConnSocket {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if let Some(deadline) = self.1 {
-            // A client that sends a request a byte at a time must not hold its connection
-            // (and, once admitted, its request slot) for as long as it likes.
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "the request did not arrive in time",
-                ));
-            }
-            let _ = self.0.set_read_timeout(Some(left));
+        let Some(deadline) = self.deadline else {
+            return (&*self.stream).read(buf);
+        };
+        // A client that sends a request a byte at a time must not hold its connection
+        // (and, once admitted, its request slot) for as long as it likes.
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(Self::late());
         }
-        (&*self.0).read(buf)
+        let _ = self.stream.set_read_timeout(Some(left.min(self.idle)));
+        match (&*self.stream).read(buf) {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) && Instant::now() >= deadline =>
+            {
+                Err(Self::late())
+            }
+            r => r,
+        }
     }
 }
 
 impl Write for ConnSocket {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        (&*self.0).write(buf)
+        (&*self.stream).write(buf)
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        (&*self.0).flush()
+        (&*self.stream).flush()
     }
 }
 
@@ -82,10 +107,10 @@ impl Conn {
     /// sending (a body nobody read) is read and dropped for a moment first, so that the
     /// client sees the answer rather than a reset.
     pub fn close_gracefully(mut self) {
-        self.reader.get_mut().1 = None;
-        let _ = self.writer.0.shutdown(Shutdown::Write);
+        self.reader.get_mut().deadline = None;
+        let _ = self.writer.stream.shutdown(Shutdown::Write);
         let until = Instant::now() + LINGER;
-        let _ = self.writer.0.set_read_timeout(Some(LINGER));
+        let _ = self.writer.stream.set_read_timeout(Some(LINGER));
         let mut buf = [0u8; 8192];
         while Instant::now() < until {
             match self.reader.read(&mut buf) {
@@ -181,7 +206,7 @@ impl Request {
     /// A check, usable from any thread while the request waits, of whether the client
     /// closed its side of the connection (it gave up waiting).
     pub fn disconnect_probe(&self) -> impl Fn() -> bool + Send + Sync + 'static {
-        let socket = self.conn.as_ref().map(|c| Arc::clone(&c.writer.0));
+        let socket = self.conn.as_ref().map(|c| Arc::clone(&c.writer.stream));
         move || socket.as_deref().is_some_and(peer_closed)
     }
 
@@ -229,9 +254,7 @@ impl Request {
         // A client waiting for `100 Continue` sends no body when the answer comes first.
         let drained = !self.continue_pending && self.body.skip(&mut conn.reader, DRAIN_LIMIT);
         // The request has arrived: until the next one begins, only the idle timeout applies.
-        conn.reader
-            .get_mut()
-            .set_deadline(None, super::IDLE_TIMEOUT);
+        conn.reader.get_mut().set_deadline(None);
         Some((conn, drained && self.head.keep_alive()))
     }
 
@@ -325,7 +348,7 @@ impl Stream {
 impl Drop for Stream {
     fn drop(&mut self) {
         if let Some(conn) = self.conn.take() {
-            let _ = conn.writer.0.shutdown(Shutdown::Both);
+            let _ = conn.writer.stream.shutdown(Shutdown::Both);
         }
     }
 }
