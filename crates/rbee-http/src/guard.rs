@@ -84,8 +84,8 @@ impl Guard {
                 return Err(ApiError::new(
                     ErrorCode::Forbidden,
                     "this server does not answer to that Host name (protection against DNS \
-                     rebinding); use localhost or an IP address, or list the name in \
-                     allowed_hosts",
+                     rebinding); use localhost or an IP address (a hive also answers to the \
+                     names in its allowed_hosts setting)",
                 )
                 .detail("host", h.chars().take(100).collect::<String>()));
             }

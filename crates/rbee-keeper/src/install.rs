@@ -85,15 +85,23 @@ fn systemd_version() -> Option<u32> {
 
 const USER_UNIT: &str = include_str!("../../../systemd/user/rbee-hive.service");
 
-const DEFAULT_KEEPER_CONFIG: &str = "\
-# rbee-keeper's configuration (see `rbee-keeper --help`).
-# [ssh]
-# options = [\"UserKnownHostsFile=~/.ssh/known_hosts\"]
-# [nodes.localhost]
-# hive_url = \"http://127.0.0.1:9200\"
-# [nodes.workstation]
-# api_key = \"…\"
-";
+/// The keeper's config: all commented out, except where the local hive listens when that
+/// is not the default port.
+fn default_keeper_config(hive_port: u16) -> String {
+    let local = if hive_port == 9200 {
+        "# [nodes.localhost]\n# hive_url = \"http://127.0.0.1:9200\"".to_owned()
+    } else {
+        format!("[nodes.localhost]\nhive_url = \"http://127.0.0.1:{hive_port}\"")
+    };
+    format!(
+        "# rbee-keeper's configuration (see `rbee-keeper --help`).\n\
+         # [ssh]\n\
+         # options = [\"UserKnownHostsFile=~/.ssh/known_hosts\"]\n\
+         {local}\n\
+         # [nodes.workstation]\n\
+         # api_key = \"…\"\n"
+    )
+}
 
 /// A hive config listening on loopback at `port`.
 fn default_hive_config(port: u16, path: &str) -> String {
@@ -223,7 +231,7 @@ pub fn run(a: &InstallArgs) -> Result<Vec<String>, Failure> {
             .unwrap_or_else(|| home.join(".config"));
         put_once(
             &under(&root, &config_home.join("rbee/config.toml")),
-            DEFAULT_KEEPER_CONFIG,
+            &default_keeper_config(a.hive_port),
             &mut done,
         )?;
         let hive_config = config_home.join("rbee/hive.toml");
@@ -276,4 +284,22 @@ pub fn run(a: &InstallArgs) -> Result<Vec<String>, Failure> {
         }
     }
     Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_keeper_config_written_is_valid_and_names_a_hive_port_other_than_the_default() {
+        let parse = |port| -> crate::config::Config {
+            toml::from_str(&default_keeper_config(port)).unwrap()
+        };
+        assert!(parse(9200).nodes.is_empty());
+        let c = parse(9444);
+        assert_eq!(
+            c.nodes["localhost"].hive_url.as_deref(),
+            Some("http://127.0.0.1:9444")
+        );
+    }
 }

@@ -73,7 +73,8 @@ enum Command {
         lines: usize,
     },
     /// Install the three binaries (~/.local/bin, or /usr/local/bin with --system), the
-    /// config and data directories, and with --system the systemd units.
+    /// config and data directories, and the hive's systemd unit (the user unit; with
+    /// --system the system units, polkit rule, sysusers and tmpfiles entries).
     Install(InstallArgs),
     /// Print a shell completion script (bash, zsh, fish, …) to stdout.
     Completions {

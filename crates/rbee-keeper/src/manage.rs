@@ -98,7 +98,8 @@ pub enum HiveCommand {
         #[arg(long)]
         node: Option<String>,
     },
-    /// Stop a node's hive (`systemctl stop` of its unit) and with it its workers.
+    /// Stop a node's hive (`systemctl stop` of its unit, or SIGTERM to a hive the keeper
+    /// started in the background) and with it its workers.
     Stop {
         /// The node [default: the config's `[defaults] node`, else localhost].
         #[arg(long)]
@@ -419,6 +420,12 @@ pub fn hive_cmd(cmd: HiveCommand, json: bool, cfg: &Config, reg: &Registry) -> R
                 "memory:      {} available of {}",
                 crate::progress::bytes(res.memory.available_bytes),
                 crate::progress::bytes(res.memory.total_bytes)
+            );
+            println!(
+                "disk:        {} free of {} at {}",
+                crate::progress::bytes(res.disk.space.available_bytes),
+                crate::progress::bytes(res.disk.space.total_bytes),
+                res.disk.path.display()
             );
             Ok(())
         }

@@ -177,6 +177,13 @@ fn another_bin_dir_and_port_reach_the_units_and_the_hive_config() {
     );
     let config = std::fs::read_to_string(staged_home.join(".config/rbee/hive.toml")).unwrap();
     assert!(config.contains("port = 9444"), "{config}");
+    // The keeper's config points at that port, so `run` and `hive status` find the hive.
+    let keeper_config =
+        std::fs::read_to_string(staged_home.join(".config/rbee/config.toml")).unwrap();
+    assert!(
+        keeper_config.contains("[nodes.localhost]\nhive_url = \"http://127.0.0.1:9444\""),
+        "{keeper_config}"
+    );
     let system_root = TempDir::new("install-root");
     let out = install(
         &keeper(),

@@ -139,6 +139,11 @@ fn workers_models_and_logs_across_two_hives() {
         status.contains(&format!("rbee-hive {}", env!("CARGO_PKG_VERSION"))),
         "{status}"
     );
+    // Memory and disk, as `hive status --help` promises.
+    assert!(
+        status.contains("memory:") && status.contains("disk:") && status.contains(" free of "),
+        "{status}"
+    );
     assert!(!status.contains(&format!(":{second_port})")), "{status}");
     // Direct HTTP when asked for.
     ok(
