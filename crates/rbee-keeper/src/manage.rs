@@ -32,6 +32,7 @@ pub enum WorkersCommand {
     },
     /// Drain and stop a worker: by its id (from `workers list`), or every worker of a
     /// model (its name or reference).
+    #[command(override_usage = "rbee-keeper workers shutdown [OPTIONS] <ID_OR_MODEL>")]
     Shutdown {
         /// The worker's id, or a model.
         #[arg(value_name = "ID_OR_MODEL", required_unless_present = "id")]
@@ -56,6 +57,8 @@ pub enum ModelsCommand {
         node: Option<String>,
     },
     /// Download a model to the node, with a progress bar.
+    // The argument is required (or the hidden --model); clap would show it as optional.
+    #[command(override_usage = "rbee-keeper models download [OPTIONS] <MODEL>")]
     Download {
         /// The model: a reference (hf:org/repo:Q4_K_M), or an alias of the node's hive.
         #[arg(value_name = "MODEL", required_unless_present = "model")]
@@ -68,6 +71,7 @@ pub enum ModelsCommand {
         node: Option<String>,
     },
     /// Remove a model from the node's catalogue (and its file, if downloaded).
+    #[command(override_usage = "rbee-keeper models rm [OPTIONS] <MODEL>")]
     Rm {
         /// The model: its name or catalogue id (from `models list`), or its reference.
         #[arg(value_name = "MODEL", required_unless_present = "id")]
@@ -110,14 +114,7 @@ pub enum HiveCommand {
 /// The node's hive, once it answered (see [`Conn::reach`]).
 fn hive(node: &str, cfg: &Config, reg: &Registry) -> Result<Conn, Failure> {
     let conn = Conn::open(node, cfg, reg)?;
-    conn.reach(reg).map_err(|e| {
-        let f = Failure::from(e);
-        if conn.local {
-            f.suggest(["or let the keeper start one: rbee-keeper hive start".to_string()])
-        } else {
-            f
-        }
-    })?;
+    conn.reach(reg).map_err(Failure::from)?;
     Ok(conn)
 }
 
