@@ -16,7 +16,6 @@ use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::params::{LlamaModelParams, LlamaSplitMode};
 use llama_cpp_2::model::LlamaModel;
-use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 use rbee_types::worker::{ChatMessage, DoneEvent, FinishReason, ModelMetadata, SlotsView};
 use rbee_types::{ApiError, ErrorCode};
@@ -26,6 +25,7 @@ use crate::next_turn::NextTurn;
 use crate::output::{Emit, OutputText};
 use crate::prepared::Prepared;
 use crate::prompt_cache::PromptCache;
+use crate::sampling::{Picker, Sampling};
 use crate::state::{lock, Phase, Shared};
 use crate::step_plan::{self, Want};
 
@@ -56,26 +56,6 @@ pub(crate) struct EngineConfig {
     /// Keep each slot's KV cache for the next request (see [`crate::prompt_cache`]).
     pub prompt_cache: bool,
 }
-
-/// How to pick the next token.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Sampling {
-    /// 0 = greedy.
-    pub temperature: f32,
-    /// Nucleus.
-    pub top_p: f32,
-    /// Top-k; 0 disables.
-    pub top_k: i32,
-    /// Sampler seed.
-    pub seed: u32,
-    /// OpenAI's presence penalty over the last [`PENALTY_WINDOW`] generated tokens.
-    pub presence_penalty: f32,
-    /// OpenAI's frequency penalty over the same window.
-    pub frequency_penalty: f32,
-}
-
-/// Generated tokens the penalties look back on (llama.cpp's default).
-pub(crate) const PENALTY_WINDOW: i32 = 64;
 
 /// Something a request receives from the engine.
 #[derive(Debug)]
@@ -309,7 +289,7 @@ impl Engine {
                 if s.next_token.is_some() {
                     s.pos += 1;
                 }
-                let token = s.sampler.sample(ctx, idx);
+                let token = s.picker.pick(ctx, idx);
                 let Some(reason) = s.step(token, &vocab, ctx_size, shared) else {
                     i += 1;
                     continue;
@@ -332,38 +312,6 @@ impl Engine {
             let _ = finish(s, FinishReason::Cancelled, false, ctx, &mut seqs);
         }
         Ok(())
-    }
-
-    /// The sampler chain of a request: penalties (when asked for) first, then greedy, or
-    /// top-k, top-p, temperature and a seeded draw.
-    fn sampler(&self, p: &Sampling) -> LlamaSampler {
-        let mut chain = Vec::new();
-        if p.presence_penalty != 0.0 || p.frequency_penalty != 0.0 {
-            if let Some(prepared) = self.prepared() {
-                chain.push(LlamaSampler::penalties(
-                    prepared.model.n_vocab(),
-                    PENALTY_WINDOW,
-                    1.0,
-                    p.frequency_penalty,
-                    p.presence_penalty,
-                ));
-            }
-        }
-        if p.temperature <= 0.0 {
-            chain.push(LlamaSampler::greedy());
-        } else {
-            if p.top_k > 0 {
-                chain.push(LlamaSampler::top_k(p.top_k));
-            }
-            chain.push(LlamaSampler::top_p(p.top_p, 1));
-            chain.push(LlamaSampler::temp(p.temperature));
-            chain.push(LlamaSampler::dist(p.seed));
-        }
-        if chain.len() == 1 {
-            chain.remove(0)
-        } else {
-            LlamaSampler::chain_simple(chain)
-        }
     }
 
     /// Starts a job on a free sequence, reusing what the prompt cache holds of its prompt.
@@ -411,7 +359,10 @@ impl Engine {
         if reuse > 0 {
             tracing::debug!(seq, reuse, prompt = job.tokens.len(), copied_from = ?plan.copy_from.map(|c| c.0), "prompt cache hit");
         }
-        let sampler = self.sampler(&job.sampling);
+        let picker = Picker::new(
+            &job.sampling,
+            self.prepared().map_or(0, |p| p.model.n_vocab()),
+        );
         let output = OutputText::new(job.stop.clone());
         active.push(Slot {
             seq,
@@ -423,7 +374,7 @@ impl Engine {
             logits_at: None,
             generated: 0,
             first_token_at: None,
-            sampler,
+            picker,
             output,
             job,
         });
@@ -464,7 +415,7 @@ struct Slot {
     logits_at: Option<i32>,
     generated: u32,
     first_token_at: Option<Instant>,
-    sampler: LlamaSampler,
+    picker: Picker,
     output: OutputText,
     job: Box<Job>,
 }

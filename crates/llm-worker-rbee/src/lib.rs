@@ -11,7 +11,7 @@
 //! - `metrics`: the Prometheus metrics at `GET /metrics`.
 //! - `validate`: range checks of inference requests.
 //! - `fault`: injected faults for the tests of failure paths.
-//! - `output`: UTF-8 joining and stop strings.
+//! - `output`: UTF-8 joining and stop strings; `sampling`: picking each next token.
 //! - `prompt_cache`: which sequence a request gets and how much of its prompt is cached;
 //!   `next_turn`: a finished chat prepared for its next turn.
 //! - [`lifecycle`]: startup, sd-notify, signals, the hive callback and draining.
@@ -32,6 +32,7 @@ mod openai;
 mod output;
 mod prepared;
 mod prompt_cache;
+mod sampling;
 mod state;
 mod step_plan;
 mod validate;

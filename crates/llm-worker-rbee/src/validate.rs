@@ -4,7 +4,7 @@
 use rbee_types::worker::{ChatMessage, InferenceRequest};
 use rbee_types::{ApiError, ErrorCode};
 
-use crate::engine::Sampling;
+use crate::sampling::Sampling;
 
 /// Default `max_tokens`.
 pub(crate) const DEFAULT_MAX_TOKENS: u32 = 256;
