@@ -3,6 +3,7 @@
 //! requires the worker's greedy tokens to equal this loop's; the benchmark measures the
 //! worker's overhead against it.
 
+use std::io::{BufRead, Write};
 use std::num::NonZeroU32;
 use std::path::Path;
 use std::time::Instant;
@@ -132,6 +133,46 @@ pub fn greedy(
         text: String::from_utf8_lossy(&bytes).into_owned(),
         prefill_ms,
     })
+}
+
+/// Times prefills of a raw `prompt` on demand, for the benchmark's time to first token:
+/// loads the model once, prefills once untimed, then for every line read from `requests`
+/// clears the sequence, decodes the prompt, samples the first token and writes the
+/// milliseconds that took as a line to `replies`. Returns at the end of `requests`. Kept
+/// running beside the servers, so that its prefills and their requests can alternate and
+/// the machine's noise at any moment hits them alike.
+pub fn prefill_timer(
+    model_path: &Path,
+    prompt: &str,
+    threads: i32,
+    ctx_size: u32,
+    requests: impl BufRead,
+    mut replies: impl Write,
+) -> anyhow::Result<()> {
+    let backend = LlamaBackend::init()?;
+    let model = LlamaModel::load_from_file(&backend, model_path, &LlamaModelParams::default())?;
+    let mut ctx = model.new_context(
+        &backend,
+        context_params(ctx_size, 1, threads, KvLayout::PerSequence),
+    )?;
+    let tokens = model.vocab().tokenize(prompt.as_bytes(), true, true);
+    let mut batch = LlamaBatch::new(512, 1);
+    let last = tokens.len() - 1;
+    for (i, t) in tokens.iter().enumerate() {
+        batch.add(*t, i as i32, &[0], i == last)?;
+    }
+    let mut sampler = LlamaSampler::greedy();
+    ctx.decode(&mut batch)?;
+    for line in requests.lines() {
+        line?;
+        ctx.clear_kv_cache_seq(Some(0), None, None)?;
+        let t0 = Instant::now();
+        ctx.decode(&mut batch)?;
+        let _first = sampler.sample(&ctx, batch.n_tokens() - 1);
+        writeln!(replies, "{}", t0.elapsed().as_secs_f64() * 1e3)?;
+        replies.flush()?;
+    }
+    Ok(())
 }
 
 /// What to decode from.

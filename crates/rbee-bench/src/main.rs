@@ -48,6 +48,9 @@ enum Sub {
     Batched(LoopArgs),
     /// Internal: run the bare loop once in this process and print JSON.
     Bare(LoopArgs),
+    /// Internal: time a prefill of the prompt for every line on stdin (see
+    /// `rbee_bench::prefill_timer`).
+    Prefill(LoopArgs),
 }
 
 /// Arguments of the internal subcommands.
@@ -90,6 +93,16 @@ fn main() -> anyhow::Result<()> {
         )?;
         println!("{}", json!({"agg4_tok_s": agg.tok_s}));
         return Ok(());
+    }
+    if let Some(Sub::Prefill(LoopArgs { model, threads, .. })) = &cli.cmd {
+        return rbee_bench::prefill_timer(
+            model,
+            PROMPT,
+            *threads as i32,
+            2048,
+            std::io::stdin().lock(),
+            std::io::stdout().lock(),
+        );
     }
     if let Some(Sub::Bare(LoopArgs {
         model,
@@ -180,7 +193,9 @@ fn main() -> anyhow::Result<()> {
         }
     };
 
+    let mut prefill = PrefillTimer::start(&me, &model, threads)?;
     let (mut a, mut b, mut c) = (Vec::new(), Vec::new(), Vec::new());
+    let mut ttft = TtftDeltas::default();
     for round in 0..cli.rounds {
         eprintln!("rbee-bench: round {}/{}", round + 1, cli.rounds);
         let v = run_self(&me, "bare", &model, cli.tokens, threads)?;
@@ -200,7 +215,15 @@ fn main() -> anyhow::Result<()> {
         if round % 2 == 1 {
             contenders.reverse();
         }
-        for ((_, api), f) in contenders.iter().zip(measure(&contenders, cli.tokens)?) {
+        let samples = ttft_samples(&mut prefill, &contenders)?;
+        a.last_mut().expect("pushed above").ttft_ms = median_of(&samples.bare);
+        ttft.add(&samples);
+        for (i, ((_, api), mut f)) in contenders
+            .iter()
+            .zip(measure(&contenders, cli.tokens)?)
+            .enumerate()
+        {
+            f.ttft_ms = median_of(&samples.servers[i]);
             eprintln!(
                 "rbee-bench:   {:<12} decode {:6.1} tok/s, ttft {:6.1} ms, agg {:6.1} {:6.1} {:6.1} tok/s",
                 api.name(),
@@ -216,7 +239,7 @@ fn main() -> anyhow::Result<()> {
             }
         }
     }
-    let ratios = Ratios::paired(&a, &b, &c);
+    let ratios = Ratios::paired(&a, &b, &c, &ttft);
     let (a, b) = (median(&a), median(&b));
     let c = (!c.is_empty()).then(|| median(&c));
     print_table(&a, &b, c.as_ref(), threads, cli.tokens);
@@ -351,11 +374,7 @@ fn measure(servers: &[(&Server, Api)], tokens: u32) -> anyhow::Result<Vec<Figure
 }
 
 fn median(v: &[Figures]) -> Figures {
-    let pick = |f: &dyn Fn(&Figures) -> f64| {
-        let mut xs: Vec<f64> = v.iter().map(f).collect();
-        xs.sort_by(f64::total_cmp);
-        xs[xs.len() / 2]
-    };
+    let pick = |f: &dyn Fn(&Figures) -> f64| median_of(&v.iter().map(f).collect::<Vec<_>>());
     Figures {
         decode_tok_s: pick(&|f| f.decode_tok_s),
         ttft_ms: pick(&|f| f.ttft_ms),
@@ -400,23 +419,24 @@ fn print_table(a: &Figures, b: &Figures, c: Option<&Figures>, threads: u32, toke
 /// drift on a shared machine) and then the median over rounds.
 struct Ratios {
     decode: f64,
+    /// Worker TTFT minus the bare prefill timed just before it, median over all samples.
     ttft_delta_ms: f64,
+    /// The same for llama-server.
+    server_ttft_delta_ms: Option<f64>,
     agg4_vs_bare: f64,
     agg4_vs_server: Option<f64>,
 }
 
 impl Ratios {
-    fn paired(a: &[Figures], b: &[Figures], c: &[Figures]) -> Ratios {
-        let med = |mut xs: Vec<f64>| {
-            xs.sort_by(f64::total_cmp);
-            xs[xs.len() / 2]
-        };
+    fn paired(a: &[Figures], b: &[Figures], c: &[Figures], ttft: &TtftDeltas) -> Ratios {
+        let med = |xs: Vec<f64>| median_of(&xs);
         let pairs = || a.iter().zip(b);
         Ratios {
             decode: med(pairs()
                 .map(|(a, b)| b.decode_tok_s / a.decode_tok_s)
                 .collect()),
-            ttft_delta_ms: med(pairs().map(|(a, b)| b.ttft_ms - a.ttft_ms).collect()),
+            ttft_delta_ms: median_of(&ttft.worker),
+            server_ttft_delta_ms: (!ttft.server.is_empty()).then(|| median_of(&ttft.server)),
             agg4_vs_bare: med(pairs().map(|(a, b)| b.agg[2] / a.agg[2]).collect()),
             agg4_vs_server: (!c.is_empty())
                 .then(|| med(b.iter().zip(c).map(|(b, c)| b.agg[2] / c.agg[2]).collect())),
@@ -430,9 +450,12 @@ impl Ratios {
             self.decode
         );
         println!(
-            "- worker TTFT - bare prefill = {:+.1} ms (target <= +5 ms)",
+            "- worker TTFT - bare prefill = {:+.1} ms (target <= +5 ms; median of the {TTFT_SAMPLES} pairs a round)",
             self.ttft_delta_ms
         );
+        if let Some(d) = self.server_ttft_delta_ms {
+            println!("- llama-server TTFT - bare prefill = {d:+.1} ms");
+        }
         println!(
             "- worker 4-stream aggregate / bare 4-sequence batch = {:.3}",
             self.agg4_vs_bare
@@ -441,6 +464,110 @@ impl Ratios {
             println!("- worker 4-stream aggregate / llama-server -np 4 = {r:.3} (target >= 1.0)");
         }
     }
+}
+
+/// Time-to-first-token samples a round takes of each contender, alternating with the bare
+/// prefill: one TTFT from a single request is mostly the noise of one prefill (the bare
+/// loop's own spread 77-122 ms on this machine).
+const TTFT_SAMPLES: usize = 5;
+
+/// The bare loop's prefill, timed on demand by a `rbee-bench prefill` child process that
+/// stays loaded for the whole run.
+struct PrefillTimer {
+    child: std::process::Child,
+    requests: std::process::ChildStdin,
+    replies: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl PrefillTimer {
+    fn start(me: &std::path::Path, model: &std::path::Path, threads: u32) -> anyhow::Result<Self> {
+        let mut child = Command::new(me)
+            .args(["prefill", "--model"])
+            .arg(model)
+            .args(["--tokens", "1", "--threads", &threads.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting rbee-bench prefill")?;
+        let requests = child.stdin.take().context("prefill stdin")?;
+        let replies = std::io::BufReader::new(child.stdout.take().context("prefill stdout")?);
+        Ok(PrefillTimer {
+            child,
+            requests,
+            replies,
+        })
+    }
+
+    /// Milliseconds of one prefill and first-token sample.
+    fn time(&mut self) -> anyhow::Result<f64> {
+        use std::io::{BufRead, Write};
+        writeln!(self.requests)?;
+        let mut line = String::new();
+        self.replies.read_line(&mut line)?;
+        line.trim()
+            .parse()
+            .with_context(|| format!("rbee-bench prefill answered {line:?}"))
+    }
+}
+
+impl Drop for PrefillTimer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One round's TTFT samples: the bare prefill's, and each contender's in `contenders` order.
+struct TtftSamples {
+    bare: Vec<f64>,
+    servers: Vec<Vec<f64>>,
+    apis: Vec<Api>,
+}
+
+/// [`TTFT_SAMPLES`] times: a bare prefill, then a one-token request to each contender.
+fn ttft_samples(
+    prefill: &mut PrefillTimer,
+    contenders: &[(&Server, Api)],
+) -> anyhow::Result<TtftSamples> {
+    let mut out = TtftSamples {
+        bare: Vec::new(),
+        servers: vec![Vec::new(); contenders.len()],
+        apis: contenders.iter().map(|(_, api)| *api).collect(),
+    };
+    for _ in 0..TTFT_SAMPLES {
+        out.bare.push(prefill.time()?);
+        for ((s, api), v) in contenders.iter().zip(out.servers.iter_mut()) {
+            v.push(one_stream(s.port, *api, 1)?.1);
+        }
+    }
+    Ok(out)
+}
+
+/// Every sample's TTFT minus the bare prefill timed just before it, over the whole run.
+#[derive(Default)]
+struct TtftDeltas {
+    worker: Vec<f64>,
+    server: Vec<f64>,
+}
+
+impl TtftDeltas {
+    fn add(&mut self, s: &TtftSamples) {
+        for (api, v) in s.apis.iter().zip(&s.servers) {
+            let into = match api {
+                Api::Worker => &mut self.worker,
+                Api::LlamaServer => &mut self.server,
+            };
+            into.extend(v.iter().zip(&s.bare).map(|(t, b)| t - b));
+        }
+    }
+}
+
+fn median_of(xs: &[f64]) -> f64 {
+    if xs.is_empty() {
+        return 0.0;
+    }
+    rbee_bench::stats::median(&mut xs.to_vec())
 }
 
 fn peak_rss_mib(pid: u32) -> f64 {
