@@ -26,6 +26,8 @@ pub(crate) const LIMITS: rbee_http::Limits = rbee_http::Limits {
     who: "hive",
     max_in_flight: MAX_IN_FLIGHT,
     request_timeout: std::time::Duration::from_secs(30),
+    max_connections: rbee_http::server::MAX_CONNECTIONS,
+    max_connections_per_peer: rbee_http::server::MAX_CONNECTIONS_PER_PEER,
 };
 
 /// Serves requests until the server is unblocked.

@@ -13,6 +13,8 @@ const LIMITS: Limits = Limits {
     who: "test server",
     max_in_flight: 64,
     request_timeout: Duration::from_secs(30),
+    max_connections: 64,
+    max_connections_per_peer: 64,
 };
 
 /// A server on an ephemeral loopback port running `handler`; stopped when dropped.
@@ -37,7 +39,20 @@ impl Running {
     }
 
     fn connect(&self) -> Client {
-        let s = TcpStream::connect(self.addr()).unwrap();
+        Self::client(TcpStream::connect(self.addr()).unwrap())
+    }
+
+    /// A connection from the loopback address `from` (any of 127.0.0.0/8).
+    fn connect_from(&self, from: &str) -> Client {
+        let sock =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        let local: SocketAddr = format!("{from}:0").parse().unwrap();
+        sock.bind(&local.into()).unwrap();
+        sock.connect(&self.addr().into()).unwrap();
+        Self::client(sock.into())
+    }
+
+    fn client(s: TcpStream) -> Client {
         s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
         Client {
             reader: BufReader::new(s.try_clone().unwrap()),
@@ -503,4 +518,119 @@ fn a_request_sent_a_byte_at_a_time_is_cut_off_but_an_idle_keep_alive_connection_
     std::thread::sleep(Duration::from_millis(1500));
     c.send("POST /second HTTP/1.1\r\nContent-Length: 4\r\n\r\nbees");
     assert_eq!(c.answer().text(), "POST /second bees");
+}
+
+/// A handler that holds `/hold` requests until `release` is set, and echoes the rest.
+fn holding(release: Arc<(Mutex<bool>, Condvar)>) -> impl Fn(Request) + Send + Sync + 'static {
+    move |request| {
+        if request.url().starts_with("/hold") {
+            let (go, cv) = &*release;
+            let mut go = go.lock().unwrap();
+            while !*go {
+                go = cv.wait(go).unwrap();
+            }
+        }
+        echo(request);
+    }
+}
+
+fn release(r: &(Mutex<bool>, Condvar)) {
+    *r.0.lock().unwrap() = true;
+    r.1.notify_all();
+}
+
+#[test]
+fn a_full_server_closes_its_longest_idle_connection_for_a_new_one_but_never_a_busy_one() {
+    let gate = Arc::new((Mutex::new(false), Condvar::new()));
+    let limits = Limits {
+        max_connections: 3,
+        ..LIMITS
+    };
+    let srv = Running::start(limits, holding(Arc::clone(&gate)));
+    // Three seats: one idle after a request, one idle that never sent a byte, one busy.
+    let mut after_request = srv.connect();
+    after_request.send("GET /first HTTP/1.1\r\n\r\n");
+    assert_eq!(after_request.answer().text(), "GET /first ");
+    std::thread::sleep(Duration::from_millis(100));
+    let mut silent = srv.connect();
+    std::thread::sleep(Duration::from_millis(100));
+    let mut busy = srv.connect();
+    busy.send("GET /hold HTTP/1.1\r\n\r\n");
+    std::thread::sleep(Duration::from_millis(200));
+
+    // A fourth client is served; the connection idle the longest made room for it.
+    let mut fourth = srv.connect();
+    fourth.send("GET /fourth HTTP/1.1\r\n\r\n");
+    assert_eq!(fourth.answer().text(), "GET /fourth ");
+    assert!(
+        after_request.closed(),
+        "the longest-idle connection was closed"
+    );
+    // And the next: the silent one goes (the fourth has been idle a shorter time).
+    let mut fifth = srv.connect();
+    fifth.send("GET /fifth HTTP/1.1\r\n\r\n");
+    assert_eq!(fifth.answer().text(), "GET /fifth ");
+    assert!(silent.closed());
+
+    // Every seat busy: a new connection gets 503 and the reason; nobody is cut off.
+    fourth.send("GET /hold-4 HTTP/1.1\r\n\r\n");
+    fifth.send("GET /hold-5 HTTP/1.1\r\n\r\n");
+    std::thread::sleep(Duration::from_millis(200));
+    let mut refused = srv.connect();
+    let a = refused.answer();
+    assert_eq!(a.status, 503, "{}", a.text());
+    assert!(
+        a.text().contains("OVERLOADED")
+            && a.text()
+                .contains("3 open connections, all in the middle of a request"),
+        "{}",
+        a.text()
+    );
+    release(&gate);
+    assert_eq!(busy.answer().text(), "GET /hold ");
+    assert_eq!(fourth.answer().text(), "GET /hold-4 ");
+    assert_eq!(fifth.answer().text(), "GET /hold-5 ");
+}
+
+#[test]
+fn one_address_holds_its_share_of_connections_and_others_are_still_served() {
+    let gate = Arc::new((Mutex::new(false), Condvar::new()));
+    let limits = Limits {
+        max_connections_per_peer: 2,
+        ..LIMITS
+    };
+    let srv = Running::start(limits, holding(Arc::clone(&gate)));
+    let mut held: Vec<Client> = (0..2).map(|_| srv.connect_from("127.0.0.2")).collect();
+    for c in &mut held {
+        c.send("GET /hold HTTP/1.1\r\n\r\n");
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let a = srv.connect_from("127.0.0.2").answer();
+    assert_eq!(a.status, 503, "{}", a.text());
+    assert!(
+        a.text()
+            .contains("2 open connections from 127.0.0.2, the most one address may hold"),
+        "{}",
+        a.text()
+    );
+    // Another address, and 127.0.0.1 (where local proxies connect from, not counted).
+    for mut c in [
+        srv.connect_from("127.0.0.3"),
+        srv.connect(),
+        srv.connect(),
+        srv.connect(),
+    ] {
+        c.send("GET /other HTTP/1.1\r\n\r\n");
+        assert_eq!(c.answer().text(), "GET /other ");
+    }
+    release(&gate);
+    for c in &mut held {
+        assert_eq!(c.answer().text(), "GET /hold ");
+    }
+    // The address's seats are given back as its connections end.
+    drop(held);
+    std::thread::sleep(Duration::from_millis(200));
+    let mut again = srv.connect_from("127.0.0.2");
+    again.send("GET /again HTTP/1.1\r\n\r\n");
+    assert_eq!(again.answer().text(), "GET /again ");
 }

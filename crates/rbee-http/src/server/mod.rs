@@ -9,11 +9,13 @@
 //! burst of keep-alive clients (the `openai` SDK, browsers, the hive's own proxy) waited
 //! behind the four standing threads until those connections closed: seconds of time to
 //! first token at 8–16 streams (docs/benchmarks.md). A thread per connection cannot queue
-//! a client behind another; [`MAX_CONNECTIONS`] bounds the threads, and the handlers bound
-//! requests in progress ([`Limits::max_in_flight`]).
+//! a client behind another; [`Limits::max_connections`] bounds the threads (`pool`: idle
+//! connections make room, one address holds a share), and the handlers bound requests in
+//! progress ([`Limits::max_in_flight`]).
 
 mod body;
 mod head;
+mod pool;
 mod request;
 mod response;
 
@@ -31,8 +33,11 @@ use request::{Conn, ConnSocket};
 pub use request::{Outcome, Request, Stream};
 pub use response::{Header, Response};
 
-/// Open connections at most; one more is answered 503 and closed at once.
+/// Open connections at most (the default of [`Limits::max_connections`]).
 pub const MAX_CONNECTIONS: usize = 1024;
+/// Open connections from one address at most (the default of
+/// [`Limits::max_connections_per_peer`]).
+pub const MAX_CONNECTIONS_PER_PEER: usize = 256;
 /// Accept-queue length: a burst of connections beyond it would be dropped or reset by the
 /// kernel before the server could answer them (even with 503).
 const LISTEN_BACKLOG: i32 = 1024;
@@ -56,10 +61,16 @@ pub struct Limits {
     /// gets 408 and a body late fails to read, and the connection is closed. Without it a
     /// client sending a byte a minute would hold a connection (or a request slot) forever.
     pub request_timeout: Duration,
+    /// Open connections at most. When all are taken, the one idle the longest (waiting for
+    /// a request) is closed to make room; when none is idle, a new one is answered 503 and
+    /// closed at once.
+    pub max_connections: usize,
+    /// Open connections from one client address at most (127.0.0.1 and ::1 not counted:
+    /// local proxies connect from there); one more is answered 503 and closed.
+    pub max_connections_per_peer: usize,
 }
 
 struct Counts {
-    connections: AtomicUsize,
     in_flight: AtomicUsize,
 }
 
@@ -71,6 +82,7 @@ pub struct Server {
     limits: Limits,
     closing: AtomicBool,
     counts: Arc<Counts>,
+    pool: Arc<pool::Pool>,
 }
 
 impl Server {
@@ -93,9 +105,12 @@ impl Server {
             limits,
             closing: AtomicBool::new(false),
             counts: Arc::new(Counts {
-                connections: AtomicUsize::new(0),
                 in_flight: AtomicUsize::new(0),
             }),
+            pool: Arc::new(pool::Pool::new(
+                limits.max_connections,
+                limits.max_connections_per_peer,
+            )),
         })
     }
 
@@ -129,24 +144,22 @@ impl Server {
                     continue;
                 }
             };
-            let open = self.counts.connections.fetch_add(1, Ordering::AcqRel);
-            if open >= MAX_CONNECTIONS {
-                self.counts.connections.fetch_sub(1, Ordering::AcqRel);
-                refuse(stream, self.limits.who);
-                continue;
-            }
+            let seat = match self.pool.seat(peer.ip()) {
+                Ok(s) => s,
+                Err(why) => {
+                    refuse(stream, self.limits.who, why);
+                    continue;
+                }
+            };
             let (counts, handler, limits) =
                 (Arc::clone(&self.counts), Arc::clone(&handler), self.limits);
             let spawned = std::thread::Builder::new()
                 .name("http".into())
                 .stack_size(STACK_SIZE)
-                .spawn(move || {
-                    let _closed = Leave(&counts.connections);
-                    connection(stream, peer, &counts, limits, &*handler);
-                });
+                .spawn(move || connection(stream, peer, seat, &counts, limits, &*handler));
             if let Err(e) = spawned {
+                // (The closure, and the seat in it, is dropped: the seat is given back.)
                 tracing::error!(error = %e, "cannot start a connection thread");
-                self.counts.connections.fetch_sub(1, Ordering::AcqRel);
             }
         }
     }
@@ -179,16 +192,19 @@ fn raise_open_files_limit() {
     }
 }
 
-/// Answers a connection beyond [`MAX_CONNECTIONS`] without reading it, then closes it.
-fn refuse(stream: TcpStream, who: &str) {
-    tracing::warn!(
-        max = MAX_CONNECTIONS,
-        "too many open connections; refusing one"
-    );
-    let e = ApiError::new(
-        ErrorCode::Overloaded,
-        format!("the {who} has {MAX_CONNECTIONS} open connections; retry shortly"),
-    );
+/// Answers a connection the pool could not seat without reading it, then closes it.
+fn refuse(stream: TcpStream, who: &str, why: pool::Refused) {
+    let message = match why {
+        pool::Refused::Full { max } => {
+            tracing::warn!(max, "all connections busy with requests; refusing one");
+            format!("the {who} has {max} open connections, all in the middle of a request; retry shortly")
+        }
+        pool::Refused::PeerFull { peer, max } => {
+            tracing::warn!(%peer, max, "too many connections from one address; refusing one");
+            format!("the {who} has {max} open connections from {peer}, the most one address may hold; close some or retry shortly")
+        }
+    };
+    let e = ApiError::new(ErrorCode::Overloaded, message);
     let _ = stream.set_nonblocking(true);
     let _ = (&stream).write_all(&crate::error_response(&e).encode(true, false, true));
     let _ = stream.shutdown(std::net::Shutdown::Write);
@@ -199,6 +215,7 @@ fn refuse(stream: TcpStream, who: &str) {
 fn connection(
     stream: TcpStream,
     peer: SocketAddr,
+    mut seat: pool::Seat,
     counts: &Counts,
     limits: Limits,
     handler: &(dyn Fn(Request) + Send + Sync),
@@ -213,11 +230,13 @@ fn connection(
         writer: socket,
     };
     loop {
-        // Between requests only the idle timeout applies; from a request's first byte on,
-        // the request timeout too.
+        // Between requests only the idle timeout applies (and a full server may close the
+        // connection); from a request's first byte on, the request timeout too.
+        seat.idle(&conn.reader.get_ref().stream);
         if !next_request_begins(&mut conn.reader) {
             return;
         }
+        seat.busy();
         let deadline = Instant::now() + limits.request_timeout;
         conn.reader.get_mut().set_deadline(Some(deadline));
         let head = match head::read(&mut conn.reader) {
