@@ -34,6 +34,28 @@ pub fn run(config: Config) -> i32 {
     }
 }
 
+/// A `default_backend` this machine lacks fails every spawn that names no backend (all of
+/// the front door's): the operator hears of it at start, not from the first client.
+fn warn_if_default_backend_is_missing(config: &Config) {
+    use crate::placement::DefaultBackend;
+    let wanted = match config.default_backend {
+        DefaultBackend::Cuda => rbee_types::Backend::Cuda,
+        DefaultBackend::Metal => rbee_types::Backend::Metal,
+        DefaultBackend::Auto | DefaultBackend::Cpu => return,
+    };
+    let Some(missing) = crate::resources::backends()
+        .into_iter()
+        .find(|b| b.name == wanted && !b.available)
+    else {
+        return;
+    };
+    let why = missing.reason.unwrap_or_else(|| "no device".into());
+    tracing::warn!(
+        default_backend = %wanted,
+        "default_backend = \"{wanted}\", but {wanted} is not available here ({why}): every request that names no backend, all OpenAI ones included, will fail; set default_backend = \"auto\" or \"cpu\""
+    );
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("port {0} is in use: another rbee-hive may be running; choose another with --port")]
 struct PortInUse(u16);
@@ -43,6 +65,7 @@ fn run_inner(config: Config) -> anyhow::Result<()> {
     if api_key.is_none() && !config.host.is_loopback() {
         tracing::warn!(host = %config.host, "the API listens beyond loopback without an API key: anyone who can reach it can start workers");
     }
+    warn_if_default_backend_is_missing(&config);
     // With a git source the hive builds its workers, and an installed one is optional.
     let installed = match find_worker_binary(config.worker_binary.as_deref()) {
         Ok(p) => Some(p),

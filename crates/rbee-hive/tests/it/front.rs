@@ -371,8 +371,23 @@ except openai.APIStatusError as e:
     assert_eq!(workers.len(), 1);
     assert_eq!(workers[0]["backend"], "cpu", "{workers:?}");
 
-    // cuda where there is none: the client learns why, and that the hive's setting chose it.
-    let (cuda, _state) = hive("default_backend = \"cuda\"\ndefault_device = 1\n", None);
+    // cuda where there is none: the operator hears of it at start; the client learns why,
+    // and that the hive's setting chose it.
+    let state = temp("front");
+    let log = state.0.join("hive.log");
+    let opts = Opts {
+        extra: "default_backend = \"cuda\"\ndefault_device = 1\n".into(),
+        log: Some(log.clone()),
+        ..Opts::new("process")
+    };
+    let cuda = Hive::start(&opts, &state.0);
+    let start_log = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        start_log.contains("WARN")
+            && start_log.contains("default_backend = \"cuda\", but cuda is not available here")
+            && start_log.contains("set default_backend = \"auto\" or \"cpu\""),
+        "{start_log}"
+    );
     let out = run(&cuda, "none", &chat);
     let e = &out[0]["error"];
     assert_eq!(e[0], "BadRequestError", "{out:?}");
