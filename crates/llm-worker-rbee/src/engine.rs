@@ -166,8 +166,7 @@ impl Engine {
         let backend = LlamaBackend::init()?;
         let t0 = Instant::now();
         let model = Arc::new(load_model(&backend, cfg, shared)?);
-        let train_ctx = model.n_ctx_train().max(16);
-        let ctx_size = cfg.ctx_size.unwrap_or(train_ctx.min(4096));
+        let ctx_size = rbee_types::worker::ctx_per_slot(cfg.ctx_size, model.n_ctx_train());
         let mut ctx = model
             .new_context(&backend, context_params(cfg, ctx_size))
             .map_err(|e| {

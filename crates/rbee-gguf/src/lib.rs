@@ -122,6 +122,18 @@ pub struct GgufHeader {
 }
 
 impl GgufHeader {
+    /// A header of `metadata` alone (no tensors, no file): for code that reads headers to
+    /// be tested without writing GGUF files.
+    pub fn from_metadata(metadata: BTreeMap<String, Value>) -> GgufHeader {
+        GgufHeader {
+            version: 3,
+            tensor_count: 0,
+            metadata,
+            file_size: 0,
+            parameters: 0,
+        }
+    }
+
     /// `general.architecture`.
     pub fn architecture(&self) -> Option<&str> {
         self.metadata.get("general.architecture")?.as_str()
@@ -146,6 +158,27 @@ impl GgufHeader {
     /// `<arch>.block_count`: the number of transformer layers.
     pub fn layers(&self) -> Option<u64> {
         self.arch_u64("block_count")
+    }
+
+    /// Bytes of KV cache one token of context takes in llama.cpp's default cache (keys and
+    /// values in F16 in every layer): layers × KV heads × (key + value length) × 2. The
+    /// head lengths default to `embedding_length / head_count`, the KV heads to the heads;
+    /// a per-layer head count (an array) counts as `head_count` in every layer, so for
+    /// such models and those whose some layers attend to a window only it is an upper
+    /// bound. None when the header lacks the sizes.
+    pub fn kv_bytes_per_token(&self) -> Option<u64> {
+        let layers = self.layers()?;
+        let heads = self.arch_u64("attention.head_count")?;
+        let kv_heads = self.arch_u64("attention.head_count_kv").unwrap_or(heads);
+        let per_head = || Some(self.arch_u64("embedding_length")? / heads.max(1));
+        let key = self.arch_u64("attention.key_length").or_else(per_head)?;
+        let value = self.arch_u64("attention.value_length").unwrap_or(key);
+        Some(
+            layers
+                .saturating_mul(kv_heads)
+                .saturating_mul(key.saturating_add(value))
+                .saturating_mul(2),
+        )
     }
 
     /// Length of `tokenizer.ggml.tokens`.

@@ -85,3 +85,67 @@ fn every_prefix_of_a_valid_file_is_an_error_not_a_panic() {
         assert!(read_header(&p).is_err(), "prefix of {n} bytes accepted");
     }
 }
+
+fn header(arch_keys: &[(&str, Value)]) -> GgufHeader {
+    let mut metadata = BTreeMap::new();
+    metadata.insert("general.architecture".into(), Value::String("llama".into()));
+    for (k, v) in arch_keys {
+        metadata.insert(format!("llama.{k}"), v.clone());
+    }
+    GgufHeader::from_metadata(metadata)
+}
+
+#[test]
+fn kv_bytes_per_token_follows_the_attention_shape() {
+    use Value::U64;
+    let base = [
+        ("block_count", U64(30)),
+        ("embedding_length", U64(576)),
+        ("attention.head_count", U64(9)),
+    ];
+    // Grouped-query attention: 3 KV heads of 576 / 9 = 64, keys and values, F16.
+    let gqa = header(&[&base[..], &[("attention.head_count_kv", U64(3))]].concat());
+    assert_eq!(gqa.kv_bytes_per_token(), Some(30 * 3 * (64 + 64) * 2));
+    // Without head_count_kv every head keeps keys and values.
+    assert_eq!(header(&base).kv_bytes_per_token(), Some(30 * 9 * 128 * 2));
+    // Explicit key and value lengths win over embedding_length / head_count.
+    let explicit = header(
+        &[
+            &base[..],
+            &[
+                ("attention.head_count_kv", U64(1)),
+                ("attention.key_length", U64(192)),
+                ("attention.value_length", U64(128)),
+            ],
+        ]
+        .concat(),
+    );
+    assert_eq!(explicit.kv_bytes_per_token(), Some(30 * (192 + 128) * 2));
+    // A per-layer array of KV heads: head_count in every layer (an upper bound).
+    let per_layer = header(
+        &[
+            &base[..],
+            &[(
+                "attention.head_count_kv",
+                Value::Array {
+                    elem_type: 4,
+                    len: 30,
+                },
+            )],
+        ]
+        .concat(),
+    );
+    assert_eq!(per_layer.kv_bytes_per_token(), Some(30 * 9 * 128 * 2));
+    // No head count, no estimate.
+    assert_eq!(header(&base[..2]).kv_bytes_per_token(), None);
+}
+
+#[test]
+fn the_test_models_kv_cache_is_23_kib_a_token() {
+    let model = rbee_test_support::model::test_model();
+    rbee_test_support::skip_unless!(model.is_some(), "no test model (scripts/fetch-test-model)");
+    let model = model.unwrap();
+    // SmolLM2-135M: 30 layers, 3 KV heads of 64.
+    let h = read_header(&model).unwrap();
+    assert_eq!(h.kv_bytes_per_token(), Some(23_040));
+}

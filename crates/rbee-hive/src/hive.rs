@@ -18,7 +18,7 @@ use rbee_types::{exit, ApiError, Backend, ErrorCode};
 use crate::config::Config;
 use crate::naming::slug;
 use crate::placement::{self, Placement};
-use crate::preflight::{self, Need, Snapshot};
+use crate::preflight::{self, KvCache, Need, Snapshot};
 use crate::registry::{now_unix, store, Registry, Worker, WorkerSpec};
 use crate::resources;
 use crate::supervisor::{Event, Launch, StartError, Supervisor};
@@ -228,7 +228,7 @@ impl Hive {
             tracing::info!(id = %w.spec.id, model = %req.model_ref, "reusing worker");
             return Ok((200, SpawnResponse::reused(w.view())));
         }
-        let snapshot = self.preflight(req, at, &model)?;
+        let (snapshot, kv) = self.preflight(req, at, slots, &model)?;
         let binary = match self.binaries.resolve(at.backend)? {
             rbee_binaries::Resolved::Ready(b) => b.binary_path,
             rbee_binaries::Resolved::Building(b) => {
@@ -248,43 +248,47 @@ impl Hive {
         };
         let devices = gpu_device_nodes(&snapshot.backends, at.backend, at.device);
         let previous = self.registry.take_failure(&req.model_ref);
-        let w = self.start_new(req, at, slots, &model, binary, devices)?;
+        let w = self.start_new(req, at, kv, &model, binary, devices)?;
         Ok((202, SpawnResponse::started(w.view(), previous)))
     }
 
-    /// The model file is a GGUF model and the machine has room for it (backend, device,
-    /// RAM or VRAM, disk); the snapshot the checks ran on.
+    /// The model file is a GGUF model and the machine has room for it and the KV cache of
+    /// `slots` slots (backend, device, RAM or VRAM, disk); the snapshot the checks ran on,
+    /// and that cache.
     fn preflight(
         &self,
         req: &SpawnRequest,
         at: Placement,
+        slots: u32,
         model: &LocalModel,
-    ) -> Result<Snapshot, ApiError> {
+    ) -> Result<(Snapshot, KvCache), ApiError> {
         // Read again although the catalogue checked it on admission: a `file://` model
         // can be replaced on disk since, and a unit started on a damaged file fails only
         // after its load timeout. (The worker reads it once more: it can run alone.)
-        if let Err(e) = rbee_gguf::read_header(&model.path) {
-            return Err(ApiError::new(
+        let header = rbee_gguf::read_header(&model.path).map_err(|e| {
+            ApiError::new(
                 ErrorCode::ModelInvalid,
                 format!("{} is not a usable GGUF model: {e}", req.model_ref),
             )
-            .detail("model_ref", req.model_ref.to_string()));
-        }
+            .detail("model_ref", req.model_ref.to_string())
+        })?;
+        let kv = KvCache::estimate(&header, slots, req.ctx_size);
         let snapshot = Snapshot {
             memory: resources::memory(),
             disk: resources::disk(&self.config.state_dir),
             backends: resources::backends(),
-            ram_in_use_by_workers: self.registry.cpu_model_bytes(),
+            ram_in_use_by_workers: self.registry.cpu_memory_bytes(),
         };
         let need = Need {
             backend: at.backend,
             device: at.device,
             model_bytes: model.bytes,
+            kv,
         };
         preflight::check(&need, &snapshot, &self.config.limits).inspect_err(|e| {
             tracing::warn!(model = %req.model_ref, code = %e.error.code.as_str(), "preflight: {}", e.error.message);
         })?;
-        Ok(snapshot)
+        Ok((snapshot, kv))
     }
 
     /// Starts a new worker: a free port, the first unit name and id not taken (by this
@@ -293,7 +297,7 @@ impl Hive {
         &self,
         req: &SpawnRequest,
         at: Placement,
-        slots: u32,
+        kv: KvCache,
         model: &LocalModel,
         binary: PathBuf,
         devices: Vec<String>,
@@ -321,9 +325,10 @@ impl Hive {
                 model_ref: req.model_ref.clone(),
                 model_path: model.path.clone(),
                 model_bytes: model.bytes,
+                kv_bytes: kv.bytes,
                 backend: at.backend,
                 device: at.device,
-                slots,
+                slots: kv.slots,
                 ctx_size: req.ctx_size,
                 devices: devices.clone(),
                 host: self.config.worker_host,
@@ -452,7 +457,7 @@ impl Hive {
                 .unwrap_or_else(|| PathBuf::from("llm-worker-rbee")),
             args,
             key_path,
-            memory_max: memory_max(spec.model_bytes),
+            memory_max: memory_max(spec.model_bytes, spec.kv_bytes),
             devices: spec.devices.clone(),
             load_timeout: Duration::from_secs(self.config.load_timeout_secs),
             stop_timeout: Duration::from_secs(self.config.stop_timeout_secs),
@@ -718,10 +723,16 @@ fn port_free(host: IpAddr, port: u16) -> bool {
     TcpListener::bind((host, port)).is_ok()
 }
 
-/// systemd's memory limit for a worker: room for the weights, KV cache and buffers; GPU
-/// workers keep their weights in VRAM but still map the file.
-fn memory_max(model_bytes: u64) -> Option<u64> {
-    Some(model_bytes.saturating_mul(2).saturating_add(2 << 30))
+/// systemd's memory limit for a worker: room for the weights, the KV cache its slots
+/// allocate at load, and buffers; GPU workers keep weights and cache in VRAM but still map
+/// the file.
+fn memory_max(model_bytes: u64, kv_bytes: u64) -> Option<u64> {
+    Some(
+        model_bytes
+            .saturating_mul(2)
+            .saturating_add(kv_bytes)
+            .saturating_add(2 << 30),
+    )
 }
 
 /// The device nodes a CUDA worker needs (`DeviceAllow=`): the control and UVM nodes and

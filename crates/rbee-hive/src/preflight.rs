@@ -7,7 +7,7 @@ use rbee_types::{ApiError, Backend, ErrorCode};
 use crate::config::Limits;
 use crate::resources::{BackendStatus, Disk, Memory};
 
-/// Memory a model needs beyond its file size (KV cache, buffers): file × 1.2.
+/// Memory a model needs beyond its file size and KV cache (buffers): file × 1.2.
 pub(crate) const MODEL_OVERHEAD: f64 = 1.2;
 /// Free disk the state directory keeps by default (logs, records).
 pub(crate) const DEFAULT_MIN_FREE_DISK: u64 = 100 << 20;
@@ -21,6 +21,66 @@ pub(crate) struct Need {
     pub device: u32,
     /// Model file size.
     pub model_bytes: u64,
+    /// The KV cache of its slots.
+    pub kv: KvCache,
+}
+
+/// Memory a worker is counted as needing: its model file × [`MODEL_OVERHEAD`] and its KV
+/// cache.
+pub(crate) fn worker_memory(model_bytes: u64, kv_bytes: u64) -> u64 {
+    ((model_bytes as f64 * MODEL_OVERHEAD) as u64).saturating_add(kv_bytes)
+}
+
+/// The KV cache a worker allocates when it loads: every slot's context, in keys and
+/// values of every layer. It can be far larger than the model (64 slots of 4096 tokens of
+/// SmolLM2-135M: 6 GiB for a 98 MB file).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct KvCache {
+    /// Bytes (0 when the model's header does not give its attention shape).
+    pub bytes: u64,
+    /// Slots.
+    pub slots: u32,
+    /// Context tokens per slot.
+    pub ctx_per_slot: u32,
+}
+
+impl KvCache {
+    /// The cache of `slots` slots of `asked_ctx` tokens each (the worker's default when
+    /// `None`) of the model whose header is `header`.
+    pub(crate) fn estimate(
+        header: &rbee_gguf::GgufHeader,
+        slots: u32,
+        asked_ctx: Option<u32>,
+    ) -> KvCache {
+        let trained = header
+            .context_length()
+            .map_or(rbee_types::worker::DEFAULT_CTX_CAP, |c| {
+                u32::try_from(c).unwrap_or(u32::MAX)
+            });
+        let ctx_per_slot = rbee_types::worker::ctx_per_slot(asked_ctx, trained);
+        // llama.cpp rounds the cells of the whole cache up to a multiple of 256.
+        let cells = (u64::from(ctx_per_slot) * u64::from(slots)).div_ceil(256) * 256;
+        KvCache {
+            bytes: header
+                .kv_bytes_per_token()
+                .unwrap_or(0)
+                .saturating_mul(cells),
+            slots,
+            ctx_per_slot,
+        }
+    }
+
+    /// How the need is made up, for messages.
+    fn explain(&self, model_bytes: u64) -> String {
+        format!(
+            "the file's {} × {MODEL_OVERHEAD} plus {} of KV cache for {} slot{} of {} tokens",
+            gib(model_bytes),
+            gib(self.bytes),
+            self.slots,
+            if self.slots == 1 { "" } else { "s" },
+            self.ctx_per_slot
+        )
+    }
 }
 
 /// The machine at the time of the request.
@@ -32,7 +92,8 @@ pub(crate) struct Snapshot {
     pub disk: Disk,
     /// Backends.
     pub backends: Vec<BackendStatus>,
-    /// Model bytes of the CPU workers already running (counted against `limits.ram_bytes`).
+    /// What the CPU workers already running were counted as needing when they started
+    /// (model and KV cache; counted against `limits.ram_bytes`).
     pub ram_in_use_by_workers: u64,
 }
 
@@ -80,7 +141,7 @@ pub(crate) fn check(need: &Need, snap: &Snapshot, limits: &Limits) -> Result<(),
         .detail("device", need.device)
         .detail("valid_devices", valid));
     };
-    let required = (need.model_bytes as f64 * MODEL_OVERHEAD) as u64;
+    let required = worker_memory(need.model_bytes, need.kv.bytes);
     match need.backend {
         Backend::Cuda => {
             let free = limits.vram_bytes.map_or(device.memory_free_bytes, |l| {
@@ -90,9 +151,11 @@ pub(crate) fn check(need: &Need, snap: &Snapshot, limits: &Limits) -> Result<(),
                 return Err(ApiError::new(
                     ErrorCode::InsufficientVram,
                     format!(
-                        "the model needs about {} of VRAM but {} (device {}) has {} free; \
-                         stop other GPU work, pick another device, or use a smaller quantization",
+                        "the model needs about {} of VRAM ({}) but {} (device {}) has {} free; \
+                         stop other GPU work, pick another device, ask for fewer slots or a \
+                         smaller ctx_size, or use a smaller quantization",
                         gib(required),
+                        need.kv.explain(need.model_bytes),
                         device.name,
                         device.index,
                         gib(free)
@@ -100,30 +163,32 @@ pub(crate) fn check(need: &Need, snap: &Snapshot, limits: &Limits) -> Result<(),
                 )
                 .detail("required_bytes", required)
                 .detail("available_bytes", free)
+                .detail("kv_cache_bytes", need.kv.bytes)
                 .detail("device", device.index));
             }
         }
         _ => {
             let mut avail = snap.memory.available_bytes;
             if let Some(limit) = limits.ram_bytes {
-                let budget = limit
-                    .saturating_sub((snap.ram_in_use_by_workers as f64 * MODEL_OVERHEAD) as u64);
+                let budget = limit.saturating_sub(snap.ram_in_use_by_workers);
                 avail = avail.min(budget);
             }
             if required > avail {
                 return Err(ApiError::new(
                     ErrorCode::InsufficientRam,
                     format!(
-                        "the model needs about {} of RAM (file size × {MODEL_OVERHEAD}) but {} is \
-                         available to workers; stop idle workers, free memory, or use a smaller \
-                         quantization",
+                        "the model needs about {} of RAM ({}) but {} is available to workers; \
+                         stop idle workers, free memory, ask for fewer slots or a smaller \
+                         ctx_size, or use a smaller quantization",
                         gib(required),
+                        need.kv.explain(need.model_bytes),
                         gib(avail)
                     ),
                 )
                 .detail("required_bytes", required)
                 .detail("available_bytes", avail)
-                .detail("model_bytes", need.model_bytes));
+                .detail("model_bytes", need.model_bytes)
+                .detail("kv_cache_bytes", need.kv.bytes));
             }
         }
     }
@@ -196,6 +261,7 @@ mod tests {
             backend,
             device,
             model_bytes,
+            kv: KvCache::default(),
         }
     }
 
@@ -270,7 +336,8 @@ mod tests {
         };
         let mut s = snap(false);
         check(&need(Backend::Cpu, 0, 1 << 30), &s, &limits).unwrap();
-        s.ram_in_use_by_workers = 1 << 30;
+        // A running worker of a 1 GiB model: 1.2 GiB counted.
+        s.ram_in_use_by_workers = worker_memory(1 << 30, 0);
         assert_eq!(
             code(check(&need(Backend::Cpu, 0, 1 << 30), &s, &limits)),
             ErrorCode::InsufficientRam
@@ -306,6 +373,87 @@ mod tests {
             )),
             ErrorCode::InsufficientVram
         );
+    }
+
+    #[test]
+    fn the_kv_cache_of_every_slot_counts_in_ram_and_vram() {
+        // 1 GiB of model fits 8 GiB of RAM; with 7 GiB of KV cache it does not.
+        let big_kv = KvCache {
+            bytes: 7 << 30,
+            slots: 64,
+            ctx_per_slot: 4096,
+        };
+        let e = check(
+            &Need {
+                kv: big_kv,
+                ..need(Backend::Cpu, 0, 1 << 30)
+            },
+            &snap(false),
+            &Limits::default(),
+        )
+        .unwrap_err();
+        assert_eq!(e.error.code, ErrorCode::InsufficientRam);
+        assert_eq!(e.error.details["kv_cache_bytes"], 7u64 << 30);
+        assert!(
+            e.error.details["required_bytes"].as_u64().unwrap() > 8 << 30,
+            "{e:?}"
+        );
+        let m = &e.error.message;
+        assert!(
+            m.contains("7.00 GiB of KV cache for 64 slots of 4096 tokens")
+                && m.contains("fewer slots or a smaller ctx_size"),
+            "{m}"
+        );
+        // On a GPU the cache is in VRAM: 2 GiB of model and 2 GiB of cache exceed 4 GiB.
+        let e = check(
+            &Need {
+                kv: KvCache {
+                    bytes: 2 << 30,
+                    ..big_kv
+                },
+                ..need(Backend::Cuda, 0, 2 << 30)
+            },
+            &snap(true),
+            &Limits::default(),
+        )
+        .unwrap_err();
+        assert_eq!(e.error.code, ErrorCode::InsufficientVram);
+    }
+
+    /// A llama header: 30 layers, 3 KV heads of 64, trained on `ctx` tokens.
+    fn header(ctx: Option<u64>) -> rbee_gguf::GgufHeader {
+        use rbee_gguf::Value::{String as S, U64};
+        let mut metadata = std::collections::BTreeMap::new();
+        metadata.insert("general.architecture".to_owned(), S("llama".into()));
+        for (k, v) in [
+            ("block_count", 30),
+            ("embedding_length", 576),
+            ("attention.head_count", 9),
+            ("attention.head_count_kv", 3),
+        ] {
+            metadata.insert(format!("llama.{k}"), U64(v));
+        }
+        if let Some(c) = ctx {
+            metadata.insert("llama.context_length".to_owned(), U64(c));
+        }
+        rbee_gguf::GgufHeader::from_metadata(metadata)
+    }
+
+    #[test]
+    fn the_kv_estimate_takes_the_workers_default_context_and_whole_blocks_of_256_cells() {
+        let per_token = 30 * 3 * 128 * 2;
+        // The model's context, capped at 4096 per slot, as the worker takes it.
+        let kv = KvCache::estimate(&header(Some(8192)), 64, None);
+        assert_eq!((kv.ctx_per_slot, kv.slots), (4096, 64));
+        assert_eq!(kv.bytes, per_token * 4096 * 64);
+        assert_eq!(
+            KvCache::estimate(&header(Some(2048)), 1, None).ctx_per_slot,
+            2048
+        );
+        assert_eq!(KvCache::estimate(&header(None), 1, None).ctx_per_slot, 4096);
+        // An asked size wins; cells come in blocks of 256.
+        let kv = KvCache::estimate(&header(Some(8192)), 3, Some(100));
+        assert_eq!((kv.ctx_per_slot, kv.bytes), (100, per_token * 512));
     }
 
     #[test]

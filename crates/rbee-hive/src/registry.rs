@@ -26,6 +26,10 @@ pub(crate) struct WorkerSpec {
     pub model_path: PathBuf,
     /// Its size, for the RAM budget.
     pub model_bytes: u64,
+    /// The KV cache of its slots as estimated at spawn, for the RAM budget and its memory
+    /// limit (0 in records of hives before 2026-12).
+    #[serde(default)]
+    pub kv_bytes: u64,
     /// Where the layers run.
     pub backend: Backend,
     /// Device index.
@@ -218,13 +222,14 @@ impl Registry {
         self.lock().workers.values().map(|w| w.spec.port).collect()
     }
 
-    /// Bytes of model files of CPU workers (for the RAM budget).
-    pub(crate) fn cpu_model_bytes(&self) -> u64 {
+    /// Memory the CPU workers were counted as needing when they started: model and KV
+    /// cache (for the RAM budget).
+    pub(crate) fn cpu_memory_bytes(&self) -> u64 {
         self.lock()
             .workers
             .values()
             .filter(|w| w.spec.backend == Backend::Cpu)
-            .map(|w| w.spec.model_bytes)
+            .map(|w| crate::preflight::worker_memory(w.spec.model_bytes, w.spec.kv_bytes))
             .sum()
     }
 
@@ -388,6 +393,7 @@ mod tests {
             model_ref: format!("file:///m/{id}.gguf").parse().unwrap(),
             model_path: format!("/m/{id}.gguf").into(),
             model_bytes: 100,
+            kv_bytes: 0,
             backend: Backend::Cpu,
             device: 0,
             slots: 2,

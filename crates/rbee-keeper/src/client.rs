@@ -45,7 +45,7 @@ pub(crate) fn next_step(code: ErrorCode, node: &str) -> Option<String> {
             "a gated or private repository: accept its terms on huggingface.co, then give the hive a token (HF_TOKEN or HF_TOKEN_PATH in its environment on {n})"
         ),
         E::InsufficientRam | E::InsufficientVram => format!(
-            "stop an idle worker (rbee-keeper workers list --node {n}, then workers shutdown ID), or choose a smaller quantization"
+            "stop an idle worker (rbee-keeper workers list --node {n}, then workers shutdown ID), ask for fewer slots or a smaller context, or choose a smaller quantization"
         ),
         E::InsufficientDisk => format!(
             "free disk space on {n}, or remove a model: rbee-keeper models rm NAME --node {n}"

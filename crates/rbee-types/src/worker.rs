@@ -8,6 +8,16 @@ use serde::{Deserialize, Serialize};
 
 use crate::{ApiError, Backend, ModelRef};
 
+/// Context tokens per slot of a worker started without `--ctx-size`: the model's training
+/// context, at most this.
+pub const DEFAULT_CTX_CAP: u32 = 4096;
+
+/// The context per slot a worker takes: `asked`, else the model's training context
+/// `trained` capped at [`DEFAULT_CTX_CAP`] (and at least 16).
+pub fn ctx_per_slot(asked: Option<u32>, trained: u32) -> u32 {
+    asked.unwrap_or(trained.clamp(16, DEFAULT_CTX_CAP))
+}
+
 /// One chat message; the worker renders a list of them with the model's own chat template.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

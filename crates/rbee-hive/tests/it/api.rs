@@ -1,6 +1,7 @@
 //! The hive's API: bad input, auth, preflight codes, and `check-config`.
 
 use std::process::Command;
+use std::time::Duration;
 
 use rbee_test_support::http::{send, send_with};
 use serde_json::json;
@@ -530,4 +531,39 @@ fn rebound_host_names_and_cross_site_pages_are_refused() {
     );
     let r = send_with("DELETE", &url("/v1/models/nope"), &[], None);
     assert_eq!(r.error_code(), "MODEL_NOT_FOUND", "curl: {}", r.body);
+}
+
+#[test]
+fn the_kv_cache_of_many_slots_counts_against_the_ram_budget() {
+    let Some(model) = model() else { return };
+    // 1 GiB for workers: the 98 MB model with one slot's cache (4096 tokens, 94 MB) fits;
+    // with 64 slots the cache alone is 6 GB.
+    let Some((hive, _state)) = hive_with("[limits]\nram_bytes = 1073741824\n", None) else {
+        return;
+    };
+    let m = file_ref(&model);
+    let r = hive.post("/v1/workers/spawn", &json!({"model_ref": m, "slots": 64}));
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (507, "INSUFFICIENT_RAM"),
+        "{}",
+        r.body
+    );
+    let e = &r.json()["error"];
+    // SmolLM2-135M keeps 23040 bytes a token (30 layers, 3 KV heads of 64, F16).
+    assert_eq!(e["details"]["kv_cache_bytes"], 23_040u64 * 4096 * 64, "{e}");
+    let msg = e["message"].as_str().unwrap();
+    assert!(
+        msg.contains("of KV cache for 64 slots of 4096 tokens")
+            && msg.contains("fewer slots or a smaller ctx_size"),
+        "{msg}"
+    );
+    // With a smaller context per slot the same 64 slots fit.
+    let r = hive.post(
+        "/v1/workers/spawn",
+        &json!({"model_ref": m, "slots": 64, "ctx_size": 128}),
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    let id = r.json()["worker"]["id"].as_str().unwrap().to_owned();
+    hive.wait_state(&id, "idle", Duration::from_secs(60));
 }

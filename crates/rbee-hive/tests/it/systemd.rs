@@ -438,3 +438,37 @@ fn a_worker_that_stops_answering_is_marked_unhealthy_then_stopped() {
         .to_owned();
     assert!(exit.contains("missed 3 health checks"), "{}", r.body);
 }
+
+#[test]
+fn a_workers_memory_limit_leaves_room_for_the_kv_cache_of_its_slots() {
+    let Some((model, manager, state)) = setup() else {
+        return;
+    };
+    let hive = Hive::start(&Opts::systemd(&manager), &state.0);
+    // 32 slots of 4096 tokens: 3 GB of KV cache for a 98 MB model.
+    let r = hive.post(
+        "/v1/workers/spawn",
+        &json!({"model_ref": file_ref(&model), "slots": 32}),
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    let id = r.json()["worker"]["id"].as_str().unwrap().to_owned();
+    let w = hive.wait_state(&id, "idle", Duration::from_secs(120));
+    let unit = w["unit"].as_str().unwrap();
+    let (_, max) = manager.systemctl(&["show", "-p", "MemoryMax", "--value", unit]);
+    let max: u64 = max.trim().parse().expect("a byte count");
+    let pid = w["pid"].as_u64().expect("pid listed");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let peak_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .expect("VmHWM");
+    assert!(
+        peak_kib * 1024 > 2 << 30,
+        "the cache is really allocated: {peak_kib} KiB"
+    );
+    assert!(
+        max > peak_kib * 1024,
+        "MemoryMax={max} is below what the worker uses ({peak_kib} KiB): the kernel would kill it"
+    );
+}
