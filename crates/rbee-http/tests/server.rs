@@ -520,28 +520,65 @@ fn a_request_sent_a_byte_at_a_time_is_cut_off_but_an_idle_keep_alive_connection_
     assert_eq!(c.answer().text(), "POST /second bees");
 }
 
-/// A handler that holds `/hold` requests until `release` is set, and echoes the rest.
-fn holding(release: Arc<(Mutex<bool>, Condvar)>) -> impl Fn(Request) + Send + Sync + 'static {
+/// Requests held by [`holding`]: how many have entered the handler, and whether to let
+/// them go.
+#[derive(Default)]
+struct Gate {
+    state: Mutex<(usize, bool)>,
+    cv: Condvar,
+}
+
+impl Gate {
+    /// Waits until `n` requests have entered the handler (and so are no longer idle).
+    fn wait_held(&self, n: usize) {
+        let st = self.state.lock().unwrap();
+        let (st, timeout) = self
+            .cv
+            .wait_timeout_while(st, Duration::from_secs(20), |(held, _)| *held < n)
+            .unwrap();
+        assert!(!timeout.timed_out(), "only {} of {n} requests held", st.0);
+    }
+
+    fn release(&self) {
+        self.state.lock().unwrap().1 = true;
+        self.cv.notify_all();
+    }
+}
+
+/// A handler that holds `/hold` requests until the gate is released, and echoes the rest.
+fn holding(gate: Arc<Gate>) -> impl Fn(Request) + Send + Sync + 'static {
     move |request| {
         if request.url().starts_with("/hold") {
-            let (go, cv) = &*release;
-            let mut go = go.lock().unwrap();
-            while !*go {
-                go = cv.wait(go).unwrap();
+            let mut st = gate.state.lock().unwrap();
+            st.0 += 1;
+            gate.cv.notify_all();
+            while !st.1 {
+                st = gate.cv.wait(st).unwrap();
             }
         }
         echo(request);
     }
 }
 
-fn release(r: &(Mutex<bool>, Condvar)) {
-    *r.0.lock().unwrap() = true;
-    r.1.notify_all();
+impl Client {
+    /// True when the server closed this connection within 5 s (end of stream or a reset;
+    /// a timeout is not a close).
+    fn closed_by_server(&mut self) -> bool {
+        self.writer
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut b = [0u8; 1];
+        match self.reader.read(&mut b) {
+            Ok(0) => true,
+            Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+            Ok(_) => false,
+        }
+    }
 }
 
 #[test]
 fn a_full_server_closes_its_longest_idle_connection_for_a_new_one_but_never_a_busy_one() {
-    let gate = Arc::new((Mutex::new(false), Condvar::new()));
+    let gate = Arc::new(Gate::default());
     let limits = Limits {
         max_connections: 3,
         ..LIMITS
@@ -556,37 +593,35 @@ fn a_full_server_closes_its_longest_idle_connection_for_a_new_one_but_never_a_bu
     std::thread::sleep(Duration::from_millis(100));
     let mut busy = srv.connect();
     busy.send("GET /hold HTTP/1.1\r\n\r\n");
-    std::thread::sleep(Duration::from_millis(200));
+    gate.wait_held(1);
 
     // A fourth client is served; the connection idle the longest made room for it.
     let mut fourth = srv.connect();
     fourth.send("GET /fourth HTTP/1.1\r\n\r\n");
     assert_eq!(fourth.answer().text(), "GET /fourth ");
     assert!(
-        after_request.closed(),
+        after_request.closed_by_server(),
         "the longest-idle connection was closed"
     );
     // And the next: the silent one goes (the fourth has been idle a shorter time).
     let mut fifth = srv.connect();
     fifth.send("GET /fifth HTTP/1.1\r\n\r\n");
     assert_eq!(fifth.answer().text(), "GET /fifth ");
-    assert!(silent.closed());
+    assert!(silent.closed_by_server());
 
     // Every seat busy: a new connection gets 503 and the reason; nobody is cut off.
     fourth.send("GET /hold-4 HTTP/1.1\r\n\r\n");
     fifth.send("GET /hold-5 HTTP/1.1\r\n\r\n");
-    std::thread::sleep(Duration::from_millis(200));
+    gate.wait_held(3);
     let mut refused = srv.connect();
     let a = refused.answer();
     assert_eq!(a.status, 503, "{}", a.text());
     assert!(
-        a.text().contains("OVERLOADED")
-            && a.text()
-                .contains("3 open connections, all in the middle of a request"),
+        a.text().contains("OVERLOADED") && a.text().contains("3 open connections, none idle"),
         "{}",
         a.text()
     );
-    release(&gate);
+    gate.release();
     assert_eq!(busy.answer().text(), "GET /hold ");
     assert_eq!(fourth.answer().text(), "GET /hold-4 ");
     assert_eq!(fifth.answer().text(), "GET /hold-5 ");
@@ -594,7 +629,7 @@ fn a_full_server_closes_its_longest_idle_connection_for_a_new_one_but_never_a_bu
 
 #[test]
 fn one_address_holds_its_share_of_connections_and_others_are_still_served() {
-    let gate = Arc::new((Mutex::new(false), Condvar::new()));
+    let gate = Arc::new(Gate::default());
     let limits = Limits {
         max_connections_per_peer: 2,
         ..LIMITS
@@ -604,7 +639,7 @@ fn one_address_holds_its_share_of_connections_and_others_are_still_served() {
     for c in &mut held {
         c.send("GET /hold HTTP/1.1\r\n\r\n");
     }
-    std::thread::sleep(Duration::from_millis(200));
+    gate.wait_held(2);
     let a = srv.connect_from("127.0.0.2").answer();
     assert_eq!(a.status, 503, "{}", a.text());
     assert!(
@@ -623,13 +658,18 @@ fn one_address_holds_its_share_of_connections_and_others_are_still_served() {
         c.send("GET /other HTTP/1.1\r\n\r\n");
         assert_eq!(c.answer().text(), "GET /other ");
     }
-    release(&gate);
+    gate.release();
     for c in &mut held {
         assert_eq!(c.answer().text(), "GET /hold ");
     }
-    // The address's seats are given back as its connections end.
+    // The address's seats are given back as its connections end (their threads notice
+    // the close in their own time).
     drop(held);
-    std::thread::sleep(Duration::from_millis(200));
+    let until = Instant::now() + Duration::from_secs(10);
+    while srv.server.connections() > 0 {
+        assert!(Instant::now() < until, "connections not counted out");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let mut again = srv.connect_from("127.0.0.2");
     again.send("GET /again HTTP/1.1\r\n\r\n");
     assert_eq!(again.answer().text(), "GET /again ");

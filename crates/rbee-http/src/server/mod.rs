@@ -119,6 +119,11 @@ impl Server {
         self.addr
     }
 
+    /// Connections open now (one closed to make room counts until its thread ends).
+    pub fn connections(&self) -> usize {
+        self.pool.open()
+    }
+
     /// Requests being handled now.
     pub fn in_flight(&self) -> usize {
         self.counts.in_flight.load(Ordering::Acquire)
@@ -197,10 +202,14 @@ fn refuse(stream: TcpStream, who: &str, why: pool::Refused) {
     let message = match why {
         pool::Refused::Full { max } => {
             tracing::warn!(max, "all connections busy with requests; refusing one");
-            format!("the {who} has {max} open connections, all in the middle of a request; retry shortly")
+            format!("the {who} has {max} open connections, none idle; retry shortly")
         }
         pool::Refused::PeerFull { peer, max } => {
-            tracing::warn!(%peer, max, "too many connections from one address; refusing one");
+            tracing::warn!(
+                peer,
+                max,
+                "too many connections from one address; refusing one"
+            );
             format!("the {who} has {max} open connections from {peer}, the most one address may hold; close some or retry shortly")
         }
     };
@@ -232,11 +241,13 @@ fn connection(
     loop {
         // Between requests only the idle timeout applies (and a full server may close the
         // connection); from a request's first byte on, the request timeout too.
-        seat.idle(&conn.reader.get_ref().stream);
-        if !next_request_begins(&mut conn.reader) {
+        // (A pipelined request already read is not waited for: never idle.)
+        if conn.reader.buffer().is_empty() {
+            seat.idle(&conn.reader.get_ref().stream);
+        }
+        if !next_request_begins(&mut conn.reader) || !seat.busy() {
             return;
         }
-        seat.busy();
         let deadline = Instant::now() + limits.request_timeout;
         conn.reader.get_mut().set_deadline(Some(deadline));
         let head = match head::read(&mut conn.reader) {

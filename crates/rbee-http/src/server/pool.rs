@@ -7,12 +7,17 @@
 //! make room, and one address holds at most [`Limits::max_connections_per_peer`] (a client
 //! trickling requests to keep its connections busy needs many addresses to fill the server).
 //! 127.0.0.1 and ::1 are not counted per address: a local reverse proxy, the keeper's SSH
-//! tunnel and the hive's own proxy to its workers all connect from there.
+//! tunnel and the hive's own proxy to its workers (with the default `worker_host`) all
+//! connect from there. IPv6 clients count per /64, the block one host usually gets.
+//!
+//! Closing idle connections is bounded: while an eighth of the seats belong to connections
+//! closed but not yet ended, new ones are refused, so a flood of connections cannot grow
+//! the threads beyond the limit by evicting each other.
 //!
 //! [`Limits::max_connections`]: super::Limits::max_connections
 //! [`Limits::max_connections_per_peer`]: super::Limits::max_connections_per_peer
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, TcpStream};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -31,17 +36,20 @@ struct State {
     by_peer: HashMap<IpAddr, usize>,
     /// The idle connections, the longest idle first.
     idle: BTreeMap<u64, Arc<TcpStream>>,
+    /// Connections closed to make room whose threads have not ended yet (their idle keys).
+    closing: HashSet<u64>,
     /// Key of the next connection to become idle.
     next_idle: u64,
 }
 
 /// Why a connection was not seated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Refused {
-    /// Every seat is taken by a connection in the middle of a request.
+    /// Every seat is taken by a connection in the middle of a request, or by one closed
+    /// to make room that has not ended yet.
     Full { max: usize },
-    /// The client's address holds its share already.
-    PeerFull { peer: IpAddr, max: usize },
+    /// The client's address (or IPv6 /64) holds its share already.
+    PeerFull { peer: String, max: usize },
 }
 
 /// A connection's seat; given back when dropped.
@@ -68,30 +76,33 @@ impl Pool {
     }
 
     /// Connections open now.
-    #[cfg(test)]
-    fn open(&self) -> usize {
+    pub(crate) fn open(&self) -> usize {
         self.lock().open
     }
 
     /// Seats a new connection from `peer`: closes the longest-idle connection when the
     /// server is full, refuses when none is idle or `peer` holds its share.
     pub(crate) fn seat(self: &Arc<Self>, peer: IpAddr) -> Result<Seat, Refused> {
-        let counted = (!is_local_proxy(peer)).then_some(peer);
+        let counted = peer_key(peer);
         let mut st = self.lock();
         if let Some(p) = counted {
             if st.by_peer.get(&p).copied().unwrap_or(0) >= self.per_peer {
                 return Err(Refused::PeerFull {
-                    peer: p,
+                    peer: describe(p),
                     max: self.per_peer,
                 });
             }
         }
         if st.open >= self.max {
-            let Some((_, oldest)) = st.idle.pop_first() else {
+            if st.closing.len() >= self.max.div_ceil(8) {
+                return Err(Refused::Full { max: self.max });
+            }
+            let Some((key, oldest)) = st.idle.pop_first() else {
                 return Err(Refused::Full { max: self.max });
             };
             // Its thread sees the end of the stream and gives the seat back.
             let _ = oldest.shutdown(Shutdown::Both);
+            st.closing.insert(key);
             tracing::debug!(
                 open = st.open,
                 "server full: closed the longest-idle connection"
@@ -122,11 +133,20 @@ impl Seat {
         self.idle = Some(k);
     }
 
-    /// A request has begun: the connection is no longer idle.
-    pub(crate) fn busy(&mut self) {
-        if let Some(k) = self.idle.take() {
-            self.pool.lock().idle.remove(&k);
+    /// A request has begun: the connection is no longer idle. False when it was closed
+    /// to make room first: then the request must not be handled (nobody would get the
+    /// answer).
+    pub(crate) fn busy(&mut self) -> bool {
+        let Some(k) = self.idle else {
+            return true;
+        };
+        let mut st = self.pool.lock();
+        if st.closing.contains(&k) {
+            return false; // the key stays: the drop counts the connection out
         }
+        st.idle.remove(&k);
+        self.idle = None;
+        true
     }
 }
 
@@ -135,6 +155,7 @@ impl Drop for Seat {
         let mut st = self.pool.lock();
         if let Some(k) = self.idle.take() {
             st.idle.remove(&k);
+            st.closing.remove(&k);
         }
         st.open -= 1;
         if let Some(p) = self.counted {
@@ -148,13 +169,27 @@ impl Drop for Seat {
     }
 }
 
-/// The addresses a local proxy's connections come from (as themselves or IPv4-mapped).
-fn is_local_proxy(peer: IpAddr) -> bool {
+/// What a client's connections are counted under: its IPv4 address (also when mapped
+/// into IPv6) or its IPv6 /64; none for 127.0.0.1 and ::1, where local proxies connect from.
+fn peer_key(peer: IpAddr) -> Option<IpAddr> {
     match peer {
-        IpAddr::V4(a) => a == Ipv4Addr::LOCALHOST,
-        IpAddr::V6(a) => {
-            a == Ipv6Addr::LOCALHOST || a.to_ipv4_mapped() == Some(Ipv4Addr::LOCALHOST)
-        }
+        IpAddr::V6(a) => match a.to_ipv4_mapped() {
+            Some(v4) => peer_key(IpAddr::V4(v4)),
+            None if a == Ipv6Addr::LOCALHOST => None,
+            None => Some(IpAddr::V6(Ipv6Addr::from(
+                u128::from(a) & (u128::MAX << 64),
+            ))),
+        },
+        IpAddr::V4(a) if a == Ipv4Addr::LOCALHOST => None,
+        IpAddr::V4(a) => Some(IpAddr::V4(a)),
+    }
+}
+
+/// A counted key as messages name it.
+fn describe(key: IpAddr) -> String {
+    match key {
+        IpAddr::V4(a) => a.to_string(),
+        IpAddr::V6(a) => format!("{a}/64"),
     }
 }
 
@@ -211,7 +246,7 @@ mod tests {
         assert_eq!(
             pool.seat(ip("192.0.2.7")).err(),
             Some(Refused::PeerFull {
-                peer: ip("192.0.2.7"),
+                peer: "192.0.2.7".into(),
                 max: 2
             })
         );
@@ -231,5 +266,50 @@ mod tests {
         drop(other_loopback);
         drop(seats);
         assert!(pool.seat(ip("192.0.2.7")).is_ok(), "seats given back");
+        // IPv6: one /64 is one client.
+        let v6: Vec<Seat> = ["2001:db8:1:2::5", "2001:db8:1:2:ffff::9"]
+            .iter()
+            .map(|a| pool.seat(ip(a)).unwrap())
+            .collect();
+        assert_eq!(
+            pool.seat(ip("2001:db8:1:2::77")).err(),
+            Some(Refused::PeerFull {
+                peer: "2001:db8:1:2::/64".into(),
+                max: 2
+            })
+        );
+        assert!(pool.seat(ip("2001:db8:1:3::5")).is_ok(), "another /64");
+        drop(v6);
+    }
+
+    #[test]
+    fn a_connection_closed_as_its_request_began_is_not_served_and_closing_is_bounded() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        // 8 seats: at most one may be closing at a time.
+        let pool = Arc::new(Pool::new(8, 100));
+        let mut clients = Vec::new();
+        let mut seats: Vec<Seat> = (0..8)
+            .map(|i| {
+                let (s, c) = pair(&l);
+                clients.push(c);
+                let mut seat = pool.seat(ip(&format!("10.0.0.{i}"))).unwrap();
+                seat.idle(&s);
+                seat
+            })
+            .collect();
+        // The newcomer closes seat 0, whose request had just begun: it must not be handled.
+        let _new = pool.seat(ip("10.0.1.1")).unwrap();
+        assert!(!seats[0].busy(), "closed to make room");
+        assert!(seats[1].busy(), "still seated");
+        // Seat 0's thread has not ended: no second connection is closed meanwhile.
+        assert_eq!(
+            pool.seat(ip("10.0.1.2")).err(),
+            Some(Refused::Full { max: 8 })
+        );
+        seats.remove(0);
+        assert!(
+            pool.seat(ip("10.0.1.3")).is_ok(),
+            "closing again once it ended"
+        );
     }
 }
