@@ -360,7 +360,10 @@ impl Engine {
         }
         let picker = Picker::new(
             &job.sampling,
-            self.prepared().map_or(0, |p| p.model.n_vocab()),
+            self.prepared()
+                .expect("loaded before serving")
+                .model
+                .n_vocab(),
         );
         let output = OutputText::new(job.stop.clone());
         active.push(Slot {

@@ -86,8 +86,8 @@ fn first_max(logits: &[f32]) -> usize {
         None => 0,
         Some(l0) if l0.is_nan() => 0,
         Some(_) => {
-            // Two passes the compiler vectorises: the largest value (`f32::max` skips
-            // NaN), then where it first occurs.
+            // Two plain passes over the slice: the largest value (`f32::max` skips NaN),
+            // then where it first occurs.
             let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             logits.iter().position(|&l| l == max).unwrap_or(0)
         }

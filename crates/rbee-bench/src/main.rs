@@ -450,7 +450,7 @@ impl Ratios {
             self.decode
         );
         println!(
-            "- worker TTFT - bare prefill = {:+.1} ms (target <= +5 ms; median of the {TTFT_SAMPLES} pairs a round)",
+            "- worker TTFT - bare prefill = {:+.1} ms (target <= +5 ms; median over every pair, {TTFT_SAMPLES} a round)",
             self.ttft_delta_ms
         );
         if let Some(d) = self.server_ttft_delta_ms {
@@ -492,17 +492,22 @@ impl PrefillTimer {
             .context("starting rbee-bench prefill")?;
         let requests = child.stdin.take().context("prefill stdin")?;
         let replies = std::io::BufReader::new(child.stdout.take().context("prefill stdout")?);
-        Ok(PrefillTimer {
+        let mut timer = PrefillTimer {
             child,
             requests,
             replies,
-        })
+        };
+        // Loaded and warm before the first round measures anything.
+        timer
+            .time()
+            .context("the first prefill of rbee-bench prefill")?;
+        Ok(timer)
     }
 
     /// Milliseconds of one prefill and first-token sample.
     fn time(&mut self) -> anyhow::Result<f64> {
         use std::io::{BufRead, Write};
-        writeln!(self.requests)?;
+        writeln!(self.requests).context("rbee-bench prefill has ended")?;
         let mut line = String::new();
         self.replies.read_line(&mut line)?;
         line.trim()
