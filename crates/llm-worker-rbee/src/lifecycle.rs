@@ -126,6 +126,7 @@ fn run_inner(args: Args) -> anyhow::Result<i32> {
         api_key.clone(),
         base_url.clone(),
         args.max_body_bytes,
+        server.connections(),
     ));
     shared.update_load(|l| l.layers_total = header.layers().unwrap_or(0));
     let engine = Engine::new();

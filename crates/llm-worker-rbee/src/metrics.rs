@@ -1,6 +1,6 @@
 //! The worker's Prometheus metrics, served at `GET /metrics`: requests by route and status,
 //! prompt and generated tokens, prompt-cache reuse, time to first token and generation
-//! time, slots, and build information.
+//! time, slots, HTTP connections, and build information.
 
 use rbee_metrics::{Counter, Exposition, Family, Histogram, LATENCY_BUCKETS};
 use rbee_types::worker::DoneEvent;
@@ -15,6 +15,8 @@ pub(crate) struct Gauges<'a> {
     pub slots_busy: u32,
     /// All slots.
     pub slots_total: u32,
+    /// The HTTP server's connections.
+    pub connections: rbee_http::ConnectionStats,
 }
 
 /// What the worker counts. Counters only go up for the life of the process.
@@ -106,6 +108,7 @@ impl Metrics {
                 (&[("state", "idle")], f64::from(total.saturating_sub(busy))),
             ],
         );
+        now.connections.write(&mut e);
         e.finish()
     }
 }

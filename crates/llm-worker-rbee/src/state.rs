@@ -128,6 +128,8 @@ pub(crate) struct Shared {
     pub base_url: String,
     /// Largest request body accepted.
     pub max_body_bytes: usize,
+    /// The HTTP server's connection counts (for metrics).
+    connections: rbee_http::Connections,
     /// When the process started.
     pub started: Instant,
     next_request: AtomicU64,
@@ -142,6 +144,7 @@ impl Shared {
             tokens_generated: self.tokens_generated.load(Ordering::Relaxed),
             slots_busy: self.slots.busy(),
             slots_total: self.slots.total(),
+            connections: self.connections.stats(),
         })
     }
 
@@ -151,6 +154,7 @@ impl Shared {
         api_key: Option<String>,
         base_url: String,
         max_body_bytes: usize,
+        connections: rbee_http::Connections,
     ) -> Self {
         let slots = Slots::new(info.slots);
         Self {
@@ -169,6 +173,7 @@ impl Shared {
             api_key,
             base_url,
             max_body_bytes,
+            connections,
             started: Instant::now(),
             next_request: AtomicU64::new(1),
         }

@@ -133,6 +133,7 @@ fn run_inner(config: Config) -> anyhow::Result<()> {
         Arc::new(models),
     ));
     let _ = hive.me.set(Arc::downgrade(&hive));
+    let _ = hive.connections.set(server.connections());
     {
         let me = Arc::downgrade(&hive);
         hive.binaries

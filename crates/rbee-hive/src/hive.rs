@@ -101,6 +101,8 @@ pub(crate) struct Hive {
     spawn_lock: Mutex<()>,
     /// A handle to itself, for work that outlives a request (spawning after a download).
     pub me: std::sync::OnceLock<std::sync::Weak<Hive>>,
+    /// The API server's connection counts (for metrics), once it listens.
+    pub connections: std::sync::OnceLock<rbee_http::Connections>,
 }
 
 fn spawn_failed(msg: String) -> ApiError {
@@ -142,6 +144,7 @@ impl Hive {
             draining: AtomicBool::new(false),
             spawn_lock: Mutex::new(()),
             me: std::sync::OnceLock::new(),
+            connections: std::sync::OnceLock::new(),
         }
     }
 

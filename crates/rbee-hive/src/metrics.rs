@@ -152,6 +152,7 @@ impl Metrics {
             "Workers that finished loading their model (success) or ended while loading (failure).",
             &self.model_loads,
         );
+        now.connections.write(&mut e);
         e.finish()
     }
 }
@@ -166,6 +167,8 @@ pub(crate) struct Gauges {
     pub workers: Vec<WorkerUse>,
     /// Bytes downloaded from the hub since the hive started.
     pub downloaded_bytes: u64,
+    /// The API server's connections.
+    pub connections: rbee_http::ConnectionStats,
 }
 
 /// One worker: its state and what it uses.

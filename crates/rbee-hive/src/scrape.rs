@@ -27,6 +27,11 @@ pub(crate) fn scrape(hive: &Hive) -> String {
         queue_depths: hive.queues.depths(),
         workers,
         downloaded_bytes: hive.models.downloaded_bytes(),
+        connections: hive
+            .connections
+            .get()
+            .map(rbee_http::Connections::stats)
+            .unwrap_or_default(),
     })
 }
 

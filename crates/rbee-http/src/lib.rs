@@ -14,7 +14,10 @@ pub mod logging;
 pub mod server;
 pub mod sse;
 
-pub use server::{Header, Limits, Method, Outcome, Request, Response, Server, Stream};
+pub use server::{
+    ConnectionStats, Connections, Header, Limits, Method, Outcome, Request, Response, Server,
+    Stream,
+};
 pub use sse::SseWriter;
 
 /// Reads the body, at most `limit` bytes, as UTF-8.

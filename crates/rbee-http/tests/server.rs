@@ -625,6 +625,17 @@ fn a_full_server_closes_its_longest_idle_connection_for_a_new_one_but_never_a_bu
     assert_eq!(busy.answer().text(), "GET /hold ");
     assert_eq!(fourth.answer().text(), "GET /hold-4 ");
     assert_eq!(fifth.answer().text(), "GET /hold-5 ");
+    // What the metrics show.
+    let stats = srv.server.connections().stats();
+    assert_eq!(
+        (
+            stats.closed_idle,
+            stats.refused_busy,
+            stats.refused_per_address
+        ),
+        (2, 1, 0),
+        "{stats:?}"
+    );
 }
 
 #[test]
@@ -648,6 +659,7 @@ fn one_address_holds_its_share_of_connections_and_others_are_still_served() {
         "{}",
         a.text()
     );
+    assert_eq!(srv.server.connections().stats().refused_per_address, 1);
     // Another address, and 127.0.0.1 (where local proxies connect from, not counted).
     for mut c in [
         srv.connect_from("127.0.0.3"),
@@ -666,7 +678,7 @@ fn one_address_holds_its_share_of_connections_and_others_are_still_served() {
     // the close in their own time).
     drop(held);
     let until = Instant::now() + Duration::from_secs(10);
-    while srv.server.connections() > 0 {
+    while srv.server.connections().stats().open > 0 {
         assert!(Instant::now() < until, "connections not counted out");
         std::thread::sleep(Duration::from_millis(20));
     }

@@ -40,6 +40,15 @@ fn metrics_pass_promtool_and_count_what_was_served() {
         0.0
     );
     assert_eq!(value(&before, r#"rbee_slots{state="idle"}"#), 2.0);
+    // The scrape's own connection is open; nothing was refused or closed to make room.
+    assert!(value(&before, "rbee_http_connections") >= 1.0, "{before}");
+    for series in [
+        r#"rbee_http_connections_refused_total{reason="busy"}"#,
+        r#"rbee_http_connections_refused_total{reason="per_address"}"#,
+        "rbee_http_connections_closed_idle_total",
+    ] {
+        assert_eq!(value(&before, series), 0.0, "{series}");
+    }
     assert!(before.contains("rbee_build_info{component=\"llm-worker-rbee\""));
 
     // One streamed and one whole answer on rbee's route, one OpenAI chat completion.

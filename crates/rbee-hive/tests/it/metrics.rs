@@ -63,6 +63,18 @@ fn hive_metrics_pass_promtool_and_count_the_front_door() {
     checked.unwrap_or_else(|report| panic!("promtool: {report}\n{before}"));
     assert_eq!(value(&before, "rbee_workers", &[("state", "idle")]), 0.0);
     assert!(before.contains("rbee_build_info{component=\"rbee-hive\""));
+    assert!(
+        value(&before, "rbee_http_connections", &[]) >= 1.0,
+        "{before}"
+    );
+    assert_eq!(
+        value(
+            &before,
+            "rbee_http_connections_refused_total",
+            &[("reason", "busy")]
+        ),
+        0.0
+    );
 
     // One whole and one streamed answer through the front door; the first loads the model.
     let name = file_ref(&model);

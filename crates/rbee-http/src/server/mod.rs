@@ -119,9 +119,9 @@ impl Server {
         self.addr
     }
 
-    /// Connections open now (one closed to make room counts until its thread ends).
-    pub fn connections(&self) -> usize {
-        self.pool.open()
+    /// A handle on the server's connection counts, for metrics.
+    pub fn connections(&self) -> Connections {
+        Connections(Arc::clone(&self.pool))
     }
 
     /// Requests being handled now.
@@ -177,6 +177,55 @@ impl Server {
         unsafe {
             libc::shutdown(self.listener.as_raw_fd(), libc::SHUT_RDWR);
         }
+    }
+}
+
+/// A server's connection counts, readable from anywhere (the metrics handler).
+#[derive(Clone)]
+pub struct Connections(Arc<pool::Pool>);
+
+impl Connections {
+    /// The counts now.
+    pub fn stats(&self) -> ConnectionStats {
+        self.0.stats()
+    }
+}
+
+/// How a server's connections have fared.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConnectionStats {
+    /// Open now (one closed to make room counts until its thread ends).
+    pub open: usize,
+    /// Refused since the start because every seat was busy.
+    pub refused_busy: u64,
+    /// Refused since the start because their address held its share.
+    pub refused_per_address: u64,
+    /// Idle connections closed since the start to seat new ones.
+    pub closed_idle: u64,
+}
+
+impl ConnectionStats {
+    /// Writes `rbee_http_connections`, `rbee_http_connections_refused_total{reason}` and
+    /// `rbee_http_connections_closed_idle_total`.
+    pub fn write(&self, e: &mut rbee_metrics::Exposition) {
+        e.gauge(
+            "rbee_http_connections",
+            "Open HTTP connections.",
+            &[(&[] as &[(&str, &str)], self.open as f64)],
+        );
+        e.counter_samples(
+            "rbee_http_connections_refused_total",
+            "HTTP connections answered 503 and closed: every connection busy, or the client's address holding its share.",
+            &[
+                (&[("reason", "busy")], self.refused_busy as f64),
+                (&[("reason", "per_address")], self.refused_per_address as f64),
+            ],
+        );
+        e.counter(
+            "rbee_http_connections_closed_idle_total",
+            "Idle HTTP connections closed to make room for new ones.",
+            self.closed_idle,
+        );
     }
 }
 

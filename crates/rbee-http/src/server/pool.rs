@@ -38,6 +38,11 @@ struct State {
     idle: BTreeMap<u64, Arc<TcpStream>>,
     /// Connections closed to make room whose threads have not ended yet (their idle keys).
     closing: HashSet<u64>,
+    /// Since the server started: connections refused with every seat busy, refused for
+    /// their address's share, and idle ones closed to make room.
+    refused_busy: u64,
+    refused_per_address: u64,
+    closed_idle: u64,
     /// Key of the next connection to become idle.
     next_idle: u64,
 }
@@ -75,9 +80,15 @@ impl Pool {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Connections open now.
-    pub(crate) fn open(&self) -> usize {
-        self.lock().open
+    /// The counts for metrics.
+    pub(crate) fn stats(&self) -> super::ConnectionStats {
+        let st = self.lock();
+        super::ConnectionStats {
+            open: st.open,
+            refused_busy: st.refused_busy,
+            refused_per_address: st.refused_per_address,
+            closed_idle: st.closed_idle,
+        }
     }
 
     /// Seats a new connection from `peer`: closes the longest-idle connection when the
@@ -87,6 +98,7 @@ impl Pool {
         let mut st = self.lock();
         if let Some(p) = counted {
             if st.by_peer.get(&p).copied().unwrap_or(0) >= self.per_peer {
+                st.refused_per_address += 1;
                 return Err(Refused::PeerFull {
                     peer: describe(p),
                     max: self.per_peer,
@@ -94,15 +106,19 @@ impl Pool {
             }
         }
         if st.open >= self.max {
-            if st.closing.len() >= self.max.div_ceil(8) {
-                return Err(Refused::Full { max: self.max });
-            }
-            let Some((key, oldest)) = st.idle.pop_first() else {
+            let oldest = if st.closing.len() < self.max.div_ceil(8) {
+                st.idle.pop_first()
+            } else {
+                None
+            };
+            let Some((key, oldest)) = oldest else {
+                st.refused_busy += 1;
                 return Err(Refused::Full { max: self.max });
             };
             // Its thread sees the end of the stream and gives the seat back.
             let _ = oldest.shutdown(Shutdown::Both);
             st.closing.insert(key);
+            st.closed_idle += 1;
             tracing::debug!(
                 open = st.open,
                 "server full: closed the longest-idle connection"
@@ -225,7 +241,7 @@ mod tests {
         // a's socket was shut down: its client reads the end of the stream.
         let mut buf = [0u8; 1];
         assert_eq!(std::io::Read::read(&mut c1, &mut buf).unwrap(), 0);
-        assert_eq!(pool.open(), 3, "a counts until its thread ends");
+        assert_eq!(pool.stats().open, 3, "a counts until its thread ends");
         drop(a);
         b.busy();
         assert_eq!(
@@ -234,7 +250,15 @@ mod tests {
             "b and c are busy"
         );
         drop((b, c));
-        assert_eq!(pool.open(), 0);
+        assert_eq!(
+            pool.stats(),
+            super::super::ConnectionStats {
+                open: 0,
+                refused_busy: 1,
+                refused_per_address: 0,
+                closed_idle: 1
+            }
+        );
     }
 
     #[test]
