@@ -110,7 +110,8 @@ pub struct Args {
 
     /// Context (prompt + answer) tokens per slot. Default: the model's training context,
     /// capped at 4096.
-    #[arg(long, value_name = "TOKENS", value_parser = clap::value_parser!(u32).range(16..))]
+    #[arg(long, value_name = "TOKENS", value_parser = clap::value_parser!(u32)
+        .range(16..=i64::from(rbee_types::worker::MAX_CTX_PER_SLOT)))]
     pub ctx_size: Option<u32>,
 
     /// Clear a slot's KV cache after every request instead of keeping it for the next

@@ -163,16 +163,41 @@ impl GgufHeader {
     /// Bytes of KV cache one token of context takes in llama.cpp's default cache (keys and
     /// values in F16 in every layer): layers × KV heads × (key + value length) × 2. The
     /// head lengths default to `embedding_length / head_count`, the KV heads to the heads;
-    /// a per-layer head count (an array) counts as `head_count` in every layer, so for
-    /// such models and those whose some layers attend to a window only it is an upper
-    /// bound. None when the header lacks the sizes.
+    /// MLA models (`attention.key_length_mla`) keep keys only. None when the header does
+    /// not say: head counts per layer (an array, whose contents are not read) or layers
+    /// without attention mixed in (`ssm.*`, `shortconv.*`, `full_attention_interval`,
+    /// `attention.recurrent_layers`); a purely recurrent model (no heads) needs 0.
     pub fn kv_bytes_per_token(&self) -> Option<u64> {
+        let arch = self.architecture()?;
+        let hybrid = self.metadata.keys().any(|k| {
+            k.strip_prefix(arch)
+                .and_then(|k| k.strip_prefix('.'))
+                .is_some_and(|k| {
+                    k.starts_with("ssm.")
+                        || k.starts_with("shortconv.")
+                        || k == "full_attention_interval"
+                        || k == "attention.recurrent_layers"
+                })
+        });
+        if hybrid {
+            return None;
+        }
         let layers = self.layers()?;
         let heads = self.arch_u64("attention.head_count")?;
-        let kv_heads = self.arch_u64("attention.head_count_kv").unwrap_or(heads);
+        let kv_heads = match self
+            .metadata
+            .get(&format!("{arch}.attention.head_count_kv"))
+        {
+            None => heads,
+            Some(v) => v.as_u64()?,
+        };
         let per_head = || Some(self.arch_u64("embedding_length")? / heads.max(1));
         let key = self.arch_u64("attention.key_length").or_else(per_head)?;
-        let value = self.arch_u64("attention.value_length").unwrap_or(key);
+        let value = if self.arch_u64("attention.key_length_mla").is_some() {
+            0
+        } else {
+            self.arch_u64("attention.value_length").unwrap_or(key)
+        };
         Some(
             layers
                 .saturating_mul(kv_heads)

@@ -121,7 +121,7 @@ fn kv_bytes_per_token_follows_the_attention_shape() {
         .concat(),
     );
     assert_eq!(explicit.kv_bytes_per_token(), Some(30 * (192 + 128) * 2));
-    // A per-layer array of KV heads: head_count in every layer (an upper bound).
+    // A per-layer array of KV heads (hybrid models mark recurrent layers with 0): unknown.
     let per_layer = header(
         &[
             &base[..],
@@ -135,8 +135,33 @@ fn kv_bytes_per_token_follows_the_attention_shape() {
         ]
         .concat(),
     );
-    assert_eq!(per_layer.kv_bytes_per_token(), Some(30 * 9 * 128 * 2));
-    // No head count, no estimate.
+    assert_eq!(per_layer.kv_bytes_per_token(), None);
+    // Layers without attention mixed in: unknown.
+    for hybrid_key in [
+        "ssm.conv_kernel",
+        "shortconv.l_cache",
+        "full_attention_interval",
+    ] {
+        let h = header(&[&base[..], &[(hybrid_key, U64(4))]].concat());
+        assert_eq!(h.kv_bytes_per_token(), None, "{hybrid_key}");
+    }
+    // MLA (DeepSeek): one compressed head of 576, keys only.
+    let mla = header(
+        &[
+            &base[..],
+            &[
+                ("attention.head_count_kv", U64(1)),
+                ("attention.key_length", U64(576)),
+                ("attention.value_length", U64(512)),
+                ("attention.key_length_mla", U64(192)),
+            ],
+        ]
+        .concat(),
+    );
+    assert_eq!(mla.kv_bytes_per_token(), Some(30 * 576 * 2));
+    // A recurrent model has no heads and no cache; no head count at all: unknown.
+    let recurrent = header(&[&base[..2], &[("attention.head_count", U64(0))]].concat());
+    assert_eq!(recurrent.kv_bytes_per_token(), Some(0));
     assert_eq!(header(&base[..2]).kv_bytes_per_token(), None);
 }
 

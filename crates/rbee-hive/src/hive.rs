@@ -60,10 +60,11 @@ fn check_sizes(req: &SpawnRequest) -> Result<u32, ApiError> {
         )
         .detail("field", "slots"));
     }
-    if let Some(c) = req.ctx_size.filter(|&c| c < 16) {
+    let max_ctx = rbee_types::worker::MAX_CTX_PER_SLOT;
+    if let Some(c) = req.ctx_size.filter(|c| !(16..=max_ctx).contains(c)) {
         return Err(ApiError::new(
             ErrorCode::InvalidRequest,
-            format!("ctx_size must be at least 16, not {c}"),
+            format!("ctx_size must be between 16 and {max_ctx} tokens per slot, not {c}"),
         )
         .detail("field", "ctx_size"));
     }

@@ -36,8 +36,10 @@ pub(crate) fn worker_memory(model_bytes: u64, kv_bytes: u64) -> u64 {
 /// SmolLM2-135M: 6 GiB for a 98 MB file).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct KvCache {
-    /// Bytes (0 when the model's header does not give its attention shape).
+    /// Bytes (0 when unknown).
     pub bytes: u64,
+    /// Whether the model's header gave the size (not for hybrid recurrent models).
+    pub known: bool,
     /// Slots.
     pub slots: u32,
     /// Context tokens per slot.
@@ -58,13 +60,12 @@ impl KvCache {
                 u32::try_from(c).unwrap_or(u32::MAX)
             });
         let ctx_per_slot = rbee_types::worker::ctx_per_slot(asked_ctx, trained);
-        // llama.cpp rounds the cells of the whole cache up to a multiple of 256.
-        let cells = (u64::from(ctx_per_slot) * u64::from(slots)).div_ceil(256) * 256;
+        // A cache per slot, each rounded up to a multiple of 256 cells by llama.cpp.
+        let cells = u64::from(ctx_per_slot).div_ceil(256) * 256 * u64::from(slots);
+        let per_token = header.kv_bytes_per_token();
         KvCache {
-            bytes: header
-                .kv_bytes_per_token()
-                .unwrap_or(0)
-                .saturating_mul(cells),
+            bytes: per_token.unwrap_or(0).saturating_mul(cells),
+            known: per_token.is_some(),
             slots,
             ctx_per_slot,
         }
@@ -72,6 +73,13 @@ impl KvCache {
 
     /// How the need is made up, for messages.
     fn explain(&self, model_bytes: u64) -> String {
+        if !self.known {
+            return format!(
+                "the file's {} × {MODEL_OVERHEAD}; the KV cache is not counted: the model's \
+                 header does not give its size",
+                gib(model_bytes)
+            );
+        }
         format!(
             "the file's {} × {MODEL_OVERHEAD} plus {} of KV cache for {} slot{} of {} tokens",
             gib(model_bytes),
@@ -380,6 +388,7 @@ mod tests {
         // 1 GiB of model fits 8 GiB of RAM; with 7 GiB of KV cache it does not.
         let big_kv = KvCache {
             bytes: 7 << 30,
+            known: true,
             slots: 64,
             ctx_per_slot: 4096,
         };
@@ -403,6 +412,25 @@ mod tests {
             m.contains("7.00 GiB of KV cache for 64 slots of 4096 tokens")
                 && m.contains("fewer slots or a smaller ctx_size"),
             "{m}"
+        );
+        // A cache the header does not size is not counted, and the message says so.
+        let e = check(
+            &Need {
+                kv: KvCache {
+                    bytes: 0,
+                    known: false,
+                    ..big_kv
+                },
+                ..need(Backend::Cpu, 0, 7 << 30)
+            },
+            &snap(false),
+            &Limits::default(),
+        )
+        .unwrap_err();
+        assert!(
+            e.error.message.contains("the KV cache is not counted"),
+            "{}",
+            e.error.message
         );
         // On a GPU the cache is in VRAM: 2 GiB of model and 2 GiB of cache exceed 4 GiB.
         let e = check(
@@ -451,9 +479,12 @@ mod tests {
             2048
         );
         assert_eq!(KvCache::estimate(&header(None), 1, None).ctx_per_slot, 4096);
-        // An asked size wins; cells come in blocks of 256.
+        // An asked size wins; each slot's cells come in blocks of 256.
         let kv = KvCache::estimate(&header(Some(8192)), 3, Some(100));
-        assert_eq!((kv.ctx_per_slot, kv.bytes), (100, per_token * 512));
+        assert_eq!((kv.ctx_per_slot, kv.bytes), (100, per_token * 3 * 256));
+        let kv = KvCache::estimate(&header(Some(8192)), 64, Some(300));
+        assert_eq!(kv.bytes, per_token * 64 * 512);
+        assert!(kv.known);
     }
 
     #[test]

@@ -12,6 +12,10 @@ use crate::{ApiError, Backend, ModelRef};
 /// context, at most this.
 pub const DEFAULT_CTX_CAP: u32 = 4096;
 
+/// The largest context per slot a worker takes (64 slots of it still fit the 32-bit
+/// context size llama.cpp is given).
+pub const MAX_CTX_PER_SLOT: u32 = 1 << 20;
+
 /// The context per slot a worker takes: `asked`, else the model's training context
 /// `trained` capped at [`DEFAULT_CTX_CAP`] (and at least 16).
 pub fn ctx_per_slot(asked: Option<u32>, trained: u32) -> u32 {

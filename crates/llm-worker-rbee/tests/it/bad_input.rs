@@ -107,6 +107,20 @@ fn unavailable_backend_is_refused() {
 }
 
 #[test]
+fn a_context_beyond_a_million_tokens_per_slot_is_refused_before_loading() {
+    let out = Command::new(WORKER_BIN)
+        .args(["--model", "/nonexistent.gguf", "--ctx-size", "2000000"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--ctx-size") && stderr.contains("1048576"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn help_explains_every_option() {
     let out = Command::new(WORKER_BIN).arg("--help").output().unwrap();
     let help = String::from_utf8_lossy(&out.stdout);

@@ -558,6 +558,21 @@ fn the_kv_cache_of_many_slots_counts_against_the_ram_budget() {
             && msg.contains("fewer slots or a smaller ctx_size"),
         "{msg}"
     );
+    // A context beyond what a worker takes is a bad request, named.
+    let r = hive.post(
+        "/v1/workers/spawn",
+        &json!({"model_ref": m, "ctx_size": 2_000_000}),
+    );
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (400, "INVALID_REQUEST")
+    );
+    assert_eq!(
+        r.json()["error"]["details"]["field"],
+        "ctx_size",
+        "{}",
+        r.body
+    );
     // With a smaller context per slot the same 64 slots fit.
     let r = hive.post(
         "/v1/workers/spawn",

@@ -215,7 +215,7 @@ impl ConnectionStats {
         );
         e.counter_samples(
             "rbee_http_connections_refused_total",
-            "HTTP connections answered 503 and closed: every connection busy, or the client's address holding its share.",
+            "HTTP connections answered 503 and closed: none idle to make room for them (busy), or the client's address holding its share (per_address).",
             &[
                 (&[("reason", "busy")], self.refused_busy as f64),
                 (&[("reason", "per_address")], self.refused_per_address as f64),
