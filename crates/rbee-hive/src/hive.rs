@@ -583,6 +583,7 @@ impl Hive {
                 store::remove(&dir, &spec.id);
                 continue;
             };
+            let spec = &self.count_kv_cache(spec, key);
             let info = ureq::get(&format!("{}/v1/info", spec.url()))
                 .set("Authorization", &format!("Bearer {key}"))
                 .timeout(Duration::from_secs(2))
@@ -625,6 +626,44 @@ impl Hive {
                 tracing::warn!(%unit, "unit runs without a record of this hive (started by hand or by another hive); left alone");
             }
         }
+    }
+
+    /// A record written before hives counted the KV cache (`kv_bytes` 0) gets it from
+    /// the model's header, so that the RAM budget counts it, and its unit's memory limit
+    /// is raised to leave room for it (the old limit could let the kernel kill a worker
+    /// with many slots). The record is saved again.
+    fn count_kv_cache(&self, spec: &WorkerSpec, key: &str) -> WorkerSpec {
+        if spec.kv_bytes != 0 {
+            return spec.clone();
+        }
+        let header = match rbee_gguf::read_header(&spec.model_path) {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!(id = %spec.id, error = %e, "cannot read the adopted worker's model header; its KV cache stays uncounted");
+                return spec.clone();
+            }
+        };
+        let kv = KvCache::estimate(&header, spec.slots, spec.ctx_size);
+        if kv.bytes == 0 {
+            return spec.clone();
+        }
+        let spec = WorkerSpec {
+            kv_bytes: kv.bytes,
+            ..spec.clone()
+        };
+        if let Err(e) = store::save(&self.config.workers_dir(), &spec, key) {
+            tracing::warn!(id = %spec.id, error = %e, "cannot save the adopted worker's record");
+        }
+        if let Some(max) = memory_max(spec.model_bytes, spec.kv_bytes) {
+            if let Err(e) = self
+                .rt
+                .block_on(self.supervisor.set_memory_max(&spec.unit, max))
+            {
+                tracing::warn!(id = %spec.id, unit = %spec.unit, error = %e, "cannot raise the adopted worker's memory limit");
+            }
+        }
+        tracing::info!(id = %spec.id, kv_cache_bytes = kv.bytes, "adopted worker's KV cache counted (its record predates that)");
+        spec
     }
 
     /// Reacts to a supervisor event.

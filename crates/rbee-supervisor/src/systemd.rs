@@ -58,6 +58,12 @@ trait Manager {
     fn get_unit_by_pid(&self, pid: u32) -> zbus::Result<OwnedObjectPath>;
     fn kill_unit(&self, name: &str, whom: &str, signal: i32) -> zbus::Result<()>;
     fn reset_failed_unit(&self, name: &str) -> zbus::Result<()>;
+    fn set_unit_properties(
+        &self,
+        name: &str,
+        runtime: bool,
+        properties: &[(&str, Value<'_>)],
+    ) -> zbus::Result<()>;
     #[allow(clippy::type_complexity)]
     fn list_units_by_patterns(
         &self,
@@ -274,6 +280,15 @@ impl Systemd {
         self.manager()
             .await?
             .kill_unit(name, "main", signal)
+            .await
+            .map_err(|e| map_err(e, name))
+    }
+
+    /// Changes a running unit's memory limit (`MemoryMax=`), until the unit ends.
+    pub async fn set_memory_max(&self, name: &str, bytes: u64) -> Result<(), SystemdError> {
+        self.manager()
+            .await?
+            .set_unit_properties(name, true, &[("MemoryMax", Value::from(bytes))])
             .await
             .map_err(|e| map_err(e, name))
     }

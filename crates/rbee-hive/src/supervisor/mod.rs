@@ -150,6 +150,14 @@ impl Supervisor {
         }
     }
 
+    /// Raises a running worker's memory limit (systemd only: a child process has none).
+    pub(crate) async fn set_memory_max(&self, unit: &str, bytes: u64) -> Result<(), String> {
+        match self {
+            Supervisor::Systemd(s) => s.set_memory_max(unit, bytes).await,
+            Supervisor::Process(_) => Ok(()),
+        }
+    }
+
     /// Starts watching an adopted unit (its end, and readiness when still loading).
     pub(crate) async fn watch_adopted(&self, unit: &str, loading: bool, load_timeout: Duration) {
         if let Supervisor::Systemd(s) = self {

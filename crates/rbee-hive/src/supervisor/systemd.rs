@@ -157,6 +157,14 @@ impl SystemdSupervisor {
         }
     }
 
+    /// SetUnitProperties(MemoryMax) for the unit's life.
+    pub(crate) async fn set_memory_max(&self, unit: &str, bytes: u64) -> Result<(), String> {
+        self.systemd
+            .set_memory_max(unit, bytes)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
     /// Running or loading `rbee-worker@*` units: (name, main PID, still loading).
     pub(crate) async fn adoptable(&self) -> Vec<(String, Option<u32>, bool)> {
         let names = match self.systemd.list_workers().await {

@@ -472,3 +472,53 @@ fn a_workers_memory_limit_leaves_room_for_the_kv_cache_of_its_slots() {
         "MemoryMax={max} is below what the worker uses ({peak_kib} KiB): the kernel would kill it"
     );
 }
+
+#[test]
+fn a_worker_adopted_from_an_older_hives_record_gets_its_kv_cache_counted_and_room_for_it() {
+    let Some((model, manager, state)) = setup() else {
+        return;
+    };
+    let opts = Opts::systemd(&manager);
+    let hive = Hive::start(&opts, &state.0);
+    let r = hive.post(
+        "/v1/workers/spawn",
+        &json!({"model_ref": file_ref(&model), "slots": 4}),
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    let id = r.json()["worker"]["id"].as_str().unwrap().to_owned();
+    let w = hive.wait_state(&id, "idle", Duration::from_secs(60));
+    let unit = w["unit"].as_str().unwrap().to_owned();
+    hive.kill();
+
+    // What a hive from before 2026-12 left: no KV cache in the record, a memory limit
+    // without room for it.
+    let record = state.join(&format!("workers/{id}.json"));
+    let mut spec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
+    let kv = 23_040u64 * 4096 * 4; // SmolLM2-135M: 23040 bytes a token; 4 slots of 4096
+    assert_eq!(spec["kv_bytes"], kv, "{spec}");
+    spec.as_object_mut().unwrap().remove("kv_bytes");
+    std::fs::write(&record, serde_json::to_vec(&spec).unwrap()).unwrap();
+    let model_bytes = std::fs::metadata(&model).unwrap().len();
+    let old_max = 2 * model_bytes + (2 << 30);
+    let (ok, out) = manager.systemctl(&[
+        "set-property",
+        "--runtime",
+        &unit,
+        &format!("MemoryMax={old_max}"),
+    ]);
+    assert!(ok, "{out}");
+
+    let hive = Hive::start(&opts, &state.0);
+    let adopted = hive.worker(&id).expect("adopted on start");
+    assert_eq!(adopted["state"], "idle", "{adopted}");
+    let (_, max) = manager.systemctl(&["show", "-p", "MemoryMax", "--value", &unit]);
+    assert_eq!(
+        max.trim().parse::<u64>().expect("a byte count"),
+        old_max + kv,
+        "the limit leaves room for the cache"
+    );
+    let spec: serde_json::Value = serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
+    assert_eq!(spec["kv_bytes"], kv, "saved again: {spec}");
+    assert_eq!(hive.infer(&adopted, "Hello").status, 200);
+}
