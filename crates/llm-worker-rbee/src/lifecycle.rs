@@ -8,10 +8,12 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use rbee_gguf::GgufHeader;
 use rbee_http::daemon::{block_termination_signals, notify, status_tick, wait_for_termination};
 use rbee_types::env;
 use rbee_types::exit;
-use rbee_types::worker::{ReadyCallback, WorkerInfo};
+use rbee_types::hive::Memory;
+use rbee_types::worker::{ctx_per_slot, ReadyCallback, WorkerInfo, DEFAULT_CTX_CAP};
 use sd_notify::NotifyState;
 
 use crate::app::{App, ShutdownCause};
@@ -36,6 +38,35 @@ pub fn run(args: Args) -> i32 {
 fn init_tracing() {
     rbee_http::logging::init("info,llama_cpp_2=warn,llama-cpp-2=warn");
     llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default());
+}
+
+/// The model and the KV cache of `--slots` × `--ctx-size` fit in the memory available
+/// (CPU workers; a GPU keeps both in VRAM). Without this check llama.cpp allocates the
+/// cache, clears it, and the kernel kills the process once RAM runs out; the hive checks
+/// the same before it starts a worker, this covers a worker run alone. Counts only what
+/// the model's header gives.
+fn fits_in_memory(args: &Args, header: &GgufHeader, memory: Memory) -> Result<(), String> {
+    let trained = header
+        .context_length()
+        .map_or(DEFAULT_CTX_CAP, |c| u32::try_from(c).unwrap_or(u32::MAX));
+    let ctx = ctx_per_slot(args.ctx_size, trained);
+    let Some(kv) = header.kv_cache_bytes(args.slots, ctx) else {
+        return Ok(());
+    };
+    let need = kv.saturating_add(header.file_size);
+    if memory.available_bytes == 0 || need <= memory.available_bytes {
+        return Ok(());
+    }
+    let gib = |b: u64| format!("{:.2} GiB", b as f64 / f64::from(1u32 << 30));
+    Err(format!(
+        "not enough memory: {} slot{} of {ctx} tokens need {} of KV cache, the model {} more, \
+         and {} is available; use fewer --slots or a smaller --ctx-size",
+        args.slots,
+        if args.slots == 1 { "" } else { "s" },
+        gib(kv),
+        gib(header.file_size),
+        gib(memory.available_bytes),
+    ))
 }
 
 /// Prints a fatal error for a person (stderr, and journald through tracing) and returns
@@ -81,6 +112,12 @@ fn run_inner(args: Args) -> anyhow::Result<i32> {
             ))
         }
     };
+
+    if args.backend == Backend::Cpu {
+        if let Err(msg) = fits_in_memory(&args, &header, Memory::of_this_machine()) {
+            return Ok(fatal(exit::INSUFFICIENT_MEMORY, msg));
+        }
+    }
 
     let server = match rbee_http::Server::bind(SocketAddr::new(args.host, args.port), LIMITS) {
         Ok(s) => Arc::new(s),

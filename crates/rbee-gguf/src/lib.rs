@@ -206,6 +206,14 @@ impl GgufHeader {
         )
     }
 
+    /// Bytes of KV cache llama.cpp allocates for `slots` sequences of `ctx_per_slot` tokens
+    /// each, a stream per sequence rounded up to a multiple of 256 cells. None when
+    /// [`GgufHeader::kv_bytes_per_token`] is.
+    pub fn kv_cache_bytes(&self, slots: u32, ctx_per_slot: u32) -> Option<u64> {
+        let cells = u64::from(ctx_per_slot).div_ceil(256) * 256 * u64::from(slots);
+        Some(self.kv_bytes_per_token()?.saturating_mul(cells))
+    }
+
     /// Length of `tokenizer.ggml.tokens`.
     pub fn vocab_size(&self) -> Option<u64> {
         match self.metadata.get("tokenizer.ggml.tokens")? {

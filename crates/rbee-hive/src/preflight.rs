@@ -60,12 +60,10 @@ impl KvCache {
                 u32::try_from(c).unwrap_or(u32::MAX)
             });
         let ctx_per_slot = rbee_types::worker::ctx_per_slot(asked_ctx, trained);
-        // A cache per slot, each rounded up to a multiple of 256 cells by llama.cpp.
-        let cells = u64::from(ctx_per_slot).div_ceil(256) * 256 * u64::from(slots);
-        let per_token = header.kv_bytes_per_token();
+        let bytes = header.kv_cache_bytes(slots, ctx_per_slot);
         KvCache {
-            bytes: per_token.unwrap_or(0).saturating_mul(cells),
-            known: per_token.is_some(),
+            bytes: bytes.unwrap_or(0),
+            known: bytes.is_some(),
             slots,
             ctx_per_slot,
         }

@@ -10,17 +10,7 @@ use rbee_types::Backend;
 
 /// The kernel's view of RAM (`/proc/meminfo`).
 pub(crate) fn memory() -> Memory {
-    let text = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    let field = |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .map_or(0, |kb| kb * 1024)
-    };
-    Memory {
-        total_bytes: field("MemTotal"),
-        available_bytes: field("MemAvailable"),
-    }
+    Memory::of_this_machine()
 }
 
 /// Space on the filesystem holding `path` (its nearest existing ancestor).

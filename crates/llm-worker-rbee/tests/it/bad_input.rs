@@ -121,6 +121,43 @@ fn a_context_beyond_a_million_tokens_per_slot_is_refused_before_loading() {
 }
 
 #[test]
+fn slots_whose_kv_cache_exceeds_the_memory_are_refused_before_anything_is_allocated() {
+    let Some(model) = model() else { return };
+    // 64 slots of a million tokens: 1.5 TB of KV cache for SmolLM2-135M.
+    let port = rbee_test_support::process::free_port();
+    let out = run_worker(
+        &model,
+        &[
+            "--slots",
+            "64",
+            "--ctx-size",
+            "1048576",
+            "--port",
+            &port.to_string(),
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(exit::INSUFFICIENT_MEMORY),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("1440.00 GiB of KV cache")
+            && stderr.contains("64 slots of 1048576 tokens")
+            && stderr.contains("fewer --slots or a smaller --ctx-size"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("listening"),
+        "refused before the port: {stderr}"
+    );
+    // What fits still starts: the same slots with a small context.
+    let worker = Worker::start(&model, &["--slots", "64", "--ctx-size", "128"]);
+    assert_eq!(worker.get("/v1/health").status, 200);
+}
+
+#[test]
 fn help_explains_every_option() {
     let out = Command::new(WORKER_BIN).arg("--help").output().unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
