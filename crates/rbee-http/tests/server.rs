@@ -666,8 +666,9 @@ fn one_address_holds_its_share_of_connections_and_others_are_still_served() {
     let a = srv.connect_from("127.0.0.2").answer();
     assert_eq!(a.status, 503, "{}", a.text());
     assert!(
-        a.text()
-            .contains("2 open connections from 127.0.0.2, the most one address may hold"),
+        a.text().contains(
+            "2 open connections from 127.0.0.2, the most one address may hold, none idle"
+        ),
         "{}",
         a.text()
     );
@@ -686,9 +687,23 @@ fn one_address_holds_its_share_of_connections_and_others_are_still_served() {
     for c in &mut held {
         assert_eq!(c.answer().text(), "GET /hold ");
     }
+    // Both idle now (kept alive), the second more recently: a new connection from the
+    // address takes the seat of its longest-idle one (browsers behind one NAT keep
+    // connections open between requests).
+    held[1].send("GET /again-1 HTTP/1.1\r\n\r\n");
+    assert_eq!(held[1].answer().text(), "GET /again-1 ");
+    std::thread::sleep(Duration::from_millis(100)); // its thread waits for the next request
+    let mut third = srv.connect_from("127.0.0.2");
+    third.send("GET /third HTTP/1.1\r\n\r\n");
+    assert_eq!(third.answer().text(), "GET /third ");
+    assert!(held[0].closed_by_server(), "its longest-idle connection");
+    held[1].send("GET /still HTTP/1.1\r\n\r\n");
+    assert_eq!(held[1].answer().text(), "GET /still ", "the other stays");
+    let stats = srv.server.connections().stats();
+    assert_eq!((stats.closed_idle, stats.refused_per_address), (1, 1));
     // The address's seats are given back as its connections end (their threads notice
     // the close in their own time).
-    drop(held);
+    drop((held, third));
     wait_open(&srv, 0);
     let mut again = srv.connect_from("127.0.0.2");
     again.send("GET /again HTTP/1.1\r\n\r\n");

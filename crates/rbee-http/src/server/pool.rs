@@ -6,6 +6,9 @@
 //! nothing held the server for the idle timeout, again and again; now idle connections
 //! make room, and one address holds at most [`Limits::max_connections_per_peer`] (a client
 //! trickling requests to keep its connections busy needs many addresses to fill the server).
+//! An address at its share gets a seat by closing its own longest-idle connection (the
+//! browsers of an office behind one NAT keep connections open between requests); it is
+//! refused only when all of its connections are busy.
 //! 127.0.0.1 and ::1 are not counted per address: a local reverse proxy, the keeper's SSH
 //! tunnel and the hive's own proxy to its workers (with the default `worker_host`) all
 //! connect from there. IPv6 clients count per /64, the block one host usually gets.
@@ -34,10 +37,12 @@ struct State {
     open: usize,
     /// Connections open per client address (127.0.0.1 and ::1 not counted).
     by_peer: HashMap<IpAddr, usize>,
-    /// The idle connections, the longest idle first.
-    idle: BTreeMap<u64, Arc<TcpStream>>,
+    /// The idle connections, the longest idle first, with the address each counts against.
+    idle: BTreeMap<u64, (Arc<TcpStream>, Option<IpAddr>)>,
     /// Connections closed to make room whose threads have not ended yet (their idle keys).
     closing: HashSet<u64>,
+    /// Of those, how many each address has: they no longer count in its share.
+    closing_by_peer: HashMap<IpAddr, usize>,
     /// Since the server started: connections refused with every seat busy, refused for
     /// their address's share, and idle ones closed to make room.
     refused_busy: u64,
@@ -45,6 +50,44 @@ struct State {
     closed_idle: u64,
     /// Key of the next connection to become idle.
     next_idle: u64,
+}
+
+impl State {
+    /// Connections of `peer` that count in its share (not those being closed).
+    fn held_by(&self, peer: IpAddr) -> usize {
+        let all = self.by_peer.get(&peer).copied().unwrap_or(0);
+        all - self.closing_by_peer.get(&peer).copied().unwrap_or(0)
+    }
+
+    /// The longest-idle connection (of `peer` only, when given), if closing one more
+    /// stays within `max_closing`.
+    fn oldest_idle(&self, peer: Option<IpAddr>, max_closing: usize) -> Option<u64> {
+        if self.closing.len() >= max_closing {
+            return None;
+        }
+        match peer {
+            None => self.idle.keys().next().copied(),
+            Some(p) => self
+                .idle
+                .iter()
+                .find(|(_, (_, of))| *of == Some(p))
+                .map(|(k, _)| *k),
+        }
+    }
+
+    /// Closes an idle connection to make room: its thread sees the end of the stream and
+    /// gives the seat back.
+    fn close_idle(&mut self, key: u64) {
+        let Some((stream, peer)) = self.idle.remove(&key) else {
+            return;
+        };
+        let _ = stream.shutdown(Shutdown::Both);
+        self.closing.insert(key);
+        if let Some(p) = peer {
+            *self.closing_by_peer.entry(p).or_insert(0) += 1;
+        }
+        self.closed_idle += 1;
+    }
 }
 
 /// Why a connection was not seated.
@@ -95,30 +138,30 @@ impl Pool {
     /// server is full, refuses when none is idle or `peer` holds its share.
     pub(crate) fn seat(self: &Arc<Self>, peer: IpAddr) -> Result<Seat, Refused> {
         let counted = peer_key(peer);
+        let max_closing = self.max.div_ceil(8);
         let mut st = self.lock();
         if let Some(p) = counted {
-            if st.by_peer.get(&p).copied().unwrap_or(0) >= self.per_peer {
-                st.refused_per_address += 1;
-                return Err(Refused::PeerFull {
-                    peer: describe(p),
-                    max: self.per_peer,
-                });
+            if st.held_by(p) >= self.per_peer {
+                let Some(key) = st.oldest_idle(Some(p), max_closing) else {
+                    st.refused_per_address += 1;
+                    return Err(Refused::PeerFull {
+                        peer: describe(p),
+                        max: self.per_peer,
+                    });
+                };
+                st.close_idle(key);
+                tracing::debug!(
+                    peer = %describe(p),
+                    "address at its share: closed its longest-idle connection"
+                );
             }
         }
-        if st.open >= self.max {
-            let oldest = if st.closing.len() < self.max.div_ceil(8) {
-                st.idle.pop_first()
-            } else {
-                None
-            };
-            let Some((key, oldest)) = oldest else {
+        if st.open - st.closing.len() >= self.max {
+            let Some(key) = st.oldest_idle(None, max_closing) else {
                 st.refused_busy += 1;
                 return Err(Refused::Full { max: self.max });
             };
-            // Its thread sees the end of the stream and gives the seat back.
-            let _ = oldest.shutdown(Shutdown::Both);
-            st.closing.insert(key);
-            st.closed_idle += 1;
+            st.close_idle(key);
             tracing::debug!(
                 open = st.open,
                 "server full: closed the longest-idle connection"
@@ -145,7 +188,7 @@ impl Seat {
         }
         let k = st.next_idle;
         st.next_idle += 1;
-        st.idle.insert(k, Arc::clone(stream));
+        st.idle.insert(k, (Arc::clone(stream), self.counted));
         self.idle = Some(k);
     }
 
@@ -171,7 +214,16 @@ impl Drop for Seat {
         let mut st = self.pool.lock();
         if let Some(k) = self.idle.take() {
             st.idle.remove(&k);
-            st.closing.remove(&k);
+            if st.closing.remove(&k) {
+                if let Some(p) = self.counted {
+                    if let Some(n) = st.closing_by_peer.get_mut(&p) {
+                        *n -= 1;
+                        if *n == 0 {
+                            st.closing_by_peer.remove(&p);
+                        }
+                    }
+                }
+            }
         }
         st.open -= 1;
         if let Some(p) = self.counted {
@@ -304,6 +356,53 @@ mod tests {
         );
         assert!(pool.seat(ip("2001:db8:1:3::5")).is_ok(), "another /64");
         drop(v6);
+    }
+
+    #[test]
+    fn an_address_at_its_share_closes_its_own_longest_idle_connection_not_anothers() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let pool = Arc::new(Pool::new(100, 2));
+        let (other_s, mut other_c) = pair(&l);
+        let mut other = pool.seat(ip("192.0.2.9")).unwrap();
+        other.idle(&other_s); // idle the longest, but of another address
+        let (s1, mut c1) = pair(&l);
+        let (s2, mut c2) = pair(&l);
+        let mut a = pool.seat(ip("192.0.2.7")).unwrap();
+        let mut b = pool.seat(ip("192.0.2.7")).unwrap();
+        a.idle(&s1);
+        b.idle(&s2);
+        let c = pool.seat(ip("192.0.2.7")).expect("a's seat");
+        let mut buf = [0u8; 1];
+        assert_eq!(std::io::Read::read(&mut c1, &mut buf).unwrap(), 0);
+        // While a's thread has not ended, b (idle) makes room for the next.
+        let d = pool.seat(ip("192.0.2.7")).expect("b's seat");
+        assert_eq!(std::io::Read::read(&mut c2, &mut buf).unwrap(), 0);
+        assert!(!a.busy() && !b.busy(), "both closed");
+        // c and d are not idle: the address is refused, the other address untouched.
+        assert_eq!(
+            pool.seat(ip("192.0.2.7")).err(),
+            Some(Refused::PeerFull {
+                peer: "192.0.2.7".into(),
+                max: 2
+            })
+        );
+        assert!(
+            other.busy(),
+            "another address's connection is never closed for it"
+        );
+        other_c.set_nonblocking(true).unwrap();
+        assert!(
+            std::io::Read::read(&mut other_c, &mut buf).is_err(),
+            "still open"
+        );
+        drop((a, b));
+        assert_eq!(pool.stats().open, 3);
+        assert_eq!(
+            (pool.stats().closed_idle, pool.stats().refused_per_address),
+            (2, 1)
+        );
+        drop((c, d));
+        assert!(pool.seat(ip("192.0.2.7")).is_ok());
     }
 
     #[test]
