@@ -12,7 +12,6 @@ use rbee_gguf::GgufHeader;
 use rbee_http::daemon::{block_termination_signals, notify, status_tick, wait_for_termination};
 use rbee_types::env;
 use rbee_types::exit;
-use rbee_types::hive::Memory;
 use rbee_types::worker::{ctx_per_slot, ReadyCallback, WorkerInfo, DEFAULT_CTX_CAP};
 use sd_notify::NotifyState;
 
@@ -45,7 +44,7 @@ fn init_tracing() {
 /// cache, clears it, and the kernel kills the process once RAM runs out; the hive checks
 /// the same before it starts a worker, this covers a worker run alone. Counts only what
 /// the model's header gives.
-fn fits_in_memory(args: &Args, header: &GgufHeader, memory: Memory) -> Result<(), String> {
+fn fits_in_memory(args: &Args, header: &GgufHeader, available: u64) -> Result<(), String> {
     let trained = header
         .context_length()
         .map_or(DEFAULT_CTX_CAP, |c| u32::try_from(c).unwrap_or(u32::MAX));
@@ -54,7 +53,7 @@ fn fits_in_memory(args: &Args, header: &GgufHeader, memory: Memory) -> Result<()
         return Ok(());
     };
     let need = kv.saturating_add(header.file_size);
-    if memory.available_bytes == 0 || need <= memory.available_bytes {
+    if available == 0 || need <= available {
         return Ok(());
     }
     let gib = |b: u64| format!("{:.2} GiB", b as f64 / f64::from(1u32 << 30));
@@ -65,7 +64,7 @@ fn fits_in_memory(args: &Args, header: &GgufHeader, memory: Memory) -> Result<()
         if args.slots == 1 { "" } else { "s" },
         gib(kv),
         gib(header.file_size),
-        gib(memory.available_bytes),
+        gib(available),
     ))
 }
 
@@ -114,7 +113,9 @@ fn run_inner(args: Args) -> anyhow::Result<i32> {
     };
 
     if args.backend == Backend::Cpu {
-        if let Err(msg) = fits_in_memory(&args, &header, Memory::of_this_machine()) {
+        if let Err(msg) =
+            fits_in_memory(&args, &header, rbee_metrics::host::memory().available_bytes)
+        {
             return Ok(fatal(exit::INSUFFICIENT_MEMORY, msg));
         }
     }

@@ -10,7 +10,11 @@ use rbee_types::Backend;
 
 /// The kernel's view of RAM (`/proc/meminfo`).
 pub(crate) fn memory() -> Memory {
-    Memory::of_this_machine()
+    let m = rbee_metrics::host::memory();
+    Memory {
+        total_bytes: m.total_bytes,
+        available_bytes: m.available_bytes,
+    }
 }
 
 /// Space on the filesystem holding `path` (its nearest existing ancestor).

@@ -2,13 +2,14 @@
 //! [`Histogram`] are atomics a hot path updates without locks, [`Family`] keys them by label
 //! values, and [`Exposition`] writes the text format (version 0.0.4) that Prometheus
 //! scrapes. Gauges are read when scraped, so they need no storage here; [`process`] reads
-//! a process's CPU time and memory.
+//! a process's CPU time and memory, [`host`] the machine's memory.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+pub mod host;
 pub mod process;
 
 /// The `Content-Type` of [`Exposition::finish`]'s text.

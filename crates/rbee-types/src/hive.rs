@@ -36,23 +36,6 @@ pub struct Memory {
     pub available_bytes: u64,
 }
 
-impl Memory {
-    /// This machine's, from `/proc/meminfo` (zeros where it cannot be read).
-    pub fn of_this_machine() -> Memory {
-        let text = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-        let field = |name: &str| {
-            text.lines()
-                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-                .map_or(0, |kb| kb * 1024)
-        };
-        Memory {
-            total_bytes: field("MemTotal"),
-            available_bytes: field("MemAvailable"),
-        }
-    }
-}
-
 /// Space of one filesystem, bytes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Disk {
