@@ -15,6 +15,7 @@ use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::{LlamaChatMessage, LlamaModel};
 use llama_cpp_2::sampling::LlamaSampler;
+use rbee_llama::greedy;
 use serde::Serialize;
 
 /// How the KV cache holds several sequences.
@@ -219,7 +220,6 @@ pub fn batched_tok_s(
         tokens.len()
     );
     let mut batch = LlamaBatch::new(512, n_seqs as i32);
-    let mut samplers: Vec<LlamaSampler> = (0..n_seqs).map(|_| LlamaSampler::greedy()).collect();
     // Warm-up, then the timed run.
     for timed in [false, true] {
         ctx.clear_kv_cache();
@@ -233,7 +233,7 @@ pub fn batched_tok_s(
         }
         ctx.decode(&mut batch)?;
         let mut next: Vec<_> = (0..n_seqs as usize)
-            .map(|s| samplers[s].sample(&ctx, ((s + 1) * tokens.len() - 1) as i32))
+            .map(|s| greedy::pick(&ctx, ((s + 1) * tokens.len() - 1) as i32))
             .collect();
         let t1 = Instant::now();
         let steps = if timed { max_tokens - 1 } else { 4 };
@@ -244,7 +244,7 @@ pub fn batched_tok_s(
             }
             ctx.decode(&mut batch)?;
             for (s, t) in next.iter_mut().enumerate() {
-                *t = samplers[s].sample(&ctx, s as i32);
+                *t = greedy::pick(&ctx, s as i32);
             }
         }
         if timed {
