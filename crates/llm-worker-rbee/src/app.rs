@@ -6,7 +6,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use llama_cpp_2::token::LlamaToken;
 use rbee_types::worker::DoneEvent;
@@ -16,6 +16,9 @@ use crate::engine::{Engine, Event, Job, RequestGuard};
 use crate::prepared::Prepared;
 use crate::state::{Phase, Shared};
 use crate::validate::Valid;
+
+/// How often a request waiting for a whole (non-streamed) answer checks its client.
+const CLIENT_CHECK: Duration = Duration::from_millis(250);
 
 /// Why the main thread should start draining.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,11 +116,15 @@ pub(crate) fn tokens_for(prepared: &Prepared, v: &Valid) -> Result<Vec<LlamaToke
 }
 
 /// Takes a slot (or answers `ALL_SLOTS_BUSY` at once) and hands the job to the engine.
+/// The request keeps the id the client sent in `X-Request-Id` when it is valid and not in
+/// use (the hive names the requests it forwards, so that it can cancel one whose client
+/// left), else gets a fresh one.
 pub(crate) fn start(
     app: &App,
     v: Valid,
     tokens: Vec<LlamaToken>,
     received: Instant,
+    wanted_id: Option<&str>,
 ) -> Result<Started, ApiError> {
     if app.shared.slots.try_acquire().is_none() {
         let total = app.shared.slots.total();
@@ -130,13 +137,9 @@ pub(crate) fn start(
         .field("slots_total", total)
         .field("slots_busy", total));
     }
-    let request_id = app.shared.new_request_id();
     let cancel = Arc::new(AtomicBool::new(false));
-    let guard = RequestGuard::new(
-        Arc::clone(&app.shared),
-        request_id.clone(),
-        Arc::clone(&cancel),
-    );
+    let (guard, request_id) =
+        RequestGuard::new(Arc::clone(&app.shared), wanted_id, Arc::clone(&cancel));
     let (tx, rx) = mpsc::channel();
     let job = Job {
         tokens,
@@ -160,15 +163,36 @@ pub(crate) fn start(
 }
 
 impl Started {
-    /// Waits for the whole answer: its text and how it ended.
-    pub(crate) fn collect(&self) -> Result<(String, DoneEvent), ApiError> {
+    /// Waits for the whole answer: its text and how it ended. Checks `client_gone` while
+    /// it waits: a client that hung up (or timed out) before the answer was ready cancels
+    /// the generation, as a streamed one does, instead of holding its slot to the end.
+    pub(crate) fn collect(
+        &self,
+        client_gone: &dyn Fn() -> bool,
+    ) -> Result<(String, DoneEvent), ApiError> {
         let mut text = String::new();
+        let mut next_check = Instant::now() + CLIENT_CHECK;
         loop {
-            match self.events.recv() {
+            match self.events.recv_timeout(CLIENT_CHECK) {
                 Ok(Event::Token(t)) => text.push_str(&t),
                 Ok(Event::Done(d)) => return Ok((text, d)),
                 Ok(Event::Error(e)) => return Err(e),
-                Err(_) => return Err(ApiError::new(ErrorCode::Internal, "the engine stopped")),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(ApiError::new(ErrorCode::Internal, "the engine stopped"))
+                }
+            }
+            // Tokens come faster than the check's period: it goes by the clock.
+            if Instant::now() >= next_check {
+                if client_gone() {
+                    self.client_gone("waiting for the answer");
+                    // Nobody reads this answer; the slot frees as the engine ends the job.
+                    return Err(ApiError::new(
+                        ErrorCode::InferenceFailed,
+                        "generation cancelled: the client left",
+                    ));
+                }
+                next_check = Instant::now() + CLIENT_CHECK;
             }
         }
     }

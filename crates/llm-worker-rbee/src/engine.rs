@@ -76,11 +76,35 @@ pub(crate) struct RequestGuard {
 }
 
 impl RequestGuard {
-    /// Registers `cancel` for `request_id`; the caller must already hold a slot.
-    pub(crate) fn new(shared: Arc<Shared>, request_id: String, cancel: Arc<AtomicBool>) -> Self {
-        lock(&shared.cancels).insert(request_id.clone(), cancel);
-        Self { shared, request_id }
+    /// Registers `cancel` under the id the client chose (`X-Request-Id`, when it is a
+    /// valid id no active request has) or a fresh one; the caller must already hold a
+    /// slot. Returns the guard and the id.
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        wanted: Option<&str>,
+        cancel: Arc<AtomicBool>,
+    ) -> (Self, String) {
+        let mut cancels = lock(&shared.cancels);
+        let request_id = wanted
+            .filter(|id| valid_request_id(id) && !cancels.contains_key(*id))
+            .map_or_else(|| shared.new_request_id(), str::to_owned);
+        cancels.insert(request_id.clone(), cancel);
+        drop(cancels);
+        let guard = Self {
+            shared,
+            request_id: request_id.clone(),
+        };
+        (guard, request_id)
     }
+}
+
+/// A request id a client may choose: 1 to 64 letters, digits, `.`, `_`, `:` or `-` (it
+/// goes into logs, headers and a URL path).
+pub(crate) fn valid_request_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
 }
 
 impl Drop for RequestGuard {

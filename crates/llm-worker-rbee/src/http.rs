@@ -265,7 +265,8 @@ fn inference(app: &App, mut request: Request) {
         let v = validate(&req, prepared.ctx_size)?;
         let tokens = tokens_for(prepared, &v)?;
         let stream = v.stream;
-        Ok((start(app, v, tokens, received)?, stream))
+        let id = request.header("X-Request-Id");
+        Ok((start(app, v, tokens, received, id)?, stream))
     });
     match admitted {
         Ok((started, true)) => stream(request, &started),
@@ -320,7 +321,7 @@ fn stream(request: Request, started: &Started) {
 
 fn complete(request: Request, started: &Started) {
     let request_id = started.request_id.as_str();
-    match started.collect() {
+    match started.collect(&request.disconnect_probe()) {
         Ok((text, d)) => {
             let body = CompletionResponse {
                 request_id: request_id.to_owned(),

@@ -96,7 +96,8 @@ pub(crate) fn completion(app: &App, mut request: Request, kind: Kind) {
         let options = Options::of(&req);
         let v = validate(&translate(req, kind)?, prepared.ctx_size)?;
         let tokens = tokens_for(prepared, &v)?;
-        Ok((start(app, v, tokens, received)?, options))
+        let id = request.header("X-Request-Id");
+        Ok((start(app, v, tokens, received, id)?, options))
     });
     let (started, options) = match admitted {
         Ok(a) => a,
@@ -476,7 +477,7 @@ fn stream(request: Request, started: &Started, answer: &Answer, include_usage: b
 
 /// One JSON document once generation ends.
 fn complete(request: Request, started: &Started, answer: &Answer) {
-    match started.collect() {
+    match started.collect(&request.disconnect_probe()) {
         Ok((text, done)) => {
             let body = answer.document(text, &done);
             let resp =

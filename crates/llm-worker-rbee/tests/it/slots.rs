@@ -196,3 +196,82 @@ fn client_disconnect_cancels_and_frees_the_slot_within_a_second() {
         "slot still busy 1 s after the client left"
     );
 }
+
+/// Sends `body` to `path` on a raw connection and returns it once the worker is busy with
+/// it (a whole answer: nothing comes back until it ends).
+fn post_and_wait_busy(w: &Worker, path: &str, body: &serde_json::Value, id: &str) -> TcpStream {
+    let body = body.to_string();
+    let mut s = TcpStream::connect(("127.0.0.1", w.port)).unwrap();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nX-Request-Id: {id}\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let until = Instant::now() + Duration::from_secs(10);
+    while w.get("/v1/ready").json()["state"] != "busy" {
+        assert!(Instant::now() < until, "the request never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300)); // generating
+    s
+}
+
+#[test]
+fn a_client_that_leaves_before_its_whole_answer_cancels_it_too() {
+    let Some(model) = model() else { return };
+    let w = Worker::start(&model, &["--slots", "1"]);
+    let mut native = long_request(2000);
+    native["stream"] = json!(false);
+    let chat = json!({
+        "messages": [{"role": "user", "content": "Tell me a very long story about bees."}],
+        "max_tokens": 2000, "temperature": 0.8, "seed": 7
+    });
+    // An HTTP client's timeout, or a user's Ctrl+C: the connection closes unanswered.
+    for (path, body) in [("/v1/inference", &native), ("/v1/chat/completions", &chat)] {
+        let s = post_and_wait_busy(&w, path, body, "left-early");
+        drop(s);
+        assert!(
+            w.slot_free_within(Duration::from_secs(1)),
+            "{path}: slot still busy 1 s after the client left"
+        );
+    }
+    w.assert_serves();
+}
+
+#[test]
+fn a_request_keeps_the_id_its_client_chose_and_is_cancelled_by_it() {
+    let Some(model) = model() else { return };
+    let w = Worker::start(&model, &["--slots", "2"]);
+    let mut native = long_request(2000);
+    native["stream"] = json!(false);
+    // The hive names the requests it forwards and cancels one by its name when its own
+    // client leaves.
+    let mut s = post_and_wait_busy(&w, "/v1/inference", &native, "hive-abc-1");
+    let url = format!("{}/v1/inference/hive-abc-1", w.url);
+    assert_eq!(http::send("DELETE", &url, None, None).status, 204);
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    assert!(answer.contains("X-Request-Id: hive-abc-1"), "{answer}");
+    assert!(
+        answer.contains(r#""finish_reason":"cancelled""#),
+        "{answer}"
+    );
+    assert!(w.slot_free_within(Duration::from_secs(1)));
+    // An id that is not a plain token (or one in use) is replaced by the worker's own.
+    for bad in ["has space", "../x", &"x".repeat(65)] {
+        let r = http::send_with(
+            "POST",
+            &format!("{}/v1/inference", w.url),
+            &[("X-Request-Id", bad)],
+            Some(
+                json!({"prompt": "Hi", "max_tokens": 2, "stream": false})
+                    .to_string()
+                    .as_bytes(),
+            ),
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+        let id = r.request_id.expect("an id");
+        assert!(id.starts_with("req-"), "{bad:?} gave {id}");
+    }
+}

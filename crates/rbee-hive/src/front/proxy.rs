@@ -1,12 +1,15 @@
 //! A request forwarded to its worker and the answer passed back as it comes: each SSE
 //! event written and flushed the moment the worker sends it, nothing buffered. A client
-//! that goes away closes the connection to the worker, which cancels the generation and
-//! frees the slot; a worker that dies mid-stream ends the client's stream with an error
+//! that goes away from a stream closes the connection to the worker, which cancels the
+//! generation and frees the slot; one that goes away while a whole answer is generated
+//! gets its generation cancelled by name (the hive names each request it forwards,
+//! `X-Request-Id`). A worker that dies mid-stream ends the client's stream with an error
 //! event. Also the worker's loading progress, relayed the same way.
 
 use std::io::{BufRead, BufReader};
-use std::sync::OnceLock;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, OnceLock};
+use std::time::{Duration, Instant};
 
 use rbee_http::{header, SseWriter};
 use rbee_http::{Request, Response};
@@ -41,12 +44,37 @@ pub(crate) fn forward(
     mut tally: Tally<'_>,
 ) {
     let url = format!("{}{path}", worker.spec.url());
-    let sent = agent()
-        .post(&url)
-        .set("Authorization", &format!("Bearer {}", worker.api_key))
-        .set("Content-Type", "application/json")
-        .send_bytes(body);
-    let resp = match sent {
+    let id = request_id();
+    let call = {
+        let (key, id, body) = (worker.api_key.clone(), id.clone(), body.to_vec());
+        move || {
+            agent()
+                .post(&url)
+                .set("Authorization", &format!("Bearer {key}"))
+                .set("Content-Type", "application/json")
+                .set("X-Request-Id", &id)
+                .send_bytes(&body)
+                .map_err(Box::new)
+        }
+    };
+    // A stream's head comes at once and its client's leaving shows when a write fails; a
+    // whole answer comes only at its end, so its client is watched meanwhile.
+    let sent = if stream {
+        call()
+    } else {
+        let gone = request.disconnect_probe();
+        match wait_watching(call, &gone, || cancel(worker, &id)) {
+            Some(sent) => sent,
+            None => {
+                let e = ApiError::new(
+                    ErrorCode::Internal,
+                    format!("the call to worker {} failed", worker.spec.id),
+                );
+                return rbee_http::respond_openai_error(request, &e);
+            }
+        }
+    };
+    let resp = match sent.map_err(|e| *e) {
         Ok(r) => r,
         Err(ureq::Error::Status(status, r)) => return pass_through(request, status, r, None),
         Err(e) => {
@@ -69,6 +97,62 @@ pub(crate) fn forward(
     } else {
         pass_through(request, resp.status(), resp, Some(&tally));
     }
+}
+
+/// A name for a forwarded request, unique across hive restarts (a random prefix per hive
+/// process): the worker keeps it, and cancelling by it reaches only this request.
+fn request_id() -> String {
+    static PREFIX: OnceLock<String> = OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let prefix = PREFIX.get_or_init(|| match crate::registry::store::random_key() {
+        Ok(k) => k[..16].to_owned(),
+        Err(_) => format!("{:x}{:x}", std::process::id(), rbee_types::now_unix()),
+    });
+    format!("hive-{prefix}-{}", NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// How often a request waiting for a whole answer checks its client.
+const CLIENT_CHECK: Duration = Duration::from_millis(250);
+
+/// Runs `call` on its own thread and waits for it, calling `on_gone` once if `gone` turns
+/// true meanwhile (then still waiting: the worker answers soon after a cancel). None if
+/// the call's thread panicked.
+fn wait_watching<T: Send + 'static>(
+    call: impl FnOnce() -> T + Send + 'static,
+    gone: &dyn Fn() -> bool,
+    on_gone: impl FnOnce(),
+) -> Option<T> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(call());
+    });
+    let mut on_gone = Some(on_gone);
+    let mut next_check = Instant::now() + CLIENT_CHECK;
+    loop {
+        match rx.recv_timeout(CLIENT_CHECK) {
+            Ok(result) => return Some(result),
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => return None,
+        }
+        if on_gone.is_some() && Instant::now() >= next_check {
+            if gone() {
+                if let Some(f) = on_gone.take() {
+                    f();
+                }
+            }
+            next_check = Instant::now() + CLIENT_CHECK;
+        }
+    }
+}
+
+/// Cancels request `id` on `worker` (its client left).
+fn cancel(worker: &Worker, id: &str) {
+    let url = format!("{}/v1/inference/{id}", worker.spec.url());
+    let r = agent()
+        .delete(&url)
+        .set("Authorization", &format!("Bearer {}", worker.api_key))
+        .call();
+    tracing::info!(worker = %worker.spec.id, request_id = id, cancelled = r.is_ok(), "client left before its answer; generation cancelled");
 }
 
 /// `GET /v1/workers/{id}/loading/progress`: the worker's own loading progress stream,

@@ -19,6 +19,29 @@ fn hive(extra: &str, key: Option<&str>) -> (Hive, rbee_test_support::model::Temp
     (Hive::start(&opts, &state.0), state)
 }
 
+/// Asks the worker itself (with its key) until it says idle; fails after `within`: its
+/// generation goes on for a client that left.
+fn assert_worker_idle_within(hive: &Hive, w: &Value, within: Duration) {
+    let t0 = Instant::now();
+    loop {
+        let r = rbee_test_support::http::send(
+            "GET",
+            &format!("{}/v1/ready", w["url"].as_str().unwrap()),
+            Some(&hive.worker_key(w)),
+            None,
+        );
+        if r.json()["state"] == "idle" {
+            return;
+        }
+        assert!(
+            t0.elapsed() < within,
+            "the worker still generates after its clients left: {}",
+            r.body
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn run(hive: &Hive, key: &str, script: &str) -> Vec<Value> {
     let py = openai_client::python().expect("checked by the caller");
     openai_client::run(&py, &format!("{}/v1", hive.url), key, script)
@@ -275,24 +298,47 @@ out(closed=True)
         "the client that gave up left the queue: {out:?}"
     );
     // The stream that was closed mid-way frees the worker's slot within a second.
-    let t0 = Instant::now();
-    loop {
-        let r = rbee_test_support::http::send(
-            "GET",
-            &format!("{}/v1/ready", w["url"].as_str().unwrap()),
-            Some(&hive.worker_key(&w)),
-            None,
-        );
-        if r.json()["state"] == "idle" {
-            break;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(3),
-            "the worker is still busy after the clients left: {}",
-            r.body
-        );
-        std::thread::sleep(Duration::from_millis(50));
+    assert_worker_idle_within(&hive, &w, Duration::from_secs(3));
+}
+
+#[test]
+fn a_client_that_times_out_before_a_whole_answer_frees_the_workers_slot() {
+    let Some(model) = model() else { return };
+    if openai_client::python().is_none() {
+        return;
     }
+    let (hive, _state) = hive("", None);
+    let w = hive.ready_worker(&model);
+    let reference = file_ref(&model);
+    // Counting goes on for thousands of tokens (a minute here); the client gives up first.
+    let out = run(
+        &hive,
+        "none",
+        &format!(
+            r#"
+try:
+    c.with_options(timeout=1.5, max_retries=0).completions.create(
+        model="{reference}", prompt="1, 2, 3, 4, 5, 6, 7, 8,", max_tokens=3000, temperature=0)
+    out(answered=True)
+except openai.APITimeoutError:
+    out(timed_out=True)
+"#
+        ),
+    );
+    assert_eq!(out[0]["timed_out"], true, "{out:?}");
+    assert_worker_idle_within(&hive, &w, Duration::from_secs(2));
+    // The hive's view follows: its worker is idle again, and the next request is served.
+    let out = run(
+        &hive,
+        "none",
+        &format!(
+            r#"
+r = c.completions.create(model="{reference}", prompt="Hello", max_tokens=3)
+out(tokens=r.usage.completion_tokens)
+"#
+        ),
+    );
+    assert_eq!(out[0]["tokens"], 3, "{out:?}");
 }
 
 #[test]
