@@ -154,6 +154,8 @@ impl Hive {
     /// concurrent requests for one model get one worker. A model still to download or a
     /// worker binary still to build is answered with what the worker waits for.
     pub(crate) fn spawn(&self, req: &SpawnRequest) -> Result<(u16, SpawnResponse), ApiError> {
+        // A bad size is a bad request whether or not a worker would be reused.
+        check_sizes(req)?;
         if req.backend.is_none() {
             // Any ready worker of the model will do: no need to look at the GPUs.
             if let Some(w) = self

@@ -581,4 +581,21 @@ fn the_kv_cache_of_many_slots_counts_against_the_ram_budget() {
     assert_eq!(r.status, 202, "{}", r.body);
     let id = r.json()["worker"]["id"].as_str().unwrap().to_owned();
     hive.wait_state(&id, "idle", Duration::from_secs(60));
+    // A running worker of the model is reused, but a bad size is still a bad request.
+    for (bad, field) in [
+        (json!({"model_ref": m, "slots": 0}), "slots"),
+        (json!({"model_ref": m, "slots": 100}), "slots"),
+        (json!({"model_ref": m, "ctx_size": 8}), "ctx_size"),
+    ] {
+        let r = hive.post("/v1/workers/spawn", &bad);
+        assert_eq!(
+            (r.status, r.error_code().as_str()),
+            (400, "INVALID_REQUEST"),
+            "{bad}: {}",
+            r.body
+        );
+        assert_eq!(r.json()["error"]["details"]["field"], field);
+    }
+    let r = hive.post("/v1/workers/spawn", &json!({"model_ref": m}));
+    assert_eq!((r.status, r.json()["reused"].as_bool()), (200, Some(true)));
 }
