@@ -99,31 +99,42 @@ fn entries(hive: &Hive) -> Result<Vec<names::Entry>, ApiError> {
 
 fn model_objects(hive: &Hive, front: &FrontDoor) -> Result<Vec<ModelObject>, ApiError> {
     let entries = entries(hive)?;
-    let mut out: Vec<ModelObject> = entries
-        .iter()
-        .map(|e| ModelObject {
-            id: e.id.clone(),
-            object: "model".into(),
-            created: e.created,
-            owned_by: e.owned_by.clone(),
-            reference: Some(e.model_ref.clone()),
-        })
-        .collect();
+    let mut out: Vec<ModelObject> = entries.iter().map(|e| object(&e.id, e)).collect();
+    // Every alias: one whose model is not on the node yet is downloaded when a request
+    // names it (`created` 0 until then).
     for (alias, target) in &front.settings.aliases {
-        if let Some(e) = names::resolve(target, &entries, &BTreeMap::new())
-            .map(|r| canonical(hive, r))
-            .and_then(|r| entries.iter().find(|e| e.model_ref == r))
-        {
-            out.push(ModelObject {
+        let Some(model_ref) = names::resolve(target, &entries, &BTreeMap::new()) else {
+            continue;
+        };
+        let model_ref = canonical(hive, model_ref);
+        out.push(match entries.iter().find(|e| e.model_ref == model_ref) {
+            Some(e) => object(alias, e),
+            None => ModelObject {
                 id: alias.clone(),
                 object: "model".into(),
-                created: e.created,
-                owned_by: e.owned_by.clone(),
-                reference: Some(e.model_ref.clone()),
-            });
-        }
+                created: 0,
+                owned_by: match &model_ref {
+                    ModelRef::Hf { repo, .. } => {
+                        repo.split('/').next().unwrap_or("local").to_owned()
+                    }
+                    ModelRef::File { .. } => "local".into(),
+                },
+                reference: Some(model_ref),
+            },
+        });
     }
     Ok(out)
+}
+
+/// The model object of `e` listed as `id`.
+fn object(id: &str, e: &names::Entry) -> ModelObject {
+    ModelObject {
+        id: id.to_owned(),
+        object: "model".into(),
+        created: e.created,
+        owned_by: e.owned_by.clone(),
+        reference: Some(e.model_ref.clone()),
+    }
 }
 
 /// The catalogue's own reference for the file `r` names when that file is here
@@ -148,28 +159,17 @@ pub(crate) fn list(hive: &Hive, front: &FrontDoor) -> Result<ModelObjectList, Ap
     })
 }
 
-/// `GET /v1/models/{id}`: a listed model, or an alias of the config whose model is not
-/// on the node yet (a request naming it downloads it on demand; `created` is then 0).
+/// `GET /v1/models/{id}`: a listed model (aliases included), or one named by its
+/// catalogue id (`rbee-keeper models list`).
 pub(crate) fn retrieve(hive: &Hive, front: &FrontDoor, id: &str) -> Result<ModelObject, ApiError> {
     if let Some(m) = model_objects(hive, front)?.into_iter().find(|m| m.id == id) {
         return Ok(m);
     }
-    let target = front
-        .settings
-        .aliases
-        .get(id)
-        .ok_or_else(|| not_found(id))?;
-    let model_ref = canonical(hive, resolve(hive, front, target)?);
-    Ok(ModelObject {
-        id: id.to_owned(),
-        object: "model".into(),
-        created: 0,
-        owned_by: match &model_ref {
-            ModelRef::Hf { repo, .. } => repo.split('/').next().unwrap_or("local").to_owned(),
-            ModelRef::File { .. } => "local".into(),
-        },
-        reference: Some(model_ref),
-    })
+    entries(hive)?
+        .iter()
+        .find(|e| e.catalogue_id.as_deref() == Some(id))
+        .map(|e| object(id, e))
+        .ok_or_else(|| not_found(id))
 }
 
 fn not_found(name: &str) -> ApiError {

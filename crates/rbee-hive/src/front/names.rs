@@ -18,6 +18,8 @@ use rbee_types::ModelRef;
 pub(crate) struct Entry {
     /// What to put in `model`.
     pub(crate) id: String,
+    /// The catalogue's id (`rbee-keeper models list`), which names it too.
+    pub(crate) catalogue_id: Option<String>,
     /// What it stands for.
     pub(crate) model_ref: ModelRef,
     /// When it was downloaded or its worker started.
@@ -73,6 +75,7 @@ pub(crate) fn entries(models: &[Model], workers: &[WorkerView]) -> Vec<Entry> {
                 } else {
                     m.id.clone()
                 },
+                catalogue_id: Some(m.id.clone()),
                 model_ref,
                 created: m.downloaded_at_unix,
                 owned_by: m
@@ -88,6 +91,7 @@ pub(crate) fn entries(models: &[Model], workers: &[WorkerView]) -> Vec<Entry> {
         if !out.iter().any(|e| e.model_ref == w.model_ref) {
             out.push(Entry {
                 id: w.id.clone(),
+                catalogue_id: None,
                 model_ref: w.model_ref.clone(),
                 created: w.started_at_unix,
                 owned_by: "local".into(),
@@ -98,7 +102,8 @@ pub(crate) fn entries(models: &[Model], workers: &[WorkerView]) -> Vec<Entry> {
 }
 
 /// The reference `name` stands for: an alias (whose target is an id or a reference), an
-/// id, or a reference itself. `None`: nothing by that name.
+/// id (as `/v1/models` lists it, or the catalogue's), or a reference itself. `None`:
+/// nothing by that name.
 pub(crate) fn resolve(
     name: &str,
     entries: &[Entry],
@@ -106,7 +111,8 @@ pub(crate) fn resolve(
 ) -> Option<ModelRef> {
     let name = aliases.get(name).map_or(name, String::as_str);
     let lower = name.to_ascii_lowercase();
-    if let Some(e) = entries.iter().find(|e| e.id == lower) {
+    let named = |e: &&Entry| e.id == lower || e.catalogue_id.as_deref() == Some(name);
+    if let Some(e) = entries.iter().find(named) {
         return Some(e.model_ref.clone());
     }
     name.parse().ok()
@@ -197,7 +203,12 @@ mod tests {
         assert_eq!(resolve("smol", &e, &aliases), Some(smol.clone()));
         assert_eq!(
             resolve("SmolLM2-135M-Instruct:Q4_1", &e, &aliases),
-            Some(smol)
+            Some(smol.clone())
+        );
+        assert_eq!(
+            resolve("org--smol", &e, &aliases),
+            Some(smol),
+            "the catalogue's id, as `models list` shows it"
         );
         assert_eq!(
             resolve("b", &e, &aliases).map(|r| r.to_string()),

@@ -54,7 +54,7 @@ fn the_official_client_reaches_every_model_by_name_and_loads_on_demand() {
         return;
     }
     let (hive, _state) = hive(
-        "[aliases]\nsmol = \"smollm2-135m-instruct:q4_1\"\n",
+        "[aliases]\nsmol = \"smollm2-135m-instruct:q4_1\"\nghost = \"hf:org/ghost:Q4_K_M\"\n",
         Some("k"),
     );
     let reference = file_ref(&model);
@@ -95,7 +95,11 @@ for name, call in [("unknown", lambda: c.chat.completions.create(model="gpt-4", 
 "#
         ),
     );
-    assert_eq!(out[0]["before"], json!([]), "nothing catalogued yet");
+    assert_eq!(
+        out[0]["before"],
+        json!(["ghost"]),
+        "nothing catalogued yet; an alias of a reference is listed (downloaded when named)"
+    );
     let chat = &out[1];
     assert_eq!(chat["object"], "chat.completion");
     assert_eq!(chat["usage"]["completion_tokens"], 16);
@@ -103,8 +107,8 @@ for name, call in [("unknown", lambda: c.chat.completions.create(model="gpt-4", 
     assert!(text.len() > 10, "{chat}");
     assert_eq!(
         out[2]["after"],
-        json!(["smollm2-135m-instruct:q4_1", "smol"]),
-        "the short id and the alias"
+        json!(["smollm2-135m-instruct:q4_1", "ghost", "smol"]),
+        "the short id and the aliases"
     );
     assert_eq!(out[2]["alias"], "smol");
     assert_eq!(

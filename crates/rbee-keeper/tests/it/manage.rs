@@ -227,6 +227,10 @@ fn every_command_takes_model_names_and_prints_one_json_document() {
         "0",
     ]);
     assert_eq!(r["tokens"], 4, "{r}");
+    // The catalogue id `models list` shows names it too.
+    let catalogue_id = d["model"]["id"].as_str().unwrap().to_owned();
+    let r = j(&["run", &catalogue_id, "Hi", "--max-tokens", "2"]);
+    assert_eq!(r["tokens"], 2, "{r}");
     let w = j(&["workers", "list"]);
     assert_eq!(w.as_array().unwrap().len(), 1, "{w}");
     let id = w[0]["id"].as_str().unwrap().to_owned();
