@@ -104,7 +104,7 @@ pub(crate) fn tokens_for(prepared: &Prepared, v: &Valid) -> Result<Vec<LlamaToke
         return Err(ApiError::new(
             ErrorCode::PromptTooLong,
             format!(
-                "the prompt has {} tokens but a slot's context holds {}: shorten it or start the worker with a larger --ctx-size",
+                "the prompt has {} tokens but a slot's context holds {}: shorten it (a worker started with a larger context takes more: --ctx-size, or ctx_size when the hive spawns it)",
                 tokens.len(),
                 prepared.ctx_size
             ),

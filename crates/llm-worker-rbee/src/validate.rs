@@ -66,7 +66,8 @@ pub(crate) fn validate(r: &InferenceRequest, ctx_size: u32) -> Result<Valid, Api
         {
             return Err(bad(
                 "messages[].role",
-                "must be one of system, user, assistant".into(),
+                "must be one of system, user, assistant (and developer on the OpenAI routes)"
+                    .into(),
                 bad_role.role.clone(),
             ));
         }
@@ -79,7 +80,7 @@ pub(crate) fn validate(r: &InferenceRequest, ctx_size: u32) -> Result<Valid, Api
         Some(n) if n > i64::from(ctx_size) => {
             return Err(bad(
                 "max_tokens",
-                format!("is beyond the slot's context of {ctx_size} tokens; use 1..={ctx_size} or start the worker with a larger --ctx-size"),
+                format!("is beyond the slot's context of {ctx_size} tokens: ask for at most {ctx_size} (a worker started with a larger context takes more: --ctx-size, or ctx_size when the hive spawns it)"),
                 n,
             )
             .detail("ctx_size", ctx_size))

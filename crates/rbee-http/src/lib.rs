@@ -98,7 +98,7 @@ pub fn read_json<T: serde::de::DeserializeOwned>(
 pub fn json_error(e: &serde_json::Error) -> ApiError {
     let msg = e.to_string();
     if let Some(code) = rbee_types::error::code_of_parse_error(&msg) {
-        ApiError::new(code, msg)
+        ApiError::new(code, without_position(&msg).to_owned())
     } else if msg.starts_with("unknown field") {
         ApiError::new(
             ErrorCode::UnknownField,
@@ -111,6 +111,21 @@ pub fn json_error(e: &serde_json::Error) -> ApiError {
         )
         .detail("line", e.line())
         .detail("column", e.column())
+    }
+}
+
+/// serde_json's message without its " at line L column C" (a value's error names its
+/// field instead; the position only helps with broken syntax).
+fn without_position(msg: &str) -> &str {
+    match msg.rfind(" at line ") {
+        Some(i)
+            if msg[i + 9..]
+                .split(" column ")
+                .all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())) =>
+        {
+            &msg[..i]
+        }
+        _ => msg,
     }
 }
 
@@ -127,7 +142,10 @@ pub fn parse_named<T: serde::de::DeserializeOwned>(body: &str) -> Result<T, ApiE
         } else {
             ApiError::new(
                 ErrorCode::InvalidRequest,
-                format!("invalid value for `{path}`: {inner}"),
+                format!(
+                    "invalid value for `{path}`: {}",
+                    without_position(&inner.to_string())
+                ),
             )
             .detail("field", path)
         }
@@ -245,5 +263,42 @@ mod tests {
         assert!(!constant_time_eq(b"secret", b"secreT"));
         assert!(!constant_time_eq(b"secret", b"secret2"));
         assert!(!constant_time_eq(b"", b"x"));
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Body {
+        max_tokens: Option<u32>,
+        model_ref: Option<rbee_types::ModelRef>,
+    }
+
+    #[test]
+    fn a_bad_value_is_named_by_its_field_not_by_its_position() {
+        let e = parse_named::<Body>(r#"{"max_tokens": "nine"}"#).unwrap_err();
+        assert_eq!(e.error.code, ErrorCode::InvalidRequest);
+        let msg = &e.error.message;
+        assert!(
+            msg.starts_with("invalid value for `max_tokens`: invalid type: string"),
+            "{msg}"
+        );
+        assert!(!msg.contains("line"), "{msg}");
+        let e =
+            json_error(&serde_json::from_str::<Body>(r#"{"model_ref": "smol.gguf"}"#).unwrap_err());
+        assert_eq!(e.error.code, ErrorCode::InvalidModelRef, "{e}");
+        assert!(
+            !e.error.message.contains(" at line "),
+            "{}",
+            e.error.message
+        );
+        // Broken syntax keeps its position: that is where to look.
+        let e = parse_named::<Body>("{\"max_tokens\": }").unwrap_err();
+        assert_eq!(e.error.code, ErrorCode::InvalidJson);
+        assert!(
+            e.error.message.contains("line 1 column"),
+            "{}",
+            e.error.message
+        );
+        assert_eq!(without_position("x at line 1 column 19"), "x");
+        assert_eq!(without_position("x at line one"), "x at line one");
     }
 }

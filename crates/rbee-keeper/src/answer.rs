@@ -37,7 +37,8 @@ pub struct AnswerOptions {
     /// node`, else localhost].
     #[arg(long)]
     pub node: Option<String>,
-    /// Most tokens to generate per answer (1–32768).
+    /// Most tokens to generate per answer (1–32768, and at most the context of the
+    /// model's worker: 4096 tokens unless the worker was started with more).
     #[arg(long, default_value_t = 256)]
     pub max_tokens: u32,
     /// Sampling temperature (0 = greedy … 2).

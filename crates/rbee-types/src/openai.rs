@@ -13,13 +13,52 @@ use serde_json::{Map, Value};
 use crate::{ApiError, ErrorCode};
 
 /// A string or a list of strings (`stop`, `prompt`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum OneOrMany {
     /// One string.
     One(String),
     /// Several.
     Many(Vec<String>),
+}
+
+/// A visitor for "a string, or a list of `T`" whose error says so: serde's message for an
+/// `untagged` enum ("data did not match any variant of untagged enum") tells a client
+/// nothing.
+struct StrOrList<T, R> {
+    expecting: &'static str,
+    one: fn(String) -> R,
+    many: fn(Vec<T>) -> R,
+}
+
+impl<'de, T: Deserialize<'de>, R> serde::de::Visitor<'de> for StrOrList<T, R> {
+    type Value = R;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.expecting)
+    }
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<R, E> {
+        Ok((self.one)(v.to_owned()))
+    }
+    fn visit_string<E: serde::de::Error>(self, v: String) -> Result<R, E> {
+        Ok((self.one)(v))
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<R, A::Error> {
+        let mut all = Vec::new();
+        while let Some(x) = seq.next_element::<T>()? {
+            all.push(x);
+        }
+        Ok((self.many)(all))
+    }
+}
+
+impl<'de> Deserialize<'de> for OneOrMany {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(StrOrList {
+            expecting: "a string or a list of strings (token ids are not taken)",
+            one: OneOrMany::One,
+            many: OneOrMany::Many,
+        })
+    }
 }
 
 impl OneOrMany {
@@ -55,13 +94,23 @@ pub struct ContentPart {
 }
 
 /// A message's content: a string, or a list of parts.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum Content {
     /// Plain text.
     Text(String),
     /// Parts (only `text` parts are accepted).
     Parts(Vec<ContentPart>),
+}
+
+impl<'de> Deserialize<'de> for Content {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(StrOrList {
+            expecting: r#"a string or a list of parts such as {"type": "text", "text": "…"}"#,
+            one: Content::Text,
+            many: Content::Parts,
+        })
+    }
 }
 
 /// One message of a chat request.
@@ -436,6 +485,37 @@ mod tests {
         assert_eq!(Usage::from_comment(": keep-alive"), None);
         assert_eq!(Usage::from_comment("data: {}"), None);
         assert_eq!(Usage::from_comment(": usage {broken"), None);
+    }
+
+    #[test]
+    fn stop_and_prompt_take_a_string_or_strings_and_say_so_otherwise() {
+        let one: OneOrMany = serde_json::from_str(r#""a""#).unwrap();
+        assert_eq!(one, OneOrMany::One("a".into()));
+        let many: OneOrMany = serde_json::from_str(r#"["a","b"]"#).unwrap();
+        assert_eq!(many.into_vec(), ["a", "b"]);
+        for bad in ["5", "[1,2]", r#"["a",3]"#, "{}", "null"] {
+            let e = serde_json::from_str::<OneOrMany>(bad)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("string") && !e.contains("untagged"),
+                "{bad}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn content_is_a_string_or_parts_and_says_so_otherwise() {
+        let t: Content = serde_json::from_str(r#""hi""#).unwrap();
+        assert_eq!(t, Content::Text("hi".into()));
+        let p: Content = serde_json::from_str(r#"[{"type":"text","text":"hi"}]"#).unwrap();
+        assert!(matches!(p, Content::Parts(v) if v[0].text.as_deref() == Some("hi")));
+        for bad in ["5", "{}", "true"] {
+            let e = serde_json::from_str::<Content>(bad)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("a string or a list of parts"), "{bad}: {e}");
+        }
     }
 
     #[test]
