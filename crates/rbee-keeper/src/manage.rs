@@ -353,9 +353,15 @@ pub fn models(cmd: ModelsCommand, json: bool, cfg: &Config, reg: &Registry) -> R
             let h = hive(&node, cfg, reg)?;
             let model = name.or(model).unwrap_or(ModelArg::Name(String::new()));
             let r = model.resolve(&h, &node)?;
+            let before: Vec<String> = h.models()?.into_iter().map(|m| m.id).collect();
             let m = match h.download(&r)? {
-                Download::Ready(m) => {
+                // A file:// model is catalogued at once (nothing to download).
+                Download::Ready(m) if before.contains(&m.id) => {
                     crate::say!("✅ {} is on {node} already", m.id);
+                    *m
+                }
+                Download::Ready(m) => {
+                    crate::say!("✅ {} added to the catalogue of {node}", m.id);
                     *m
                 }
                 Download::Started(d) => {
