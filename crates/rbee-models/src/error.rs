@@ -316,7 +316,9 @@ pub enum ProvisionError {
     /// answer for all, so that a client cannot probe which files the hive can read.
     #[error(
         "model {reference}: no readable regular file at that path in the directories \
-         this hive serves file:// models from (models_dir and model_dirs in its config)"
+         this hive serves file:// models from; a file elsewhere is served once its \
+         directory is in model_dirs of the hive's config (which reason it was is in the \
+         hive's log)"
     )]
     FileRefused {
         /// The model reference.

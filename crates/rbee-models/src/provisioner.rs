@@ -401,16 +401,22 @@ impl Provisioner {
     /// missing one and an unreadable one get the same answer, which names only the
     /// reference: a client cannot probe which files the hive can read.
     fn import(&self, reference: &str, path: &Path) -> Result<Model, ProvisionError> {
-        let refused = || ProvisionError::FileRefused {
-            reference: reference.to_owned(),
+        // The client hears one answer; the operator's log says which it was.
+        let refused = |why: &str| {
+            tracing::info!(model = reference, why, "file:// model refused");
+            ProvisionError::FileRefused {
+                reference: reference.to_owned(),
+            }
         };
-        let real = std::fs::canonicalize(path).map_err(|_| refused())?;
+        let real = std::fs::canonicalize(path).map_err(|_| refused("no such file"))?;
         if !self.file_dirs.iter().any(|d| real.starts_with(d)) {
-            return Err(refused());
+            return Err(refused(
+                "outside models_dir and model_dirs (add its directory to model_dirs)",
+            ));
         }
-        let meta = std::fs::metadata(&real).map_err(|_| refused())?;
+        let meta = std::fs::metadata(&real).map_err(|_| refused("unreadable"))?;
         if !meta.is_file() || std::fs::File::open(&real).is_err() {
-            return Err(refused());
+            return Err(refused("not a regular file, or not readable by the hive"));
         }
         let header = rbee_gguf::read_header(&real).map_err(|source| ProvisionError::NotGguf {
             reference: reference.to_owned(),

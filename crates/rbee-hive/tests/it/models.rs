@@ -591,7 +591,9 @@ fn file_models_outside_the_model_dirs_get_the_answer_of_a_missing_file() {
     std::os::unix::fs::symlink(&model, allowed.join("link.gguf")).unwrap();
     let home = state.join("home");
     std::fs::create_dir_all(&home).unwrap();
+    let log = state.join("hive.log");
     let opts = Opts {
+        log: Some(log.clone()),
         extra: format!("model_dirs = [{:?}]\n", allowed.display().to_string()),
         // The hive's user's home is allowed too: make it one without models.
         env: vec![("HOME", home.display().to_string())],
@@ -629,6 +631,17 @@ fn file_models_outside_the_model_dirs_get_the_answer_of_a_missing_file() {
     let r = hive.post("/v1/models/download", &json!({ "model_ref": dots }));
     assert_eq!(r.error_code(), "INVALID_MODEL_REF", "{}", r.body);
     assert!(messages[0].contains("model_dirs"), "{}", messages[0]);
+    // The operator's log says which it was; the client's answer does not.
+    let log = std::fs::read_to_string(&log).unwrap();
+    let line = |model: &str, why: &str| {
+        log.lines()
+            .any(|l| l.contains("file:// model refused") && l.contains(model) && l.contains(why))
+    };
+    assert!(
+        line("/etc/passwd", "outside models_dir and model_dirs"),
+        "{log}"
+    );
+    assert!(line("/no/such/model.gguf", "no such file"), "{log}");
     assert!(hive.workers().is_empty());
     // Inside: served.
     let w = hive.ready_worker_ref(&file_ref(&inside));

@@ -254,7 +254,10 @@ fn every_command_takes_model_names_and_prints_one_json_document() {
     assert_eq!(rm["removed"], d["model"]["id"], "{rm}");
     assert_eq!(j(&["models", "list"]), serde_json::json!([]));
     // A file:// model is catalogued at once: added the first time, there the second.
-    for expect in ["added to the catalogue of localhost", "is on localhost already"] {
+    for expect in [
+        "added to the catalogue of localhost",
+        "is on localhost already",
+    ] {
         let (_, said) = ok(&env, &["models", "download", &env.file_ref()]);
         assert!(said.contains(expect), "{expect}: {said}");
     }
