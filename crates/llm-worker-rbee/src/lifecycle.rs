@@ -85,7 +85,14 @@ fn fatal(code: i32, msg: String) -> i32 {
 
 fn run_inner(args: Args) -> anyhow::Result<i32> {
     block_termination_signals();
-    let api_key = load_api_key(&args)?;
+    // A key file that is missing or empty is a configuration error: exit 2, not restarted.
+    let api_key = match load_api_key(&args) {
+        Ok(k) => k,
+        Err(e) => return Ok(fatal(exit::USAGE, format!("{e:#}"))),
+    };
+    if api_key.is_none() && !args.host.is_loopback() {
+        tracing::warn!(host = %args.host, "listening beyond loopback without an API key: anyone who can reach the port can use the model; give --api-key-file or RBEE_WORKER_API_KEY");
+    }
 
     if !compiled_in(args.backend) {
         return Ok(fatal(

@@ -25,6 +25,8 @@ pub fn run(config: Config) -> i32 {
         Err(e) => {
             let code = if e.downcast_ref::<PortInUse>().is_some() {
                 exit::PORT_IN_USE
+            } else if e.downcast_ref::<Misconfigured>().is_some() {
+                exit::USAGE
             } else {
                 exit::FAILURE
             };
@@ -60,8 +62,20 @@ fn warn_if_default_backend_is_missing(config: &Config) {
 #[error("port {0} is in use: another rbee-hive may be running; choose another with --port")]
 struct PortInUse(u16);
 
+/// A failure of the configuration itself (a key file that is missing or empty, no worker
+/// binary at the configured path): exit 2, which the packaged unit does not restart
+/// (`RestartPreventExitStatus=2 3`) — it would fail the same way until the
+/// configuration changes.
+#[derive(Debug, thiserror::Error)]
+#[error("{0:#}")]
+struct Misconfigured(anyhow::Error);
+
+fn misconfigured(e: anyhow::Error) -> anyhow::Error {
+    anyhow::Error::new(Misconfigured(e))
+}
+
 fn run_inner(config: Config) -> anyhow::Result<()> {
-    let api_key = read_api_key(config.api_key_file.as_deref())?;
+    let api_key = read_api_key(config.api_key_file.as_deref()).map_err(misconfigured)?;
     if api_key.is_none() && !config.host.is_loopback() {
         tracing::warn!(host = %config.host, "the API listens beyond loopback without an API key: anyone who can reach it can start workers");
     }
@@ -70,7 +84,7 @@ fn run_inner(config: Config) -> anyhow::Result<()> {
     let installed = match find_worker_binary(config.worker_binary.as_deref()) {
         Ok(p) => Some(p),
         Err(_) if config.worker_source.is_some() && config.worker_binary.is_none() => None,
-        Err(e) => return Err(e),
+        Err(e) => return Err(misconfigured(e)),
     };
     writable_state_dir(&config)?;
     let rt = tokio::runtime::Builder::new_multi_thread()

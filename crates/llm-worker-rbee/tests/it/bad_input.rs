@@ -158,6 +158,40 @@ fn slots_whose_kv_cache_exceeds_the_memory_are_refused_before_anything_is_alloca
 }
 
 #[test]
+fn a_missing_or_empty_key_file_is_a_configuration_error_exit_2() {
+    let Some(model) = model() else { return };
+    let dir = TempDir::new("worker-key");
+    let empty = dir.join("empty.key");
+    std::fs::write(&empty, "  \n").unwrap();
+    for (file, named) in [
+        (
+            std::path::PathBuf::from("/nonexistent/worker.key"),
+            "cannot read --api-key-file",
+        ),
+        (empty, "the API key is empty"),
+    ] {
+        let out = run_worker(&model, &["--api-key-file", file.to_str().unwrap()]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(exit::USAGE), "{stderr}");
+        assert!(stderr.contains(named), "{stderr}");
+    }
+}
+
+#[test]
+fn listening_beyond_loopback_without_a_key_is_warned_about() {
+    let Some(model) = model() else { return };
+    // 192.0.2.1 (TEST-NET-1) is on no interface here: the warning comes, then the bind
+    // fails; nothing listens beyond loopback.
+    let out = run_worker(&model, &["--host", "192.0.2.1", "--port", "9"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("WARN") && stderr.contains("without an API key"),
+        "{stderr}"
+    );
+    assert_ne!(out.status.code(), Some(0), "{stderr}");
+}
+
+#[test]
 fn help_explains_every_option() {
     let out = Command::new(WORKER_BIN).arg("--help").output().unwrap();
     let help = String::from_utf8_lossy(&out.stdout);

@@ -415,6 +415,44 @@ fn a_read_only_state_dir_stops_the_start_naming_the_directory_and_what_to_do() {
 }
 
 #[test]
+fn a_missing_worker_binary_or_key_file_is_a_configuration_error_exit_2() {
+    let dir = temp("misconfigured");
+    let empty_key = dir.join("empty.key");
+    std::fs::write(&empty_key, "\n").unwrap();
+    let cases: [(&str, &std::path::Path, &str); 3] = [
+        (
+            "--worker-binary",
+            std::path::Path::new("/nonexistent/llm-worker-rbee"),
+            "/nonexistent/llm-worker-rbee",
+        ),
+        (
+            "--api-key-file",
+            std::path::Path::new("/nonexistent/hive.key"),
+            "/nonexistent/hive.key",
+        ),
+        ("--api-key-file", &empty_key, "empty"),
+    ];
+    for (flag, path, named) in cases {
+        let out = Command::new(env!("CARGO_BIN_EXE_rbee-hive"))
+            .args(["--supervisor", "process", "--port"])
+            .arg(rbee_test_support::process::free_port().to_string())
+            .arg("--state-dir")
+            .arg(dir.join("state"))
+            .arg(flag)
+            .arg(path)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(rbee_types::exit::USAGE),
+            "{flag}: {err}"
+        );
+        assert!(err.contains(named), "{flag}: {err}");
+    }
+}
+
+#[test]
 fn a_second_hive_on_the_same_port_exits_with_port_in_use() {
     let Some((hive, state)) = hive_with("", None) else {
         return;
