@@ -13,8 +13,12 @@ use super::{PortRange, SupervisorChoice, WorkerLogs};
 /// watches them, stops idle ones, and answers an HTTP API (default 127.0.0.1:9200).
 ///
 ///   rbee-hive --state-dir /var/lib/rbee
-///   curl localhost:9200/v1/workers/spawn -d '{"model_ref": "file:///models/smol.gguf"}'
+///   curl localhost:9200/v1/workers/spawn -d '{"model_ref": "hf:bartowski/SmolLM2-135M-Instruct-GGUF:Q4_K_M"}'
+///   curl localhost:9200/v1/workers/spawn -d "{\"model_ref\": \"file://$HOME/models/smol.gguf\"}"
 ///   systemctl status 'rbee-worker@*'
+///
+/// A file:// model must lie under models_dir, a directory of model_dirs (config file) or,
+/// for a user's hive, the user's home.
 ///
 /// Every option can also be set in the TOML file given with --config (same names, with
 /// underscores); the command line wins.
