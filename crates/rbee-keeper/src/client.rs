@@ -30,10 +30,10 @@ pub(crate) fn next_step(code: ErrorCode, node: &str) -> Option<String> {
     let n = node;
     Some(match code {
         E::BackendUnavailable => format!(
-            "see the backends {n} can run: rbee-keeper hive status --node {n}; a GPU backend needs its driver and a worker built for it (rbee-keeper setup install --node {n} --backend cuda)"
+            "see the backends {n} can run: rbee-keeper setup check --node {n}; a GPU backend needs its driver and a worker built for it (rbee-keeper setup install --node {n} --backend cuda)"
         ),
         E::DeviceNotFound => format!(
-            "see the devices of {n}: rbee-keeper hive status --node {n}, then pass one of them with --device"
+            "see the devices of {n}: rbee-keeper setup check --node {n}, then pass one of them with --device"
         ),
         E::MissingApiKey | E::InvalidApiKey => format!(
             "put the hive's key in the keeper's config: [nodes.{n}] api_key = \"…\" in ~/.config/rbee/config.toml (the hive's key is api_key in its config, or its key file)"
@@ -54,7 +54,11 @@ pub(crate) fn next_step(code: ErrorCode, node: &str) -> Option<String> {
             "stop its workers first: rbee-keeper workers shutdown MODEL --node {n}"
         ),
         E::WorkerNotFound => format!("see the workers: rbee-keeper workers list --node {n}"),
-        E::ModelLoadFailed | E::SpawnFailed | E::InferenceFailed => format!(
+        // A worker that failed to load has ended: its last lines are in the error itself.
+        E::ModelLoadFailed => format!(
+            "the worker's last log lines are above; the hive's log has the rest: rbee-keeper logs --node {n}"
+        ),
+        E::SpawnFailed | E::InferenceFailed => format!(
             "read the worker's log: rbee-keeper logs --node {n} --worker ID (rbee-keeper workers list shows the id)"
         ),
         E::DownloadFailed | E::DownloadTimeout | E::ChecksumMismatch => format!(

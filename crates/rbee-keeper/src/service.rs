@@ -31,6 +31,7 @@ elif systemctl --system cat rbee-hive.service >/dev/null 2>&1; then
 else
     echo "rbee-error: node $node has no rbee-hive unit (neither the user's nor the system's)" >&2
     echo "rbee-hint: install rbee there: rbee-keeper setup install --node $node" >&2
+    echo "rbee-hint: a hive started by hand, not as a unit, logs where it was started; its workers' logs: rbee-keeper logs --worker ID --node $node" >&2
     exit 4
 fi
 "#;

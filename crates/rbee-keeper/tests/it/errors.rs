@@ -134,12 +134,15 @@ fn errors_relayed_from_the_hive_end_with_a_next_step() {
     let e = run(&["run", &m, "hi", "--backend", "cuda"]);
     assert!(e.contains("BACKEND_UNAVAILABLE"), "{e}");
     assert!(
-        e.contains("rbee-keeper hive status --node localhost"),
-        "{e}"
+        e.contains("rbee-keeper setup check --node localhost"),
+        "where backends are shown: {e}"
     );
     let e = run(&["run", &m, "hi", "--backend", "cpu", "--device", "7"]);
     assert!(e.contains("DEVICE_NOT_FOUND"), "{e}");
-    assert!(e.contains("--device"), "{e}");
+    assert!(
+        e.contains("--device") && e.contains("rbee-keeper setup check --node localhost"),
+        "{e}"
+    );
     let e = run(&["models", "rm", "no-such-model"]);
     assert!(e.contains("MODEL_NOT_FOUND"), "{e}");
     assert!(

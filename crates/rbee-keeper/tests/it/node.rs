@@ -367,6 +367,7 @@ fn install_and_start_failures_say_what_to_do_and_change_nothing() {
         &[
             "node gpu1 has no rbee-hive unit",
             "rbee-keeper setup install --node gpu1",
+            "a hive started by hand, not as a unit, logs where it was started",
         ],
     );
     let listed = node.ok(&["setup", "list-nodes"]).stdout;
