@@ -97,6 +97,18 @@ fn main() -> ExitCode {
                 text.strip_prefix("error: ").unwrap_or(&text)
             );
             eprint!("{}", rbee_keeper::report::for_stderr(&text));
+            // --json promises one JSON document on stdout, errors included.
+            if std::env::args().any(|a| a == "--json") {
+                let first = e.to_string();
+                let first = first.lines().next().unwrap_or_default();
+                let f = rbee_keeper::report::Failure::new(
+                    "rbee-keeper",
+                    first.strip_prefix("error: ").unwrap_or(first),
+                )
+                .code("USAGE")
+                .suggest(["see the commands and options: rbee-keeper --help".to_owned()]);
+                println!("{}", f.to_json());
+            }
             return ExitCode::from(1);
         }
     };

@@ -32,6 +32,36 @@ fn keeper_at(dir: &TempDir, url: &str, args: &[&str]) -> (i32, String, String) {
 }
 
 #[test]
+fn a_usage_error_with_json_is_one_json_document_too() {
+    let dir = TempDir::new("usage-json");
+    for args in [
+        &["--json", "frobnicate"][..],
+        &["models", "list", "--colour", "--json"],
+    ] {
+        let (code, stdout, stderr) = keeper_at(&dir, "http://127.0.0.1:9", args);
+        assert_eq!(code, 1, "{args:?}: {stderr}");
+        assert!(stderr.contains("Error:"), "for a person too: {stderr}");
+        let doc: serde_json::Value =
+            serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{args:?}: {e}: {stdout}"));
+        assert_eq!(doc["error"]["code"], "USAGE", "{doc}");
+        assert!(
+            doc["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("unexpected argument")
+                || doc["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("unrecognized subcommand"),
+            "{doc}"
+        );
+    }
+    // Without --json, nothing on stdout.
+    let (_, stdout, _) = keeper_at(&dir, "http://127.0.0.1:9", &["frobnicate"]);
+    assert!(stdout.is_empty(), "{stdout}");
+}
+
+#[test]
 fn a_hive_answering_garbage_is_an_invalid_answer_and_exit_1() {
     let server = tiny_http::Server::http("127.0.0.1:0").unwrap();
     let port = server.server_addr().to_ip().unwrap().port();
