@@ -99,9 +99,11 @@ impl RequestGuard {
 }
 
 /// A request id a client may choose: 1 to 64 letters, digits, `.`, `_`, `:` or `-` (it
-/// goes into logs, headers and a URL path).
+/// goes into logs, headers and a URL path), not starting with `req-`: the worker's own ids
+/// (`req-<pid>-<n>`, predictable) must never meet a client's.
 pub(crate) fn valid_request_id(id: &str) -> bool {
     (1..=64).contains(&id.len())
+        && !id.starts_with("req-")
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))

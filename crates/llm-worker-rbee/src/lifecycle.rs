@@ -39,11 +39,11 @@ fn init_tracing() {
     llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default());
 }
 
-/// The model and the KV cache of `--slots` × `--ctx-size` fit in the memory available
-/// (CPU workers; a GPU keeps both in VRAM). Without this check llama.cpp allocates the
-/// cache, clears it, and the kernel kills the process once RAM runs out; the hive checks
-/// the same before it starts a worker, this covers a worker run alone. Counts only what
-/// the model's header gives.
+/// The KV cache of `--slots` × `--ctx-size` fits in the memory available (CPU workers; a
+/// GPU keeps it in VRAM). Without this check llama.cpp allocates the cache, clears it, and
+/// the kernel kills the process once RAM runs out; the hive checks more (the model too)
+/// before it starts a worker, this covers a worker run alone. Counts only what the
+/// model's header gives.
 fn fits_in_memory(args: &Args, header: &GgufHeader, available: u64) -> Result<(), String> {
     let trained = header
         .context_length()
@@ -52,18 +52,18 @@ fn fits_in_memory(args: &Args, header: &GgufHeader, available: u64) -> Result<()
     let Some(kv) = header.kv_cache_bytes(args.slots, ctx) else {
         return Ok(());
     };
-    let need = kv.saturating_add(header.file_size);
-    if available == 0 || need <= available {
+    // Only the cache must fit: llama.cpp writes all of it, while the model is mapped from
+    // its file and can be paged (slowly) from there.
+    if available == 0 || kv <= available {
         return Ok(());
     }
     let gib = |b: u64| format!("{:.2} GiB", b as f64 / f64::from(1u32 << 30));
     Err(format!(
-        "not enough memory: {} slot{} of {ctx} tokens need {} of KV cache, the model {} more, \
-         and {} is available; use fewer --slots or a smaller --ctx-size",
+        "not enough memory: {} slot{} of {ctx} tokens need {} of KV cache and {} is \
+         available; use fewer --slots or a smaller --ctx-size",
         args.slots,
         if args.slots == 1 { "" } else { "s" },
         gib(kv),
-        gib(header.file_size),
         gib(available),
     ))
 }
@@ -85,7 +85,8 @@ fn fatal(code: i32, msg: String) -> i32 {
 
 fn run_inner(args: Args) -> anyhow::Result<i32> {
     block_termination_signals();
-    // A key file that is missing or empty is a configuration error: exit 2, not restarted.
+    // A key file that is missing or empty is a configuration error: exit 2, which the
+    // packaged unit does not restart (RestartPreventExitStatus).
     let api_key = match load_api_key(&args) {
         Ok(k) => k,
         Err(e) => return Ok(fatal(exit::USAGE, format!("{e:#}"))),

@@ -633,7 +633,7 @@ impl Hive {
     /// A record written before hives counted the KV cache (`kv_bytes` 0) gets it from
     /// the model's header, so that the RAM budget counts it, and its unit's memory limit
     /// is raised to leave room for it (the old limit could let the kernel kill a worker
-    /// with many slots). The record is saved again.
+    /// with many slots). The record is saved again once the limit is raised.
     fn count_kv_cache(&self, spec: &WorkerSpec, key: &str) -> WorkerSpec {
         if spec.kv_bytes != 0 {
             return spec.clone();
@@ -653,16 +653,19 @@ impl Hive {
             kv_bytes: kv.bytes,
             ..spec.clone()
         };
-        if let Err(e) = store::save(&self.config.workers_dir(), &spec, key) {
-            tracing::warn!(id = %spec.id, error = %e, "cannot save the adopted worker's record");
-        }
+        // The limit first: the record is saved only once it is raised, so that a hive
+        // that could not raise it tries again at its next start.
         if let Some(max) = memory_max(spec.model_bytes, spec.kv_bytes) {
             if let Err(e) = self
                 .rt
                 .block_on(self.supervisor.set_memory_max(&spec.unit, max))
             {
-                tracing::warn!(id = %spec.id, unit = %spec.unit, error = %e, "cannot raise the adopted worker's memory limit");
+                tracing::warn!(id = %spec.id, unit = %spec.unit, error = %e, "cannot raise the adopted worker's memory limit; trying again at the next start");
+                return spec;
             }
+        }
+        if let Err(e) = store::save(&self.config.workers_dir(), &spec, key) {
+            tracing::warn!(id = %spec.id, error = %e, "cannot save the adopted worker's record");
         }
         tracing::info!(id = %spec.id, kv_cache_bytes = kv.bytes, "adopted worker's KV cache counted (its record predates that)");
         spec

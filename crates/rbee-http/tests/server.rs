@@ -667,7 +667,7 @@ fn one_address_holds_its_share_of_connections_and_others_are_still_served() {
     assert_eq!(a.status, 503, "{}", a.text());
     assert!(
         a.text().contains(
-            "2 open connections from 127.0.0.2, the most one address may hold, none idle"
+            "2 open connections from 127.0.0.2, the most one address may hold, and none of them could be closed"
         ),
         "{}",
         a.text()

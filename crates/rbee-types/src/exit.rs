@@ -12,6 +12,6 @@ pub const PORT_IN_USE: i32 = 3;
 pub const MODEL_INVALID: i32 = 4;
 /// The requested backend or device is not available in this build or on this machine.
 pub const BACKEND_UNAVAILABLE: i32 = 5;
-/// The model and the KV cache of the slots asked for do not fit in the memory available:
-/// fewer slots or a smaller context.
+/// The KV cache of the slots asked for does not fit in the memory available: fewer slots
+/// or a smaller context.
 pub const INSUFFICIENT_MEMORY: i32 = 6;

@@ -258,8 +258,9 @@ fn a_request_keeps_the_id_its_client_chose_and_is_cancelled_by_it() {
         "{answer}"
     );
     assert!(w.slot_free_within(Duration::from_secs(1)));
-    // An id that is not a plain token (or one in use) is replaced by the worker's own.
-    for bad in ["has space", "../x", &"x".repeat(65)] {
+    // An id that is not a plain token, or in the worker's own namespace (which a client
+    // could guess), is replaced by the worker's own.
+    for bad in ["has space", "../x", &"x".repeat(65), "req-5-1000"] {
         let r = http::send_with(
             "POST",
             &format!("{}/v1/inference", w.url),
@@ -272,6 +273,6 @@ fn a_request_keeps_the_id_its_client_chose_and_is_cancelled_by_it() {
         );
         assert_eq!(r.status, 200, "{}", r.body);
         let id = r.request_id.expect("an id");
-        assert!(id.starts_with("req-"), "{bad:?} gave {id}");
+        assert!(id.starts_with("req-") && id != bad, "{bad:?} gave {id}");
     }
 }

@@ -107,6 +107,8 @@ fn model_objects(hive: &Hive, front: &FrontDoor) -> Result<Vec<ModelObject>, Api
             continue;
         };
         let model_ref = canonical(hive, model_ref);
+        // An alias named like a listed id shadows it, as it does when a request names it.
+        out.retain(|m| m.id != *alias);
         out.push(match entries.iter().find(|e| e.model_ref == model_ref) {
             Some(e) => object(alias, e),
             None => ModelObject {

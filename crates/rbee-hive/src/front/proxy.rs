@@ -63,7 +63,7 @@ pub(crate) fn forward(
         call()
     } else {
         let gone = request.disconnect_probe();
-        match wait_watching(call, &gone, || cancel(worker, &id)) {
+        match wait_watching(call, &gone, |first| cancel(worker, &id, first)) {
             Some(sent) => sent,
             None => {
                 let e = ApiError::new(
@@ -114,19 +114,20 @@ fn request_id() -> String {
 /// How often a request waiting for a whole answer checks its client.
 const CLIENT_CHECK: Duration = Duration::from_millis(250);
 
-/// Runs `call` on its own thread and waits for it, calling `on_gone` once if `gone` turns
-/// true meanwhile (then still waiting: the worker answers soon after a cancel). None if
-/// the call's thread panicked.
+/// Runs `call` on its own thread and waits for it. Once `gone` turns true, calls
+/// `on_gone` at every check until the call returns (`true` the first time): a cancel that
+/// reached the worker before it registered the request is sent again. None if the call's
+/// thread panicked.
 fn wait_watching<T: Send + 'static>(
     call: impl FnOnce() -> T + Send + 'static,
     gone: &dyn Fn() -> bool,
-    on_gone: impl FnOnce(),
+    mut on_gone: impl FnMut(bool),
 ) -> Option<T> {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let _ = tx.send(call());
     });
-    let mut on_gone = Some(on_gone);
+    let mut left = false;
     let mut next_check = Instant::now() + CLIENT_CHECK;
     loop {
         match rx.recv_timeout(CLIENT_CHECK) {
@@ -134,25 +135,26 @@ fn wait_watching<T: Send + 'static>(
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => return None,
         }
-        if on_gone.is_some() && Instant::now() >= next_check {
-            if gone() {
-                if let Some(f) = on_gone.take() {
-                    f();
-                }
+        if Instant::now() >= next_check {
+            if left || gone() {
+                on_gone(!left);
+                left = true;
             }
             next_check = Instant::now() + CLIENT_CHECK;
         }
     }
 }
 
-/// Cancels request `id` on `worker` (its client left).
-fn cancel(worker: &Worker, id: &str) {
+/// Cancels request `id` on `worker` (its client left; `first`: the first time).
+fn cancel(worker: &Worker, id: &str, first: bool) {
     let url = format!("{}/v1/inference/{id}", worker.spec.url());
     let r = agent()
         .delete(&url)
         .set("Authorization", &format!("Bearer {}", worker.api_key))
         .call();
-    tracing::info!(worker = %worker.spec.id, request_id = id, cancelled = r.is_ok(), "client left before its answer; generation cancelled");
+    if first {
+        tracing::info!(worker = %worker.spec.id, request_id = id, sent = r.is_ok(), "client left before its answer; cancelling the generation");
+    }
 }
 
 /// `GET /v1/workers/{id}/loading/progress`: the worker's own loading progress stream,

@@ -259,7 +259,7 @@ fn refuse(stream: TcpStream, who: &str, why: pool::Refused) {
                 max,
                 "too many connections from one address; refusing one"
             );
-            format!("the {who} has {max} open connections from {peer}, the most one address may hold, none idle; close some or retry shortly")
+            format!("the {who} has {max} open connections from {peer}, the most one address may hold, and none of them could be closed to make room; close some or retry shortly")
         }
     };
     let e = ApiError::new(ErrorCode::Overloaded, message);
