@@ -171,6 +171,34 @@ out(text=r.choices[0].message.content)
 }
 
 #[test]
+fn an_alias_named_like_a_listed_id_is_listed_once_as_the_alias() {
+    let Some(model) = model() else { return };
+    let (hive, _state) = hive(
+        "[aliases]\n\"smollm2-135m-instruct:q4_1\" = \"hf:org/ghost:Q4_K_M\"\n",
+        None,
+    );
+    // The file model is catalogued under the same short id.
+    let r = hive.post(
+        "/v1/models/download",
+        &json!({"model_ref": file_ref(&model)}),
+    );
+    assert!(matches!(r.status, 200 | 202), "{}", r.body);
+    let list = hive.get("/v1/models").json();
+    let same: Vec<&Value> = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["id"] == "smollm2-135m-instruct:q4_1")
+        .collect();
+    assert_eq!(same.len(), 1, "{list}");
+    // What a request naming it gets: the alias's model.
+    assert!(
+        same[0]["reference"].as_str().unwrap().contains("org/ghost"),
+        "{list}"
+    );
+}
+
+#[test]
 fn a_workers_loading_progress_comes_through_the_hive() {
     let Some(model) = model() else { return };
     let (hive, _state) = hive("", None);
